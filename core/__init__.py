@@ -1,0 +1,27 @@
+"""logbus: a plugin-based logging bus for MosaicML Composer and plain PyTorch loops.
+
+Importing logbus loads no plugin and starts no thread; plugins are found on first use.
+"""
+
+from logbus.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["hookimpl", "Bus", "Run", "start_run", "records", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy so that `import logbus` stays cheap and plugin modules can `import logbus` for hookimpl.
+    if name == "Bus":
+        from logbus.bus import Bus
+
+        return Bus
+    if name in ("Run", "start_run"):
+        from logbus import run_context
+
+        return getattr(run_context, name)
+    if name == "records":
+        import logbus.records as records
+
+        return records
+    raise AttributeError(f"module 'logbus' has no attribute {name!r}")

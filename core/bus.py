@@ -1,0 +1,177 @@
+"""The bus: callers enqueue records and return; each backend's writer thread delivers them in order.
+
+Memory is bounded per backend: droppable records (tables, images) are refused and counted once a
+backend's queue holds ``max_pending_bytes`` of them; metrics, hyperparameters, artifacts and run
+boundaries are never dropped (they are small, and losing them silently would be worse).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, Iterable, Mapping
+
+from logbus.backend_worker import BackendStats, BackendWorker
+from logbus.plugin_manager import create_backend
+from logbus.records import Record, RunFinished
+
+log = logging.getLogger("logbus")
+
+
+
+def build_backends(specs: Iterable[Any]) -> dict[str, Any]:
+    """Turns ``["local", ("wandb", {"project": "x"}), MyBackend()]`` into named backend objects.
+
+    Unknown names raise on the caller's thread with the list of known backends."""
+    if isinstance(specs, (str, bytes)) or not isinstance(specs, Iterable):
+        raise TypeError(f"backends: expected a list of backend names, (name, options) pairs or backend objects, "
+                        f"got {specs!r}")
+    backends: dict[str, Any] = {}
+    for spec in specs:
+        if isinstance(spec, str):
+            name, backend = spec, create_backend(spec)
+        elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
+            name, backend = spec[0], create_backend(spec[0], **spec[1])
+        elif callable(getattr(spec, "log", None)) and callable(getattr(spec, "close", None)):
+            name, backend = getattr(spec, "name", None) or type(spec).__name__, spec
+        else:
+            raise TypeError(f"backends: expected a backend name, a (name, options) pair or an object with "
+                            f"log() and close(), got {spec!r}")
+        base, index = name, 2
+        while name in backends:  # two instances of one backend type: keep both, distinct names
+            name, index = f"{base}-{index}", index + 1
+        backends[name] = backend
+    if not backends:
+        raise ValueError("backends: expected at least one backend")
+    return backends
+
+
+class Bus:
+    """Fan-out of records to backends, each on its own ordered writer thread.
+
+    :param backends: backend names (see ``logbus plugins``), ``(name, options)`` pairs, or objects with
+        ``log(record)`` and ``close(finish)``.
+    :param max_pending_bytes: per backend, how many bytes of droppable records (images, tables) may
+        wait in its queue before new ones are dropped and counted.
+    :param failure_limit: consecutive failures after which a backend is switched off.
+    :param close_timeout: seconds ``close()`` waits by default for backends to drain.
+    """
+
+    def __init__(self, backends: Iterable[Any], *, max_pending_bytes: int = 256 * 2**20,
+                 failure_limit: int = 5, close_timeout: float = 60.0):
+        if not isinstance(max_pending_bytes, int) or max_pending_bytes <= 0:
+            raise ValueError(f"max_pending_bytes: expected a positive int, got {max_pending_bytes!r}")
+        if not isinstance(failure_limit, int) or failure_limit < 1:
+            raise ValueError(f"failure_limit: expected an int >= 1, got {failure_limit!r}")
+        self.close_timeout = float(close_timeout)
+        self.workers = [
+            BackendWorker(name, backend, max_pending_bytes=max_pending_bytes, failure_limit=failure_limit,
+                          on_started=self._run_last_at_exit)
+            for name, backend in build_backends(backends).items()
+        ]
+        self.backends = {worker.name: worker.backend for worker in self.workers}
+        self.closed = False
+        self._close_lock = threading.Lock()
+        self._emitted = 0
+        self._caller_ns = 0
+        self._warned_after_close = False
+        # Set by adapters: the exit code to report if the process exits before close() is called
+        # (1 while a Composer fit is running, so SIGTERM or a crash marks the run failed).
+        self.exit_code_if_interrupted = 0
+        atexit.register(self._close_at_exit)
+
+    # -- caller side -----------------------------------------------------------------------------
+    def emit(self, record: Record) -> None:
+        """Enqueues ``record`` for every backend that supports its type and returns at once."""
+        started = time.perf_counter_ns()
+        if self.closed:
+            if not self._warned_after_close:
+                self._warned_after_close = True
+                log.warning("logbus: %s emitted after the bus was closed; it is not delivered", type(record).__name__)
+            return
+        for worker in self.workers:
+            worker.offer(record)
+        self._emitted += 1
+        self._caller_ns += time.perf_counter_ns() - started
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Waits until everything emitted so far reached every live backend. False on timeout."""
+        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        done = [worker.request_flush() for worker in self.workers if not self.closed]
+        return all(event.wait(max(0.0, deadline - time.monotonic())) for event in done)
+
+    def close(self, exit_code: int = 0, *, reason: str | None = None, timeout: float | None = None) -> bool:
+        """Delivers everything queued, then closes every backend. Returns within ``timeout`` even if a
+        backend hangs; what could not be delivered is reported. Idempotent."""
+        with self._close_lock:
+            if self.closed:
+                return True
+            self.closed = True
+        atexit.unregister(self._close_at_exit)
+        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        finish = RunFinished(exit_code=exit_code, reason=reason)
+        for worker in self.workers:
+            worker.request_close(finish)
+        clean = True
+        for worker in self.workers:
+            if not worker.join(deadline - time.monotonic()):
+                clean = False
+                log.warning(
+                    "logbus: backend %r did not finish within the close deadline; %d record(s) were not "
+                    "delivered to it. Training is not held up; its thread is abandoned.",
+                    worker.name, worker.pending,
+                )
+        self._report_losses()
+        return clean
+
+    # -- stats -----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts per backend plus caller-thread cost (µs per emit)."""
+        backends: dict[str, BackendStats] = {}
+        for worker in self.workers:
+            worker.stats.pending = worker.pending
+            backends[worker.name] = worker.stats
+        return {
+            "emitted": self._emitted,
+            "caller_us_per_emit": self._caller_ns / 1000 / max(1, self._emitted),
+            "backends": {name: asdict(stats) for name, stats in backends.items()},
+        }
+
+    def stats_metrics(self) -> dict[str, float]:
+        """The stats as flat ``logbus/*`` metrics, ready to log."""
+        stats = self.stats()
+        metrics = {"logbus/emitted": float(stats["emitted"]),
+                   "logbus/caller_us_per_emit": stats["caller_us_per_emit"]}
+        for name, backend in stats["backends"].items():
+            for field in ("delivered", "dropped", "failures", "pending"):
+                metrics[f"logbus/{name}/{field}"] = float(backend[field])
+        return metrics
+
+    def _report_losses(self) -> None:
+        for worker in self.workers:
+            stats = worker.stats
+            if stats.dropped or stats.failures or stats.discarded:
+                log.warning(
+                    "logbus: backend %r: %d delivered, %d dropped under backpressure (max_pending_bytes), "
+                    "%d failed, %d discarded after it was switched off%s",
+                    worker.name, stats.delivered, stats.dropped, stats.failures, stats.discarded,
+                    f" (first error: {stats.error})" if stats.error else "",
+                )
+
+    # -- process exit ----------------------------------------------------------------------------
+    def _run_last_at_exit(self) -> None:
+        # Backends such as wandb register their own atexit teardown when they start. atexit runs
+        # last-registered first, so re-registering here drains the bus before they tear down.
+        if not self.closed:
+            atexit.unregister(self._close_at_exit)
+            atexit.register(self._close_at_exit)
+
+    def _close_at_exit(self) -> None:
+        uncaught = getattr(sys, "last_value", None) is not None
+        exit_code = 1 if uncaught else self.exit_code_if_interrupted
+        reason = "uncaught exception" if uncaught else ("interrupted" if exit_code else None)
+        self.close(exit_code, reason=reason)

@@ -1,0 +1,56 @@
+"""The ``logbus`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import asdict
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from logbus.plugin_manager import get_plugin_host
+
+    with warnings.catch_warnings(record=True) as caught:  # a broken plugin is shown, not fatal
+        warnings.simplefilter("always")
+        host = get_plugin_host()
+    for warning in caught:
+        print(f"warning: {warning.message}".splitlines()[0], file=sys.stderr)
+    plugins = host.plugins + (host.skipped if args.all else [])
+    if args.json:
+        print(json.dumps([asdict(p) for p in plugins], indent=2))
+        return 0
+    rows = [("name", "version", "distribution", "registers", "status")]
+    for p in plugins:
+        status = "builtin" if p.builtin else ("loaded" if p.error is None else p.error)
+        rows.append((p.name, p.version or "-", p.distribution or "-", ", ".join(p.registers) or "-", status))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from logbus.demo import main as demo_main
+
+    return demo_main(epochs=args.epochs, backends=args.backends.split(","))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="logbus", description="Plugin-based logging bus for Composer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--all", action="store_true", help="also list plugins that were skipped or failed")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=_plugins)
+    demo = commands.add_parser("demo", help="train a small CNN on the digits data with Composer and log it")
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--backends", default="wandb,local", help="comma-separated backend names")
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``logbus demo`` / ``make demo``: a small CNN trained with Composer on the digits data that ships
+inside logbus, logged to W&B (offline unless you are logged in) and the local run folder."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from importlib import resources
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """1,797 images ``[N, 1, 8, 8]`` in [0, 1] and their labels, from the file shipped in the package."""
+    with resources.files("logbus").joinpath("data/digits.csv.gz").open("rb") as raw:
+        table = np.loadtxt(gzip.open(raw), delimiter=",", dtype=np.float32)
+    images = torch.from_numpy(table[:, :-1] / 16.0).reshape(-1, 1, 8, 8)
+    return images, torch.from_numpy(table[:, -1].astype(np.int64))
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def digits_loaders(batch_size: int = 64, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    images, labels = load_digits()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    train, val = order[:1500], order[1500:]
+    return (DataLoader(TensorDataset(images[train], labels[train]), batch_size=batch_size, shuffle=True),
+            DataLoader(TensorDataset(images[val], labels[val]), batch_size=batch_size))
+
+
+def main(epochs: int = 3, backends: list[str] | None = None) -> int:
+    from composer import Trainer
+    from composer.models import ComposerClassifier
+
+    from logbus.composer import LogBusLogger
+
+    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"  # no account needed; `wandb sync` uploads it later
+    backends = backends or ["wandb", "local"]
+    specs = [("wandb", {"project": "logbus-demo"}) if name == "wandb" else name for name in backends]
+    logger = LogBusLogger(backends=specs)
+    train_loader, val_loader = digits_loaders()
+    torch.manual_seed(0)
+    trainer = Trainer(
+        model=ComposerClassifier(DigitsCNN(), num_classes=10),
+        train_dataloader=train_loader,
+        eval_dataloader=val_loader,
+        max_duration=f"{epochs}ep",
+        optimizers=None,
+        loggers=[logger],
+        progress_bar=True,
+        device="cpu",
+        run_name="logbus-demo",
+        seed=0,
+    )
+    trainer.fit()
+    trainer.close()
+    print("\nlogbus demo finished.")
+    for name, backend in logger.bus.backends.items():
+        if getattr(backend, "run_dir", None):
+            print(f"  {name}: {backend.run_dir}")
+    wandb_backend = logger.bus.backends.get("wandb")
+    if wandb_backend is not None and wandb_backend.run_dir and os.environ.get("WANDB_MODE") == "offline":
+        print(f"  upload the W&B run later with: wandb sync {os.path.dirname(wandb_backend.run_dir)}")
+    return 0

@@ -1,0 +1,57 @@
+"""Names that become paths or remote identifiers: checked on the caller's thread, sanitised for disk.
+
+Table keys, artifact names, run names and class names end up in file names (local backend) and in
+W&B artifact names. Hostile or accidental names (``../x``, ``/etc/passwd``, control characters) must
+never escape the run folder.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_WANDB_ARTIFACT_CHARS = re.compile(r"[^A-Za-z0-9\-_.]")
+MAX_NAME = 128
+
+
+def check_key(key: object, argument: str) -> str:
+    """A logging key such as ``samples/val`` or ``loss/train``: slashes group, but no empty parts,
+    no ``..``, no control characters."""
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"{argument}: expected a non-empty str, got {key!r}")
+    if _CONTROL.search(key):
+        raise ValueError(f"{argument}: control characters are not allowed, got {key!r}")
+    parts = key.split("/")
+    if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"{argument}: expected a relative key like 'samples/val' without '..' or empty parts, got {key!r}")
+    return key
+
+
+def check_artifact_name(name: object) -> str:
+    """An artifact name is one plain file name: no directories at all."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"artifact name: expected a non-empty str, got {name!r}")
+    if "/" in name or "\\" in name or name == "." or ".." in name:
+        raise ValueError(f"artifact name: expected a plain file name without path separators or '..', got {name!r}")
+    if _CONTROL.search(name):
+        raise ValueError(f"artifact name: control characters are not allowed, got {name!r}")
+    return name
+
+
+def safe_filename(name: str) -> str:
+    """Maps any string to one file-name component: only ``[A-Za-z0-9._-]``, never ``.``/``..``,
+    never hidden, at most 128 characters."""
+    cleaned = _UNSAFE_FILE_CHARS.sub("_", name).strip("._") or "_"
+    return cleaned[:MAX_NAME]
+
+
+def safe_relpath(key: str) -> str:
+    """A ``/``-grouped key as a relative path of safe components (``samples/val`` -> ``samples/val``)."""
+    return "/".join(safe_filename(part) for part in key.split("/"))
+
+
+def wandb_artifact_name(name: str) -> str:
+    """W&B permits only alphanumerics, ``-``, ``_`` and ``.`` in artifact names (as Composer does)."""
+    cleaned = re.sub(r"\.{2,}", ".", _WANDB_ARTIFACT_CHARS.sub(".", name)).strip(".") or "artifact"
+    return cleaned[:MAX_NAME]

@@ -1,0 +1,224 @@
+"""Finds, loads and asks plugins what they register. Built lazily; nothing loads at import time.
+
+Built-in plugins are listed in ``DEFAULT_PLUGINS`` and go through the same path as third-party ones
+from the ``logbus`` entry-point group. pluggy stops at the first raising hookimpl and does not guard
+``EntryPoint.load()``, so each plugin is loaded and asked on its own: a broken one is named in a
+warning and skipped (``LOGBUS_STRICT=1`` re-raises instead).
+
+User controls, as in pytest and datasette:
+
+- ``LOGBUS_LOAD_PLUGINS=dist-a,dist-b``: load only these third-party distributions (empty: none).
+- ``LOGBUS_DISABLE_PLUGIN_AUTOLOAD=1``: load no third-party plugin unless ``LOGBUS_LOAD_PLUGINS``
+  names it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import re
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from logbus import hookspecs
+
+ENTRY_POINT_GROUP = "logbus"
+DEFAULT_PLUGINS = (
+    "logbus.plugins.wandb",
+    "logbus.plugins.local",
+)
+KINDS = ("backend", "extractor")
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or could not register; it was skipped."""
+
+
+class UnknownPluginError(KeyError):
+    def __str__(self):  # KeyError quotes its message; this one is a sentence
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One thing a plugin registered, and where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+
+@dataclass
+class PluginInfo:
+    """A plugin as ``logbus plugins`` shows it."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    hooks: list[str] = field(default_factory=list)
+    registers: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _strict() -> bool:
+    return os.environ.get("LOGBUS_STRICT", "") not in ("", "0", "false", "False")
+
+
+def _normalise(dist_name: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist_name).lower()
+
+
+def _allowed_distributions() -> set[str] | None:
+    """None means "every installed plugin"; a set is an allowlist (possibly empty)."""
+    allow = os.environ.get("LOGBUS_LOAD_PLUGINS")
+    if allow is not None:
+        return {_normalise(name) for name in allow.split(",") if name.strip()}
+    if os.environ.get("LOGBUS_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+        return set()
+    return None
+
+
+class PluginHost:
+    """Owns the pluggy manager and the registries of backends and extractors."""
+
+    def __init__(self, *, load_entry_points: bool = True):
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self.skipped: list[PluginInfo] = []  # found but not loaded: disabled, not allowlisted or broken
+        self.registry: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+        for module_name in DEFAULT_PLUGINS:
+            self._add(lambda m=module_name: importlib.import_module(m), name=module_name,
+                      module=module_name, distribution="logbus", version=_version("logbus"), builtin=True)
+        if load_entry_points:
+            self._load_entry_points()
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        allowed = _allowed_distributions()
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = entry_point.dist
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            info_args = dict(name=entry_point.name, module=entry_point.value, distribution=dist_name,
+                             version=dist.version if dist is not None else None, builtin=False)
+            if allowed is not None and _normalise(dist_name or entry_point.name) not in allowed:
+                self.skipped.append(PluginInfo(**info_args, error="not loaded: autoload disabled or not allowlisted"))
+                continue
+            self._add(entry_point.load, **info_args)
+
+    def add_plugin(self, plugin: object, name: str | None = None) -> PluginInfo | None:
+        """Registers an already-imported plugin object (a module or any object with hookimpls)."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        return self._add(lambda: plugin, name=name, module=getattr(plugin, "__name__", name),
+                         distribution=None, version=None, builtin=False)
+
+    def _add(self, load: Callable[[], object], **info_args) -> PluginInfo | None:
+        info = PluginInfo(**info_args)
+        plugin = None
+        try:
+            plugin = load()
+            self.manager.register(plugin, name=info.name)
+            info.hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])
+            self._collect(plugin, info)
+        except Exception as error:  # noqa: BLE001 - any plugin failure is isolated here
+            if plugin is not None and self.manager.is_registered(plugin):
+                self.manager.unregister(plugin)
+            info.error = f"{type(error).__name__}: {error}"
+            self.skipped.append(info)
+            if _strict():
+                raise
+            warnings.warn(
+                f"logbus plugin {info.name!r} ({info.distribution or 'no distribution'} {info.version or ''}) "
+                f"failed and was skipped: {info.error}\n{traceback.format_exc(limit=-3)}",
+                PluginWarning,
+                stacklevel=3,
+            )
+            return None
+        self.plugins.append(info)
+        return info
+
+    def _collect(self, plugin: object, info: PluginInfo) -> None:
+        """Asks one plugin what it registers; all-or-nothing, so a failing plugin leaves no half-state."""
+        staged: list[Registration] = []
+        for kind in KINDS:
+            hook_caller = getattr(self.manager.hook, f"register_{kind}s")
+            for impl in hook_caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+
+                def register(name: str, factory: Callable[..., Any], *, description: str = "", _kind=kind):
+                    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                        raise ValueError(f"register: name must match [A-Za-z0-9_.-]+, got {name!r}")
+                    if not callable(factory):
+                        raise TypeError(f"register({name!r}): factory must be callable, got {factory!r}")
+                    taken = self.registry[_kind].get(name) or next(
+                        (r for r in staged if r.kind == _kind and r.name == name), None)
+                    if taken is not None:
+                        raise ValueError(
+                            f"{_kind} {name!r} from plugin {info.name!r} is already registered by plugin {taken.plugin!r}"
+                        )
+                    staged.append(Registration(_kind, name, factory, description, info.name,
+                                               info.distribution, info.version))
+
+                impl.function(register=register)
+        for registration in staged:
+            self.registry[registration.kind][registration.name] = registration
+            info.registers.append(f"{registration.kind}:{registration.name}")
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Registration:
+        try:
+            return self.registry[kind][name]
+        except KeyError:
+            known = ", ".join(sorted(self.registry[kind])) or "none"
+            raise UnknownPluginError(f"unknown {kind} {name!r}; known {kind}s: {known}") from None
+
+    def create(self, kind: str, name: str, **options: Any) -> Any:
+        return self.get(kind, name).factory(**options)
+
+
+def _version(dist_name: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_host: PluginHost | None = None
+_host_lock = threading.Lock()
+
+
+def get_plugin_host() -> PluginHost:
+    """The process-wide plugin host, built on first use."""
+    global _host
+    with _host_lock:
+        if _host is None:
+            _host = PluginHost()
+        return _host
+
+
+def reset_plugins() -> None:
+    """Forgets every loaded plugin; the next lookup loads again (tests, or after changing the env)."""
+    global _host
+    with _host_lock:
+        _host = None
+
+
+def create_backend(name: str, **options: Any) -> Any:
+    return get_plugin_host().create("backend", name, **options)
+
+
+def create_extractor(name: str, **options: Any) -> Any:
+    return get_plugin_host().create("extractor", name, **options)

@@ -1,0 +1,378 @@
+"""Backend-neutral records: what travels on the bus.
+
+A plugin never needs Composer or wandb to read these. Every record validates itself where it is
+made, on the caller's thread, so a bad value fails at the first bad call with a message that names
+the argument, instead of surfacing later on a writer thread where nobody can act on it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from logbus.naming import check_artifact_name, check_key
+
+__all__ = [
+    "Record",
+    "Metrics",
+    "Hyperparameters",
+    "Mask",
+    "Box",
+    "Image",
+    "Images",
+    "Table",
+    "Artifact",
+    "RunStarted",
+    "RunFinished",
+    "redact_secrets",
+    "REDACTED",
+]
+
+REDACTED = "***redacted***"
+# Keys that look like credentials. Matched on the last path component of a key, case-insensitive.
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|private[_-]?key|(^|[_\-.])key$)",
+                         re.IGNORECASE)
+
+
+class Record:
+    """Base of every record. ``droppable`` records (samples, media) may be shed under backpressure;
+    metrics, hyperparameters, artifacts and run boundaries never are."""
+
+    __slots__ = ()
+    droppable = False
+
+
+def _is_number(value: Any) -> bool:
+    # bool is a Number subclass but logging True as 1.0 is almost always a bug in the caller.
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    # 0-dim / 1-element tensors and numpy scalars: read on the writer thread, not here, so
+    # logging a CUDA scalar never forces a device sync on the training thread.
+    numel = getattr(value, "numel", None)
+    dtype = getattr(value, "dtype", None)
+    if numel is not None and dtype is not None:
+        try:
+            return numel() == 1 and not getattr(dtype, "is_complex", False) and dtype != _torch_bool()
+        except TypeError:
+            return False
+    return isinstance(value, np.generic) and np.issubdtype(value.dtype, np.number)
+
+
+def _torch_bool():
+    import torch
+
+    return torch.bool
+
+
+def as_float(value: Any) -> float:
+    """Turns a validated metric value into a float (on the writer thread: may sync a device)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return float(value)
+
+
+_FAST_NUMBERS = (float, int)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics(Record):
+    """Scalars at a step. Values may be Python/numpy numbers or one-element tensors."""
+
+    values: Mapping[str, Any]
+    step: int | None = None
+
+    def __post_init__(self):
+        values = self.values
+        if not isinstance(values, Mapping):
+            raise TypeError(f"metrics: expected a mapping of name -> number, got {type(values).__name__}")
+        for name, value in values.items():
+            # Fast path first: this runs on the training thread for every logged scalar.
+            if type(value) in _FAST_NUMBERS and type(name) is str:
+                continue
+            if not isinstance(name, str):
+                raise TypeError(f"metrics: names must be str, got {name!r} ({type(name).__name__})")
+            if not _is_number(value):
+                raise TypeError(
+                    f"metrics[{name!r}]: expected a real number or a one-element tensor, "
+                    f"got {type(value).__name__} {value!r:.80}"
+                )
+        _check_step(self.step)
+
+
+def _check_step(step):
+    if step is not None and (isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0):
+        raise TypeError(f"step: expected a non-negative int or None, got {step!r}")
+
+
+def redact_secrets(values: Any, _secret_values: frozenset[str] | None = None) -> Any:
+    """Returns a copy of ``values`` where anything under a secret-looking key, and any string equal to
+    the W&B API key in the environment, is replaced by ``REDACTED``. Nested mappings and lists are
+    walked."""
+    if _secret_values is None:
+        _secret_values = frozenset(v for v in (os.environ.get("WANDB_API_KEY"),) if v)
+    if isinstance(values, Mapping):
+        out = {}
+        for key, value in values.items():
+            if isinstance(key, str) and _SECRET_KEY.search(key) and not isinstance(value, Mapping):
+                out[key] = REDACTED
+            else:
+                out[key] = redact_secrets(value, _secret_values)
+        return out
+    if isinstance(values, (list, tuple)):
+        return type(values)(redact_secrets(v, _secret_values) for v in values)
+    if isinstance(values, str) and values in _secret_values:
+        return REDACTED
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Hyperparameters(Record):
+    """Run configuration. Secret-looking values are redacted here, so no backend ever sees them."""
+
+    values: Mapping[str, Any]
+
+    def __post_init__(self):
+        if not isinstance(self.values, Mapping):
+            raise TypeError(f"hyperparameters: expected a mapping, got {type(self.values).__name__}")
+        for key in self.values:
+            if not isinstance(key, str):
+                raise TypeError(f"hyperparameters: keys must be str, got {key!r}")
+        object.__setattr__(self, "values", redact_secrets(self.values))
+
+
+def _to_numpy(array: Any, argument: str) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch.Tensor, without importing torch here
+        array = array.detach()
+        if array.dtype.is_floating_point and array.dtype.itemsize < 4:
+            array = array.float()  # numpy has no bfloat16
+        array = array.cpu().numpy()
+    if not isinstance(array, np.ndarray):
+        try:
+            array = np.asarray(array)
+        except Exception as error:  # noqa: BLE001 - re-raised with the argument's name
+            raise TypeError(f"{argument}: expected an array or tensor, got {type(array).__name__}") from error
+    return array
+
+
+@dataclass(frozen=True, slots=True)
+class Mask(Record):
+    """A per-pixel class mask ``[H, W]`` of non-negative ints, with optional names for the classes."""
+
+    data: np.ndarray
+    class_labels: Mapping[int, str] | None = None
+
+    def __post_init__(self):
+        data = _to_numpy(self.data, "mask")
+        if data.ndim != 2:
+            raise ValueError(f"mask: expected a 2-D [H, W] array of class ids, got shape {tuple(data.shape)}")
+        if not np.issubdtype(data.dtype, np.integer):
+            raise TypeError(f"mask: expected an integer array of class ids, got dtype {data.dtype}")
+        if data.size and data.min() < 0:
+            raise ValueError(f"mask: class ids must be >= 0, got minimum {int(data.min())}")
+        object.__setattr__(self, "data", data)
+        if self.class_labels is not None:
+            if not isinstance(self.class_labels, Mapping) or not all(
+                isinstance(k, numbers.Integral) and isinstance(v, str) for k, v in self.class_labels.items()
+            ):
+                raise TypeError("mask_class_labels: expected a mapping of int class id -> str label")
+
+
+@dataclass(frozen=True, slots=True)
+class Box(Record):
+    """An axis-aligned box in pixel coordinates."""
+
+    min_x: float
+    min_y: float
+    max_x: float
+    max_y: float
+    class_id: int
+    caption: str | None = None
+    score: float | None = None
+
+    def __post_init__(self):
+        for name in ("min_x", "min_y", "max_x", "max_y"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(float(value)):
+                raise TypeError(f"box.{name}: expected a finite number, got {value!r}")
+        if self.max_x < self.min_x or self.max_y < self.min_y:
+            raise ValueError(f"box: expected min <= max, got x {self.min_x}..{self.max_x}, y {self.min_y}..{self.max_y}")
+        if isinstance(self.class_id, bool) or not isinstance(self.class_id, numbers.Integral) or self.class_id < 0:
+            raise TypeError(f"box.class_id: expected a non-negative int, got {self.class_id!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Image(Record):
+    """One image: either uint8 ``pixels`` ``[H, W, C]`` (C in 1/3/4) or the ``path`` of an already
+    encoded PNG/JPEG file, which backends reference as it is (never re-encoded)."""
+
+    pixels: np.ndarray | None = None
+    path: str | None = None
+    caption: str | None = None
+    masks: Mapping[str, Mask] = field(default_factory=dict)
+    boxes: Sequence[Box] = ()
+    box_class_labels: Mapping[int, str] | None = None
+
+    def __post_init__(self):
+        if (self.pixels is None) == (self.path is None):
+            raise ValueError("image: give exactly one of pixels (uint8 [H, W, C] array) or path (encoded file)")
+        if self.pixels is not None:
+            pixels = _to_numpy(self.pixels, "image")
+            if pixels.ndim == 2:
+                pixels = pixels[:, :, None]
+            if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4) or 0 in pixels.shape:
+                raise ValueError(
+                    f"image: expected uint8 pixels of shape [H, W, C] with C in (1, 3, 4), got shape {tuple(pixels.shape)}"
+                )
+            if pixels.dtype != np.uint8:
+                raise TypeError(
+                    f"image: expected dtype uint8 (convert floats with logbus.to_uint8_images), got {pixels.dtype}"
+                )
+            object.__setattr__(self, "pixels", pixels)
+            height, width = pixels.shape[:2]
+        else:
+            if not isinstance(self.path, (str, os.PathLike)) or not os.path.isfile(self.path):
+                raise ValueError(f"image.path: expected an existing encoded image file, got {self.path!r}")
+            object.__setattr__(self, "path", os.fspath(self.path))
+            height = width = None
+        if self.caption is not None and not isinstance(self.caption, str):
+            raise TypeError(f"image.caption: expected str or None, got {type(self.caption).__name__}")
+        if not isinstance(self.masks, Mapping):
+            raise TypeError("image.masks: expected a mapping of mask name -> Mask")
+        for name, mask in self.masks.items():
+            if not isinstance(mask, Mask):
+                raise TypeError(f"image.masks[{name!r}]: expected a logbus.records.Mask, got {type(mask).__name__}")
+            if height is not None and mask.data.shape != (height, width):
+                raise ValueError(
+                    f"image.masks[{name!r}]: expected shape {(height, width)} to match the image, got {mask.data.shape}"
+                )
+        for box in self.boxes:
+            if not isinstance(box, Box):
+                raise TypeError(f"image.boxes: expected logbus.records.Box items, got {type(box).__name__}")
+
+    droppable = True
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.pixels is None else int(self.pixels.nbytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Images(Record):
+    """A list of images logged under one key (Composer's ``log_images``)."""
+
+    key: str
+    images: Sequence[Image]
+    step: int | None = None
+
+    def __post_init__(self):
+        check_key(self.key, "name")
+        if not isinstance(self.images, (list, tuple)) or not all(isinstance(i, Image) for i in self.images):
+            raise TypeError("images: expected a list of logbus.records.Image")
+        _check_step(self.step)
+
+    droppable = True
+
+    @property
+    def nbytes(self) -> int:
+        return sum(image.nbytes for image in self.images)
+
+
+_CELL_TYPES = (str, int, float, bool, type(None), Image)
+
+
+@dataclass(frozen=True, slots=True)
+class Table(Record):
+    """A table: named columns and rows of str/number/bool/None/Image cells."""
+
+    key: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    step: int | None = None
+
+    def __post_init__(self):
+        check_key(self.key, "name")
+        if isinstance(self.columns, str) or not isinstance(self.columns, Sequence) or not all(
+            isinstance(c, str) for c in self.columns
+        ):
+            raise TypeError(f"columns: expected a list of str, got {self.columns!r:.80}")
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"columns: names must be unique, got {list(self.columns)}")
+        width = len(self.columns)
+        rows = []
+        for index, row in enumerate(self.rows):
+            if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+                raise TypeError(f"rows[{index}]: expected a list of cells, got {type(row).__name__}")
+            if len(row) != width:
+                raise ValueError(f"rows[{index}]: expected {width} cells to match columns {list(self.columns)}, got {len(row)}")
+            cells = []
+            for cell in row:
+                if isinstance(cell, np.generic):
+                    cell = cell.item()
+                if not isinstance(cell, _CELL_TYPES):
+                    raise TypeError(
+                        f"rows[{index}]: cells must be str, int, float, bool, None or logbus.records.Image, "
+                        f"got {type(cell).__name__}"
+                    )
+                cells.append(cell)
+            rows.append(cells)
+        object.__setattr__(self, "columns", list(self.columns))
+        object.__setattr__(self, "rows", rows)
+        _check_step(self.step)
+
+    droppable = True
+
+    @property
+    def nbytes(self) -> int:
+        return sum(cell.nbytes for row in self.rows for cell in row if isinstance(cell, Image)) + 64 * len(self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact(Record):
+    """A file to keep with the run (a checkpoint, say). ``name`` must be a plain file name."""
+
+    path: str
+    name: str
+    type: str = "file"
+    aliases: Sequence[str] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.path, (str, os.PathLike)) or not os.path.isfile(self.path):
+            raise ValueError(f"file_path: expected an existing file, got {self.path!r}")
+        object.__setattr__(self, "path", os.path.abspath(os.fspath(self.path)))
+        check_artifact_name(self.name)
+        if not isinstance(self.type, str) or not self.type:
+            raise TypeError(f"artifact type: expected a non-empty str, got {self.type!r}")
+        if isinstance(self.aliases, str) or not all(isinstance(a, str) for a in self.aliases):
+            raise TypeError(f"aliases: expected a list of str, got {self.aliases!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Record):
+    """The first record every backend sees: who this run is."""
+
+    run_name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.run_name, str) or not self.run_name:
+            raise TypeError(f"run_name: expected a non-empty str, got {self.run_name!r}")
+        object.__setattr__(self, "config", redact_secrets(dict(self.config or {})))
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished(Record):
+    """The last record: ``exit_code`` 0 for success, non-zero when training raised or was interrupted."""
+
+    exit_code: int = 0
+    reason: str | None = None

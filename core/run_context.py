@@ -1,0 +1,63 @@
+"""The same bus for a plain PyTorch loop, without Composer::
+
+    with logbus.start_run("digits-cnn", backends=["local", "wandb"], config={"lr": 1e-3}) as run:
+        for step, batch in enumerate(loader):
+            ...
+            run.log({"loss": loss}, step=step)
+
+Leaving the block drains and closes every backend; an exception inside it marks the run failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from logbus.bus import Bus
+from logbus.images import images_from_composer
+from logbus.records import Artifact, Hyperparameters, Images, Metrics, RunStarted, Table
+
+
+class Run:
+    """A logging run on its own bus. All methods validate and enqueue, then return."""
+
+    def __init__(self, name: str, *, backends: Sequence[Any] = ("local",), config: Mapping[str, Any] | None = None,
+                 rank: int = 0, world_size: int = 1, **bus_options: Any):
+        start = RunStarted(run_name=name, config=dict(config or {}), rank=rank, world_size=world_size)
+        self.name = name
+        self.bus = Bus(backends, **bus_options)
+        self.bus.exit_code_if_interrupted = 1  # until finish() is called, an exit means the loop died
+        self.bus.emit(start)
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        self.bus.emit(Metrics(metrics, step))
+
+    def log_hyperparameters(self, hyperparameters: Mapping[str, Any]) -> None:
+        self.bus.emit(Hyperparameters(hyperparameters))
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None = None) -> None:
+        self.bus.emit(Table(key, columns, rows, step))
+
+    def log_images(self, key: str, images: Any, step: int | None = None, *, channels_last: bool = False,
+                   masks: Mapping[str, Any] | None = None, mask_class_labels: Mapping[int, str] | None = None) -> None:
+        self.bus.emit(Images(key, images_from_composer(images, channels_last=channels_last, masks=masks,
+                                                       mask_class_labels=mask_class_labels), step))
+
+    def log_artifact(self, path: str, name: str, *, type: str = "file", aliases: Sequence[str] = ()) -> None:
+        self.bus.emit(Artifact(path=path, name=name, type=type, aliases=list(aliases)))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.bus.flush(timeout)
+
+    def finish(self, exit_code: int = 0, *, timeout: float | None = None) -> bool:
+        return self.bus.close(exit_code, reason=None if exit_code == 0 else "failed", timeout=timeout)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(0 if exc_type is None else 1)
+
+
+def start_run(name: str, **options: Any) -> Run:
+    """Starts a run; use it as a context manager or call ``finish()``."""
+    return Run(name, **options)

@@ -1,0 +1,150 @@
+"""The embedded default backend: a run folder anyone can read, no account, no network.
+
+Layout of ``{root}/{run}/`` (documented in the README, "Local run format")::
+
+    run.json            name, rank, world size, start/end time, status, exit code
+    hparams.json        hyperparameters, secrets already redacted
+    metrics.jsonl       one line per log call: {"step": int|null, "time": float, "<name>": value, ...}
+    tables/<key>.jsonl  one line per logged table: {"step", "columns", "rows"}; image cells are
+                        {"_type": "image", "path": "media/...", "caption", "masks": {...}, "boxes": [...]}
+    media/...           the image files tables and image lists point to (paths relative to the run)
+    artifacts/<name>    copies of uploaded files; artifacts.jsonl lists them with type and aliases
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict
+from typing import Any
+
+import logbus
+from logbus.atomic import JsonLines, write_bytes_atomic, write_json_atomic
+from logbus.encoding import encode_image, encode_mask
+from logbus.naming import safe_filename, safe_relpath
+from logbus.records import (Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table,
+                            as_float)
+
+DEFAULT_ROOT = "logbus_runs"
+
+
+class LocalBackend:
+    """Writes the run to ``root/<run name>``. ``root`` defaults to ``$LOGBUS_DIR`` or ``./logbus_runs``."""
+
+    name = "local"
+    supports = frozenset({Table, Images, Artifact})
+
+    def __init__(self, root: str | os.PathLike | None = None, *, image_format: str = "png"):
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root: expected a folder path, got {type(root).__name__}")
+        if image_format not in ("png", "jpeg"):
+            raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
+        self.root = os.fspath(root) if root is not None else os.environ.get("LOGBUS_DIR", DEFAULT_ROOT)
+        self.image_format = image_format
+        self.run_dir: str | None = None
+        self._run_info: dict[str, Any] = {}
+        self._hparams: dict[str, Any] = {}
+        self._metrics: JsonLines | None = None
+        self._files: dict[str, JsonLines] = {}
+        self._media_count = 0
+
+    def log(self, record) -> None:
+        if isinstance(record, RunStarted):
+            self._start(record)
+            return
+        if self.run_dir is None:  # a plain caller that skipped RunStarted still gets a folder
+            self._start(RunStarted(run_name=time.strftime("run-%Y%m%d-%H%M%S")))
+        if isinstance(record, Metrics):
+            line = {"step": record.step, "time": time.time()}
+            line.update({name: as_float(value) for name, value in record.values.items()})
+            self._metrics.append(line)
+        elif isinstance(record, Hyperparameters):
+            self._hparams.update(record.values)
+            write_json_atomic(self._path("hparams.json"), self._hparams)
+        elif isinstance(record, Table):
+            rows = [[self._cell(cell, record.key) for cell in row] for row in record.rows]
+            self._jsonl(f"tables/{safe_relpath(record.key)}.jsonl").append(
+                {"step": record.step, "columns": record.columns, "rows": rows})
+        elif isinstance(record, Images):
+            rows = [[self._cell(image, record.key)] for image in record.images]
+            self._jsonl(f"tables/{safe_relpath(record.key)}.jsonl").append(
+                {"step": record.step, "columns": ["image"], "rows": rows})
+        elif isinstance(record, Artifact):
+            name = safe_filename(record.name)
+            destination = self._path("artifacts", name)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            tmp = destination + ".partial"
+            shutil.copyfile(record.path, tmp)
+            os.replace(tmp, destination)
+            self._jsonl("artifacts.jsonl").append({"name": name, "path": f"artifacts/{name}", "type": record.type,
+                                                   "aliases": list(record.aliases), "metadata": record.metadata})
+
+    def close(self, finish: RunFinished) -> None:
+        if self.run_dir is None:
+            return
+        self._run_info.update(status="finished" if finish.exit_code == 0 else "failed",
+                              exit_code=finish.exit_code, reason=finish.reason, finished_at=time.time())
+        write_json_atomic(self._path("run.json"), self._run_info)
+        for file in [self._metrics, *self._files.values()]:
+            if file is not None:
+                file.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _start(self, record: RunStarted) -> None:
+        base = safe_filename(record.run_name if record.world_size == 1 else f"{record.run_name}-rank{record.rank}")
+        os.makedirs(self.root, exist_ok=True)
+        run_dir, index = os.path.join(self.root, base), 2
+        while True:  # never mix two runs in one folder
+            try:
+                os.mkdir(run_dir)
+                break
+            except FileExistsError:
+                run_dir, index = os.path.join(self.root, f"{base}-{index}"), index + 1
+        self.run_dir = run_dir
+        self._run_info = {"name": record.run_name, "folder": os.path.basename(run_dir), "rank": record.rank,
+                          "world_size": record.world_size, "started_at": time.time(), "status": "running",
+                          "logbus_version": logbus.__version__}
+        write_json_atomic(self._path("run.json"), self._run_info)
+        self._hparams = dict(record.config)
+        write_json_atomic(self._path("hparams.json"), self._hparams)
+        self._metrics = JsonLines(self._path("metrics.jsonl"))
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.run_dir, *parts)
+
+    def _jsonl(self, relative: str) -> JsonLines:
+        if relative not in self._files:
+            self._files[relative] = JsonLines(self._path(relative))
+        return self._files[relative]
+
+    def _media_path(self, key: str, suffix: str) -> tuple[str, str]:
+        self._media_count += 1
+        relative = f"media/{safe_relpath(key)}/{self._media_count:07d}{suffix}"
+        absolute = self._path(relative)
+        os.makedirs(os.path.dirname(absolute), exist_ok=True)
+        return relative, absolute
+
+    def _cell(self, cell: Any, key: str) -> Any:
+        if not isinstance(cell, Image):
+            return cell
+        if cell.path is not None:  # already encoded: copy the bytes, never re-encode
+            relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
+            shutil.copyfile(cell.path, absolute)
+        else:
+            suffix = ".png" if self.image_format == "png" else ".jpg"
+            relative, absolute = self._media_path(key, suffix)
+            write_bytes_atomic(absolute, encode_image(cell.pixels, self.image_format))
+        masks = {}
+        for name, mask in cell.masks.items():
+            mask_relative, mask_absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
+            write_bytes_atomic(mask_absolute, encode_mask(mask.data))
+            masks[name] = {"path": mask_relative,
+                           "class_labels": {str(k): v for k, v in (mask.class_labels or {}).items()}}
+        return {"_type": "image", "path": relative, "caption": cell.caption, "masks": masks,
+                "boxes": [asdict(box) for box in cell.boxes]}
+
+
+@logbus.hookimpl
+def register_backends(register):
+    register("local", LocalBackend, description="run folder with JSON lines and image files; no account needed")

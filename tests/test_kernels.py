@@ -1,0 +1,471 @@
+"""Triton kernels vs torch references (CPU via TRITON_INTERPRET=1), and references vs plain torch."""
+
+import os
+
+import torch
+
+# The interpreter is chosen when @triton.jit decorates, so this must precede the logbus.kernels import.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from logbus.kernels import (  # noqa: E402
+    HAS_TRITON,
+    images_to_uint8,
+    images_to_uint8_reference,
+    logits_summary,
+    logits_summary_reference,
+    segmentation_mask,
+    segmentation_mask_reference,
+)
+from logbus.kernels import images as images_mod  # noqa: E402
+from logbus.kernels import logits as logits_mod  # noqa: E402
+from logbus.kernels import segmentation as segmentation_mod  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Another test module may have imported logbus.kernels before TRITON_INTERPRET was set, leaving compiled
+# (GPU-only) kernels; re-decorate them. Reloading re-executes each module in its own namespace, so the
+# public functions imported above pick up the interpreted kernels.
+if HAS_TRITON and DEVICE == "cpu" and INTERPRET:
+    for _mod in (images_mod, logits_mod, segmentation_mod):
+        if type(getattr(_mod, next(n for n in vars(_mod) if n.endswith("_kernel")))).__name__ != (
+            "InterpretedFunction"
+        ):
+            importlib.reload(_mod)
+
+needs_triton = pytest.mark.skipif(
+    not HAS_TRITON or (DEVICE == "cpu" and not INTERPRET),
+    reason="needs triton and either CUDA or TRITON_INTERPRET=1",
+)
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LAYOUTS = ["contiguous", "permuted", "step_first", "step_last"]
+
+
+def relayout(x: torch.Tensor, how: str) -> torch.Tensor:
+    """Same values as `x`, but stored with the requested (mostly non-contiguous) strides."""
+    if how == "contiguous":
+        return x.contiguous()
+    if how == "permuted":  # storage order reversed: every dim strided
+        order = list(reversed(range(x.dim())))
+        return x.permute(order).contiguous().permute(order)
+    if how == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    dim = 0 if how == "step_first" else x.dim() - 1
+    shape = list(x.shape)
+    shape[dim] *= 2
+    big = torch.full(shape, 7, dtype=x.dtype, device=x.device)  # junk in the skipped slots
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(None, None, 2)
+    view = big[tuple(index)]
+    view.copy_(x)
+    return view
+
+
+def assert_summary_close(a, b):
+    torch.testing.assert_close(a.prediction, b.prediction, rtol=0, atol=0)
+    torch.testing.assert_close(a.finite, b.finite, rtol=0, atol=0)
+    torch.testing.assert_close(a.topk_indices, b.topk_indices, rtol=0, atol=0)
+    torch.testing.assert_close(a.confidence, b.confidence, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(a.topk_probs, b.topk_probs, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _random_images(gen, shape, value_range):
+    """Values mostly inside the range, some outside, some exactly on rounding boundaries, some NaN/inf."""
+    unit = torch.rand(shape, generator=gen) * 1.4 - 0.2
+    flat = unit.view(-1)
+    pick = torch.randint(0, flat.numel(), (max(1, flat.numel() // 8),), generator=gen)
+    flat[pick] = (torch.randint(0, 255, pick.shape, generator=gen) + 0.5) / 255  # half-way cases
+    if flat.numel() > 4:
+        flat[:3] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    if value_range == "-1_1":
+        return unit * 2 - 1
+    if value_range == "0_255":
+        return unit * 255
+    return unit
+
+
+@needs_triton
+@FAST
+@given(
+    n=st.integers(0, 4),  # 0 = a 3-D input
+    h=st.integers(1, 17),
+    w=st.integers(1, 17),
+    c=st.sampled_from([1, 3, 4]),
+    dtype=st.sampled_from([*FLOAT_DTYPES, torch.uint8]),
+    value_range=st.sampled_from(["auto", "0_1", "-1_1", "0_255"]),
+    normalise=st.booleans(),
+    channels_last=st.booleans(),
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_images_kernel_matches_reference(
+    n, h, w, c, dtype, value_range, normalise, channels_last, layout, seed
+):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (h, w, c) if channels_last else (c, h, w)
+    if n:
+        shape = (n, *shape)
+    kwargs = {"channels_last": channels_last}
+    if dtype == torch.uint8:
+        x = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    else:
+        x = _random_images(gen, shape, value_range)
+        kwargs["value_range"] = value_range
+        if normalise:
+            kwargs["mean"] = torch.rand(c, generator=gen).tolist()
+            kwargs["std"] = (torch.rand(c, generator=gen) + 0.1).tolist()
+            x = (x - 0.45) / 0.25
+        x = x.to(dtype)
+    x = relayout(x.to(DEVICE), layout)
+
+    got = images_to_uint8(x, impl="triton", **kwargs)
+    want = images_to_uint8_reference(x, **kwargs)
+    assert got.dtype == torch.uint8 and got.is_contiguous() and got.device == x.device
+    assert got.shape == (max(n, 1), h, w, c)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize(
+    "value_range, to_input",
+    [
+        ("0_1", lambda lv: lv / 255),
+        ("-1_1", lambda lv: lv / 255 * 2 - 1),
+        ("0_255", lambda lv: lv),
+    ],
+)
+def test_images_exact_levels_round_trip(impl, value_range, to_input):
+    levels = torch.arange(256, dtype=torch.float64)
+    # Each level, nudged by +-0.4 of a step, must round back to itself.
+    lv = torch.stack([levels - 0.4, levels, levels + 0.4]).clamp(0, 255)
+    x = to_input(lv).float().view(1, 3, 16, 16).to(DEVICE)
+    out = images_to_uint8(x, value_range=value_range, impl=impl)
+    want = lv.round().to(torch.uint8).view(1, 3, 16, 16).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out.cpu(), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_images_special_values_and_half_up(impl):
+    x = torch.tensor([float("nan"), float("inf"), float("-inf"), -3.0, 3.0, 0.5 / 255, 1.5 / 255, 0.5])
+    out = images_to_uint8(x.view(1, 1, 2, 4).to(DEVICE), impl=impl)
+    # NaN -> 0, clamping, and half-way values round up (torch.round would give 0 and 2 for 0.5, 1.5).
+    assert out.flatten().tolist() == [0, 255, 0, 0, 255, 1, 2, 128]
+
+
+def test_images_reference_matches_eager_chain():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 32, 32, generator=gen)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    eager = (
+        (x * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    ).permute(0, 2, 3, 1)
+    ours = images_to_uint8_reference(x, mean=mean, std=std)
+    diff = (ours.int() - eager.int()).abs()
+    # Only exact .5 ties may differ (half-up vs half-to-even); random data essentially never hits them.
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+def test_images_layouts_and_channel_placement():
+    x = torch.zeros(2, 3, 5, 6)
+    x[:, 1] = 1.0
+    out = images_to_uint8_reference(x)
+    assert out.shape == (2, 5, 6, 3)
+    assert out[..., 1].eq(255).all() and out[..., 0].eq(0).all() and out[..., 2].eq(0).all()
+    assert torch.equal(images_to_uint8_reference(x.permute(0, 2, 3, 1)), out)  # NHWC input inferred
+    assert torch.equal(images_to_uint8_reference(x[0]), out[:1])  # 3-D -> N=1
+
+
+def test_images_channels_last_flag_overrides_inference():
+    x = torch.rand(2, 3, 5, 3)  # dim 1 and last dim both look like channels
+    assert images_to_uint8_reference(x).shape == (2, 5, 3, 3)  # inferred NCHW
+    assert images_to_uint8_reference(x, channels_last=True).shape == (2, 3, 5, 3)
+    assert images_to_uint8_reference(x, channels_last=False).shape == (2, 5, 3, 3)
+
+
+def test_images_uint8_passthrough_and_scalar_mean_std():
+    x = torch.randint(0, 256, (2, 6, 7, 4), dtype=torch.uint8)
+    assert torch.equal(images_to_uint8_reference(x), x)
+    y = torch.full((1, 3, 2, 2), -1.0)
+    # std/mean given as one value broadcast to every channel: -1 * 0.5 + 0.5 = 0 -> 0.
+    assert images_to_uint8_reference(y, mean=0.5, std=[0.5]).eq(0).all()
+    assert images_to_uint8_reference(y, mean=[1.0, 1.0, 1.0]).eq(0).all()  # std defaults to 1
+    assert images_to_uint8_reference(y + 2, mean=[0.0, 0.0, 0.0]).eq(255).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(images=torch.rand(5)), ValueError, r"images: expected a 3-D .* got shape \(5,\)"),
+        (dict(images=torch.rand(1, 1, 3, 4, 4)), ValueError, r"images: expected .*got shape \(1, 1, 3, 4, 4\)"),
+        (dict(images=torch.rand(2, 2, 5, 5)), ValueError, r"images: expected 1, 3 or 4 channels"),
+        (dict(images=torch.rand(2, 3, 5, 5), channels_last=True), ValueError, r"channels_last: True"),
+        (dict(images=torch.rand(2, 5, 5, 3), channels_last=False), ValueError, r"channels_last: False"),
+        (dict(images=torch.rand(3, 4, 4), mean=[0.1, 0.2]), ValueError,
+         r"mean: expected 3 values \(one per channel\), got 2"),
+        (dict(images=torch.rand(3, 4, 4), std=[1.0] * 4), ValueError, r"std: expected 3 values"),
+        (dict(images=torch.zeros(3, 4, 4, dtype=torch.int32)), TypeError, r"images: unsupported dtype"),
+        (dict(images=[[1.0]]), TypeError, r"images: expected a torch.Tensor"),
+        (dict(images=torch.rand(3, 4, 4), value_range="0_10"), ValueError, r"value_range"),
+        (dict(images=torch.rand(3, 4, 4), value_range="uint8"), ValueError, r"value_range"),
+        (dict(images=torch.zeros(3, 4, 4, dtype=torch.uint8), value_range="0_1"), ValueError, r"value_range"),
+        (dict(images=torch.zeros(3, 4, 4, dtype=torch.uint8), mean=[0.5]), ValueError, r"mean/std"),
+        (dict(images=torch.rand(3, 4, 4), impl="cuda"), ValueError, r"impl"),
+    ],
+)  # fmt: skip
+def test_images_errors(kwargs, exc, match):
+    images = kwargs.pop("images")
+    with pytest.raises(exc, match=match):
+        images_to_uint8(images, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- logits
+
+
+def _random_logits(gen, shape, dtype, specials):
+    x = torch.randn(shape, generator=gen) * 3
+    rows = x.view(-1, shape[-1])
+    if shape[-1] > 1 and rows.shape[0] > 0:
+        # A duplicated maximum later in the row: argmax must keep the first one.
+        r = int(torch.randint(0, rows.shape[0], (1,), generator=gen))
+        j = int(torch.argmax(rows[r]))
+        rows[r, -1] = rows[r, j]
+    if specials and rows.shape[0] > 1:
+        r = torch.randint(0, rows.shape[0], (3,), generator=gen)
+        c = torch.randint(0, shape[-1], (3,), generator=gen)
+        rows[r, c] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    return x.to(dtype)
+
+
+@needs_triton
+@FAST
+@given(
+    n=st.integers(1, 5),
+    t=st.integers(0, 4),  # 0 = a 2-D [N, C] input
+    v=st.one_of(st.integers(1, 40), st.integers(41, 3000)),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    layout=st.sampled_from(LAYOUTS),
+    k=st.integers(1, 5),
+    specials=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_logits_kernel_matches_reference(n, t, v, dtype, layout, k, specials, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (n, t, v) if t else (n, v)
+    x = relayout(_random_logits(gen, shape, dtype, specials).to(DEVICE), layout)
+    k = min(k, v)
+    got = logits_summary(x, k=k, impl="triton")
+    want = logits_summary_reference(x, k=k)
+    assert got.prediction.shape == shape[:-1] and got.topk_indices.shape == (*shape[:-1], k)
+    assert got.prediction.dtype == torch.int64 and got.confidence.dtype == torch.float32
+    assert got.finite.dtype == torch.bool and got.topk_probs.dtype == torch.float32
+    assert_summary_close(got, want)
+
+
+@needs_triton
+def test_logits_kernel_256k_vocab():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 256_000, generator=gen)
+    x[0, 0, 255_999] = 50.0  # maximum in the last block
+    x[1, 0, 70_000] = x[1, 0, 250_000] = 40.0  # tie across blocks -> the lower index
+    x = x.to(DEVICE)
+    got = logits_summary(x, k=3, impl="triton")
+    want = logits_summary_reference(x, k=3)
+    assert got.prediction.flatten().tolist() == [255_999, 70_000]
+    assert got.topk_indices[1, 0, :2].tolist() == [70_000, 250_000]
+    assert_summary_close(got, want)
+
+
+@FAST
+@given(
+    shape=st.sampled_from([(3, 7), (2, 5, 11), (4, 1000), (1, 3, 257)]),
+    k=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_logits_reference_matches_softmax(shape, k, seed):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 4
+    got = logits_summary_reference(x, k=k)
+    probs = x.float().softmax(-1)
+    conf, pred = probs.max(-1)
+    top_p, top_i = probs.topk(k, -1)
+    torch.testing.assert_close(got.prediction, torch.argmax(x, -1), rtol=0, atol=0)
+    torch.testing.assert_close(got.prediction, pred, rtol=0, atol=0)
+    torch.testing.assert_close(got.confidence, conf, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.topk_indices, top_i, rtol=0, atol=0)  # no ties in random fp32
+    torch.testing.assert_close(got.topk_probs, top_p, rtol=1e-5, atol=1e-6)
+    assert got.finite.all()
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_logits_non_finite_rows(impl):
+    x = torch.randn(5, 6)
+    x[1, 2] = float("nan")
+    x[2, 0] = float("inf")
+    x[3, 5] = float("-inf")
+    got = logits_summary(x.to(DEVICE), k=2, impl=impl)
+    assert got.finite.tolist() == [True, False, False, False, True]
+    assert got.prediction.tolist() == [int(x[0].argmax()), -1, -1, -1, int(x[4].argmax())]
+    assert got.confidence[1:4].isnan().all() and not got.confidence[[0, 4]].isnan().any()
+    assert (got.topk_indices[1:4] == -1).all() and got.topk_probs[1:4].isnan().all()
+    assert (got.topk_indices[[0, 4]] >= 0).all()
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_logits_ties_take_lowest_index(impl):
+    x = torch.tensor([[1.0, 5.0, 5.0, 2.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]], device=DEVICE)
+    got = logits_summary(x, k=3, impl=impl)
+    assert got.prediction.tolist() == [1, 0]
+    assert got.topk_indices.tolist() == [[1, 2, 4], [0, 1, 2]]
+    torch.testing.assert_close(got.confidence.cpu(), torch.tensor([x[0].softmax(0).max().item(), 0.2]))
+
+
+@pytest.mark.parametrize(
+    "logits, k, exc, match",
+    [
+        (torch.rand(5), 1, ValueError, r"logits: expected a 2-D .*got shape \(5,\)"),
+        (torch.rand(2, 3, 4, 5), 1, ValueError, r"logits: expected a 2-D .*got shape \(2, 3, 4, 5\)"),
+        (torch.zeros(2, 3, dtype=torch.int64), 1, TypeError, r"logits: expected a floating dtype"),
+        (torch.rand(2, 3), 0, ValueError, r"k: expected 1 <= k <= 3"),
+        (torch.rand(2, 3), 4, ValueError, r"k: expected 1 <= k <= 3 .* got 4"),
+        (torch.rand(2, 3), 1.0, TypeError, r"k: expected an int"),
+        ("logits", 1, TypeError, r"logits: expected a torch.Tensor"),
+    ],
+)
+def test_logits_errors(logits, k, exc, match):
+    with pytest.raises(exc, match=match):
+        logits_summary(logits, k=k)
+
+
+# ---------------------------------------------------------------------------------------- segmentation
+
+
+@needs_triton
+@FAST
+@given(
+    n=st.integers(0, 3),  # 0 = a 3-D input
+    c=st.sampled_from([1, 2, 3, 7, 20, 256]),
+    h=st.integers(1, 17),
+    w=st.integers(1, 17),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    layout=st.sampled_from([*LAYOUTS, "channels_last"]),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_segmentation_kernel_matches_reference(n, c, h, w, dtype, layout, ties, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (max(n, 1), c, h, w)
+    # Few distinct levels make ties common; a few NaN/inf pixels exercise the special cases.
+    x = torch.randint(0, 3, shape, generator=gen).float() if ties else torch.randn(shape, generator=gen)
+    if x.numel() > 8:
+        x.view(-1)[torch.randint(0, x.numel(), (3,), generator=gen)] = torch.tensor(
+            [float("nan"), float("inf"), float("-inf")]
+        )
+    x = x.to(dtype)
+    if n == 0:
+        x = x[0]
+        layout = "contiguous" if layout == "channels_last" else layout
+    x = relayout(x.to(DEVICE), layout)
+    got = segmentation_mask(x, impl="triton")
+    want = segmentation_mask_reference(x)
+    assert got.shape == (max(n, 1), h, w)
+    assert got.dtype == (torch.uint8 if c <= 255 else torch.int16)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_segmentation_reference_matches_argmax():
+    x = torch.randn(2, 9, 6, 5, generator=torch.Generator().manual_seed(3))
+    x[:, 4] = x[:, 2]  # exact ties between classes 2 and 4
+    want = torch.argmax(x, dim=1)
+    assert torch.equal(segmentation_mask_reference(x).long(), want)
+    assert torch.equal(segmentation_mask_reference(x.to(memory_format=torch.channels_last)).long(), want)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_segmentation_dtype_nan_and_class_255(impl):
+    x = torch.zeros(1, 256, 2, 2)
+    x[0, 255, 0, 0] = 1.0
+    x[0, 7, 0, 1] = 1.0
+    x[0, 9, 1, 0] = float("nan")
+    x[0, 12, 1, 0] = 5.0
+    got = segmentation_mask(x.to(DEVICE), impl=impl)
+    assert got.dtype == torch.int16
+    assert got.cpu().tolist() == [[[255, 7], [0, 0]]]  # NaN pixel -> 0 despite class 12 being larger
+    small = segmentation_mask(x[:, :255].to(DEVICE), impl=impl)
+    assert small.dtype == torch.uint8 and small.cpu().tolist() == [[[0, 7], [0, 0]]]
+
+
+@pytest.mark.parametrize(
+    "logits, exc, match",
+    [
+        (torch.rand(4, 4), ValueError, r"logits: expected a 3-D \[C, H, W\] .*got shape \(4, 4\)"),
+        (torch.rand(1, 2, 3, 4, 5), ValueError, r"logits: expected a 3-D .*got shape \(1, 2, 3, 4, 5\)"),
+        (torch.zeros(2, 3, 3, dtype=torch.int32), TypeError, r"logits: expected a floating dtype"),
+        (torch.rand(1, 0, 3, 3), ValueError, r"logits: expected at least one class"),
+        (None, TypeError, r"logits: expected a torch.Tensor"),
+    ],
+)
+def test_segmentation_errors(logits, exc, match):
+    with pytest.raises(exc, match=match):
+        segmentation_mask(logits)
+
+
+# -------------------------------------------------------------------------------------------- dispatch
+
+
+def test_auto_uses_reference_on_cpu(monkeypatch):
+    def boom(*args):
+        raise AssertionError("the Triton path must not run for CPU tensors with impl='auto'")
+
+    monkeypatch.setattr(images_mod, "_images_triton", boom)
+    monkeypatch.setattr(logits_mod, "_summary_triton", boom)
+    monkeypatch.setattr(segmentation_mod, "_mask_triton", boom)
+    images_to_uint8(torch.rand(3, 4, 4))
+    logits_summary(torch.rand(2, 5))
+    segmentation_mask(torch.rand(3, 4, 4))
+    with pytest.raises(AssertionError):
+        images_to_uint8(torch.rand(3, 4, 4), impl="triton")  # proves the patch is effective
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: images_to_uint8(torch.rand(3, 2, 2), impl="fast"),
+        lambda: logits_summary(torch.rand(2, 3), impl="fast"),
+        lambda: segmentation_mask(torch.rand(3, 2, 2), impl="fast"),
+    ],
+)
+def test_unknown_impl_rejected(call):
+    with pytest.raises(ValueError, match=r"impl: expected one of"):
+        call()
+
+
+def test_package_imports_and_works_without_triton():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, logbus.kernels as K\n"
+        "assert not K.HAS_TRITON\n"
+        "assert K.images_to_uint8(torch.ones(3, 2, 2)).eq(255).all()\n"
+        "assert K.logits_summary(torch.tensor([[0.0, 1.0]])).prediction.tolist() == [1]\n"
+        "assert K.segmentation_mask(torch.rand(2, 2, 2)).shape == (1, 2, 2)\n"
+        "try:\n"
+        "    K.images_to_uint8(torch.ones(3, 2, 2), impl='triton')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'triton is not installed' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('impl=triton without triton must fail')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
