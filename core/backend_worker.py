@@ -18,6 +18,7 @@ from logbus.records import Hyperparameters, Metrics, Record, RunFinished, RunSta
 
 log = logging.getLogger("logbus")
 
+POLL_SECONDS = 0.005
 ALWAYS_DELIVERED = frozenset({RunStarted, RunFinished, Metrics, Hyperparameters})
 
 
@@ -55,6 +56,7 @@ class BackendWorker:
         self.failure_limit = failure_limit
         self.stats = BackendStats(name)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._put = self._queue.put  # bound once: offer() runs on the training thread
         self._pending_bytes = 0
         self._bytes_lock = threading.Lock()
         self._consecutive_failures = 0
@@ -73,7 +75,7 @@ class BackendWorker:
                     self.stats.dropped += 1
                     return
                 self._pending_bytes += size
-        self._queue.put(record)
+        self._put(record)
 
     def request_flush(self) -> threading.Event:
         marker = _Flush()
@@ -92,9 +94,19 @@ class BackendWorker:
         return self._queue.qsize()
 
     # -- writer thread ---------------------------------------------------------------------------
+    def _next(self) -> Any:
+        # Poll instead of blocking in get(): a blocked reader is woken by every put, and that wake-up
+        # plus the GIL hand-off would land on the training thread for each logged scalar. Polling
+        # leaves put() uncontended and lets the writer take records in bursts.
+        while True:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                time.sleep(POLL_SECONDS)
+
     def _run(self) -> None:
         while True:
-            record = self._queue.get()
+            record = self._next()
             if isinstance(record, _Flush):
                 self._flush_backend()
                 record.done.set()

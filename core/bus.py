@@ -20,6 +20,7 @@ from logbus.plugin_manager import create_backend
 from logbus.records import Record, RunFinished
 
 log = logging.getLogger("logbus")
+_now_ns = time.perf_counter_ns
 
 
 
@@ -87,16 +88,19 @@ class Bus:
     # -- caller side -----------------------------------------------------------------------------
     def emit(self, record: Record) -> None:
         """Enqueues ``record`` for every backend that supports its type and returns at once."""
-        started = time.perf_counter_ns()
+        started = _now_ns()
         if self.closed:
-            if not self._warned_after_close:
-                self._warned_after_close = True
-                log.warning("logbus: %s emitted after the bus was closed; it is not delivered", type(record).__name__)
+            self._emitted_after_close(record)
             return
         for worker in self.workers:
             worker.offer(record)
         self._emitted += 1
-        self._caller_ns += time.perf_counter_ns() - started
+        self._caller_ns += _now_ns() - started
+
+    def _emitted_after_close(self, record: Record) -> None:
+        if not self._warned_after_close:
+            self._warned_after_close = True
+            log.warning("logbus: %s emitted after the bus was closed; it is not delivered", type(record).__name__)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Waits until everything emitted so far reached every live backend. False on timeout."""

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 REDACTED = "***redacted***"
-# Keys that look like credentials. Matched on the last path component of a key, case-insensitive.
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|private[_-]?key|(^|[_\-.])key$)",
+# Keys that look like credentials: the name ends in one of these words (``hf_token``, ``db_password``,
+# ``api_key``), so ``max_tokens`` or ``num_keys`` are left alone. Only string values are redacted.
+_SECRET_KEY = re.compile(r"(^|[_\-.])(api[_-]?key|key|token|secret|password|passwd|credentials?|private[_-]?key)$",
                          re.IGNORECASE)
 
 
@@ -53,6 +54,8 @@ def _is_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, numbers.Real):
+        return True
+    if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.number):
         return True
     # 0-dim / 1-element tensors and numpy scalars: read on the writer thread, not here, so
     # logging a CUDA scalar never forces a device sync on the training thread.
@@ -82,19 +85,20 @@ def as_float(value: Any) -> float:
 _FAST_NUMBERS = (float, int)
 
 
-@dataclass(frozen=True, slots=True)
 class Metrics(Record):
-    """Scalars at a step. Values may be Python/numpy numbers or one-element tensors."""
+    """Scalars at a step. Values may be Python/numpy numbers or one-element tensors.
 
-    values: Mapping[str, Any]
-    step: int | None = None
+    A hand-written slotted class rather than a dataclass: this is built for every logged scalar on
+    the training thread, and the fast path (str -> float/int, int step) must stay near a microsecond.
+    """
 
-    def __post_init__(self):
-        values = self.values
-        if not isinstance(values, Mapping):
-            raise TypeError(f"metrics: expected a mapping of name -> number, got {type(values).__name__}")
+    __slots__ = ("values", "step")
+
+    def __init__(self, values: Mapping[str, Any], step: int | None = None):
+        if type(values) is not dict:
+            if not isinstance(values, Mapping):
+                raise TypeError(f"metrics: expected a mapping of name -> number, got {type(values).__name__}")
         for name, value in values.items():
-            # Fast path first: this runs on the training thread for every logged scalar.
             if type(value) in _FAST_NUMBERS and type(name) is str:
                 continue
             if not isinstance(name, str):
@@ -104,7 +108,15 @@ class Metrics(Record):
                     f"metrics[{name!r}]: expected a real number or a one-element tensor, "
                     f"got {type(value).__name__} {value!r:.80}"
                 )
-        _check_step(self.step)
+        if step is not None and (type(step) is not int or step < 0):
+            _check_step(step)
+            step = int(step)
+        # A copy: the caller may reuse its dict, and the writer thread reads this later.
+        self.values = dict(values)
+        self.step = step
+
+    def __repr__(self) -> str:
+        return f"Metrics({self.values!r}, step={self.step!r})"
 
 
 def _check_step(step):
@@ -121,7 +133,7 @@ def redact_secrets(values: Any, _secret_values: frozenset[str] | None = None) ->
     if isinstance(values, Mapping):
         out = {}
         for key, value in values.items():
-            if isinstance(key, str) and _SECRET_KEY.search(key) and not isinstance(value, Mapping):
+            if isinstance(key, str) and _SECRET_KEY.search(key) and isinstance(value, (str, bytes)):
                 out[key] = REDACTED
             else:
                 out[key] = redact_secrets(value, _secret_values)

@@ -1,0 +1,199 @@
+"""The bus under each failure mode: raising, hung and slow backends, backpressure, ordering, close."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from logbus.bus import Bus
+from logbus.records import Hyperparameters, Image, Metrics, RunFinished, RunStarted, Table
+
+
+class Recorder:
+    """A real in-memory backend: keeps what it was given."""
+
+    supports = frozenset({Table})
+
+    def __init__(self, name="recorder"):
+        self.name = name
+        self.records = []
+        self.finish = None
+
+    def log(self, record):
+        self.records.append(record)
+
+    def close(self, finish):
+        self.finish = finish
+
+    def steps(self):
+        return [r.step for r in self.records if isinstance(r, Metrics)]
+
+
+class Raising(Recorder):
+    def log(self, record):
+        raise RuntimeError(f"backend exploded on {type(record).__name__}")
+
+
+class Hanging(Recorder):
+    def __init__(self, name="hanging"):
+        super().__init__(name)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def log(self, record):
+        self.entered.set()
+        self.release.wait()
+        super().log(record)
+
+
+def table(rows=1, size=32):
+    pixels = np.zeros((size, size, 3), np.uint8)
+    return Table("samples/val", ["image", "label"], [[Image(pixels=pixels), i] for i in range(rows)], step=0)
+
+
+def test_records_reach_every_backend_in_order():
+    first, second = Recorder("a"), Recorder("b")
+    bus = Bus([first, second])
+    bus.emit(RunStarted("run"))
+    for step in range(500):
+        bus.emit(Metrics({"loss": float(step)}, step))
+    assert bus.close(timeout=10)
+    for backend in (first, second):
+        assert isinstance(backend.records[0], RunStarted)
+        assert backend.steps() == list(range(500))
+        assert backend.finish.exit_code == 0
+
+
+def test_raising_backend_is_isolated_reported_once_and_switched_off(caplog):
+    healthy, broken = Recorder("healthy"), Raising("broken")
+    bus = Bus([broken, healthy], failure_limit=3)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        for step in range(20):
+            bus.emit(Metrics({"x": 1.0}, step))
+        assert bus.close(timeout=10)
+    assert healthy.steps() == list(range(20))
+    stats = bus.stats()["backends"]["broken"]
+    assert stats["failures"] == 3 and not stats["enabled"]
+    assert stats["discarded"] == 17
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "broken" in r.getMessage()]
+    assert len(errors) == 1 and "Traceback" in errors[0].getMessage() and "backend exploded" in errors[0].getMessage()
+    assert any("switched off" in r.getMessage() for r in caplog.records)
+
+
+def test_backend_failing_to_start_is_switched_off_at_once(caplog):
+    class FailsToStart(Recorder):
+        def log(self, record):
+            if isinstance(record, RunStarted):
+                raise ConnectionError("no network")
+            super().log(record)
+
+    failing, healthy = FailsToStart("wandb-ish"), Recorder()
+    bus = Bus([failing, healthy])
+    bus.emit(RunStarted("run"))
+    bus.emit(Metrics({"x": 1.0}, 0))
+    bus.close(timeout=10)
+    assert failing.records == [] and healthy.steps() == [0]
+    assert bus.stats()["backends"]["wandb-ish"]["enabled"] is False
+
+
+def test_hung_backend_cannot_hang_close_past_its_deadline(caplog):
+    hung, healthy = Hanging(), Recorder()
+    bus = Bus([hung, healthy])
+    for step in range(5):
+        bus.emit(Metrics({"x": 1.0}, step))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        clean = bus.close(timeout=0.5)
+    elapsed = time.monotonic() - started
+    hung.release.set()
+    assert clean is False
+    assert elapsed < 5  # generous: the point is "bounded", not a timing target
+    assert healthy.steps() == list(range(5)) and healthy.finish is not None
+    assert any("'hanging' did not finish" in r.getMessage() for r in caplog.records)
+
+
+def test_slow_backend_drops_samples_never_metrics():
+    slow = Hanging("slow")
+    one_table_bytes = table().nbytes
+    bus = Bus([slow], max_pending_bytes=3 * one_table_bytes)
+    bus.emit(table())
+    assert slow.entered.wait(10)  # the writer now holds one table and is stuck
+    for step in range(10):
+        bus.emit(table())
+        bus.emit(Metrics({"x": 1.0}, step))
+    stats = bus.stats()["backends"]["slow"]
+    # Three more tables fit the byte budget, the other seven are dropped; every metric is queued.
+    assert stats["dropped"] == 7
+    assert stats["pending"] == 3 + 10
+    slow.release.set()
+    assert bus.close(timeout=10)
+    metrics = [r for r in slow.records if isinstance(r, Metrics)]
+    assert len(metrics) == 10 and len(slow.records) == 10 + 4
+    assert bus.stats()["backends"]["slow"]["dropped"] == 7
+
+
+def test_flush_waits_for_delivery():
+    recorder = Recorder()
+    bus = Bus([recorder])
+    for step in range(100):
+        bus.emit(Metrics({"x": 1.0}, step))
+    assert bus.flush(timeout=10)
+    assert len(recorder.records) == 100
+    bus.close()
+
+
+def test_unsupported_record_types_are_not_delivered():
+    class MetricsOnly(Recorder):
+        supports = frozenset()
+
+    backend = MetricsOnly()
+    bus = Bus([backend])
+    bus.emit(table())
+    bus.emit(Hyperparameters({"lr": 0.1}))
+    bus.close(timeout=10)
+    assert [type(r) for r in backend.records] == [Hyperparameters]
+
+
+def test_close_is_idempotent_and_later_emits_are_not_delivered(caplog):
+    recorder = Recorder()
+    bus = Bus([recorder])
+    bus.emit(Metrics({"x": 1.0}, 0))
+    assert bus.close(exit_code=1, reason="boom", timeout=10)
+    assert bus.close(timeout=10)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        bus.emit(Metrics({"x": 2.0}, 1))
+    assert recorder.steps() == [0] and recorder.finish == RunFinished(1, "boom")
+    assert any("after the bus was closed" in r.getMessage() for r in caplog.records)
+
+
+def test_stats_as_metrics():
+    recorder = Recorder("rec")
+    bus = Bus([recorder])
+    bus.emit(Metrics({"x": 1.0}, 0))
+    bus.flush(10)
+    metrics = bus.stats_metrics()
+    assert metrics["logbus/emitted"] == 1.0 and metrics["logbus/rec/delivered"] == 1.0
+    assert metrics["logbus/caller_us_per_emit"] > 0
+    Metrics(metrics)  # they are valid metrics
+    bus.close()
+
+
+def test_two_instances_of_one_backend_keep_distinct_names():
+    bus = Bus([Recorder("same"), Recorder("same")])
+    assert list(bus.backends) == ["same", "same-2"]
+    bus.close()
+
+
+@pytest.mark.parametrize("backends, match", [
+    ("local", "backends: expected a list"),
+    ([], "at least one backend"),
+    ([42], "backends: expected a backend name"),
+    (["no-such-backend"], "known backends: .*local.*wandb"),
+])
+def test_bad_backend_arguments(backends, match):
+    with pytest.raises((TypeError, ValueError, KeyError), match=match):
+        Bus(backends)
