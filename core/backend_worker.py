@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from logbus.deferred import Deferred
 from logbus.records import Hyperparameters, Metrics, Record, RunFinished, RunStarted
 
 log = logging.getLogger("logbus")
@@ -66,7 +67,7 @@ class BackendWorker:
 
     # -- caller side -----------------------------------------------------------------------------
     def offer(self, record: Record) -> None:
-        if type(record) not in self.supports:
+        if type(record) not in self.supports and not (type(record) is Deferred and record.record_type in self.supports):
             return
         if record.droppable:
             size = record.nbytes
@@ -118,10 +119,23 @@ class BackendWorker:
             if isinstance(record, RunFinished):
                 self._close_backend(record)
                 return
+            if type(record) is Deferred:
+                record = self._resolve(record)
+                if record is None:
+                    continue
             if not self.stats.enabled:
                 self.stats.discarded += 1
                 continue
             self._deliver(record)
+
+    def _resolve(self, deferred: Deferred) -> Record | None:
+        try:
+            return deferred.future.result(timeout=deferred.timeout)
+        except Exception as error:  # noqa: BLE001 - includes TimeoutError: the record is lost, say so
+            self.stats.dropped += 1
+            log.warning("logbus: a deferred %s for backend %r was not delivered: %s: %s",
+                        deferred.record_type.__name__, self.name, type(error).__name__, error)
+            return None
 
     def _deliver(self, record: Record) -> None:
         try:

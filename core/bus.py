@@ -83,6 +83,7 @@ class Bus:
         # Set by adapters: the exit code to report if the process exits before close() is called
         # (1 while a Composer fit is running, so SIGTERM or a crash marks the run failed).
         self.exit_code_if_interrupted = 0
+        self._on_close: list = []
         atexit.register(self._close_at_exit)
 
     # -- caller side -----------------------------------------------------------------------------
@@ -130,7 +131,16 @@ class Bus:
                     worker.name, worker.pending,
                 )
         self._report_losses()
+        for callback in self._on_close:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001
+                log.exception("logbus: a close callback failed")
         return clean
+
+    def on_close(self, callback) -> None:
+        """Runs ``callback()`` once the bus has closed (e.g. to delete files backends have copied)."""
+        self._on_close.append(callback)
 
     # -- stats -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

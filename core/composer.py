@@ -30,7 +30,7 @@ from logbus.images import images_from_composer
 from logbus.naming import wandb_artifact_name
 from logbus.records import Artifact, Hyperparameters, Images, Metrics, RunStarted, Table
 
-__all__ = ["LogBusLogger", "WandBLogger", "artifact_type_for"]
+__all__ = ["LogBusLogger", "WandBLogger", "SampleLogger", "artifact_type_for"]
 
 _MODEL_EXTENSIONS = {"pt", "pth", "ckpt", "safetensors", "bin"}
 
@@ -148,7 +148,11 @@ class LogBusLogger(LoggerDestination):
             raise ValueError(f"file_path: expected an existing file, got {source!r}")
         if self._staging is None:
             self._staging = tempfile.TemporaryDirectory(prefix="logbus-upload-")
-        target = os.path.join(self._staging.name, f"{len(os.listdir(self._staging.name))}-{os.path.basename(source)}")
+        # One folder per upload, so the staged file keeps its own name: backends (wandb's add_file)
+        # store it under that name, as Composer's WandBLogger does.
+        folder = os.path.join(self._staging.name, str(len(os.listdir(self._staging.name))))
+        os.mkdir(folder)
+        target = os.path.join(folder, os.path.basename(source))
         try:
             os.link(source, target)  # O(1), and survives Composer deleting the original
         except OSError:
@@ -203,3 +207,6 @@ class WandBLogger(LogBusLogger):
 
     def can_upload_files(self) -> bool:
         return True
+
+
+from logbus.sample_logger import SampleLogger  # noqa: E402  (re-exported: logbus.composer.SampleLogger)

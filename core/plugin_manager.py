@@ -32,6 +32,7 @@ ENTRY_POINT_GROUP = "logbus"
 DEFAULT_PLUGINS = (
     "logbus.plugins.wandb",
     "logbus.plugins.local",
+    "logbus.plugins.classification",
 )
 KINDS = ("backend", "extractor")
 
@@ -72,8 +73,12 @@ class PluginInfo:
     error: str | None = None
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _strict() -> bool:
-    return os.environ.get("LOGBUS_STRICT", "") not in ("", "0", "false", "False")
+    return _flag("LOGBUS_STRICT")
 
 
 def _normalise(dist_name: str) -> str:
@@ -85,7 +90,7 @@ def _allowed_distributions() -> set[str] | None:
     allow = os.environ.get("LOGBUS_LOAD_PLUGINS")
     if allow is not None:
         return {_normalise(name) for name in allow.split(",") if name.strip()}
-    if os.environ.get("LOGBUS_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+    if _flag("LOGBUS_DISABLE_PLUGIN_AUTOLOAD"):
         return set()
     return None
 
@@ -197,15 +202,23 @@ def _version(dist_name: str) -> str | None:
 
 
 _host: PluginHost | None = None
-_host_lock = threading.Lock()
+_host_lock = threading.RLock()  # re-entrant: a plugin that looks up while loading gets an error, not a hang
+_loading = False
 
 
 def get_plugin_host() -> PluginHost:
     """The process-wide plugin host, built on first use."""
-    global _host
+    global _host, _loading
     with _host_lock:
         if _host is None:
-            _host = PluginHost()
+            if _loading:
+                raise RuntimeError("logbus plugins are still loading: a plugin must not look up backends or "
+                                   "extractors when it is imported or registers; do it in its factory")
+            _loading = True
+            try:
+                _host = PluginHost()
+            finally:
+                _loading = False
         return _host
 
 

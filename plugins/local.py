@@ -48,6 +48,7 @@ class LocalBackend:
         self._metrics: JsonLines | None = None
         self._files: dict[str, JsonLines] = {}
         self._media_count = 0
+        self._copied: dict[str, str] = {}  # encoded source file -> its copy in media/ (written once)
 
     def log(self, record) -> None:
         if isinstance(record, RunStarted):
@@ -128,9 +129,12 @@ class LocalBackend:
     def _cell(self, cell: Any, key: str) -> Any:
         if not isinstance(cell, Image):
             return cell
-        if cell.path is not None:  # already encoded: copy the bytes, never re-encode
+        if cell.path is not None and cell.path in self._copied:
+            relative = self._copied[cell.path]  # the same image again (a later eval): reference it
+        elif cell.path is not None:  # already encoded: copy the bytes, never re-encode
             relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
             shutil.copyfile(cell.path, absolute)
+            self._copied[cell.path] = relative
         else:
             suffix = ".png" if self.image_format == "png" else ".jpg"
             relative, absolute = self._media_path(key, suffix)

@@ -1,0 +1,62 @@
+"""Image encoding on worker threads, off the training thread, each distinct image encoded once.
+
+Pillow's PNG encoder releases the GIL, so threads scale. Images are keyed by a hash of their pixels:
+the same ground-truth image seen again in a later eval reuses its file, so it is neither encoded
+again nor, since the bytes are identical, uploaded again (W&B deduplicates artifact files by digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from logbus.atomic import write_bytes_atomic
+from logbus.encoding import encode_image
+
+
+class EncoderPool:
+    def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
+                 quality: int = 90, folder: str | None = None):
+        if image_format not in ("png", "jpeg"):
+            raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"encode_workers: expected an int >= 1, got {workers!r}")
+        self.image_format = image_format
+        self.options = {"compress_level": compress_level, "quality": quality}
+        self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-") if folder is None else None
+        self.folder = folder or self._owned.name
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logbus-encode")
+        self._files: dict[bytes, Future] = {}
+        self._lock = threading.Lock()
+        self.encoded = 0
+        self.reused = 0
+
+    def encode(self, pixels: np.ndarray) -> Future:
+        """Future of the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file."""
+        digest = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
+        with self._lock:
+            future = self._files.get(digest)
+            if future is not None:
+                self.reused += 1
+                return future
+            self.encoded += 1
+            # The pixels may live in a reused pinned buffer: encode from a private copy.
+            future = self._executor.submit(self._write, np.array(pixels), digest.hex())
+            self._files[digest] = future
+            return future
+
+    def _write(self, pixels: np.ndarray, name: str) -> str:
+        suffix = ".png" if self.image_format == "png" else ".jpg"
+        path = os.path.join(self.folder, name + suffix)
+        write_bytes_atomic(path, encode_image(pixels, self.image_format, **self.options))
+        return path
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        if self._owned is not None:
+            self._owned.cleanup()

@@ -1,0 +1,68 @@
+"""What every extractor shares: the contract, and shape checks that never touch device data.
+
+An extractor turns a (micro)batch into table rows in two stages:
+
+- ``check(inputs, targets, outputs)`` on the training thread: validates shapes and dtypes from
+  metadata only (no device sync) and returns the tensors to keep;
+- ``device_stage(inputs, targets, outputs) -> dict[str, Tensor]``: tensor ops only, batched, on
+  the inputs' device (a side stream on CUDA); every field has the batch as its first dim;
+- ``host_stage(fields: dict[str, np.ndarray], encode) -> list[row]`` on a worker: builds one row per
+  sample, in ``columns`` order; ``encode(uint8 [H, W, C]) -> Future[path]`` hands images to the
+  encoder pool and rows hold ``PendingImage`` cells.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+
+def logits_of(outputs: Any, argument: str = "outputs") -> torch.Tensor:
+    """Model outputs as a logits tensor: a tensor, a mapping or object with ``logits``, or a tuple
+    whose first item is the logits (Hugging Face style)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and "logits" in outputs:
+        return outputs["logits"]
+    if hasattr(outputs, "logits"):
+        return outputs.logits
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    raise TypeError(f"{argument}: expected a logits tensor (or a mapping/object with 'logits'), "
+                    f"got {type(outputs).__name__}")
+
+
+def check_images(images: Any, *, mean=None, std=None, value_range: str = "auto",
+                 channels_last: bool | None = None, argument: str = "inputs") -> int:
+    """Validates an image batch exactly as ``images_to_uint8`` will, on a meta tensor (no data, no
+    sync); returns the batch size."""
+    from logbus.kernels.images import _prepare
+
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{argument}: expected an image tensor [N, C, H, W] or [N, H, W, C], "
+                        f"got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{argument}: expected a 4-D image batch [N, C, H, W] or [N, H, W, C], "
+                         f"got shape {tuple(images.shape)}")
+    _prepare(torch.empty(images.shape, dtype=images.dtype, device="meta"), mean, std, value_range, channels_last)
+    return images.shape[0]
+
+
+def check_batch(name: str, tensor: torch.Tensor, batch_size: int) -> None:
+    if tensor.shape[0] != batch_size:
+        raise ValueError(f"{name}: expected batch size {batch_size} (as the images), got shape {tuple(tensor.shape)}")
+
+
+def class_names_map(class_names: Sequence[str] | Mapping[int, str] | None) -> dict[int, str] | None:
+    if class_names is None:
+        return None
+    if isinstance(class_names, Mapping):
+        items = dict(class_names)
+    elif isinstance(class_names, (list, tuple)):
+        items = dict(enumerate(class_names))
+    else:
+        raise TypeError(f"class_names: expected a list of names or a mapping id -> name, got {type(class_names).__name__}")
+    if not all(isinstance(k, int) and isinstance(v, str) for k, v in items.items()):
+        raise TypeError("class_names: expected str names keyed by int class id")
+    return items

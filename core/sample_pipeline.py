@@ -1,0 +1,300 @@
+"""The sample pipeline: prediction samples from eval batches to a table, without stalling training.
+
+On the training thread, ``submit`` checks shapes (metadata only), lets the sampling policy pick
+indices from batch sizes, records a CUDA event on the producer stream and enqueues references.
+Nothing waits: when the queue is full the batch is dropped and counted.
+
+A worker thread does the rest. On CUDA: a dedicated side stream waits on that event, runs the
+extractor's device stage (fused kernels), and copies the results into reusable pinned buffers with
+``non_blocking=True``; the worker then waits on the copy's event (the worker, not training) and
+runs the host stage, which hands images to an encoder pool. On the CPU the same stages simply run
+on the worker. The worker holds the batch tensors until the side stream's work has completed, so
+the caching allocator cannot hand their memory to the next batch early.
+
+At ``end_pass`` the training thread gets a future of the finished ``Table``; adapters emit it on the
+bus as a ``Deferred`` so that it lands in order with the metrics logged around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from logbus.encoder_pool import EncoderPool
+from logbus.pinned_pool import PinnedPool
+from logbus.records import Image, Mask, Table
+from logbus.sampling import SamplingPolicy, make_policy
+
+log = logging.getLogger("logbus")
+
+
+@dataclass
+class PendingImage:
+    """An image cell whose file is still being encoded. Masks are ``name -> (ids [H, W], labels)``."""
+
+    path: Future
+    caption: str | None = None
+    masks: Mapping[str, tuple[np.ndarray, Mapping[int, str] | None]] = field(default_factory=dict)
+
+    def resolve(self) -> Image:
+        return Image(path=self.path.result(), caption=self.caption,
+                     masks={name: Mask(ids, labels) for name, (ids, labels) in self.masks.items()})
+
+
+@dataclass
+class PipelineStats:
+    batches_submitted: int = 0
+    batches_dropped: int = 0  # the worker was behind: queue full (training never waits)
+    samples_processed: int = 0
+    rows_logged: int = 0
+    tables_logged: int = 0
+    tables_dropped: int = 0
+    errors: int = 0
+    encoded: int = 0
+    reused: int = 0
+    pinned_peak_bytes: int = 0
+
+
+@dataclass
+class _Pass:
+    """One eval pass of one label. ``policy`` is driven by the training thread (``choose``) and,
+    for device policies, updated by the worker; ``rows`` belong to the worker."""
+
+    policy: SamplingPolicy
+    rows: dict[int, list] = field(default_factory=dict)
+
+
+_BATCH, _END, _STOP = "batch", "end", "stop"
+
+
+class SamplePipeline:
+    """Turns batches into one table per pass (per evaluator label).
+
+    :param extractor: an extractor object (see ``logbus.hookspecs.register_extractors``).
+    :param num_samples: rows per pass (``None``: every sample, policy ``first`` only).
+    :param policy: ``first``, ``reservoir``, ``per_class`` or ``hardest``.
+    :param max_pending_batches: batches the worker may be behind before new ones are dropped.
+    :param pinned_pool_bytes: cap on pinned host memory for device-to-host copies.
+    """
+
+    def __init__(self, extractor: Any, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
+                 hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
+                 encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
+                 key_prefix: str = "samples"):
+        if num_samples is None and policy != "first":
+            raise ValueError(f"num_samples: None (every sample) needs policy 'first', got policy {policy!r}")
+        self.extractor = extractor
+        self.key_prefix = key_prefix
+        self._policy_args = dict(policy=policy, num_samples=num_samples if num_samples is not None else 2**62,
+                                 seed=seed, hardest_by=hardest_by,
+                                 num_classes=getattr(extractor, "num_classes", None))
+        make_policy(**self._policy_args)  # validate now, on the caller's thread
+        if not isinstance(max_pending_batches, int) or max_pending_batches < 1:
+            raise ValueError(f"max_pending_batches: expected an int >= 1, got {max_pending_batches!r}")
+        self.stats = PipelineStats()
+        self.pinned = PinnedPool(pinned_pool_bytes)
+        self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level)
+        self._passes: dict[str, _Pass] = {}
+        # Unbounded queue, bounded batch count: a batch takes a slot or is dropped, while END and
+        # STOP markers always go in, so the training thread never blocks on a full queue.
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots = threading.BoundedSemaphore(max_pending_batches)
+        self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="logbus-samples", daemon=True)
+        self._worker.start()
+
+    # -- training thread -------------------------------------------------------------------------
+    def submit(self, inputs: Any, targets: Any, outputs: Any, *, label: str = "eval") -> None:
+        """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once."""
+        inputs, targets, outputs = self.extractor.check(inputs, targets, outputs)
+        batch_size = int(outputs.shape[0])
+        state = self._pass(label)
+        first_id = state.policy.seen
+        chosen = None if state.policy.on_device else state.policy.choose(batch_size)
+        if state.policy.on_device:
+            state.policy.seen += batch_size
+        elif not chosen:
+            return
+        self.stats.batches_submitted += 1
+        ready = None
+        if outputs.is_cuda:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(outputs.device))
+        if not self._slots.acquire(blocking=False):
+            self.stats.batches_dropped += 1
+            return
+        self._queue.put((_BATCH, state, ready, inputs, targets, outputs, chosen, first_id))
+
+    def end_pass(self, label: str = "eval", step: int | None = None) -> Future:
+        """Closes the pass for ``label``; the future gets its ``Table`` (or None if it was dropped)."""
+        future: Future = Future()
+        state = self._passes.pop(label, None)
+        if state is None:
+            future.set_result(None)
+            return future
+        self._queue.put((_END, label, state, step, future))
+        return future
+
+    def _pass(self, label: str) -> _Pass:
+        state = self._passes.get(label)
+        if state is None:
+            state = self._passes[label] = _Pass(make_policy(**self._policy_args))
+            state.policy.start_pass()
+        return state
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Finishes queued work and stops the worker. Encoded files stay until ``cleanup``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put((_STOP,))
+        self._worker.join(timeout)
+        self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
+        self.stats.pinned_peak_bytes = self.pinned.peak_bytes
+
+    def cleanup(self) -> None:
+        """Deletes encoded files; call once every backend has taken the tables (after the bus closed)."""
+        self.close()
+        self.encoder.close()
+
+    # -- worker ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            kind = item[0]
+            if kind == _STOP:
+                return
+            try:
+                if kind == _BATCH:
+                    try:
+                        self._process_batch(*item[1:])
+                    finally:
+                        self._slots.release()
+                        item = None  # drop the batch tensors now, not at the next get()
+                else:
+                    self._finish_pass(*item[1:])
+            except Exception:  # noqa: BLE001 - a broken extractor must not kill training
+                self.stats.errors += 1
+                if self.stats.errors == 1:
+                    log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s",
+                              traceback.format_exc())
+                if kind == _END and not item[4].done():
+                    self.stats.tables_dropped += 1
+                    item[4].set_result(None)
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        if device not in self._side_streams:
+            self._side_streams[device] = torch.cuda.Stream(device=device)
+        return self._side_streams[device]
+
+    def _process_batch(self, state: _Pass, ready, inputs, targets, outputs, chosen, first_id) -> None:
+        policy = state.policy
+        device = outputs.device
+        if chosen is not None and len(chosen) != outputs.shape[0]:
+            if chosen == list(range(len(chosen))):
+                select = slice(0, len(chosen))  # "first": a view, no index tensor to upload
+                inputs, targets, outputs = inputs[select], targets[select], outputs[select]
+            else:
+                index = torch.tensor(chosen, dtype=torch.long)
+                if device.type == "cuda":
+                    index = index.pin_memory().to(device, non_blocking=True)
+                inputs, targets, outputs = (t.index_select(0, index.to(t.device)) for t in (inputs, targets, outputs))
+            sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
+        else:
+            sample_ids = np.arange(first_id, first_id + outputs.shape[0], dtype=np.int64)
+        if device.type == "cuda":
+            stream = self._side_stream(device)
+            with torch.cuda.stream(stream):
+                stream.wait_event(ready)
+                fields = self.extractor.device_stage(inputs, targets, outputs)
+                fields["sample_id"] = torch.arange(int(sample_ids[0]), int(sample_ids[0]) + len(sample_ids),
+                                                   device=device) if chosen is None else \
+                    torch.from_numpy(sample_ids).pin_memory().to(device, non_blocking=True)
+                if policy.on_device:
+                    policy.top.update(fields, policy.scores(fields))
+                    return
+                host, buffer, done = self._copy_to_host(fields, stream)
+            done.synchronize()  # the worker waits for its own copy; training does not
+        else:
+            fields = self.extractor.device_stage(inputs, targets, outputs)
+            fields["sample_id"] = torch.from_numpy(sample_ids)
+            if policy.on_device:
+                policy.top.update(fields, policy.scores(fields))
+                return
+            host, buffer = {k: v.numpy() for k, v in fields.items()}, None
+        self._host_stage(host, state.rows)
+        if buffer is not None:
+            self.pinned.release(buffer)
+
+    def _copy_to_host(self, fields: dict[str, torch.Tensor], stream) -> tuple[dict[str, np.ndarray], Any, Any]:
+        layout, offset = [], 0
+        for name, tensor in fields.items():
+            tensor = tensor.contiguous()
+            nbytes = tensor.numel() * tensor.element_size()
+            layout.append((name, tensor, offset, nbytes))
+            offset += (nbytes + 15) // 16 * 16  # keep every field aligned for its dtype view
+        buffer = self.pinned.acquire(offset, timeout=60.0)
+        if buffer is None:
+            raise RuntimeError(f"pinned pool exhausted ({self.pinned.max_bytes} bytes) for a {offset}-byte batch")
+        host = {}
+        for name, tensor, start, nbytes in layout:
+            view = buffer[start:start + nbytes].view(tensor.dtype).view(tensor.shape)
+            view.copy_(tensor, non_blocking=True)
+            host[name] = view
+        done = torch.cuda.Event()
+        done.record(stream)
+        return {k: v.numpy() for k, v in host.items()}, buffer, done
+
+    def _host_stage(self, host: dict[str, np.ndarray], rows: dict[int, list]) -> None:
+        new_rows = self.extractor.host_stage(host, self.encoder.encode)
+        for sample_id, row in zip(host["sample_id"].tolist(), new_rows):
+            rows[sample_id] = row
+        self.stats.samples_processed += len(new_rows)
+
+    def _finish_pass(self, label: str, state: _Pass, step: int | None, future: Future) -> None:
+        policy, rows = state.policy, state.rows
+        if policy.on_device and policy.top.fields is not None:
+            fields = policy.top.fields
+            if next(iter(fields.values())).is_cuda:
+                stream = self._side_stream(next(iter(fields.values())).device)
+                with torch.cuda.stream(stream):
+                    host, buffer, done = self._copy_to_host(fields, stream)
+                done.synchronize()
+            else:
+                host, buffer = {k: v.numpy() for k, v in fields.items()}, None
+            keep = policy.keeps(host.pop("_score"))
+            host = {k: v[keep] for k, v in host.items()}
+            self._host_stage(host, rows)
+            if buffer is not None:
+                self.pinned.release(buffer)
+        kept = policy.kept()
+        ids = [i for i in rows if kept is None or i in kept]
+        if policy.rows_in_pass_order:
+            ids.sort()
+        table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]
+        table = Table(f"{self.key_prefix}/{label}", self.extractor.columns, table_rows, step)
+        self.stats.rows_logged += len(table_rows)
+        self.stats.tables_logged += 1
+        future.set_result(table)
+
+
+def pipeline_for(extractor: str | Any, extractor_options: Mapping[str, Any] | None = None,
+                 **pipeline_options: Any) -> SamplePipeline:
+    """A pipeline for an extractor given by registered name (``logbus plugins`` lists them) or object."""
+    if isinstance(extractor, str):
+        from logbus.plugin_manager import create_extractor
+
+        extractor = create_extractor(extractor, **dict(extractor_options or {}))
+    elif extractor_options:
+        raise TypeError("extractor_options: only for an extractor given by name")
+    return SamplePipeline(extractor, **pipeline_options)
+

@@ -1,0 +1,177 @@
+"""Which samples of an eval pass end up in the table.
+
+``first`` and ``reservoir`` decide from batch sizes alone (known on the host without reading the
+device), so only the chosen samples are ever converted and copied. ``per_class`` and ``hardest``
+need values computed on the device (labels, losses); they keep a running top-k *on the device*
+(one ``topk`` over the kept samples plus the new batch), so no batch ever waits for the host.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+import torch
+
+POLICIES = ("first", "reservoir", "per_class", "hardest")
+
+
+class SamplingPolicy:
+    """Base: host-side policies choose indices; device-side ones score samples."""
+
+    on_device = False
+    rows_in_pass_order = True  # False: the table keeps the policy's own order (hardest first)
+
+    def __init__(self, num_samples: int):
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
+        self.num_samples = num_samples
+
+    def start_pass(self) -> None:
+        self.seen = 0
+
+    def choose(self, batch_size: int) -> list[int]:
+        """Batch-local indices to process. Sample ids are ``seen + index``."""
+        raise NotImplementedError
+
+    def kept(self) -> set[int] | None:
+        """Sample ids in the final table (None: everything processed)."""
+        return None
+
+    def keeps(self, scores):
+        """For device policies: which of the kept device rows are real (numpy bool mask)."""
+        import numpy as np
+
+        return np.isfinite(scores)
+
+
+class First(SamplingPolicy):
+    """The first ``num_samples`` samples of each pass."""
+
+    def choose(self, batch_size: int) -> list[int]:
+        take = max(0, min(batch_size, self.num_samples - self.seen))
+        self.seen += batch_size
+        return list(range(take))
+
+
+class Reservoir(SamplingPolicy):
+    """A uniform sample over the whole pass, seeded: each sample gets a random key and the
+    ``num_samples`` smallest keys win. A sample that enters and is evicted later was converted for
+    nothing; that happens about ``k * ln(n / k)`` times in a pass of ``n``."""
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        super().__init__(num_samples)
+        self.seed = seed
+        self.passes = 0
+
+    def start_pass(self) -> None:
+        super().start_pass()
+        self._random = random.Random(f"{self.seed}-{self.passes}")
+        self.passes += 1
+        self._heap: list[tuple[float, int]] = []  # max-heap by key (negated): the current winners
+
+    def choose(self, batch_size: int) -> list[int]:
+        chosen = []
+        for index in range(batch_size):
+            key = self._random.random()
+            entry = (-key, self.seen + index)
+            if len(self._heap) < self.num_samples:
+                heapq.heappush(self._heap, entry)
+                chosen.append(index)
+            elif key < -self._heap[0][0]:
+                heapq.heapreplace(self._heap, entry)
+                chosen.append(index)
+        self.seen += batch_size
+        return chosen
+
+    def kept(self) -> set[int]:
+        return {sample_id for _, sample_id in self._heap}
+
+
+class DeviceTopK:
+    """Keeps the ``capacity`` highest-scoring samples of a pass on the device, fields and all."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.fields: dict[str, torch.Tensor] | None = None
+
+    def update(self, fields: dict[str, torch.Tensor], scores: torch.Tensor) -> None:
+        if self.fields is not None:
+            fields = {k: torch.cat([self.fields[k], v]) for k, v in fields.items()}
+            scores = torch.cat([self.fields["_score"], scores])
+        k = min(self.capacity, scores.shape[0])
+        # sorted=True with ties broken by position keeps the choice deterministic across runs.
+        top = torch.topk(scores, k, sorted=True).indices
+        self.fields = {name: value.index_select(0, top) for name, value in fields.items()}
+        self.fields["_score"] = scores.index_select(0, top)
+
+
+class Hardest(SamplingPolicy):
+    """The ``num_samples`` samples with the highest loss (``by="loss"``) or lowest confidence
+    (``by="confidence"``) over the whole pass."""
+
+    on_device = True
+    rows_in_pass_order = False
+
+    def __init__(self, num_samples: int, by: str = "loss"):
+        super().__init__(num_samples)
+        if by not in ("loss", "confidence"):
+            raise ValueError(f"hardest_by: expected 'loss' or 'confidence', got {by!r}")
+        self.by = by
+
+    def start_pass(self) -> None:
+        super().start_pass()
+        self.top = DeviceTopK(self.num_samples)
+
+    def scores(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.by == "loss":
+            # NaN losses (non-finite logits) rank first: they are the samples a user must see.
+            return torch.nan_to_num(fields["loss"].float(), nan=float("inf"))
+        return -torch.nan_to_num(fields["confidence"].float(), nan=-1.0)
+
+    def keeps(self, scores):
+        import numpy as np
+
+        return np.ones(len(scores), dtype=bool)  # every kept sample is real; +inf means NaN loss
+
+
+class PerClass(SamplingPolicy):
+    """Up to ``num_samples`` samples for each true class, the earliest in the pass first."""
+
+    on_device = True
+
+    def __init__(self, num_samples: int, num_classes: int):
+        super().__init__(num_samples)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes: expected an int >= 1 for policy 'per_class' (give class_names), "
+                             f"got {num_classes!r}")
+        self.num_classes = num_classes
+
+    def start_pass(self) -> None:
+        super().start_pass()
+        self.top = DeviceTopK(self.num_samples * self.num_classes)
+        self._counts: torch.Tensor | None = None
+
+    def scores(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = fields["truth"].long().clamp(0, self.num_classes - 1)
+        if self._counts is None:
+            self._counts = torch.zeros(self.num_classes, dtype=torch.long, device=labels.device)
+        one_hot = torch.nn.functional.one_hot(labels, self.num_classes)
+        rank_in_class = (one_hot.cumsum(0) * one_hot).sum(1) - 1 + self._counts[labels]
+        self._counts += one_hot.sum(0)
+        order = fields["sample_id"].double()
+        # Within quota: score decreasing with position, so earlier samples win; over quota: -inf.
+        return torch.where(rank_in_class < self.num_samples, -order, torch.full_like(order, float("-inf")))
+
+
+def make_policy(policy: str, num_samples: int, *, seed: int = 0, hardest_by: str = "loss",
+                num_classes: int | None = None) -> SamplingPolicy:
+    if policy == "first":
+        return First(num_samples)
+    if policy == "reservoir":
+        return Reservoir(num_samples, seed)
+    if policy == "hardest":
+        return Hardest(num_samples, hardest_by)
+    if policy == "per_class":
+        return PerClass(num_samples, num_classes)
+    raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")

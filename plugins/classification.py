@@ -1,0 +1,109 @@
+"""Image classification samples: image, truth, prediction, confidence, loss (and top-k).
+
+Device stage: one fused pass for image -> uint8 NHWC and one for argmax + softmax confidence
+(``logbus.kernels``), plus a per-sample cross entropy for the ``hardest`` policy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import logbus
+from logbus.extractor import check_batch, check_images, class_names_map, logits_of
+from logbus.kernels import images_to_uint8, logits_summary
+from logbus.sample_pipeline import PendingImage
+
+
+class ClassificationExtractor:
+    """Rows: ``id, image, truth, prediction, confidence, correct, loss, flag`` (+ ``top_k`` when
+    ``top_k > 1``, + ``truth_name``/``prediction_name`` with ``class_names``).
+
+    Targets may be class indices ``[N]`` or one-hot / probabilities ``[N, C]``. Non-finite logits
+    never raise: the row is logged with prediction -1 and ``flag`` ``"nonfinite"``.
+    """
+
+    name = "classification"
+
+    def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = None, mean=None, std=None,
+                 value_range: str = "auto", channels_last: bool | None = None, top_k: int = 1):
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
+        self.class_names = class_names_map(class_names)
+        self.num_classes = len(self.class_names) if self.class_names else None
+        self.image_options = dict(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
+        self.top_k = top_k
+        self.columns = ["id", "image", "truth", "prediction", "confidence", "correct", "loss", "flag"]
+        if top_k > 1:
+            self.columns.append("top_k")
+        if self.class_names:
+            self.columns += ["truth_name", "prediction_name"]
+
+    def check(self, inputs: Any, targets: Any, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch_size = check_images(inputs, **self.image_options)
+        logits = logits_of(outputs)
+        if logits.dim() != 2:
+            raise ValueError(f"outputs: expected classification logits [N, C], got shape {tuple(logits.shape)}")
+        if not logits.dtype.is_floating_point:
+            raise TypeError(f"outputs: expected floating-point logits, got dtype {logits.dtype}")
+        check_batch("outputs", logits, batch_size)
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"targets: expected a tensor of class ids [N] or one-hot [N, C], got {type(targets).__name__}")
+        check_batch("targets", targets, batch_size)
+        if targets.dim() == 2 and targets.shape[1] != logits.shape[1]:
+            raise ValueError(f"targets: one-hot targets need {logits.shape[1]} columns (as the logits), "
+                             f"got shape {tuple(targets.shape)}")
+        if targets.dim() not in (1, 2) or (targets.dim() == 1 and targets.dtype.is_floating_point):
+            raise ValueError(f"targets: expected class ids [N] (integer) or one-hot [N, C], got shape "
+                             f"{tuple(targets.shape)} dtype {targets.dtype}")
+        if self.top_k > logits.shape[1]:
+            raise ValueError(f"top_k: expected at most {logits.shape[1]} (the number of classes), got {self.top_k}")
+        return inputs.detach(), targets.detach(), logits.detach()
+
+    def device_stage(self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        truth = targets.argmax(1) if targets.dim() == 2 else targets.long()
+        summary = logits_summary(logits, k=self.top_k)
+        in_range = (truth >= 0) & (truth < logits.shape[1])
+        loss = F.cross_entropy(logits.float(), truth.clamp(0, logits.shape[1] - 1), reduction="none")
+        loss = torch.where(in_range, loss, torch.full_like(loss, float("nan")))
+        fields = {
+            "image": images_to_uint8(inputs, **self.image_options),
+            "truth": truth,
+            "prediction": summary.prediction,
+            "confidence": summary.confidence,
+            "finite": summary.finite,
+            "loss": loss,
+        }
+        if self.top_k > 1:
+            fields["topk_indices"], fields["topk_probs"] = summary.topk_indices, summary.topk_probs
+        return fields
+
+    def host_stage(self, fields: dict[str, np.ndarray], encode) -> list[list]:
+        rows = []
+        for i in range(len(fields["truth"])):
+            truth, prediction = int(fields["truth"][i]), int(fields["prediction"][i])
+            confidence, loss = float(fields["confidence"][i]), float(fields["loss"][i])
+            finite = bool(fields["finite"][i])
+            row = [int(fields["sample_id"][i]), PendingImage(encode(fields["image"][i])), truth, prediction,
+                   None if math.isnan(confidence) else confidence, finite and truth == prediction,
+                   None if math.isnan(loss) else loss, "" if finite else "nonfinite"]
+            if self.top_k > 1:
+                row.append(", ".join(f"{self._name(int(c))}:{p:.3f}" for c, p in
+                                     zip(fields["topk_indices"][i], fields["topk_probs"][i]) if c >= 0))
+            if self.class_names:
+                row += [self._name(truth), self._name(prediction) if prediction >= 0 else ""]
+            rows.append(row)
+        return rows
+
+    def _name(self, class_id: int) -> str:
+        return self.class_names.get(class_id, str(class_id)) if self.class_names else str(class_id)
+
+
+@logbus.hookimpl
+def register_extractors(register):
+    register("classification", ClassificationExtractor,
+             description="image, truth, prediction, confidence, loss, top-k (image classifiers)")
