@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 CALLS = 1000
 
 
-def _trainer(loggers, tmp_path):
+def _trainer(loggers):
     from composer import Trainer
     from composer.models import ComposerClassifier
 
@@ -30,16 +30,6 @@ def _trainer(loggers, tmp_path):
     return Trainer(model=model, train_dataloader=DataLoader(data, batch_size=4), max_duration="1ba",
                    loggers=loggers, progress_bar=False, device="cpu", run_name="bench",
                    save_folder=None)
-
-
-@pytest.fixture
-def wandb_offline(tmp_path, monkeypatch):
-    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(name, str(tmp_path))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("LOGBUS_DIR", str(tmp_path / "runs"))
-    return tmp_path
 
 
 def _per_call(benchmark, log_one):
@@ -57,11 +47,11 @@ def _per_call(benchmark, log_one):
 
 
 @pytest.mark.benchmark(group="log_metrics caller cost")
-def test_logbus_through_composer_logger(benchmark, wandb_offline, tmp_path):
+def test_logbus_through_composer_logger(benchmark, wandb_offline):
     from logbus.composer import LogBusLogger
 
     destination = LogBusLogger(backends=[("wandb", {"project": "bench"}), "local"], log_stats=False)
-    trainer = _trainer([destination], tmp_path)
+    trainer = _trainer([destination])
     try:
         _per_call(benchmark, trainer.logger.log_metrics)
     finally:

@@ -60,10 +60,20 @@ class LogBusLogger(LoggerDestination):
         # Composer may delete or rotate a checkpoint right after upload_file returns; files are
         # hard-linked (or copied) here first so the writer thread uploads what was asked for.
         self._staging: tempfile.TemporaryDirectory | None = None
+        self._state: State | None = None
+
+    def _step(self, step: Optional[int]) -> Optional[int]:
+        # A step-less wandb.log commits wandb's current row, and wandb then silently drops everything
+        # logged later at that same step (Composer logs the loss after the algorithm traces of the
+        # batch): pin step-less calls to the current batch, the step Composer's Logger gives metrics.
+        if step is None and self._state is not None:
+            return int(self._state.timestamp.batch)
+        return step
 
     # -- Composer events -------------------------------------------------------------------------
     def init(self, state: State, logger: Logger) -> None:
         del logger
+        self._state = state
         self.bus.emit(RunStarted(run_name=state.run_name or "composer-run", rank=dist.get_global_rank(),
                                  world_size=dist.get_world_size()))
 
@@ -90,17 +100,17 @@ class LogBusLogger(LoggerDestination):
         self.bus.emit(Hyperparameters(hyperparameters))
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
-        self.bus.emit(Metrics(metrics, step))
+        self.bus.emit(Metrics(metrics, step if step is not None else self._step(step)))
 
     def log_traces(self, traces: dict[str, Any]) -> None:
         # Traces are algorithm events (bools, counts); numbers are kept as metrics, the rest skipped.
         numeric = {f"traces/{k}": float(v) for k, v in traces.items() if isinstance(v, (bool, int, float))}
         if numeric:
-            self.bus.emit(Metrics(numeric))
+            self.bus.emit(Metrics(numeric, self._step(None)))
 
     def log_table(self, columns: list[str], rows: list[list[Any]], name: str = "Table",
                   step: Optional[int] = None) -> None:
-        self.bus.emit(Table(name, columns, rows, step))
+        self.bus.emit(Table(name, columns, rows, self._step(step)))
 
     def log_images(
         self,
@@ -115,9 +125,9 @@ class LogBusLogger(LoggerDestination):
         records = images_from_composer(images, channels_last=channels_last, masks=masks,
                                        mask_class_labels=mask_class_labels)
         if use_table:
-            self.bus.emit(Table(name + " Table", [name], [[image] for image in records], step))
+            self.bus.emit(Table(name + " Table", [name], [[image] for image in records], self._step(step)))
         else:
-            self.bus.emit(Images(name, records, step))
+            self.bus.emit(Images(name, records, self._step(step)))
 
     def can_upload_files(self) -> bool:
         return any(Artifact in getattr(backend, "supports", ()) for backend in self.bus.backends.values())

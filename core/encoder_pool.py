@@ -15,7 +15,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from logbus.atomic import write_bytes_atomic
 from logbus.encoding import encode_image
 
 
@@ -28,7 +27,10 @@ class EncoderPool:
             raise ValueError(f"encode_workers: expected an int >= 1, got {workers!r}")
         self.image_format = image_format
         self.options = {"compress_level": compress_level, "quality": quality}
-        self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-") if folder is None else None
+        # Scratch space for encoded files until backends copy them: RAM-backed /dev/shm when there is
+        # one (creating thousands of small files is where a slow disk hurts most).
+        scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch) if folder is None else None
         self.folder = folder or self._owned.name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logbus-encode")
         self._files: dict[bytes, Future] = {}
@@ -53,7 +55,10 @@ class EncoderPool:
     def _write(self, pixels: np.ndarray, name: str) -> str:
         suffix = ".png" if self.image_format == "png" else ".jpg"
         path = os.path.join(self.folder, name + suffix)
-        write_bytes_atomic(path, encode_image(pixels, self.image_format, **self.options))
+        data = encode_image(pixels, self.image_format, **self.options)
+        # A private temp folder, read only after this future completes: no temp+rename needed.
+        with open(path, "wb") as file:
+            file.write(data)
         return path
 
     def close(self) -> None:

@@ -33,6 +33,8 @@ DEFAULT_PLUGINS = (
     "logbus.plugins.wandb",
     "logbus.plugins.local",
     "logbus.plugins.classification",
+    "logbus.plugins.segmentation",
+    "logbus.plugins.tokens",
 )
 KINDS = ("backend", "extractor")
 

@@ -13,8 +13,27 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from logbus.bus import Bus
+from logbus.deferred import Deferred
 from logbus.images import images_from_composer
 from logbus.records import Artifact, Hyperparameters, Images, Metrics, RunStarted, Table
+from logbus.sample_pipeline import SamplePipeline, pipeline_for
+
+
+class SampleStream:
+    """Prediction samples in a plain loop: ``add`` each eval batch, ``log`` at the end of the pass.
+
+    The same pipeline as Composer's ``SampleLogger``: ``add`` only checks shapes and enqueues."""
+
+    def __init__(self, bus: Bus, pipeline: SamplePipeline):
+        self.bus, self.pipeline = bus, pipeline
+        bus.on_close(pipeline.cleanup)
+
+    def add(self, inputs: Any, targets: Any, outputs: Any, *, label: str = "eval") -> None:
+        self.pipeline.submit(inputs, targets, outputs, label=label)
+
+    def log(self, label: str = "eval", step: int | None = None) -> None:
+        """Logs the table ``samples/{label}`` for the pass so far, in order with everything else."""
+        self.bus.emit(Deferred(Table, self.pipeline.end_pass(label, step=step)))
 
 
 class Run:
@@ -44,6 +63,16 @@ class Run:
 
     def log_artifact(self, path: str, name: str, *, type: str = "file", aliases: Sequence[str] = ()) -> None:
         self.bus.emit(Artifact(path=path, name=name, type=type, aliases=list(aliases)))
+
+    def samples(self, extractor: Any = "classification", num_samples: int | None = 100, policy: str = "first",
+                **options: Any) -> SampleStream:
+        """A sample stream on this run's bus; ``options`` are the extractor's and the pipeline's
+        (see ``logbus.composer.SampleLogger``)."""
+        from logbus.sample_options import split_options
+
+        extractor_options, pipeline_options = split_options(options)
+        return SampleStream(self.bus, pipeline_for(extractor, extractor_options, num_samples=num_samples,
+                                                   policy=policy, **pipeline_options))
 
     def flush(self, timeout: float | None = None) -> bool:
         return self.bus.flush(timeout)

@@ -15,10 +15,8 @@ from composer.loggers import Logger
 
 from logbus.deferred import Deferred
 from logbus.records import Table
+from logbus.sample_options import split_options
 from logbus.sample_pipeline import SamplePipeline, pipeline_for
-
-_PIPELINE_OPTIONS = ("seed", "hardest_by", "max_pending_batches", "pinned_pool_bytes", "encode_workers",
-                     "image_format", "compress_level", "key_prefix")
 
 
 def item_of(batch: Any, key: Any, argument: str) -> Any:
@@ -56,8 +54,8 @@ class SampleLogger(Callback):
         for argument, value in (("interval", interval), ("train_interval", train_interval)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{argument}: expected an int >= 1, got {value!r}")
-        pipeline_options = {k: options.pop(k) for k in _PIPELINE_OPTIONS if k in options}
-        self.pipeline: SamplePipeline = pipeline_for(extractor, options or None, num_samples=num_samples,
+        extractor_options, pipeline_options = split_options(options)
+        self.pipeline: SamplePipeline = pipeline_for(extractor, extractor_options, num_samples=num_samples,
                                                      policy=policy, **pipeline_options)
         self.input_key, self.target_key = input_key, target_key
         self.interval, self.train_interval = interval, train_interval

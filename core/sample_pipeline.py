@@ -89,6 +89,9 @@ class SamplePipeline:
                  hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
                  encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
                  key_prefix: str = "samples"):
+        if policy == "per_class" and not getattr(extractor, "has_class_per_sample", False):
+            raise ValueError(f"policy: 'per_class' needs an extractor with one class per sample (classification), "
+                             f"got {getattr(extractor, 'name', type(extractor).__name__)!r}")
         if num_samples is None and policy != "first":
             raise ValueError(f"num_samples: None (every sample) needs policy 'first', got policy {policy!r}")
         self.extractor = extractor
@@ -103,6 +106,7 @@ class SamplePipeline:
         self.pinned = PinnedPool(pinned_pool_bytes)
         self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level)
         self._passes: dict[str, _Pass] = {}
+        self._pass_counts: dict[str, int] = {}  # passes started per label: reservoir draws anew each pass
         # Unbounded queue, bounded batch count: a batch takes a slot or is dropped, while END and
         # STOP markers always go in, so the training thread never blocks on a full queue.
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -147,7 +151,8 @@ class SamplePipeline:
     def _pass(self, label: str) -> _Pass:
         state = self._passes.get(label)
         if state is None:
-            state = self._passes[label] = _Pass(make_policy(**self._policy_args))
+            pass_index = self._pass_counts[label] = self._pass_counts.get(label, -1) + 1
+            state = self._passes[label] = _Pass(make_policy(**self._policy_args, pass_index=pass_index))
             state.policy.start_pass()
         return state
 

@@ -59,10 +59,10 @@ class Reservoir(SamplingPolicy):
     ``num_samples`` smallest keys win. A sample that enters and is evicted later was converted for
     nothing; that happens about ``k * ln(n / k)`` times in a pass of ``n``."""
 
-    def __init__(self, num_samples: int, seed: int = 0):
+    def __init__(self, num_samples: int, seed: int = 0, pass_index: int = 0):
         super().__init__(num_samples)
         self.seed = seed
-        self.passes = 0
+        self.passes = pass_index  # the pipeline makes a policy per pass: it says which pass this is
 
     def start_pass(self) -> None:
         super().start_pass()
@@ -165,11 +165,11 @@ class PerClass(SamplingPolicy):
 
 
 def make_policy(policy: str, num_samples: int, *, seed: int = 0, hardest_by: str = "loss",
-                num_classes: int | None = None) -> SamplingPolicy:
+                num_classes: int | None = None, pass_index: int = 0) -> SamplingPolicy:
     if policy == "first":
         return First(num_samples)
     if policy == "reservoir":
-        return Reservoir(num_samples, seed)
+        return Reservoir(num_samples, seed, pass_index)
     if policy == "hardest":
         return Hardest(num_samples, hardest_by)
     if policy == "per_class":

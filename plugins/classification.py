@@ -28,6 +28,7 @@ class ClassificationExtractor:
     """
 
     name = "classification"
+    has_class_per_sample = True  # the per_class policy can use "truth"
 
     def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = None, mean=None, std=None,
                  value_range: str = "auto", channels_last: bool | None = None, top_k: int = 1):

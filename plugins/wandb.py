@@ -63,15 +63,25 @@ class WandBBackend:
         elif isinstance(record, Hyperparameters):
             self.run.config.update(record.values, allow_val_change=True)
         elif isinstance(record, Table):
-            import wandb
-
-            table = wandb.Table(columns=record.columns,
-                                data=[[_to_wandb(cell) for cell in row] for row in record.rows])
-            self.run.log({record.key: table}, step=record.step)
+            self._log_table(record)
         elif isinstance(record, Images):
             self.run.log({record.key: [_to_wandb(image) for image in record.images]}, step=record.step)
         elif isinstance(record, Artifact) and self.log_artifacts:
             self._log_artifact(record)
+
+    def _log_table(self, record: Table) -> None:
+        """wandb keeps at most ``wandb.Table.MAX_ROWS`` (10,000) rows of a table in the run; a larger
+        table is split into ``key``, ``key/part2``, ``key/part3``... logged at the same step, so every
+        row is kept."""
+        import wandb
+
+        limit = wandb.Table.MAX_ROWS
+        data = {}
+        for part, start in enumerate(range(0, max(1, len(record.rows)), limit), start=1):
+            rows = record.rows[start:start + limit]
+            key = record.key if part == 1 else f"{record.key}/part{part}"
+            data[key] = wandb.Table(columns=record.columns, data=[[_to_wandb(cell) for cell in row] for row in rows])
+        self.run.log(data, step=record.step)
 
     def close(self, finish: RunFinished) -> None:
         if self.run is not None:

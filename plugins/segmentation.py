@@ -1,0 +1,91 @@
+"""Semantic segmentation samples: the image with its ground-truth and predicted masks overlaid.
+
+Device stage: image -> uint8 NHWC and logits ``[N, K, H, W]`` -> per-pixel class mask (uint8 when
+K <= 255, else int16), both fused kernels; per-sample pixel accuracy and mean cross entropy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import logbus
+from logbus.extractor import check_batch, check_images, class_names_map, logits_of
+from logbus.kernels import images_to_uint8, segmentation_mask
+from logbus.sample_pipeline import PendingImage
+
+
+class SegmentationExtractor:
+    """Rows: ``id, image (masks ground_truth + prediction), pixel_accuracy, loss, flag``.
+
+    Targets: class-id masks ``[N, H, W]`` (or ``[N, 1, H, W]``); ids outside ``[0, K)`` (such as an
+    ignore index of 255) are left out of accuracy and loss."""
+
+    name = "segmentation"
+    has_class_per_sample = False
+
+    def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = None, mean=None, std=None,
+                 value_range: str = "auto", channels_last: bool | None = None):
+        self.class_names = class_names_map(class_names)
+        self.num_classes = None
+        self.image_options = dict(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
+        self.columns = ["id", "image", "pixel_accuracy", "loss", "confidence", "flag"]
+
+    def check(self, inputs: Any, targets: Any, outputs: Any):
+        batch_size = check_images(inputs, **self.image_options)
+        logits = logits_of(outputs)
+        if logits.dim() != 4:
+            raise ValueError(f"outputs: expected segmentation logits [N, K, H, W], got shape {tuple(logits.shape)}")
+        check_batch("outputs", logits, batch_size)
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"targets: expected a mask tensor [N, H, W], got {type(targets).__name__}")
+        if targets.dim() == 4 and targets.shape[1] == 1:
+            targets = targets[:, 0]
+        if targets.dim() != 3 or targets.dtype.is_floating_point:
+            raise ValueError(f"targets: expected integer class-id masks [N, H, W], got shape {tuple(targets.shape)} "
+                             f"dtype {targets.dtype}")
+        check_batch("targets", targets, batch_size)
+        if tuple(targets.shape[1:]) != tuple(logits.shape[2:]):
+            raise ValueError(f"targets: mask size {tuple(targets.shape[1:])} differs from the logits' "
+                             f"{tuple(logits.shape[2:])}")
+        return inputs.detach(), targets.detach(), logits.detach()
+
+    def device_stage(self, inputs, targets, logits) -> dict[str, torch.Tensor]:
+        num_classes = logits.shape[1]
+        prediction = segmentation_mask(logits)
+        truth = targets.long()
+        valid = (truth >= 0) & (truth < num_classes)
+        safe_truth = torch.where(valid, truth, torch.zeros_like(truth))
+        pixel_loss = F.cross_entropy(logits.float(), safe_truth, reduction="none")
+        count = valid.sum((1, 2)).clamp_min(1)
+        probs_max = logits.float().softmax(1).amax(1)
+        return {
+            "image": images_to_uint8(inputs, **self.image_options),
+            "truth": torch.where(valid, truth, torch.zeros_like(truth)).to(prediction.dtype),
+            "prediction": prediction,
+            "pixel_accuracy": ((prediction.long() == truth) & valid).sum((1, 2)) / count,
+            "loss": (pixel_loss * valid).sum((1, 2)) / count,
+            "confidence": probs_max.mean((1, 2)),
+            "finite": torch.isfinite(logits).flatten(1).all(1),
+        }
+
+    def host_stage(self, fields: dict[str, np.ndarray], encode) -> list[list]:
+        rows = []
+        for i in range(len(fields["sample_id"])):
+            masks = {"ground_truth": (np.array(fields["truth"][i]), self.class_names),
+                     "prediction": (np.array(fields["prediction"][i]), self.class_names)}
+            loss, finite = float(fields["loss"][i]), bool(fields["finite"][i])
+            rows.append([int(fields["sample_id"][i]), PendingImage(encode(fields["image"][i]), masks=masks),
+                         float(fields["pixel_accuracy"][i]), None if math.isnan(loss) else loss,
+                         float(fields["confidence"][i]), "" if finite else "nonfinite"])
+        return rows
+
+
+@logbus.hookimpl
+def register_extractors(register):
+    register("segmentation", SegmentationExtractor,
+             description="image with ground-truth and predicted masks, pixel accuracy, loss")
