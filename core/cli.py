@@ -23,7 +23,7 @@ def _plugins(args: argparse.Namespace) -> int:
         return 0
     rows = [("name", "version", "distribution", "registers", "status")]
     for p in plugins:
-        status = "builtin" if p.builtin else ("loaded" if p.error is None else p.error)
+        status = p.status if p.error is None else f"{p.status}: {p.error}"
         rows.append((p.name, p.version or "-", p.distribution or "-", ", ".join(p.registers) or "-", status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:

@@ -45,7 +45,14 @@ def check_images(images: Any, *, mean=None, std=None, value_range: str = "auto",
     if images.dim() != 4:
         raise ValueError(f"{argument}: expected a 4-D image batch [N, C, H, W] or [N, H, W, C], "
                          f"got shape {tuple(images.shape)}")
-    _prepare(torch.empty(images.shape, dtype=images.dtype, device="meta"), mean, std, value_range, channels_last)
+    try:
+        _prepare(torch.empty(images.shape, dtype=images.dtype, device="meta"), mean, std, value_range, channels_last)
+    except (TypeError, ValueError) as error:
+        # The kernel calls its argument "images"; the caller knows this one as ``argument``.
+        message = str(error)
+        if not message.startswith("images:"):
+            raise
+        raise type(error)(argument + message[len("images"):]) from None
     return images.shape[0]
 
 

@@ -32,9 +32,7 @@ ENTRY_POINT_GROUP = "logbus"
 DEFAULT_PLUGINS = (
     "logbus.plugins.wandb",
     "logbus.plugins.local",
-    "logbus.plugins.classification",
-    "logbus.plugins.segmentation",
-    "logbus.plugins.tokens",
+    "logbus.plugins.extractors",
 )
 KINDS = ("backend", "extractor")
 
@@ -73,6 +71,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registers: list[str] = field(default_factory=list)
     error: str | None = None
+    status: str = "loaded"  # builtin | loaded | disabled (autoload off / not allowlisted) | failed
 
 
 def _flag(name: str) -> bool:
@@ -120,8 +119,10 @@ class PluginHost:
             dist_name = dist.metadata["Name"] if dist is not None else None
             info_args = dict(name=entry_point.name, module=entry_point.value, distribution=dist_name,
                              version=dist.version if dist is not None else None, builtin=False)
-            if allowed is not None and _normalise(dist_name or entry_point.name) not in allowed:
-                self.skipped.append(PluginInfo(**info_args, error="not loaded: autoload disabled or not allowlisted"))
+            # The allowlist takes distribution names (as pip shows them) or entry-point names.
+            if allowed is not None and not {_normalise(dist_name or ""), _normalise(entry_point.name)} & allowed:
+                self.skipped.append(PluginInfo(**info_args, status="disabled",
+                                               error="not loaded: autoload disabled or not allowlisted"))
                 continue
             self._add(entry_point.load, **info_args)
 
@@ -137,12 +138,16 @@ class PluginHost:
         try:
             plugin = load()
             self.manager.register(plugin, name=info.name)
+            # A hookimpl whose name matches no hook (a typo such as ``register_backend``) would
+            # otherwise load "fine" and register nothing.
+            self.manager.check_pending()
             info.hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])
             self._collect(plugin, info)
         except Exception as error:  # noqa: BLE001 - any plugin failure is isolated here
             if plugin is not None and self.manager.is_registered(plugin):
                 self.manager.unregister(plugin)
             info.error = f"{type(error).__name__}: {error}"
+            info.status = "failed"
             self.skipped.append(info)
             if _strict():
                 raise
@@ -153,6 +158,7 @@ class PluginHost:
                 stacklevel=3,
             )
             return None
+        info.status = "builtin" if info.builtin else "loaded"
         self.plugins.append(info)
         return info
 

@@ -63,6 +63,7 @@ class SampleLogger(Callback):
         self._evals: dict[str, int] = {}
         self._active_label: str | None = None
         self._train_active = False
+        self._train_step = 0
 
     # -- wiring ----------------------------------------------------------------------------------
     def init(self, state: State, logger: Logger) -> None:
@@ -103,7 +104,9 @@ class SampleLogger(Callback):
 
     # -- training batches ------------------------------------------------------------------------
     def batch_start(self, state: State, logger: Logger) -> None:
-        self._train_active = bool(self.train_interval) and int(state.timestamp.batch) % self.train_interval == 0
+        # The batch's own step: Composer logs its loss at this step, and has moved on by batch_end.
+        self._train_step = int(state.timestamp.batch)
+        self._train_active = bool(self.train_interval) and self._train_step % self.train_interval == 0
 
     def after_forward(self, state: State, logger: Logger) -> None:
         if self._train_active:
@@ -111,7 +114,7 @@ class SampleLogger(Callback):
 
     def batch_end(self, state: State, logger: Logger) -> None:
         if self._train_active:
-            self._log("train", int(state.timestamp.batch))
+            self._log("train", self._train_step)
             self._train_active = False
 
     def post_close(self) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import logbus
 from logbus.extractor import check_batch, check_images, class_names_map, logits_of
 from logbus.kernels import images_to_uint8, logits_summary
 from logbus.sample_pipeline import PendingImage
@@ -103,8 +102,3 @@ class ClassificationExtractor:
     def _name(self, class_id: int) -> str:
         return self.class_names.get(class_id, str(class_id)) if self.class_names else str(class_id)
 
-
-@logbus.hookimpl
-def register_extractors(register):
-    register("classification", ClassificationExtractor,
-             description="image, truth, prediction, confidence, loss, top-k (image classifiers)")

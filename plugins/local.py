@@ -23,8 +23,7 @@ import logbus
 from logbus.atomic import JsonLines, write_bytes_atomic, write_json_atomic
 from logbus.encoding import encode_image, encode_mask
 from logbus.naming import safe_filename, safe_relpath
-from logbus.records import (Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table,
-                            as_float)
+from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 
 DEFAULT_ROOT = "logbus_runs"
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import logbus
 from logbus.extractor import check_batch, check_images, class_names_map, logits_of
 from logbus.kernels import images_to_uint8, segmentation_mask
 from logbus.sample_pipeline import PendingImage
@@ -84,8 +83,3 @@ class SegmentationExtractor:
                          float(fields["confidence"][i]), "" if finite else "nonfinite"])
         return rows
 
-
-@logbus.hookimpl
-def register_extractors(register):
-    register("segmentation", SegmentationExtractor,
-             description="image with ground-truth and predicted masks, pixel accuracy, loss")

@@ -13,7 +13,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-import logbus
 from logbus.extractor import check_batch, logits_of
 from logbus.kernels import logits_summary
 
@@ -93,7 +92,3 @@ class TokensExtractor:
     def _text(self, ids: np.ndarray) -> str:
         return str(self.decode([int(t) for t in ids if t >= 0]))[: self.max_chars]
 
-
-@logbus.hookimpl
-def register_extractors(register):
-    register("tokens", TokensExtractor, description="input, target and predicted text for language models")

@@ -9,8 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logbus.naming import safe_filename, safe_relpath, wandb_artifact_name
-from logbus.records import (REDACTED, Artifact, Box, Hyperparameters, Image, Images, Mask, Metrics, RunStarted, Table,
-                            as_float, redact_secrets)
+from logbus.records import (
+    REDACTED,
+    Artifact,
+    Box,
+    Hyperparameters,
+    Image,
+    Images,
+    Mask,
+    Metrics,
+    RunStarted,
+    Table,
+    as_float,
+    redact_secrets,
+)
 
 
 def pixels(h=4, w=5, c=3):

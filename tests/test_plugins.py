@@ -1,0 +1,413 @@
+"""Third-party plugins as real installed distributions, no mocks.
+
+Once per session the example package (``examples/logbus-example-plugin``) and three packages written
+here (one whose module fails to import, one that registers the built-in name ``local``, one that looks
+up a backend while it registers) are built into wheels and installed with ``pip install --target``
+into one folder each. Tests run ``logbus`` in
+subprocesses with ``PYTHONPATH`` pointing at some of those folders, so ``importlib.metadata`` finds
+their ``dist-info`` entry points while the project's venv stays clean.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import logbus
+import pytest
+from logbus import plugin_manager
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_SOURCE = ROOT / "examples" / "logbus-example-plugin"
+EXAMPLE_DIST = "logbus-example-plugin"
+BROKEN_DIST = "logbus-broken-plugin"
+COLLIDING_DIST = "logbus-colliding-plugin"
+REENTRANT_DIST = "logbus-reentrant-plugin"
+BUILTINS = set(plugin_manager.DEFAULT_PLUGINS)  # wandb, local, ... : always loaded, whatever the env says
+SECRET = "s3cret"
+
+_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{dist}"
+version = "0.1.0"
+
+[project.entry-points.logbus]
+{entry_point} = "{module}"
+"""
+
+GENERATED = {
+    # A plugin whose module cannot be imported: a dependency its author forgot to declare.
+    BROKEN_DIST: ("broken", "logbus_broken_plugin", """\
+        import logbus
+        import logbus_broken_missing_dependency  # noqa: F401  (not installed anywhere)
+    """),
+    # A plugin that takes the built-in name ``local`` next to a name of its own. Registration is
+    # all-or-nothing, so ``colliding-extra`` must not be registered either.
+    COLLIDING_DIST: ("colliding", "logbus_colliding_plugin", """\
+        import logbus
+
+
+        class Backend:
+            def log(self, record):
+                raise AssertionError("the colliding backend must never be used")
+
+            def close(self, finish):
+                pass
+
+
+        @logbus.hookimpl
+        def register_backends(register):
+            register("colliding-extra", Backend)
+            register("local", Backend)
+    """),
+    # A plugin that looks up another backend while it registers: an error that names it, never a hang.
+    REENTRANT_DIST: ("reentrant", "logbus_reentrant_plugin", """\
+        import logbus
+        from logbus.plugin_manager import create_backend
+
+
+        @logbus.hookimpl
+        def register_backends(register):
+            local = create_backend("local")
+            register("wrapped-local", lambda: local)
+    """),
+}
+
+
+def _check(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, check=False, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, command))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def sites(tmp_path_factory) -> dict[str, Path]:
+    """Builds the plugin wheels once and installs each into its own ``--target`` folder."""
+    root = tmp_path_factory.mktemp("plugins")
+    sources = {EXAMPLE_DIST: root / "src" / "example"}
+    # Build from a copy, so setuptools' build/ and *.egg-info never land in the source tree.
+    shutil.copytree(EXAMPLE_SOURCE, sources[EXAMPLE_DIST],
+                    ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+    for dist, (entry_point, module, code) in GENERATED.items():
+        folder = root / "src" / module
+        (folder / module).mkdir(parents=True)
+        (folder / "pyproject.toml").write_text(_PYPROJECT.format(dist=dist, entry_point=entry_point, module=module))
+        (folder / module / "__init__.py").write_text(textwrap.dedent(code))
+        sources[dist] = folder
+    pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"}
+    wheels = root / "wheels"
+    _check([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+            *map(str, sources.values())], env=pip_env)
+    installed = {}
+    for dist in sources:
+        (wheel,) = wheels.glob(f"{dist.replace('-', '_')}-0.1.0-*.whl")
+        installed[dist] = root / "site" / dist
+        _check([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(installed[dist]),
+                str(wheel)], env=pip_env)
+    return installed
+
+
+def _env(sites: dict[str, Path], dists, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOGBUS_", "WANDB_")) and k != "PYTHONPATH"}
+    env.update(PYTHONPATH=os.pathsep.join(str(sites[d]) for d in dists), LOGBUS_DIR=str(tmp_path / "runs"),
+               WANDB_MODE="disabled")
+    env.update(extra)
+    return env
+
+
+def _logbus(*args: str, sites, dists, tmp_path, **extra_env) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("logbus")  # the installed console script, if there is one
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "logbus.cli"]
+    return subprocess.run([*command, *args], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env=_env(sites, dists, tmp_path, **extra_env))
+
+
+def _python(code: str, *, sites, dists, tmp_path, **extra_env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env=_env(sites, dists, tmp_path, **extra_env))
+
+
+def _listed(sites, dists, tmp_path, *flags, **extra_env) -> tuple[dict[str, dict], str]:
+    result = _logbus("plugins", "--json", *flags, sites=sites, dists=dists, tmp_path=tmp_path, **extra_env)
+    assert result.returncode == 0, result.stderr
+    return {p["name"]: p for p in json.loads(result.stdout)}, result.stderr
+
+
+def _loaded(plugins: dict[str, dict]) -> set[str]:
+    return {name for name, p in plugins.items() if p["error"] is None}
+
+
+# -- listing -------------------------------------------------------------------------------------
+
+
+def test_example_plugin_is_listed_with_its_distribution(sites, tmp_path):
+    plugins, stderr = _listed(sites, [EXAMPLE_DIST], tmp_path)
+    assert "warning:" not in stderr
+    assert plugins["example"] == {
+        "name": "example", "module": "logbus_example_plugin", "distribution": EXAMPLE_DIST, "version": "0.1.0",
+        "builtin": False, "hooks": ["register_backends"], "registers": ["backend:jsonl-recorder"], "error": None,
+            "status": "loaded",
+    }
+    assert set(plugins) == BUILTINS | {"example"}
+    for name in BUILTINS:
+        assert plugins[name]["builtin"] and plugins[name]["distribution"] == "logbus" and plugins[name]["registers"]
+    assert {"backend:local", "backend:wandb"} <= {r for p in plugins.values() for r in p["registers"]}
+
+    table = _logbus("plugins", sites=sites, dists=[EXAMPLE_DIST], tmp_path=tmp_path)
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["name", "version", "distribution", "registers", "status"]
+    assert ["example", "0.1.0", EXAMPLE_DIST, "backend:jsonl-recorder", "loaded"] in [row.split() for row in rows]
+    assert {row.split()[0] for row in rows} == BUILTINS | {"example"}
+
+
+def test_broken_plugin_is_named_skipped_and_shown_with_all(sites, tmp_path):
+    dists = [EXAMPLE_DIST, BROKEN_DIST]
+    plugins, stderr = _listed(sites, dists, tmp_path, "--all")
+    assert stderr.count("warning:") == 1
+    assert "'broken'" in stderr and BROKEN_DIST in stderr and "logbus_broken_missing_dependency" in stderr
+    broken = plugins["broken"]
+    assert (broken["distribution"], broken["version"], broken["registers"]) == (BROKEN_DIST, "0.1.0", [])
+    assert broken["status"] == "failed"
+    assert broken["error"].startswith("ModuleNotFoundError") and "logbus_broken_missing_dependency" in broken["error"]
+    assert _loaded(plugins) == BUILTINS | {"example"}  # the others still load
+
+    table = _logbus("plugins", sites=sites, dists=dists, tmp_path=tmp_path)  # without --all: not listed
+    assert table.returncode == 0 and "'broken'" in table.stderr
+    assert {line.split()[0] for line in table.stdout.splitlines()[1:]} == BUILTINS | {"example"}
+
+
+def test_strict_mode_fails_with_the_plugins_exception(sites, tmp_path):
+    program = """\
+        from logbus.bus import build_backends
+        build_backends(["local"])
+    """
+    result = _python(program, sites=sites, dists=[EXAMPLE_DIST, BROKEN_DIST], tmp_path=tmp_path, LOGBUS_STRICT="1")
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == "ModuleNotFoundError: No module named 'logbus_broken_missing_dependency'", result.stderr
+    assert "logbus_broken_plugin" in result.stderr  # the traceback shows whose import failed
+    # Without LOGBUS_STRICT a program warns and goes on: see test_example_backend_receives_every_record_in_order.
+
+
+def test_name_collision_names_both_plugins_and_keeps_the_builtin(sites, tmp_path):
+    plugins, stderr = _listed(sites, [EXAMPLE_DIST, COLLIDING_DIST], tmp_path, "--all")
+    assert "backend 'local' from plugin 'colliding' is already registered by plugin 'logbus.plugins.local'" in stderr
+    assert COLLIDING_DIST in stderr
+    assert plugins["colliding"]["error"].startswith("ValueError") and plugins["colliding"]["registers"] == []
+    assert _loaded(plugins) == BUILTINS | {"example"}
+    registered = [name for p in plugins.values() for name in p["registers"]]
+    assert "backend:jsonl-recorder" in registered and "backend:colliding-extra" not in registered  # all or nothing
+    assert registered.count("backend:local") == 1
+
+    result = _python("""\
+        from logbus.bus import Bus
+        from logbus.records import Metrics, RunStarted
+        bus = Bus(["local"])
+        print(type(bus.backends["local"]).__module__)
+        bus.emit(RunStarted("collide"))
+        bus.emit(Metrics({"loss": 0.5}, step=3))
+        assert bus.close(timeout=30)
+    """, sites=sites, dists=[EXAMPLE_DIST, COLLIDING_DIST], tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "logbus.plugins.local"
+    metrics = [json.loads(line) for line in (tmp_path / "runs" / "collide" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["loss"]) for m in metrics] == [(3, 0.5)]
+
+
+def test_plugin_looking_up_backends_while_loading_fails_instead_of_hanging(sites, tmp_path):
+    plugins, stderr = _listed(sites, [REENTRANT_DIST], tmp_path, "--all")
+    assert "'reentrant'" in stderr and "still loading" in stderr
+    assert plugins["reentrant"]["error"].startswith("RuntimeError: logbus plugins are still loading")
+    assert _loaded(plugins) == BUILTINS
+
+
+# -- user controls -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env, loaded", [
+    ({"LOGBUS_LOAD_PLUGINS": EXAMPLE_DIST}, {"example"}),
+    ({"LOGBUS_LOAD_PLUGINS": "Logbus_Example.Plugin"}, {"example"}),  # names are normalised as in PEP 503
+    ({"LOGBUS_LOAD_PLUGINS": ""}, set()),
+    ({"LOGBUS_DISABLE_PLUGIN_AUTOLOAD": "1"}, set()),
+    ({"LOGBUS_DISABLE_PLUGIN_AUTOLOAD": "1", "LOGBUS_LOAD_PLUGINS": EXAMPLE_DIST}, {"example"}),
+    ({"LOGBUS_DISABLE_PLUGIN_AUTOLOAD": "false"}, None),  # like "0": autoload stays on
+], ids=["allowlist", "allowlist-normalised", "empty-allowlist", "autoload-off", "autoload-off-with-allowlist",
+        "autoload-false"])
+def test_load_controls(sites, tmp_path, env, loaded):
+    dists = [EXAMPLE_DIST, BROKEN_DIST]
+    plugins, stderr = _listed(sites, dists, tmp_path, "--all", **env)
+    if loaded is None:  # everything is tried: the broken one is imported and warned about
+        assert _loaded(plugins) == BUILTINS | {"example"} and "'broken'" in stderr
+        return
+    assert "warning:" not in stderr  # the broken plugin was not even imported
+    assert _loaded(plugins) == BUILTINS | loaded
+    for name in {"example", "broken"} - loaded:
+        assert plugins[name]["error"].startswith("not loaded"), plugins[name]
+        assert plugins[name]["status"] == "disabled", plugins[name]
+        assert plugins[name]["registers"] == [] and plugins[name]["hooks"] == []
+
+
+# -- records reach the plugin --------------------------------------------------------------------
+
+
+def test_example_backend_receives_every_record_in_order(sites, tmp_path):
+    recorder, second = tmp_path / "recorder.jsonl", tmp_path / "second.jsonl"
+    result = _python(f"""\
+        from logbus import start_run
+        backends = ["jsonl-recorder", ("jsonl-recorder", {{"path": {str(second)!r}}}), "local"]
+        with start_run("t", backends=backends, config={{"lr": 0.1, "api_key": {SECRET!r}}}) as run:
+            print(sorted(run.bus.backends))
+            run.log_hyperparameters({{"batch_size": 8, "db": {{"password": {SECRET!r}}}}})
+            run.log({{"loss": 1.0}}, step=1)
+            run.log_table("tab", ["a"], [[1], [2]], step=2)
+            run.log({{"loss": 0.5}}, step=3)
+    """, sites=sites, dists=[EXAMPLE_DIST, BROKEN_DIST, COLLIDING_DIST], tmp_path=tmp_path,
+        LOGBUS_EXAMPLE_RECORDER_PATH=str(recorder))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['jsonl-recorder', 'jsonl-recorder-2', 'local']"
+    # Installed next to a broken and a colliding plugin: both warned about, neither in the way.
+    assert result.stderr.count("PluginWarning") == 2
+    assert BROKEN_DIST in result.stderr and COLLIDING_DIST in result.stderr
+
+    lines = [json.loads(line) for line in recorder.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["RunStarted", "Hyperparameters", "Metrics", "Table", "Metrics",
+                                                "RunFinished"]
+    started, hparams, first, table, second_metrics, finished = lines
+    assert started["run_name"] == "t" and started["config"] == {"lr": 0.1, "api_key": logbus.records.REDACTED}
+    assert hparams["values"] == {"batch_size": 8, "db": {"password": logbus.records.REDACTED}}
+    assert (first["step"], first["values"]) == (1, {"loss": 1.0})
+    assert table == {"type": "Table", "key": "tab", "step": 2, "columns": ["a"], "rows": 2}
+    assert (second_metrics["step"], second_metrics["values"]) == (3, {"loss": 0.5})
+    assert finished["exit_code"] == 0
+    assert second.read_text() == recorder.read_text()  # the path option, on a second instance
+
+    run_dir = tmp_path / "runs" / "t"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    files = [path for path in (tmp_path / "runs").rglob("*") if path.is_file()]
+    assert len(files) >= 4
+    for path in [recorder, second, *files]:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_unknown_backend_lists_the_known_ones(sites, tmp_path):
+    result = _python("""\
+        from logbus import start_run
+        try:
+            start_run("t", backends=["jsonl-recorder", "nope"])
+        except Exception as error:
+            print(type(error).__name__)
+            print(error)
+    """, sites=sites, dists=[EXAMPLE_DIST], tmp_path=tmp_path, LOGBUS_EXAMPLE_RECORDER_PATH=str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    kind, message = result.stdout.strip().splitlines()
+    assert kind == "UnknownPluginError"
+    prefix = "unknown backend 'nope'; known backends: "
+    assert message.startswith(prefix), message
+    known = message[len(prefix):].split(", ")
+    assert known == sorted(known) and {"jsonl-recorder", "local", "wandb"} <= set(known)
+
+
+# -- lazy loading and reset ----------------------------------------------------------------------
+
+
+def test_nothing_loads_at_import(sites, tmp_path):
+    result = _python("""\
+        import sys
+        import logbus, logbus.bus
+        from logbus import plugin_manager
+        assert plugin_manager._host is None, plugin_manager._host
+        loaded = sorted(m for m in sys.modules if m.startswith(("logbus.plugins.", "logbus_")))
+        assert not loaded, loaded
+        plugin_manager.get_plugin_host()
+        print(sorted(m for m in sys.modules if m.startswith("logbus_")))
+    """, sites=sites, dists=[EXAMPLE_DIST, BROKEN_DIST, COLLIDING_DIST], tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Only plugins that imported cleanly stay in sys.modules; nothing was imported before first use.
+    assert result.stdout.strip() == "['logbus_colliding_plugin', 'logbus_example_plugin']"
+
+
+class _InProcessPlugin:
+    @logbus.hookimpl
+    def register_backends(self, register):
+        register("in-process", lambda: None, description="test")
+
+
+def test_reset_plugins_makes_the_host_reload(sites, monkeypatch):
+    for name in ("LOGBUS_STRICT", "LOGBUS_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOGBUS_LOAD_PLUGINS", "")
+    plugin_manager.reset_plugins()
+    try:
+        host = plugin_manager.get_plugin_host()
+        assert plugin_manager.get_plugin_host() is host
+        assert "jsonl-recorder" not in host.registry["backend"]
+        info = host.add_plugin(_InProcessPlugin(), name="in-process")
+        assert info.registers == ["backend:in-process"] and info.hooks == ["register_backends"]
+
+        monkeypatch.syspath_prepend(str(sites[EXAMPLE_DIST]))
+        monkeypatch.setenv("LOGBUS_LOAD_PLUGINS", EXAMPLE_DIST)
+        assert plugin_manager.get_plugin_host() is host  # cached until reset
+        with pytest.raises(plugin_manager.UnknownPluginError, match="known backends: in-process, local") as error:
+            plugin_manager.create_backend("jsonl-recorder")
+        assert "jsonl-recorder" not in str(error.value).split("known backends: ")[1]
+
+        plugin_manager.reset_plugins()
+        fresh = plugin_manager.get_plugin_host()
+        assert fresh is not host
+        registration = fresh.get("backend", "jsonl-recorder")
+        assert (registration.plugin, registration.distribution, registration.version) == (
+            "example", EXAMPLE_DIST, "0.1.0")
+        assert "in-process" not in fresh.registry["backend"]  # added plugins are forgotten too
+        backend = plugin_manager.create_backend("jsonl-recorder", path="unused.jsonl")
+        assert type(backend).__module__ == "logbus_example_plugin"
+        assert backend.supports == frozenset({logbus.records.Table})
+    finally:
+        plugin_manager.reset_plugins()
+        sys.modules.pop("logbus_example_plugin", None)
+
+
+def test_example_plugin_needs_a_path(sites, monkeypatch):
+    monkeypatch.syspath_prepend(str(sites[EXAMPLE_DIST]))
+    monkeypatch.delenv("LOGBUS_EXAMPLE_RECORDER_PATH", raising=False)
+    try:
+        module = importlib.import_module("logbus_example_plugin")
+        with pytest.raises(ValueError, match="LOGBUS_EXAMPLE_RECORDER_PATH"):
+            module.JsonlRecorder()
+    finally:
+        sys.modules.pop("logbus_example_plugin", None)
+
+
+def test_a_misspelled_hook_is_reported_not_silently_ignored():
+    """A hookimpl that matches no hookspec (``register_backend``) fails the plugin, named in a warning."""
+    import types
+    import warnings
+
+    import logbus
+    from logbus.plugin_manager import PluginHost, PluginWarning
+
+    module = types.ModuleType("typo_plugin")
+
+    @logbus.hookimpl
+    def register_backend(register):  # the hook is register_backends
+        register("never", object)
+
+    module.register_backend = register_backend
+    host = PluginHost(load_entry_points=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert host.add_plugin(module) is None
+    assert any(issubclass(w.category, PluginWarning) and "typo_plugin" in str(w.message)
+               and "register_backend" in str(w.message) for w in caught)
+    assert host.skipped[-1].status == "failed"
