@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -37,6 +38,28 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(epochs=args.epochs, backends=args.backends.split(","))
 
 
+def _has_display() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _view(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from logbus.viewer import write_viewer
+
+    try:
+        path = write_viewer(args.run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"logbus view: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    if not args.write_only and _has_display():
+        import webbrowser
+
+        webbrowser.open(Path(path).resolve().as_uri())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logbus", description="Plugin-based logging bus for Composer.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--backends", default="wandb,local", help="comma-separated backend names")
     demo.set_defaults(func=_demo)
+    view = commands.add_parser("view", help="write RUN_DIR/index.html (a static viewer) and open it in a browser")
+    view.add_argument("run_dir", metavar="RUN_DIR", help="a local run folder (logbus_runs/<name>)")
+    view.add_argument("--write-only", action="store_true", help="write the page, do not open a browser")
+    view.set_defaults(func=_view)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -32,6 +32,7 @@ ENTRY_POINT_GROUP = "logbus"
 DEFAULT_PLUGINS = (
     "logbus.plugins.wandb",
     "logbus.plugins.local",
+    "logbus.plugins.tensorboard",
     "logbus.plugins.extractors",
 )
 KINDS = ("backend", "extractor")

@@ -90,6 +90,7 @@ class SampleLogger(Callback):
         label = state.dataloader_label or "eval"
         count = self._evals[label] = self._evals.get(label, 0) + 1
         self._active_label = label if (count - 1) % self.interval == 0 else None
+        self.pipeline.discard_pass(label)  # left open only if an earlier eval raised before its end
 
     def eval_after_forward(self, state: State, logger: Logger) -> None:
         # After each microbatch's forward, batch and outputs belong together (at eval_batch_end
@@ -107,6 +108,8 @@ class SampleLogger(Callback):
         # The batch's own step: Composer logs its loss at this step, and has moved on by batch_end.
         self._train_step = int(state.timestamp.batch)
         self._train_active = bool(self.train_interval) and self._train_step % self.train_interval == 0
+        if self._train_active:
+            self.pipeline.discard_pass("train")
 
     def after_forward(self, state: State, logger: Logger) -> None:
         if self._train_active:

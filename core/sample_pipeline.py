@@ -148,6 +148,11 @@ class SamplePipeline:
         self._queue.put((_END, label, state, step, future))
         return future
 
+    def discard_pass(self, label: str = "eval") -> None:
+        """Forgets the unfinished pass of ``label`` (an eval that raised half-way), so that the next
+        batch starts a new pass instead of continuing the old one's sample ids and quota."""
+        self._passes.pop(label, None)
+
     def _pass(self, label: str) -> _Pass:
         state = self._passes.get(label)
         if state is None:
@@ -202,43 +207,48 @@ class SamplePipeline:
         return self._side_streams[device]
 
     def _process_batch(self, state: _Pass, ready, inputs, targets, outputs, chosen, first_id) -> None:
-        policy = state.policy
+        if outputs.is_cuda:
+            stream = self._side_stream(outputs.device)
+            with torch.cuda.stream(stream):
+                stream.wait_event(ready)  # everything below reads the batch only after it is ready
+                host, buffer = self._device_stage(state, inputs, targets, outputs, chosen, first_id, stream)
+        else:
+            host, buffer = self._device_stage(state, inputs, targets, outputs, chosen, first_id, None)
+        if host is not None:
+            self._host_stage(host, state.rows)
+        if buffer is not None:
+            self.pinned.release(buffer)
+
+    def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id, stream):
+        """Selection, the extractor's device stage, then either the device policy's running top-k or
+        a copy to the host. On CUDA this runs on the side stream and returns only once the stream's
+        work is done, so the worker holds the batch tensors until nothing reads them any more (once
+        dropped, the caching allocator may hand their memory to the training stream's next batch)."""
         device = outputs.device
         if chosen is not None and len(chosen) != outputs.shape[0]:
             if chosen == list(range(len(chosen))):
                 select = slice(0, len(chosen))  # "first": a view, no index tensor to upload
                 inputs, targets, outputs = inputs[select], targets[select], outputs[select]
             else:
-                index = torch.tensor(chosen, dtype=torch.long)
-                if device.type == "cuda":
-                    index = index.pin_memory().to(device, non_blocking=True)
+                index = _to_device(torch.tensor(chosen, dtype=torch.long), device)
                 inputs, targets, outputs = (t.index_select(0, index.to(t.device)) for t in (inputs, targets, outputs))
             sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
         else:
             sample_ids = np.arange(first_id, first_id + outputs.shape[0], dtype=np.int64)
-        if device.type == "cuda":
-            stream = self._side_stream(device)
-            with torch.cuda.stream(stream):
-                stream.wait_event(ready)
-                fields = self.extractor.device_stage(inputs, targets, outputs)
-                fields["sample_id"] = torch.arange(int(sample_ids[0]), int(sample_ids[0]) + len(sample_ids),
-                                                   device=device) if chosen is None else \
-                    torch.from_numpy(sample_ids).pin_memory().to(device, non_blocking=True)
-                if policy.on_device:
-                    policy.top.update(fields, policy.scores(fields))
-                    return
-                host, buffer, done = self._copy_to_host(fields, stream)
-            done.synchronize()  # the worker waits for its own copy; training does not
+        fields = self.extractor.device_stage(inputs, targets, outputs)
+        fields["sample_id"] = _to_device(torch.from_numpy(sample_ids), device)
+        if state.policy.on_device:
+            state.policy.top.update(fields, state.policy.scores(fields))
+            host = buffer = None
+            done = _record(stream)
+        elif stream is not None:
+            host, buffer, done = self._copy_to_host(fields, stream)
         else:
-            fields = self.extractor.device_stage(inputs, targets, outputs)
-            fields["sample_id"] = torch.from_numpy(sample_ids)
-            if policy.on_device:
-                policy.top.update(fields, policy.scores(fields))
-                return
-            host, buffer = {k: v.numpy() for k, v in fields.items()}, None
-        self._host_stage(host, state.rows)
-        if buffer is not None:
-            self.pinned.release(buffer)
+            host, buffer, done = {k: v.numpy() for k, v in fields.items()}, None, None
+        if done is not None:
+            # An event, not stream.synchronize(), which sync-debug mode reports as a stall.
+            done.synchronize()
+        return host, buffer
 
     def _copy_to_host(self, fields: dict[str, torch.Tensor], stream) -> tuple[dict[str, np.ndarray], Any, Any]:
         layout, offset = [], 0
@@ -255,9 +265,7 @@ class SamplePipeline:
             view = buffer[start:start + nbytes].view(tensor.dtype).view(tensor.shape)
             view.copy_(tensor, non_blocking=True)
             host[name] = view
-        done = torch.cuda.Event()
-        done.record(stream)
-        return {k: v.numpy() for k, v in host.items()}, buffer, done
+        return {k: v.numpy() for k, v in host.items()}, buffer, _record(stream)
 
     def _host_stage(self, host: dict[str, np.ndarray], rows: dict[int, list]) -> None:
         new_rows = self.extractor.host_stage(host, self.encoder.encode)
@@ -290,6 +298,21 @@ class SamplePipeline:
         self.stats.rows_logged += len(table_rows)
         self.stats.tables_logged += 1
         future.set_result(table)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without a synchronising pageable copy."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _record(stream) -> Any:
+    if stream is None:
+        return None
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
 
 
 def pipeline_for(extractor: str | Any, extractor_options: Mapping[str, Any] | None = None,

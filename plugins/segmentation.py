@@ -22,7 +22,8 @@ class SegmentationExtractor:
     """Rows: ``id, image (masks ground_truth + prediction), pixel_accuracy, loss, flag``.
 
     Targets: class-id masks ``[N, H, W]`` (or ``[N, 1, H, W]``); ids outside ``[0, K)`` (such as an
-    ignore index of 255) are left out of accuracy and loss."""
+    ignore index of 255) are left out of accuracy and loss, and kept as they are in the ground-truth
+    mask (negative ones, such as -100, show as the mask dtype's largest value)."""
 
     name = "segmentation"
     has_class_per_sample = False
@@ -62,9 +63,13 @@ class SegmentationExtractor:
         pixel_loss = F.cross_entropy(logits.float(), safe_truth, reduction="none")
         count = valid.sum((1, 2)).clamp_min(1)
         probs_max = logits.float().softmax(1).amax(1)
+        # The ground truth is shown as the dataset has it: an ignore id (255) stays 255, never class 0.
+        # Ids the mask dtype cannot hold (-100) show as its largest value (255: no class id when K <= 255).
+        largest = torch.iinfo(prediction.dtype).max
+        shown_truth = torch.where((truth >= 0) & (truth <= largest), truth, torch.full_like(truth, largest))
         return {
             "image": images_to_uint8(inputs, **self.image_options),
-            "truth": torch.where(valid, truth, torch.zeros_like(truth)).to(prediction.dtype),
+            "truth": shown_truth.to(prediction.dtype),
             "prediction": prediction,
             "pixel_accuracy": ((prediction.long() == truth) & valid).sum((1, 2)) / count,
             "loss": (pixel_loss * valid).sum((1, 2)) / count,

@@ -1,0 +1,206 @@
+"""A static viewer for a local run folder: ``index.html`` next to ``run.json``, opened from ``file://``.
+
+The page needs no server and fetches nothing: the run's data is embedded as JSON in a
+``<script type="application/json">`` tag (``<``, ``>``, ``&`` escaped as ``\\u003c``..., so no label can
+close the tag), and images are referenced by their ``media/...`` paths relative to the page.
+
+Masks are coloured here, once, into ``*.overlay.png`` RGBA files beside the class-id PNGs: a page opened
+from ``file://`` may not read pixels back from a canvas (a tainted canvas), so the browser only stacks
+two ``<img>`` elements. The HTML, CSS and JS live in ``viewer_template.html``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import io
+import json
+import math
+import os
+from importlib import resources
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image as PILImage
+
+from logbus.atomic import write_bytes_atomic
+
+INDEX = "index.html"
+_DATA_SLOT = "__LOGBUS_RUN_DATA__"
+# Tableau's 10 and their light partners: distinct on photos and on each other; later ids get hues by
+# the golden angle, so every id has one stable colour across masks, legends and boxes.
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+            "#dbdb8d", "#9edae5"]
+
+
+def class_colour(class_id: int) -> str:
+    """The ``#rrggbb`` colour of a class id (masks, legend and boxes all use it)."""
+    if 0 <= class_id < len(_PALETTE):
+        return _PALETTE[class_id]
+    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618033988749895) % 1.0, 0.75, 0.95)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def write_viewer(run_dir: str | os.PathLike) -> str:
+    """Reads the run folder and writes ``index.html`` into it (atomically); returns the file's path."""
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run_dir: no such folder: {run_dir!r}")
+    if not any(os.path.exists(os.path.join(run_dir, name)) for name in ("run.json", "metrics.jsonl", "tables")):
+        raise ValueError(f"run_dir: {run_dir!r} is not a logbus run folder (no run.json, metrics.jsonl or tables/)")
+    data = {
+        "folder": os.path.basename(os.path.abspath(run_dir)),
+        "run": _read_json(os.path.join(run_dir, "run.json")) or {},
+        "hparams": _read_json(os.path.join(run_dir, "hparams.json")) or {},
+        "metrics": _metrics(os.path.join(run_dir, "metrics.jsonl")),
+        "tables": _tables(run_dir),
+    }
+    html = _template().replace(_DATA_SLOT, embed_json(data), 1)
+    path = os.path.join(run_dir, INDEX)
+    write_bytes_atomic(path, html.encode("utf-8"))
+    return path
+
+
+def embed_json(value: Any) -> str:
+    """JSON safe inside a ``<script>`` element: no ``<``/``>``/``&`` at all, so ``</script>`` or ``<!--``
+    in any string cannot end the element; non-finite floats become ``null`` (``JSON.parse`` has no NaN)."""
+    text = json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+@functools.cache
+def _template() -> str:
+    return resources.files("logbus").joinpath("viewer_template.html").read_text(encoding="utf-8")
+
+
+# -- reading the run folder ------------------------------------------------------------------------
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _read_lines(path: str) -> Iterator[dict]:
+    """The records of a JSON-lines file; a half-written last line (a live run) is skipped."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+    except FileNotFoundError:
+        return
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _metrics(path: str) -> dict[str, list[list]]:
+    """``{name: [[x, value or None], ...]}``, x the step. Unstepped values are left out of a metric that
+    has stepped ones; a metric logged only without steps is plotted against its call order."""
+    stepped: dict[str, list[list]] = {}
+    unstepped: dict[str, list[list]] = {}
+    for record in _read_lines(path):
+        step = record.get("step")
+        for name, value in record.items():
+            if name in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if isinstance(step, (int, float)) and not isinstance(step, bool):
+                stepped.setdefault(name, []).append([step, value])
+            else:
+                points = unstepped.setdefault(name, [])
+                points.append([len(points), value])
+    series = {name: points for name, points in unstepped.items() if name not in stepped}
+    series.update({name: sorted(points, key=lambda point: point[0]) for name, points in stepped.items()})
+    return dict(sorted(series.items()))
+
+
+def _tables(run_dir: str) -> list[dict]:
+    """Each ``tables/**/*.jsonl`` with every logged pass; image cells carry their overlay paths."""
+    root = os.path.join(run_dir, "tables")
+    files = []
+    for folder, _, names in os.walk(root):
+        files += [os.path.join(folder, name) for name in names if name.endswith(".jsonl")]
+    tables = []
+    for path in sorted(files):
+        key = os.path.relpath(path, root)[: -len(".jsonl")].replace(os.sep, "/")
+        legend: dict[int, list] = {}
+        masks: list[str] = []
+        logs = []
+        for record in _read_lines(path):
+            columns = record.get("columns") or []
+            rows = [[_cell(run_dir, cell, legend, masks) for cell in row] for row in record.get("rows") or []]
+            logs.append({"step": record.get("step"), "columns": columns, "rows": rows})
+        if logs:
+            tables.append({"key": key, "logs": logs, "masks": masks,
+                           "legend": [legend[class_id] for class_id in sorted(legend)]})
+    return tables
+
+
+def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str]) -> Any:
+    if not (isinstance(cell, dict) and cell.get("_type") == "image" and isinstance(cell.get("path"), str)):
+        return cell
+    overlays = {}
+    for name, mask in (cell.get("masks") or {}).items():
+        if not isinstance(mask, dict) or not isinstance(mask.get("path"), str):
+            continue
+        labels = {int(k): str(v) for k, v in (mask.get("class_labels") or {}).items()}
+        try:
+            overlay, class_ids = _overlay(run_dir, mask["path"], tuple(sorted(labels.items())))
+        except (OSError, ValueError):  # a missing or unreadable mask: the image still shows
+            continue
+        overlays[name] = overlay
+        if name not in masks:
+            masks.append(name)
+        for class_id in class_ids:
+            legend.setdefault(class_id, [class_id, labels.get(class_id, str(class_id)), class_colour(class_id)])
+    boxes = [{**box, "colour": class_colour(int(box.get("class_id", 0)))} for box in cell.get("boxes") or []
+             if isinstance(box, dict)]
+    return {"_type": "image", "path": cell["path"], "caption": cell.get("caption"), "overlays": overlays,
+            "boxes": boxes}
+
+
+def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...]) -> tuple[str, list[int]]:
+    """The overlay of a class-id mask (written once) and the coloured class ids in it."""
+    overlay = (mask_path[: -len(".mask.png")] if mask_path.endswith(".mask.png") else mask_path) + ".overlay.png"
+    source = os.path.join(run_dir, mask_path)
+    class_ids = _colour_mask(source, os.path.join(run_dir, overlay), os.stat(source).st_mtime_ns, labels)
+    return overlay, class_ids
+
+
+# The local backend refreshes the page after every table: a mask is read once per process, not once per refresh.
+@functools.lru_cache(maxsize=65536)
+def _colour_mask(source: str, destination: str, mtime_ns: int, labels: tuple[tuple[int, str], ...]) -> list[int]:
+    with PILImage.open(source) as image:
+        mask = np.asarray(image).astype(np.int64)
+    if mask.ndim != 2:
+        raise ValueError(f"{source}: expected a single-channel class-id mask, got shape {mask.shape}")
+    ids, inverse = np.unique(mask, return_inverse=True)
+    named = dict(labels)
+    # With class labels, ids without one (an ignore index such as 255) stay transparent; without labels,
+    # every id is a class.
+    shown = [int(i) for i in ids if not named or int(i) in named]
+    lut = np.zeros((len(ids), 4), np.uint8)
+    for row, class_id in enumerate(ids.tolist()):
+        if class_id in shown:
+            colour = class_colour(class_id)
+            lut[row] = [int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16), 255]
+    if not os.path.exists(destination) or os.stat(destination).st_mtime_ns < mtime_ns:
+        rgba = lut[inverse.reshape(mask.shape)]
+        buffer = io.BytesIO()
+        PILImage.fromarray(rgba, "RGBA").save(buffer, format="PNG", compress_level=1)
+        write_bytes_atomic(destination, buffer.getvalue())
+    return shown

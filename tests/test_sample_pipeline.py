@@ -1,0 +1,313 @@
+"""The sample pipeline driven directly with CPU tensors: sampling policies, backpressure, and how its
+tables reach W&B (split tables, deferred ordering)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image as PILImage
+from wandb_reader import read_only_run
+
+from logbus.bus import Bus
+from logbus.deferred import Deferred
+from logbus.kernels import images_to_uint8_reference
+from logbus.plugins.classification import ClassificationExtractor
+from logbus.records import Metrics, RunStarted, Table
+from logbus.sample_pipeline import SamplePipeline, pipeline_for
+
+NUM_CLASSES = 4
+CLASS_NAMES = ["cat", "dog", "owl", "yak"]
+
+
+def make_batches(num_batches: int, batch_size: int, *, seed: int = 0, num_classes: int = NUM_CLASSES):
+    """Small random classification batches: images [B, 1, 2, 2] in [0, 1], labels, logits."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(num_batches):
+        images = torch.rand(batch_size, 1, 2, 2, generator=generator)
+        labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
+        logits = torch.randn(batch_size, num_classes, generator=generator) * 3
+        batches.append((images, labels, logits))
+    return batches
+
+
+def run_pass(pipeline: SamplePipeline, batches, *, label: str = "eval", step: int = 0) -> Table:
+    for images, labels, logits in batches:
+        pipeline.submit(images, labels, logits, label=label)
+    table = pipeline.end_pass(label, step=step).result(timeout=60)
+    assert table is not None, f"the pass was dropped: {pipeline.stats}"
+    return table
+
+
+def column(table: Table, name: str) -> list:
+    index = table.columns.index(name)
+    return [row[index] for row in table.rows]
+
+
+def decode(path) -> np.ndarray:
+    with PILImage.open(path) as image:
+        return np.asarray(image)
+
+
+@pytest.fixture
+def make_pipeline():
+    pipelines = []
+
+    def make(extractor="classification", extractor_options=None, **options):
+        if isinstance(extractor, str):
+            extractor_options = {"class_names": CLASS_NAMES} if extractor_options is None else extractor_options
+            pipeline = pipeline_for(extractor, extractor_options, **options)
+        else:
+            pipeline = SamplePipeline(extractor, **options)
+        pipelines.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in pipelines:
+        pipeline.cleanup()
+
+
+# -- policies --------------------------------------------------------------------------------------
+def test_first_keeps_the_first_samples_of_each_pass_with_their_values(make_pipeline):
+    batches = make_batches(3, 5)
+    pipeline = make_pipeline(num_samples=7, policy="first")
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    logits = torch.cat([b[2] for b in batches])
+    for step in (3, 8):  # the second pass starts again from sample 0
+        table = run_pass(pipeline, batches, step=step)
+        assert table.key == "samples/eval" and table.step == step
+        assert column(table, "id") == list(range(7))
+        assert column(table, "truth") == labels[:7].tolist()
+        assert column(table, "prediction") == logits[:7].argmax(1).tolist()
+        assert column(table, "truth_name") == [CLASS_NAMES[i] for i in labels[:7].tolist()]
+        expected_pixels = images_to_uint8_reference(images[:7]).numpy()
+        for i, cell in enumerate(column(table, "image")):
+            np.testing.assert_array_equal(decode(cell.path), expected_pixels[i, :, :, 0])
+    # Batch 3 had nothing to give: it was never handed to the worker.
+    assert pipeline.stats.batches_submitted == 4
+
+
+def test_reservoir_is_seeded_and_differs_across_seeds_and_passes(make_pipeline):
+    batches = make_batches(4, 10)
+
+    def selections(seed: int, passes: int = 6) -> list[list[int]]:
+        pipeline = make_pipeline(num_samples=5, policy="reservoir", seed=seed)
+        return [column(run_pass(pipeline, batches), "id") for _ in range(passes)]
+
+    seed0 = selections(0)
+    assert selections(0) == seed0  # reproducible
+    assert selections(1) != seed0
+    for ids in seed0:
+        assert len(ids) == 5 and ids == sorted(ids) and len(set(ids)) == 5
+        assert all(0 <= i < 40 for i in ids)
+    assert len({tuple(ids) for ids in seed0}) > 1, "every pass picked the same samples"
+
+
+def test_reservoir_chooses_every_position_about_uniformly(make_pipeline):
+    num_batches, batch_size, keep, passes = 3, 10, 5, 200
+    positions = num_batches * batch_size
+    batches = make_batches(num_batches, batch_size)
+    pipeline = make_pipeline(num_samples=keep, policy="reservoir", seed=7)
+    counts = np.zeros(positions)
+    logits = torch.cat([b[2] for b in batches])
+    for _ in range(passes):
+        table = run_pass(pipeline, batches)
+        ids = column(table, "id")
+        assert len(ids) == keep
+        counts[ids] += 1
+        # Rows carry their own sample's values, wherever it was picked.
+        assert column(table, "prediction") == logits[ids].argmax(1).tolist()
+    expected = passes * keep / positions
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    # Uniform: about positions - 1 (= 29). A fixed choice (first N, or the same N every pass): 5,000.
+    assert chi_square < 3 * (positions - 1), (chi_square, counts)
+    assert counts.min() > 0
+
+
+def test_per_class_keeps_the_earliest_samples_of_each_class(make_pipeline):
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.tensor([0, 0, 1, 0, 2, 0, 1, 1, 0, 1, 2, 1, 0, 0, 1, 2, 2, 0, 1, 0, 2])  # class 3 absent
+    batches = []
+    for start in range(0, len(labels), 6):  # batches of 6, 6, 6, 3
+        chunk = labels[start:start + 6]
+        batches.append((torch.rand(len(chunk), 1, 2, 2, generator=generator), chunk,
+                        torch.randn(len(chunk), NUM_CLASSES, generator=generator)))
+    pipeline = make_pipeline(num_samples=3, policy="per_class")
+    for _ in range(2):
+        table = run_pass(pipeline, batches)
+        expected = sorted(i for c in range(NUM_CLASSES) for i in torch.nonzero(labels == c).flatten().tolist()[:3])
+        assert column(table, "id") == expected
+        assert column(table, "truth") == labels[expected].tolist()
+        assert len(expected) == 9  # 3 of classes 0, 1, 2; none of class 3
+
+
+def test_hardest_by_loss_gives_the_highest_cross_entropy_first(make_pipeline):
+    batches = make_batches(5, 8, seed=11)
+    labels = torch.cat([b[1] for b in batches])
+    logits = torch.cat([b[2] for b in batches])
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    pipeline = make_pipeline(num_samples=6, policy="hardest", hardest_by="loss")
+    for _ in range(2):
+        table = run_pass(pipeline, batches)
+        expected = torch.argsort(loss, descending=True)[:6].tolist()
+        assert column(table, "id") == expected
+        np.testing.assert_allclose(column(table, "loss"), loss[expected].numpy(), rtol=1e-5)
+        assert column(table, "truth") == labels[expected].tolist()
+        images = torch.cat([b[0] for b in batches])[expected]
+        expected_pixels = images_to_uint8_reference(images).numpy()
+        for i, cell in enumerate(column(table, "image")):
+            np.testing.assert_array_equal(decode(cell.path), expected_pixels[i, :, :, 0])
+
+
+def test_hardest_by_confidence_gives_the_least_confident_first(make_pipeline):
+    batches = make_batches(5, 8, seed=12)
+    logits = torch.cat([b[2] for b in batches])
+    confidence = logits.softmax(1).amax(1)
+    pipeline = make_pipeline(num_samples=5, policy="hardest", hardest_by="confidence")
+    table = run_pass(pipeline, batches)
+    expected = torch.argsort(confidence)[:5].tolist()
+    assert column(table, "id") == expected
+    np.testing.assert_allclose(column(table, "confidence"), confidence[expected].numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["first", "reservoir", "per_class", "hardest"])
+def test_nonfinite_logits_are_logged_and_flagged_never_raised(make_pipeline, policy):
+    batches = make_batches(3, 4, seed=5)
+    batches[0][2][1, 2] = float("nan")
+    batches[2][2][3] = float("inf")
+    nonfinite = {1, 11}
+    pipeline = make_pipeline(num_samples=None if policy == "first" else 12, policy=policy, seed=0)
+    table = run_pass(pipeline, batches)
+    assert pipeline.stats.errors == 0
+    ids, flags = column(table, "id"), column(table, "flag")
+    assert sorted(ids) == list(range(12))
+    for sample_id, flag, prediction, loss, confidence, correct in zip(
+            ids, flags, column(table, "prediction"), column(table, "loss"), column(table, "confidence"),
+            column(table, "correct")):
+        if sample_id in nonfinite:
+            assert (flag, prediction, loss, confidence, correct) == ("nonfinite", -1, None, None, False)
+        else:
+            assert flag == "" and prediction >= 0 and loss > 0 and 0 < confidence <= 1
+    if policy == "hardest":
+        assert set(ids[:2]) == nonfinite  # NaN losses rank first: the samples a user must see
+
+
+# -- backpressure ----------------------------------------------------------------------------------
+class GatedClassification(ClassificationExtractor):
+    """A slow host stage: each batch waits until the test opens the gate."""
+
+    def __init__(self, gate: threading.Event, **options):
+        super().__init__(**options)
+        self.gate = gate
+
+    def host_stage(self, fields, encode):
+        assert self.gate.wait(60), "the gate was never opened"
+        return super().host_stage(fields, encode)
+
+
+def test_submit_never_blocks_when_the_worker_is_behind(make_pipeline):
+    gate = threading.Event()
+    pipeline = make_pipeline(GatedClassification(gate), num_samples=None, max_pending_batches=1)
+    batches = make_batches(30, 4, seed=2)
+    try:
+        for images, labels, logits in batches:  # the worker is stuck on batch 0: nothing here may wait
+            pipeline.submit(images, labels, logits)
+        future = pipeline.end_pass("eval", step=1)
+        assert not future.done()
+    finally:
+        gate.set()
+    table = future.result(timeout=60)
+    stats = pipeline.stats
+    assert stats.batches_submitted == 30
+    assert stats.batches_dropped == 29  # batch 0 held the only slot until its host stage ran
+    assert column(table, "id") == [0, 1, 2, 3]
+    assert column(table, "truth") == batches[0][1].tolist()
+
+    # Once the worker has caught up, batches flow again.
+    for index, (images, labels, logits) in enumerate(batches[:3]):
+        pipeline.submit(images, labels, logits)
+        processed = stats.samples_processed
+        deadline = time.monotonic() + 60
+        while stats.samples_processed < 4 * (index + 2) and time.monotonic() < deadline:  # a wait, not a timing
+            time.sleep(0.001)
+        assert stats.samples_processed > processed
+    table = pipeline.end_pass("eval", step=2).result(timeout=60)
+    assert column(table, "id") == list(range(12))
+    assert pipeline.stats.batches_dropped == 29
+
+
+# -- W&B -------------------------------------------------------------------------------------------
+def wandb_spec(**options):
+    return ("wandb", {"project": "logbus-tests", **options})
+
+
+class CharTokenizer:
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+
+    def decode(self, ids):
+        return "".join(self.alphabet[i] for i in ids)
+
+
+def test_a_table_over_10000_rows_reaches_wandb_split_in_parts(wandb_offline):
+    """10,050 token samples through the pipeline (no images), one table on the bus: W&B keeps 10,000
+    rows a table, so the backend logs ``key`` and ``key/part2`` at the same step."""
+    count, length, vocab = 10_050, 3, 26
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab, (count, length), generator=generator)
+    logits = torch.randn(count, length, vocab, generator=generator)
+    pipeline = pipeline_for("tokens", {"tokenizer": CharTokenizer(), "shift": False}, num_samples=None)
+    bus = Bus([wandb_spec()])
+    bus.emit(RunStarted(run_name="big-table"))
+    for start in range(0, count, 2048):
+        pipeline.submit(tokens[start:start + 2048], tokens[start:start + 2048], logits[start:start + 2048])
+    bus.emit(Deferred(Table, pipeline.end_pass("eval", step=3)))
+    assert bus.close()
+    pipeline.cleanup()
+
+    run = read_only_run(wandb_offline)
+    (step1, columns, part1), = run.tables("samples/eval")
+    (step2, columns2, part2), = run.tables("samples/eval/part2")
+    assert step1 == step2 == 3
+    assert columns == columns2 == ["id", "input", "target", "prediction", "token_accuracy", "loss", "confidence", "flag"]
+    assert len(part1) == 10_000 and len(part2) == 50
+    rows = part1 + part2
+    assert [row[0] for row in rows] == list(range(count))
+    texts = ["".join(CharTokenizer.alphabet[t] for t in sample) for sample in tokens.tolist()]
+    assert [row[1] for row in rows] == texts
+    assert [row[2] for row in rows] == texts
+    assert not run.tables("samples/eval/part3")
+
+
+def test_a_late_table_lands_at_its_step_before_later_metrics(wandb_offline):
+    """W&B drops ``log(step=5)`` after step 20; the Deferred holds the writer until the table exists."""
+    bus = Bus([wandb_spec()])
+    bus.emit(RunStarted(run_name="late-table"))
+    bus.emit(Metrics({"loss": 4.0}, step=4))
+    future: Future = Future()
+    bus.emit(Deferred(Table, future))
+    for step in range(6, 21):
+        bus.emit(Metrics({"loss": float(step)}, step=step))
+    worker = bus.workers[0]
+    deadline = time.monotonic() + 60
+    while worker.stats.received < 3 and time.monotonic() < deadline:  # the writer is waiting on the table
+        time.sleep(0.01)
+    assert worker.stats.received == 3 and not future.done()
+
+    def complete():
+        time.sleep(0.5)
+        future.set_result(Table("samples/eval", ["id", "name"], [[0, "zero"], [1, "one"]], step=5))
+
+    threading.Thread(target=complete).start()
+    assert bus.close()
+
+    run = read_only_run(wandb_offline)
+    assert run.tables("samples/eval") == [(5, ["id", "name"], [[0, "zero"], [1, "one"]])]
+    assert run.metric("loss") == [(step, float(step)) for step in (4, *range(6, 21))]
+    assert bus.stats()["backends"]["wandb"]["dropped"] == 0
