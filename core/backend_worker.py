@@ -48,8 +48,7 @@ class BackendStats:
 class BackendWorker:
     """Delivers records to one backend on its own daemon thread, isolating its failures."""
 
-    def __init__(self, name: str, backend: Any, *, max_pending_bytes: int, failure_limit: int,
-                 on_started=None):
+    def __init__(self, name: str, backend: Any, *, max_pending_bytes: int, failure_limit: int):
         self.name = name
         self.backend = backend
         self.supports = ALWAYS_DELIVERED | frozenset(getattr(backend, "supports", ()))
@@ -61,7 +60,6 @@ class BackendWorker:
         self._pending_bytes = 0
         self._bytes_lock = threading.Lock()
         self._consecutive_failures = 0
-        self._on_started = on_started
         self._thread = threading.Thread(target=self._run, name=f"logbus-{name}", daemon=True)
         self._thread.start()
 
@@ -145,8 +143,6 @@ class BackendWorker:
             return
         self.stats.delivered += 1
         self._consecutive_failures = 0
-        if isinstance(record, RunStarted) and self._on_started is not None:
-            self._on_started()
 
     def _failed(self, record: Record, error: BaseException) -> None:
         self.stats.failures += 1

@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from dataclasses import asdict
 from typing import Any, Iterable, Mapping
 
@@ -70,8 +71,7 @@ class Bus:
             raise ValueError(f"failure_limit: expected an int >= 1, got {failure_limit!r}")
         self.close_timeout = float(close_timeout)
         self.workers = [
-            BackendWorker(name, backend, max_pending_bytes=max_pending_bytes, failure_limit=failure_limit,
-                          on_started=self._run_last_at_exit)
+            BackendWorker(name, backend, max_pending_bytes=max_pending_bytes, failure_limit=failure_limit)
             for name, backend in build_backends(backends).items()
         ]
         self.backends = {worker.name: worker.backend for worker in self.workers}
@@ -84,7 +84,7 @@ class Bus:
         # (1 while a Composer fit is running, so SIGTERM or a crash marks the run failed).
         self.exit_code_if_interrupted = 0
         self._on_close: list = []
-        atexit.register(self._close_at_exit)
+        _close_before_interpreter_exit(self)
 
     # -- caller side -----------------------------------------------------------------------------
     def emit(self, record: Record) -> None:
@@ -116,7 +116,6 @@ class Bus:
             if self.closed:
                 return True
             self.closed = True
-        atexit.unregister(self._close_at_exit)
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         finish = RunFinished(exit_code=exit_code, reason=reason)
         for worker in self.workers:
@@ -177,15 +176,32 @@ class Bus:
                 )
 
     # -- process exit ----------------------------------------------------------------------------
-    def _run_last_at_exit(self) -> None:
-        # Backends such as wandb register their own atexit teardown when they start. atexit runs
-        # last-registered first, so re-registering here drains the bus before they tear down.
-        if not self.closed:
-            atexit.unregister(self._close_at_exit)
-            atexit.register(self._close_at_exit)
-
     def _close_at_exit(self) -> None:
         uncaught = getattr(sys, "last_value", None) is not None
         exit_code = 1 if uncaught else self.exit_code_if_interrupted
         reason = "uncaught exception" if uncaught else ("interrupted" if exit_code else None)
         self.close(exit_code, reason=reason)
+
+
+def _close_before_interpreter_exit(bus: Bus) -> None:
+    """Drains ``bus`` when the interpreter exits, before any ``atexit`` handler runs.
+
+    Backends tear themselves down in their own ``atexit`` handlers (wandb stops its service
+    process), and Composer closes its callbacks from one too; whatever order they were registered
+    in, the bus must deliver and finish first. ``threading._register_atexit`` hooks run when the main
+    thread ends, before ``atexit``; where it is missing, plain ``atexit`` is the fallback. A weak
+    reference keeps a closed bus collectable."""
+    reference = weakref.ref(bus)
+
+    def close():
+        alive = reference()
+        if alive is not None and not alive.closed:
+            alive._close_at_exit()
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError
+        register(close)
+    except RuntimeError:  # no such hook, or the interpreter is already shutting down
+        atexit.register(close)

@@ -201,6 +201,6 @@ def _colour_mask(source: str, destination: str, mtime_ns: int, labels: tuple[tup
     if not os.path.exists(destination) or os.stat(destination).st_mtime_ns < mtime_ns:
         rgba = lut[inverse.reshape(mask.shape)]
         buffer = io.BytesIO()
-        PILImage.fromarray(rgba, "RGBA").save(buffer, format="PNG", compress_level=1)
+        PILImage.fromarray(rgba).save(buffer, format="PNG", compress_level=1)
         write_bytes_atomic(destination, buffer.getvalue())
     return shown

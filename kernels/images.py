@@ -49,10 +49,10 @@ def images_to_uint8(
     "uint8", float input -> "0_1").
     ``impl``: "auto" (Triton on CUDA when available, torch otherwise), "triton" or "torch".
     """
-    x, mode, mean_t, std_t = _prepare(images, mean, std, value_range, channels_last)
+    x, mode, mean_c, std_c = _prepare(images, mean, std, value_range, channels_last)
     if use_triton(impl, x):
-        return _images_triton(x, mode, mean_t, std_t)
-    return _images_torch(x, mode, mean_t, std_t)
+        return _images_triton(x, mode, mean_c, std_c)
+    return _images_torch(x, mode, mean_c, std_c)
 
 
 def images_to_uint8_reference(images: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -61,15 +61,16 @@ def images_to_uint8_reference(images: torch.Tensor, **kwargs) -> torch.Tensor:
 
 
 def _prepare(images, mean, std, value_range, channels_last):
-    """Validate arguments; return a [N,C,H,W] *view*, the resolved mode and per-channel fp32 mean/std."""
+    """Validate arguments; return a [N,C,H,W] *view*, the resolved mode and per-channel mean/std.
+
+    Works on meta tensors (logbus's extractors validate on the training thread without touching data).
+    """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images: expected a torch.Tensor ({_SHAPE_HINT}), got {type(images).__name__}")
     if images.dim() not in (3, 4):
         raise ValueError(f"images: expected {_SHAPE_HINT}, got shape {tuple(images.shape)}")
     if images.dtype != torch.uint8 and images.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"images: unsupported dtype {images.dtype}; expected float32, float16, bfloat16 or uint8"
-        )
+        raise TypeError(f"images: unsupported dtype {images.dtype}; expected float32, float16, bfloat16 or uint8")
     x = images if images.dim() == 4 else images.unsqueeze(0)
     x = x.permute(0, 3, 1, 2) if _is_channels_last(x, images.shape, channels_last) else x
     n_channels = x.shape[1]
@@ -87,9 +88,9 @@ def _prepare(images, mean, std, value_range, channels_last):
 
     if mean is None and std is None:
         return x, _MODES[mode], None, None
-    mean_t = _per_channel("mean", 0.0 if mean is None else mean, n_channels, x.device)
-    std_t = _per_channel("std", 1.0 if std is None else std, n_channels, x.device)
-    return x, _MODES[mode], mean_t, std_t
+    mean_c = _per_channel("mean", 0.0 if mean is None else mean, n_channels)
+    std_c = _per_channel("std", 1.0 if std is None else std, n_channels)
+    return x, _MODES[mode], mean_c, std_c
 
 
 def _is_channels_last(x: torch.Tensor, shape: torch.Size, channels_last: bool | None) -> bool:
@@ -99,10 +100,7 @@ def _is_channels_last(x: torch.Tensor, shape: torch.Size, channels_last: bool | 
             return False
         if last in _CHANNELS:
             return True
-        raise ValueError(
-            f"images: expected 1, 3 or 4 channels in the channel dim of {_SHAPE_HINT}, "
-            f"got shape {tuple(shape)}"
-        )
+        raise ValueError(f"images: expected 1, 3 or 4 channels in the channel dim of {_SHAPE_HINT}, got shape {tuple(shape)}")
     size = last if channels_last else first
     if size not in _CHANNELS:
         layout = "[N,H,W,C]/[H,W,C]" if channels_last else "[N,C,H,W]/[C,H,W]"
@@ -113,40 +111,55 @@ def _is_channels_last(x: torch.Tensor, shape: torch.Size, channels_last: bool | 
     return bool(channels_last)
 
 
-def _per_channel(name: str, values, n_channels: int, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=torch.float32).detach().flatten()
+def _per_channel(name: str, values, n_channels: int) -> tuple[float, ...]:
+    """Per-channel values as Python floats, already rounded to fp32.
+
+    Floats, not a device tensor: both paths pass them as scalars, so no host-to-device copy (which
+    synchronises the stream) happens per call. Values given as a CUDA tensor cost one read-back here.
+    """
+    t = torch.as_tensor(values, dtype=torch.float32).detach().flatten().cpu()
     if t.numel() == 1:
         t = t.expand(n_channels)
     if t.numel() != n_channels:
         raise ValueError(f"{name}: expected {n_channels} values (one per channel), got {t.numel()}")
-    return t.to(device).contiguous()
+    return tuple(t.tolist())
 
 
-def _images_torch(x: torch.Tensor, mode: int, mean: torch.Tensor | None, std: torch.Tensor | None):
+def _images_torch(x: torch.Tensor, mode: int, mean: tuple | None, std: tuple | None):
+    n, c, h, w = x.shape
+    out = torch.empty((n, h, w, c), dtype=torch.uint8, device=x.device)
     if mode == _MODE_COPY:
-        return x.permute(0, 2, 3, 1).contiguous()
-    v = x.float()
+        out.permute(0, 3, 1, 2).copy_(x)
+        return out
+    v = x.to(torch.float32, copy=True)  # a private fp32 copy, so every step below can work in place
     if mean is not None:
-        v = v * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+        for channel, (m, s) in enumerate(zip(mean, std)):
+            v[:, channel].mul_(s).add_(m)  # fp32 ops with fp32-exact scalars, like the kernel
     if mode == _MODE_M1_1:
-        v = (v + 1.0) * 0.5
-    y = torch.floor(v + 0.5) if mode == _MODE_0_255 else torch.floor(v * 255.0 + 0.5)
-    y = torch.where(torch.isnan(y), 0.0, y).clamp(0.0, 255.0)
-    return y.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        v.add_(1.0).mul_(0.5)
+    if mode != _MODE_0_255:
+        v.mul_(255.0)
+    v.add_(0.5).floor_()
+    v.nan_to_num_(nan=0.0).clamp_(0.0, 255.0)  # +-inf become +-FLT_MAX, then clamp like the kernel
+    out.permute(0, 3, 1, 2).copy_(v)  # uint8 conversion and NHWC relayout in one pass
+    return out
 
 
-def _images_triton(x: torch.Tensor, mode: int, mean: torch.Tensor | None, std: torch.Tensor | None):
+def _images_triton(x: torch.Tensor, mode: int, mean: tuple | None, std: tuple | None):
     n, c, h, w = x.shape
     out = torch.empty((n, h, w, c), dtype=torch.uint8, device=x.device)
     if out.numel() == 0:
         return out
     if out.numel() >= 2**31:
         raise ValueError(f"images: {out.numel()} output elements exceed the kernel's int32 indexing")
+    has_norm = mean is not None
+    # Four (mean, std) scalar pairs, padded: C <= 4, and scalars need no device buffer.
+    mean4 = (*mean, 0.0, 0.0, 0.0)[:4] if has_norm else (0.0,) * 4
+    std4 = (*std, 1.0, 1.0, 1.0)[:4] if has_norm else (1.0,) * 4
     n_pixels = n * h * w
     block_p = 1024
-    has_norm = mean is not None
     _images_kernel[(triton.cdiv(n_pixels, block_p),)](
-        x, out, mean if has_norm else x, std if has_norm else x,
+        x, out, *mean4, *std4,
         n_pixels, c, h, w, *x.stride(),
         MODE=mode, HAS_NORM=has_norm, BLOCK_P=block_p, BLOCK_C=4,
         enable_fp_fusion=False,
@@ -158,18 +171,17 @@ if HAS_TRITON:
 
     @triton.jit
     def _images_kernel(
-        x_ptr, out_ptr, mean_ptr, std_ptr,
+        x_ptr, out_ptr, mean0, mean1, mean2, mean3, std0, std1, std2, std3,
         n_pixels, C, H, W,
         stride_n, stride_c, stride_h, stride_w,
         MODE: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
         # One program = BLOCK_P output pixels x all channels; reading through strides is what makes
-        # permuted / sliced inputs free (no .contiguous() copy).
+        # permuted / sliced inputs free (no .contiguous() copy). (A program per image row, which keeps
+        # the index math scalar, measured slower on an H200: 0.18 vs 0.12 ms for 64x3x512x512 fp32.)
         p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         c = tl.arange(0, BLOCK_C)
-        p_mask = p < n_pixels
-        c_mask = c < C
-        mask = p_mask[:, None] & c_mask[None, :]
+        mask = (p < n_pixels)[:, None] & (c < C)[None, :]
         w = p % W
         h = (p // W) % H
         n = (p // W) // H
@@ -181,8 +193,8 @@ if HAS_TRITON:
         else:
             v = x.to(tl.float32)
             if HAS_NORM:
-                std = tl.load(std_ptr + c, mask=c_mask, other=1.0)
-                mean = tl.load(mean_ptr + c, mask=c_mask, other=0.0)
+                std = tl.where(c == 0, std0, tl.where(c == 1, std1, tl.where(c == 2, std2, std3)))
+                mean = tl.where(c == 0, mean0, tl.where(c == 1, mean1, tl.where(c == 2, mean2, mean3)))
                 v = v * std[None, :] + mean[None, :]
             if MODE == 1:
                 v = (v + 1.0) * 0.5
@@ -190,6 +202,6 @@ if HAS_TRITON:
                 y = tl.floor(v + 0.5)
             else:
                 y = tl.floor(v * 255.0 + 0.5)
-            y = tl.where(y != y, 0.0, y)
+            y = tl.where(y != y, 0.0, y)  # NaN test (the interpreter has no isnan)
             y = tl.minimum(tl.maximum(y, 0.0), 255.0).to(tl.uint8)
         tl.store(out_ptr + p[:, None] * C + c[None, :], y, mask=mask)

@@ -45,13 +45,9 @@ def _prepare(logits) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() not in (3, 4):
-        raise ValueError(
-            f"logits: expected a 3-D [C, H, W] or 4-D [N, C, H, W] tensor, got shape {tuple(logits.shape)}"
-        )
+        raise ValueError(f"logits: expected a 3-D [C, H, W] or 4-D [N, C, H, W] tensor, got shape {tuple(logits.shape)}")
     if logits.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"logits: expected a floating dtype (float32, float16 or bfloat16), got {logits.dtype}"
-        )
+        raise TypeError(f"logits: expected a floating dtype (float32, float16 or bfloat16), got {logits.dtype}")
     x = logits if logits.dim() == 4 else logits.unsqueeze(0)
     if x.shape[1] == 0:
         raise ValueError(f"logits: expected at least one class (dim 1), got shape {tuple(logits.shape)}")
@@ -76,9 +72,7 @@ def _mask_triton(x: torch.Tensor) -> torch.Tensor:
     if n_pixels >= 2**31:
         raise ValueError(f"logits: {n_pixels} pixels exceed the kernel's int32 indexing")
     block_p = 512
-    _mask_kernel[(triton.cdiv(n_pixels, block_p),)](
-        x, out, n_pixels, c, h, w, *x.stride(), BLOCK_P=block_p
-    )
+    _mask_kernel[(triton.cdiv(n_pixels, block_p),)](x, out, n_pixels, c, h, w, *x.stride(), BLOCK_P=block_p)
     return out
 
 
@@ -99,7 +93,7 @@ if HAS_TRITON:
         ptrs = x_ptr + n.to(tl.int64) * stride_n + h * stride_h + w * stride_w
         best = tl.load(ptrs, mask=mask, other=0).to(tl.float32)
         best_idx = tl.zeros([BLOCK_P], dtype=tl.int32)
-        has_nan = best != best
+        has_nan = best != best  # NaN test (the interpreter has no isnan)
         for c in range(1, C):
             ptrs += stride_c  # pointer increments stay 64-bit even when C*H*W exceeds 2**31
             x = tl.load(ptrs, mask=mask, other=0).to(tl.float32)

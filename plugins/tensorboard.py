@@ -231,8 +231,10 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _hparam_value(value: Any) -> Any:
     # Numbers stay numbers (Composer formats everything to strings, which the HParams dashboard can
     # then only sort as text); anything else becomes readable text.
-    if isinstance(value, np.generic) or (hasattr(value, "numel") and value.numel() == 1):
-        value = value.item()
+    if hasattr(value, "tolist"):  # numpy values and tensors; one element is a number, as in Composer
+        value = value.tolist()
+        while isinstance(value, list) and len(value) == 1:
+            value = value[0]
     if isinstance(value, (bool, int, float, str)):
         return value
     if value is None:

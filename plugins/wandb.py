@@ -61,24 +61,6 @@ class WandBBackend:
         self.entity = entity
         self.project = project
         self.run_dir: str | None = None
-        self._start_wandb_service()
-
-    def _start_wandb_service(self) -> None:
-        # wandb registers an atexit hook that tears its service process down when the service starts.
-        # Started from wandb.init on the writer thread, that hook would be registered after the bus's
-        # exit hook and run before it: a process dying while wandb.init is in flight (a crash in the
-        # first batches) then loses the whole run ("Connection lost"). Started here, on the caller's
-        # thread before the bus exists, the hook runs after the bus has drained and finished the run.
-        # Composer's WandBLogger imports wandb in its constructor too.
-        if self.rank_zero_only and os.environ.get("RANK", "0") not in ("", "0"):
-            return  # this rank will not log: no service
-        if "disabled" in (os.environ.get("WANDB_MODE"), self.init_kwargs.get("mode")):
-            return
-        import wandb
-
-        ensure_service = getattr(wandb.setup(), "ensure_service", None)  # internal API: best effort
-        if ensure_service is not None:
-            ensure_service()
 
     # -- records ---------------------------------------------------------------------------------
     def log(self, record) -> None:

@@ -1,4 +1,4 @@
-"""Shared benchmark fixtures."""
+"""Fixtures of the benchmark suites (imported into each suite module, so ``--pyargs`` runs find them)."""
 
 from __future__ import annotations
 

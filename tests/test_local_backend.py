@@ -1,0 +1,246 @@
+"""The local backend's run folder, as documented in ``plugins/local.py`` (read back with json and Pillow)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+import logbus
+from logbus.records import Box, Image, Mask
+
+
+def decode(path) -> np.ndarray:
+    with PILImage.open(path) as image:
+        return np.asarray(image)
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def test_run_json_hparams_and_metrics_lines(logbus_dir):
+    with logbus.start_run("format", backends=["local"], config={"lr": 0.1, "layers": [16, 32]}) as run:
+        run.log({"loss": 1.5, "acc": torch.tensor(0.25)}, step=0)
+        run.log({"loss": np.float64(0.5)}, step=2)
+        run.log({"unstepped": 3})
+        run.log_hyperparameters({"batch_size": 4, "lr": 0.2})
+        assert run.flush()
+        run_dir = logbus_dir / "format"
+        assert read_json(run_dir / "run.json")["status"] == "running"  # visible while the run is live
+
+    info = read_json(run_dir / "run.json")
+    assert {key: info[key] for key in ("name", "folder", "rank", "world_size", "status", "exit_code", "reason")} == {
+        "name": "format", "folder": "format", "rank": 0, "world_size": 1, "status": "finished", "exit_code": 0,
+        "reason": None}
+    assert info["started_at"] <= info["finished_at"] and info["logbus_version"] == logbus.__version__
+    assert read_json(run_dir / "hparams.json") == {"lr": 0.2, "layers": [16, 32], "batch_size": 4}
+    lines = read_lines(run_dir / "metrics.jsonl")
+    assert all(isinstance(line.pop("time"), float) for line in lines)
+    assert lines == [{"step": 0, "loss": 1.5, "acc": 0.25}, {"step": 2, "loss": 0.5}, {"step": None, "unstepped": 3.0}]
+
+
+def test_a_run_that_raises_is_marked_failed(logbus_dir):
+    with pytest.raises(KeyError):
+        with logbus.start_run("broken", backends=["local"]) as run:
+            run.log({"loss": 1.0}, step=0)
+            raise KeyError("missing")
+    info = read_json(logbus_dir / "broken" / "run.json")
+    assert (info["status"], info["exit_code"]) == ("failed", 1)
+    assert [line["loss"] for line in read_lines(logbus_dir / "broken" / "metrics.jsonl")] == [1.0]
+
+
+def test_two_runs_with_one_name_get_two_folders(logbus_dir):
+    for value in (1.0, 2.0):
+        with logbus.start_run("same", backends=["local"]) as run:
+            run.log({"x": value}, step=0)
+    assert sorted(path.name for path in logbus_dir.iterdir()) == ["same", "same-2"]
+    assert read_lines(logbus_dir / "same-2" / "metrics.jsonl")[0]["x"] == 2.0
+
+
+def test_table_image_cells_decode_to_the_exact_pixels_and_masks(logbus_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (4, 6, 4), dtype=np.uint8)
+    grey = rng.integers(0, 256, (3, 3), dtype=np.uint8)
+    classes = rng.integers(0, 4, (7, 5)).astype(np.int32)
+    many_classes = rng.integers(0, 1000, (7, 5)).astype(np.int64)  # needs a 16-bit PNG
+    encoded = tmp_path / "encoded.png"
+    PILImage.fromarray(rgb).save(encoded, compress_level=9)
+    box = Box(1, 1, 3, 4, class_id=2, caption="cat", score=0.75)
+    with logbus.start_run("media", backends=["local"]) as run:
+        run.log_table("eval/samples", ["id", "image", "ok"], [
+            [0, Image(pixels=rgb, caption="rgb", boxes=[box], box_class_labels={2: "cat"},
+                      masks={"pred": Mask(classes, {0: "bg", 3: "dog"}), "instances": Mask(many_classes)}), True],
+            [1, Image(pixels=rgba), False],
+            [2, Image(pixels=grey), None],
+            [3, Image(path=str(encoded), caption="as is"), True],
+        ], step=5)
+
+    run_dir = logbus_dir / "media"
+    [line] = read_lines(run_dir / "tables" / "eval" / "samples.jsonl")
+    assert (line["step"], line["columns"]) == (5, ["id", "image", "ok"])
+    assert [[row[0], row[2]] for row in line["rows"]] == [[0, True], [1, False], [2, None], [3, True]]
+    cells = [row[1] for row in line["rows"]]
+    assert all(cell["_type"] == "image" and not Path(cell["path"]).is_absolute() for cell in cells)
+    np.testing.assert_array_equal(decode(run_dir / cells[0]["path"]), rgb)
+    np.testing.assert_array_equal(decode(run_dir / cells[1]["path"]), rgba)
+    np.testing.assert_array_equal(decode(run_dir / cells[2]["path"]), grey)
+    assert (run_dir / cells[3]["path"]).read_bytes() == encoded.read_bytes()  # copied, not re-encoded
+    assert [cell["caption"] for cell in cells] == ["rgb", None, None, "as is"]
+
+    masks = cells[0]["masks"]
+    np.testing.assert_array_equal(decode(run_dir / masks["pred"]["path"]), classes)
+    np.testing.assert_array_equal(decode(run_dir / masks["instances"]["path"]), many_classes)
+    assert masks["pred"]["class_labels"] == {"0": "bg", "3": "dog"} and masks["instances"]["class_labels"] == {}
+    assert cells[0]["boxes"] == [{"min_x": 1, "min_y": 1, "max_x": 3, "max_y": 4, "class_id": 2, "caption": "cat",
+                                  "score": 0.75}]
+
+
+def test_jpeg_image_format(logbus_dir):
+    smooth = np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], 16, axis=0).repeat(3, axis=2)
+    with logbus.start_run("jpeg", backends=[("local", {"image_format": "jpeg"})]) as run:
+        run.log_table("pictures", ["image"], [[Image(pixels=smooth)]], step=0)
+    [line] = read_lines(logbus_dir / "jpeg" / "tables" / "pictures.jsonl")
+    path = logbus_dir / "jpeg" / line["rows"][0][0]["path"]
+    assert path.suffix == ".jpg"
+    with PILImage.open(path) as image:
+        assert image.format == "JPEG"
+    assert np.abs(decode(path).astype(int) - smooth).mean() < 4  # lossy, but the same picture
+
+
+def test_image_lists_are_one_column_tables(logbus_dir):
+    floats = np.stack([np.zeros((3, 4, 4)), np.ones((3, 4, 4))]).astype(np.float32)
+    with logbus.start_run("lists", backends=["local"]) as run:
+        run.log_images("inputs", floats, step=7)
+    [line] = read_lines(logbus_dir / "lists" / "tables" / "inputs.jsonl")
+    assert (line["step"], line["columns"], len(line["rows"])) == (7, ["image"], 2)
+    for row, value in zip(line["rows"], (0, 255)):
+        assert (decode(logbus_dir / "lists" / row[0]["path"]) == value).all()
+
+
+def test_artifacts_are_copied_and_listed(logbus_dir, tmp_path):
+    source = tmp_path / "model.pt"
+    source.write_bytes(os.urandom(4096))
+    with logbus.start_run("artifacts", backends=["local"]) as run:
+        run.log_artifact(str(source), "model.pt", type="model", aliases=["latest", "ep1-ba2"])
+    content = source.read_bytes()
+    source.unlink()  # the run keeps its own copy
+    run_dir = logbus_dir / "artifacts"
+    assert (run_dir / "artifacts" / "model.pt").read_bytes() == content
+    assert read_lines(run_dir / "artifacts.jsonl") == [{"name": "model.pt", "path": "artifacts/model.pt", "type": "model",
+                                                         "aliases": ["latest", "ep1-ba2"], "metadata": {}}]
+
+
+# -- hostile names ---------------------------------------------------------------------------------
+HOSTILE = ["../../etc/x", "/abs", "nul\x00byte", "new\nline", "a/../b", "..", ""]
+
+
+@pytest.mark.parametrize("key", HOSTILE)
+def test_hostile_table_keys_are_rejected_with_the_argument_named(logbus_dir, key):
+    from logbus.composer import LogBusLogger
+
+    logger = LogBusLogger(backends=["local"])
+    try:
+        with pytest.raises((ValueError, TypeError)) as error:
+            logger.log_table(columns=["a"], rows=[[1]], name=key)
+        assert str(error.value).startswith("name: ") and repr(key) in str(error.value)
+        with pytest.raises((ValueError, TypeError)) as error:
+            logger.log_images(np.zeros((1, 3, 2, 2), dtype=np.float32), name=key)
+        assert str(error.value).startswith("name: ")
+    finally:
+        logger.bus.close()
+    assert list(logbus_dir.iterdir()) == []  # no run was even started: nothing written
+
+
+@pytest.mark.parametrize("key", HOSTILE)
+def test_hostile_table_keys_in_the_plain_api_are_rejected(logbus_dir, key):
+    with logbus.start_run("keys", backends=["local"]) as run:
+        with pytest.raises((ValueError, TypeError)) as error:
+            run.log_table(key, ["a"], [[1]])
+        assert repr(key) in str(error.value)
+    assert not (logbus_dir / "keys" / "tables").exists() and not (logbus_dir / "keys" / "media").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="Run.log_table's argument is `key`, the error says `name:` (records.Table)")
+def test_plain_api_table_key_error_names_the_key_argument(logbus_dir):
+    with logbus.start_run("keys", backends=["local"]) as run:
+        with pytest.raises(ValueError) as error:
+            run.log_table("../x", ["a"], [[1]])
+    assert str(error.value).startswith("key: ")
+
+
+@pytest.mark.parametrize("name", [*HOSTILE[:-1], "sub/file", "back\\slash"])
+def test_hostile_artifact_names_are_rejected_with_the_argument_named(logbus_dir, tmp_path, name):
+    source = tmp_path / "file.bin"
+    source.write_bytes(b"data")
+    with logbus.start_run("names", backends=["local"]) as run:
+        with pytest.raises(ValueError, match=r"^artifact name: "):
+            run.log_artifact(str(source), name)
+    assert not (logbus_dir / "names" / "artifacts").exists()
+
+
+def test_composer_remote_file_names_are_sanitised_inside_the_run(logbus_dir, tmp_path):
+    from composer import Trainer
+    from composer.models import ComposerClassifier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from logbus.composer import LogBusLogger
+
+    data = TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    trainer = Trainer(model=ComposerClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+                                               num_classes=10),
+                      train_dataloader=DataLoader(data, batch_size=2), max_duration="1ba", device="cpu",
+                      progress_bar=False, run_name="uploads", loggers=[LogBusLogger(backends=["local"])])
+    trainer.fit()
+    source = tmp_path / "secret.txt"
+    source.write_text("payload")
+    with pytest.warns(UserWarning, match="will be stored as"):
+        trainer.logger.upload_file("../../etc/passwd", source)
+    trainer.close()
+
+    run_dir = logbus_dir / "uploads"
+    [entry] = read_lines(run_dir / "artifacts.jsonl")
+    assert entry["name"] == "etc.passwd" and (run_dir / entry["path"]).read_text() == "payload"
+    assert inside(run_dir / entry["path"], run_dir / "artifacts")
+
+
+@pytest.mark.parametrize("name", ["../../etc/x", "/abs/run", "nul\x00byte", "new\nline", "..", "."])
+def test_hostile_run_names_stay_inside_the_root(logbus_dir, tmp_path, name):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with logbus.start_run(name, backends=["local"]) as run:
+        run.log({"x": 1.0}, step=0)
+    [run_dir] = list(logbus_dir.iterdir())
+    assert run_dir.parent == logbus_dir and inside(run_dir, logbus_dir)
+    assert not any(char in run_dir.name for char in "/\\\x00\n") and run_dir.name not in (".", "..")
+    assert read_json(run_dir / "run.json")["name"] == name  # the real name is kept, only the folder is safe
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written next to the root
+
+
+def test_hostile_mask_names_stay_inside_the_run(logbus_dir):
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    names = ["../../etc/x", "/abs", "nul\x00byte", "new\nline", ".."]
+    masks = {name: Mask(np.full((4, 4), index, dtype=np.int64)) for index, name in enumerate(names)}
+    with logbus.start_run("masks", backends=["local"]) as run:
+        run.log_table("t", ["image"], [[Image(pixels=pixels, masks=masks)]])
+    run_dir = logbus_dir / "masks"
+    [line] = read_lines(run_dir / "tables" / "t.jsonl")
+    stored = line["rows"][0][0]["masks"]
+    assert sorted(stored) == sorted(names)
+    for index, name in enumerate(names):
+        path = run_dir / stored[name]["path"]
+        assert inside(path, run_dir / "media") and not Path(stored[name]["path"]).is_absolute()
+        np.testing.assert_array_equal(decode(path), np.full((4, 4), index))
