@@ -14,8 +14,8 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/logbus-site . >"$OUT/install.log" 2>&1 \
   || { cat "$OUT/install.log"; exit 1; }
 export PYTHONPATH=/tmp/logbus-site
-timeout 240 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_kernels.py 2>&1 | tail -4 | tee "$OUT/kernel_tests.txt" || status=1
+timeout 150 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_kernels.py 2>&1 | tail -4 | tee "$OUT/kernel_tests.txt" || status=1
 timeout 120 python3 benchmarks/gpu_kernels_check.py >"$OUT/gpu_kernels.stdout" 2>&1 || status=1
 tail -c 1500 "$OUT/gpu_kernels.stdout"
-timeout 400 python3 benchmarks/gpu_pipeline_check.py 2>&1 | tail -c 3000 || status=1
+timeout 240 python3 benchmarks/gpu_pipeline_check.py 2>&1 | tail -c 3000 || status=1
 exit $status

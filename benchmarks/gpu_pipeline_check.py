@@ -112,7 +112,7 @@ def main() -> None:
     result = {"device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name()}
     result["no_stall"] = no_stall_check(device, steps=2 if args.dry_run else 20, batch=8 if args.dry_run else 128,
                                         size=16 if args.dry_run else 64)
-    cases = [(32, 2048), (224, 2048)] if not args.dry_run else [(16, 32)]
+    cases = [(32, 2048), (224, 1024)] if not args.dry_run else [(16, 32)]
     result["eval"] = []
     for size, count in cases:
         for image_format in ("png", "jpeg"):
