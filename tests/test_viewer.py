@@ -1,0 +1,343 @@
+"""The static run viewer: a run folder written by the local backend, opened by a real headless Chromium
+from ``file://``, its DOM read back after the page's script ran.
+
+The page takes its filter state from the URL hash (``index.html#filter=incorrect&step=1``), so each
+filter is checked by dumping the DOM of one URL and comparing the cards with the table file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+import logbus
+from logbus.cli import main as cli_main
+from logbus.demo import load_digits
+from logbus.viewer import class_colour, embed_json, write_viewer
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = "<script>alert(1)</script>"
+# Each payload marks the page if it ever runs: as a tag parsed from innerHTML (the onerror), or by closing
+# the JSON <script> element early (the </script>). The page itself never sets data-pwned.
+BREAKOUT = "</script><script>document.documentElement.dataset.pwned=1</script>"
+ONERROR = '<img src=x onerror="document.documentElement.dataset.pwned=1">'
+CLASS_NAMES = ["zero", "one", "two", SCRIPT, "four", BREAKOUT, "six", ONERROR, "eight", "nine"]
+NAN_ROWS = [4, 11, 17]
+SEG_CLASSES = {0: "background", 1: "ink", 2: "<b>edge</b>"}
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing (as CI does); a failure fails the tests."""
+    if not os.path.exists(CHROMIUM):
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            pytest.fail(f"{CHROMIUM} is missing and cannot be installed here (needs apt-get as root): "
+                        "apt-get install -y --no-install-recommends chromium")
+        # Several pytest processes may start at once: one installs, the others wait for it.
+        with open("/tmp/logbus-chromium-install.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.exists(CHROMIUM):
+                result = subprocess.run(
+                    "apt-get update && apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 chromium",
+                    shell=True, capture_output=True, text=True, timeout=540,
+                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+                if result.returncode != 0 or not os.path.exists(CHROMIUM):
+                    pytest.fail(f"installing chromium failed (exit {result.returncode}):\n"
+                                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return CHROMIUM
+
+
+def segmentation_batch(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets from the digit's ink (0 background, 1 ink, 2 faint edge) and noisy logits around them."""
+    pixels = images[:, 0]
+    truth = (pixels > 0.5).long() + ((pixels > 0.15) & (pixels <= 0.5)).long() * 2
+    logits = torch.nn.functional.one_hot(truth, 3).permute(0, 3, 1, 2).float() * 3
+    return truth, logits + torch.randn(logits.shape, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished local run: metrics at 10 steps (one NaN), 24 classification samples at steps 1 and 2
+    (hostile class names, NaN logits in some rows) and 6 segmentation samples at step 2."""
+    root = tmp_path_factory.mktemp("viewer") / "runs"
+    images, labels = load_digits()
+    generator = torch.Generator().manual_seed(0)
+    config = {"lr": 0.01, "note": BREAKOUT}
+    with logbus.start_run("viewer", backends=[("local", {"root": str(root)})], config=config) as run:
+        for step in range(10):
+            run.log({"loss": 2.0 / (step + 1), "accuracy": step / 10, "grad_norm": float("nan") if step == 5 else step}, step)
+        samples = run.samples("classification", num_samples=24, class_names=CLASS_NAMES)
+        segments = run.samples("segmentation", num_samples=6, class_names=SEG_CLASSES)
+        for step, noise in ((1, 4.0), (2, 2.0)):
+            x, y = images[:24], labels[:24]
+            logits = torch.nn.functional.one_hot(y, 10).float() * 3 + torch.randn(24, 10, generator=generator) * noise
+            logits[NAN_ROWS] = float("nan")
+            samples.add(x, y, logits)
+            samples.log("eval", step=step)
+        truth, logits = segmentation_batch(images[:6], generator)
+        segments.add(images[:6], truth, logits, label="seg")
+        segments.log("seg", step=2)
+    return root / "viewer"
+
+
+def table_passes(run_dir: Path, key: str) -> list[tuple[int, list[dict]]]:
+    passes = []
+    for line in (run_dir / "tables" / f"{key}.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        passes.append((record["step"], [dict(zip(record["columns"], row)) for row in record["rows"]]))
+    return passes
+
+
+# -- reading the page back -------------------------------------------------------------------------
+class Page(HTMLParser):
+    """The parts of a dumped DOM the tests look at."""
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.dom = dom
+        self.root: dict[str, str | None] = {}
+        self.cards: list[dict] = []  # {"id", "class", "images": [img attrs]}
+        self.images: list[dict] = []
+        self.metrics: list[str] = []
+        self.title = ""
+        self._in_title = False
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "html":
+            self.root = attrs
+        elif tag == "title" and not self.title:  # the document's, not an SVG tooltip's
+            self._in_title = True
+        elif tag == "article" and "card" in (attrs.get("class") or "").split():
+            self.cards.append({"id": attrs.get("data-id"), "class": attrs["class"].split(), "images": []})
+        elif tag == "img":
+            self.images.append(attrs)
+            if self.cards and self._in_card:
+                self.cards[-1]["images"].append(attrs)
+        elif tag == "svg" and "data-metric" in attrs:
+            self.metrics.append(attrs["data-metric"])
+        if tag == "article":
+            self._in_card = True
+
+    def handle_endtag(self, tag):
+        if tag == "article":
+            self._in_card = False
+        elif tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+
+    _in_card = False
+
+    @property
+    def card_ids(self) -> list[int]:
+        return [int(card["id"]) for card in self.cards]
+
+
+def chromium_args(chromium: str, profile: Path) -> list[str]:
+    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
+
+
+def run_chromium(args: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"chromium failed ({result.returncode}):\n{result.stderr[-3000:]}"
+    return result
+
+
+def open_page(chromium: str, run_dir: Path, profile: Path, fragment: str = "") -> Page:
+    url = (run_dir / "index.html").as_uri() + (f"#{fragment}" if fragment else "")
+    page = Page(run_chromium([*chromium_args(chromium, profile), "--dump-dom", url]).stdout)
+    assert page.root.get("data-viewer") == "ready", f"the page's script did not finish:\n{page.dom[-3000:]}"
+    return page
+
+
+@pytest.fixture(scope="module")
+def latest_page(chromium, run_dir, tmp_path_factory) -> Page:
+    return open_page(chromium, run_dir, tmp_path_factory.mktemp("profile"))
+
+
+# -- tests -----------------------------------------------------------------------------------------
+def test_the_gallery_shows_the_latest_pass_and_a_chart_per_metric(run_dir, latest_page):
+    step, rows = table_passes(run_dir, "samples/eval")[-1]
+    assert step == 2
+    assert latest_page.card_ids == [row["id"] for row in rows] and len(rows) == 24
+    assert all(card["images"][0]["src"].startswith("media/") for card in latest_page.cards)
+    nonfinite = [card["id"] for card in latest_page.cards if "nonfinite" in card["class"]]
+    assert nonfinite == [str(i) for i in NAN_ROWS]
+    assert sorted(latest_page.metrics) == ["accuracy", "grad_norm", "loss"]
+    assert latest_page.title == "viewer · logbus"
+    assert "24 of 24 samples · samples/eval · step 2" in latest_page.dom
+
+
+def test_hostile_class_names_show_as_text_and_never_run(latest_page):
+    dom = latest_page.dom
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # the class name, as text (options and cards)
+    assert "&lt;/script&gt;&lt;script&gt;document.documentElement.dataset.pwned=1&lt;/script&gt;" in dom
+    assert "<script>alert(1)" not in dom  # not even inside the embedded JSON
+    assert "data-pwned" not in dom and latest_page.root.get("data-pwned") is None
+    assert not [img for img in latest_page.images if img.get("src") == "x"]  # the <img onerror> name made no element
+
+
+def _expected(run_dir: Path, step: int | None, keep, sort: tuple[str, bool] | None = None) -> list[int]:
+    passes = table_passes(run_dir, "samples/eval")
+    rows = next(rows for s, rows in passes if s == step) if step is not None else passes[-1][1]
+    rows = [row for row in rows if keep(row)]
+    if sort:
+        key, descending = sort
+        rows = sorted([r for r in rows if r[key] is not None], key=lambda r: r[key], reverse=descending) + \
+            [r for r in rows if r[key] is None]  # missing values last, as the page does
+    return [row["id"] for row in rows]
+
+
+HASH_CASES = [
+    ("filter=incorrect", None, lambda row: row["correct"] is False, None),
+    ("filter=correct&step=1", 1, lambda row: row["correct"] is True, None),
+    ("filter=nonfinite", None, lambda row: row["flag"] == "nonfinite", None),
+    ("class=3&step=1", 1, lambda row: row["truth"] == 3, None),
+    ("class=5", None, lambda row: row["truth"] == 5, None),
+    ("class=0&filter=correct", None, lambda row: row["truth"] == 0 and row["correct"], None),
+    ("sort=loss-desc", None, lambda row: True, ("loss", True)),
+    ("sort=confidence-asc&filter=incorrect&step=1", 1, lambda row: row["correct"] is False, ("confidence", False)),
+]
+
+
+@pytest.mark.parametrize("fragment, step, keep, sort", HASH_CASES, ids=[case[0] for case in HASH_CASES])
+def test_the_url_hash_sets_filters_step_and_sort(chromium, run_dir, tmp_path, fragment, step, keep, sort):
+    expected = _expected(run_dir, step, keep, sort)
+    if sort is None:
+        assert 0 < len(expected) < 24, "a filter case must narrow the gallery to be a check"
+    else:
+        assert expected != _expected(run_dir, step, keep), "a sort case must change the order to be a check"
+    page = open_page(chromium, run_dir, tmp_path / "profile", fragment)
+    assert page.card_ids == expected
+
+
+def test_segmentation_masks_are_coloured_overlays_that_the_page_stacks(chromium, run_dir, tmp_path):
+    [(step, rows)] = table_passes(run_dir, "samples/seg")
+    for row in rows:
+        for name, mask in row["image"]["masks"].items():
+            overlay = run_dir / mask["path"].replace(".mask.png", ".overlay.png")
+            with PILImage.open(run_dir / mask["path"]) as image:
+                ids = np.asarray(image)
+            with PILImage.open(overlay) as image:
+                assert image.mode == "RGBA"
+                rgba = np.asarray(image)
+            for class_id in np.unique(ids):
+                colour = class_colour(int(class_id))
+                expected = [int(colour[i:i + 2], 16) for i in (1, 3, 5)] + [255]
+                assert (rgba[ids == class_id] == expected).all(), (name, class_id)
+
+    page = open_page(chromium, run_dir, tmp_path / "profile", "table=samples/seg")
+    assert page.card_ids == [row["id"] for row in rows] and len(rows) == 6
+    for card, row in zip(page.cards, rows):
+        sources = [img["src"] for img in card["images"]]
+        masks = row["image"]["masks"]
+        assert sources == [row["image"]["path"], *(masks[n]["path"].replace(".mask.png", ".overlay.png")
+                                                    for n in ("ground_truth", "prediction"))]
+    assert "2: &lt;b&gt;edge&lt;/b&gt;" in page.dom  # the legend, as text
+
+
+def test_screenshot_of_the_page(chromium, run_dir, tmp_path):
+    shot = tmp_path / "viewer.png"
+    run_chromium([*chromium_args(chromium, tmp_path / "profile"), f"--screenshot={shot}", "--window-size=1200,900",
+                  (run_dir / "index.html").as_uri()])
+    artifacts = REPO / ".pytest-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shutil.copyfile(shot, artifacts / "viewer.png")
+    with PILImage.open(shot) as image:
+        assert image.format == "PNG" and image.size == (1200, 900)
+        pixels = np.asarray(image.convert("RGB"))
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) > 50  # text, charts and digit images, not a blank or single-colour page
+
+
+def test_embedded_json_cannot_end_its_script_element():
+    value = {"name": BREAKOUT, "comment": "<!-- & -->", "loss": float("nan"), "nested": [float("inf"), 1.5]}
+    text = embed_json(value)
+    assert not set("<>&") & set(text)
+    assert json.loads(text) == {"name": BREAKOUT, "comment": "<!-- & -->", "loss": None, "nested": [None, 1.5]}
+
+
+def test_the_local_backend_refreshes_the_viewer_while_the_run_is_live(tmp_path):
+    with logbus.start_run("live", backends=[("local", {"root": str(tmp_path)})]) as run:
+        run.log_table("notes", ["id", "text"], [[0, "first"]], step=0)
+        assert run.flush()
+        page = (tmp_path / "live" / "index.html").read_text()
+        assert "first" in page and '"status":"running"' in page
+        run.log({"loss": 0.5}, step=1)
+    page = (tmp_path / "live" / "index.html").read_text()
+    assert '"status":"finished"' in page and '"loss":[[1,0.5]]' in page  # rewritten at close
+
+
+def test_logbus_view_writes_the_page_and_opens_it_only_with_a_display(run_dir, monkeypatch, capsys):
+    import webbrowser
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)  # a real browser window is not testable here
+    monkeypatch.setattr(sys, "platform", "linux")
+    (run_dir / "index.html").unlink()
+    assert cli_main(["view", str(run_dir), "--write-only"]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir / "index.html") and (run_dir / "index.html").exists()
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert cli_main(["view", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir / "index.html") and opened == []
+
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert cli_main(["view", str(run_dir)]) == 0
+    assert opened == [(run_dir / "index.html").resolve().as_uri()]
+
+    assert cli_main(["view", str(run_dir / "tables")]) == 2
+    assert "not a logbus run folder" in capsys.readouterr().err
+    assert write_viewer(run_dir) == str(run_dir / "index.html")
+
+
+def test_a_viewer_that_cannot_be_written_costs_the_run_nothing(tmp_path):
+    with pytest.warns(RuntimeWarning, match="could not write the viewer"):
+        with logbus.start_run("blocked", backends=[("local", {"root": str(tmp_path)})]) as run:
+            run.log({"loss": 1.0}, step=0)
+            assert run.flush()
+            (tmp_path / "blocked" / "index.html").mkdir()  # the page cannot be renamed over a folder
+            run.log_table("notes", ["text"], [["kept"]], step=0)
+    assert json.loads((tmp_path / "blocked" / "run.json").read_text())["status"] == "finished"
+    assert "kept" in (tmp_path / "blocked" / "tables" / "notes.jsonl").read_text()
+
+
+def test_the_controls_re_render_and_keep_the_state_in_the_hash(chromium, run_dir, tmp_path):
+    # A copy of the page with a script that works the controls as a user would (beside it, so media/ resolves).
+    driver = """<script>
+    const pick = (id, value) => { const s = document.getElementById(id); s.value = value; s.dispatchEvent(new Event("change")); };
+    pick("filter", "incorrect");
+    pick("step", "1");
+    pick("sort", "loss-desc");
+    const ids = [...document.querySelectorAll("article.card")].map((card) => Number(card.dataset.id));
+    document.documentElement.dataset.driven = JSON.stringify({hash: location.hash, ids});
+    </script></body>"""
+    driven = run_dir / "driven.html"
+    driven.write_text((run_dir / "index.html").read_text().replace("</body>", driver))
+    try:
+        page = Page(run_chromium([*chromium_args(chromium, tmp_path / "profile"), "--dump-dom", driven.as_uri()]).stdout)
+    finally:
+        driven.unlink()
+    result = json.loads(page.root["data-driven"])
+    assert result["hash"] == "#step=1&filter=incorrect&sort=loss-desc"
+    assert result["ids"] == _expected(run_dir, 1, lambda row: row["correct"] is False, ("loss", True))
