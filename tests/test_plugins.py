@@ -19,8 +19,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import logbus
 import pytest
+
+import logbus
 from logbus import plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
