@@ -60,6 +60,12 @@ def _view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from logbus.bench.report import main as bench_main
+
+    return bench_main(as_json=args.json, plot_path=None if args.no_plot else args.plot, full=args.full)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logbus", description="Plugin-based logging bus for Composer.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,13 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_plugins)
     demo = commands.add_parser("demo", help="train a small CNN on the digits data with Composer and log it")
-    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--backends", default="wandb,local", help="comma-separated backend names")
     demo.set_defaults(func=_demo)
     view = commands.add_parser("view", help="write RUN_DIR/index.html (a static viewer) and open it in a browser")
     view.add_argument("run_dir", metavar="RUN_DIR", help="a local run folder (logbus_runs/<name>)")
     view.add_argument("--write-only", action="store_true", help="write the page, do not open a browser")
     view.set_defaults(func=_view)
+    bench = commands.add_parser("bench", help="measure logging overhead on this machine (about a minute)")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--plot", default="logbus-bench.png", help="where to write the PNG chart")
+    bench.add_argument("--no-plot", action="store_true")
+    bench.add_argument("--full", action="store_true", help="the full sizes of `make bench` (several minutes)")
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -41,11 +41,11 @@ def digits_loaders(batch_size: int = 64, seed: int = 0) -> tuple[DataLoader, Dat
             DataLoader(TensorDataset(images[val], labels[val]), batch_size=batch_size))
 
 
-def main(epochs: int = 3, backends: list[str] | None = None) -> int:
+def main(epochs: int = 5, backends: list[str] | None = None) -> int:
     from composer import Trainer
     from composer.models import ComposerClassifier
 
-    from logbus.composer import LogBusLogger
+    from logbus.composer import LogBusLogger, SampleLogger
 
     if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"  # no account needed; `wandb sync` uploads it later
@@ -54,13 +54,18 @@ def main(epochs: int = 3, backends: list[str] | None = None) -> int:
     logger = LogBusLogger(backends=specs)
     train_loader, val_loader = digits_loaders()
     torch.manual_seed(0)
+    model = ComposerClassifier(DigitsCNN(), num_classes=10)
     trainer = Trainer(
-        model=ComposerClassifier(DigitsCNN(), num_classes=10),
+        model=model,
         train_dataloader=train_loader,
         eval_dataloader=val_loader,
         max_duration=f"{epochs}ep",
-        optimizers=None,
+        optimizers=torch.optim.Adam(model.parameters(), lr=3e-3),
         loggers=[logger],
+        # The 100 hardest validation digits of each eval: a table `samples/eval` with image, truth,
+        # prediction, confidence and loss (open the local run's index.html, or the W&B run).
+        callbacks=[SampleLogger("classification", num_samples=100, policy="hardest",
+                                class_names=[str(digit) for digit in range(10)])],
         progress_bar=True,
         device="cpu",
         run_name="logbus-demo",
@@ -72,6 +77,8 @@ def main(epochs: int = 3, backends: list[str] | None = None) -> int:
     for name, backend in logger.bus.backends.items():
         if getattr(backend, "run_dir", None):
             print(f"  {name}: {backend.run_dir}")
+            if name == "local":
+                print(f"  sample viewer: {os.path.join(backend.run_dir, 'index.html')}  (or: logbus view {backend.run_dir})")
     wandb_backend = logger.bus.backends.get("wandb")
     if wandb_backend is not None and wandb_backend.run_dir and os.environ.get("WANDB_MODE") == "offline":
         print(f"  upload the W&B run later with: wandb sync {os.path.dirname(wandb_backend.run_dir)}")

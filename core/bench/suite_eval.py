@@ -91,6 +91,8 @@ def make_trainer(variant: str, size: int):
         loggers, callbacks = [_composer_wandb_logger()], [LogPredictions(num_samples=count)]
     elif variant == "sample_logger":
         callbacks = [SampleLogger("classification", num_samples=None)]
+    elif variant == "sample_logger_jpeg":
+        callbacks = [SampleLogger("classification", num_samples=None, image_format="jpeg")]
     torch.manual_seed(0)
     trainer = Trainer(model=ComposerClassifier(SmallCNN(), num_classes=10), eval_dataloader=DataLoader(data, BATCH),
                       loggers=loggers, callbacks=callbacks, progress_bar=False, device="cpu", run_name=f"bench-{variant}")
@@ -104,7 +106,7 @@ def two_evals_and_drain(trainer) -> None:
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("variant", ["no_sample_logging", "guide", "sample_logger"])
+@pytest.mark.parametrize("variant", ["no_sample_logging", "guide", "sample_logger", "sample_logger_jpeg"])
 def test_eval_with_sample_logging(benchmark, wandb_offline, variant, size):
     benchmark.group = f"eval {SIZES[size]} images {size}x{size}, 2 evals + drain"
     benchmark.extra_info.update(variant=variant, size=size, images=SIZES[size])

@@ -1,0 +1,148 @@
+"""``logbus bench``: the benchmark suites of ``benchmarks/`` (pytest-benchmark), run on the user's
+machine at quick sizes, summarised as ratios measured in one run.
+
+The suites live in this package (``logbus.bench.suite_*``) and ``benchmarks/`` imports them, so the
+command and the project's benchmarks are the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from typing import Any
+
+SUITES = ("logbus.bench.suite_logging", "logbus.bench.suite_eval")
+
+
+def run_suites(*, quick: bool = True, verbose: bool = False) -> dict[str, Any]:
+    """Runs the suites with pytest-benchmark and returns its JSON report."""
+    try:
+        import pytest
+        import pytest_benchmark  # noqa: F401
+    except ImportError as error:
+        raise SystemExit("logbus bench needs pytest and pytest-benchmark: pip install 'logbus[bench]'") from error
+    if quick:
+        os.environ["LOGBUS_BENCH_QUICK"] = "1"
+    with tempfile.TemporaryDirectory(prefix="logbus-bench-") as folder:
+        report = os.path.join(folder, "report.json")
+        config = os.path.join(folder, "pytest.ini")  # isolate from the user's own pytest configuration
+        with open(config, "w") as file:
+            file.write("[pytest]\n")
+        previous = os.getcwd()
+        os.chdir(folder)  # wandb and local runs land in the scratch folder, removed afterwards
+        os.environ.setdefault("LOGBUS_BENCH_DIR", folder)
+        try:
+            code = pytest.main(["-c", config, "--rootdir", folder, "-p", "no:cacheprovider", "--benchmark-only",
+                                f"--benchmark-json={report}", "-q" if verbose else "-qq", "--pyargs", *SUITES])
+        finally:
+            os.chdir(previous)
+        if code != 0:
+            raise SystemExit(f"logbus bench: the benchmark suites failed (pytest exit code {int(code)})")
+        with open(report) as file:
+            return json.load(file)
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    """Ratios from one pytest-benchmark report: per-call logging cost, and eval time per variant
+    against eval without sample logging."""
+    by_name = {b["name"]: b for b in report["benchmarks"]}
+    summary: dict[str, Any] = {"machine": machine(report), "log_metrics": {}, "eval": []}
+    for name, label in (("test_logbus_through_composer_logger", "logbus via Composer Logger"),
+                        ("test_wandb_log_on_the_training_thread", "wandb.log"),
+                        ("test_bare_queue_put", "queue.Queue.put")):
+        if name in by_name:
+            summary["log_metrics"][label] = by_name[name]["extra_info"]
+    calls = summary["log_metrics"]
+    if "logbus via Composer Logger" in calls and "wandb.log" in calls:
+        summary["wandb_log_vs_logbus"] = (calls["wandb.log"]["wall_us_per_call"]
+                                          / calls["logbus via Composer Logger"]["wall_us_per_call"])
+    evals: dict[int, dict[str, float]] = {}
+    for bench in report["benchmarks"]:
+        info = bench["extra_info"]
+        if "variant" in info:
+            evals.setdefault(info["size"], {"images": info["images"]})[info["variant"]] = bench["stats"]["median"]
+    for size, seconds in sorted(evals.items()):
+        base = seconds.get("no_sample_logging")
+        summary["eval"].append({
+            "size": size, "images": seconds["images"],
+            "seconds": {k: v for k, v in seconds.items() if k != "images"},
+            "ratio": {k: v / base for k, v in seconds.items() if k not in ("images",) and base},
+        })
+    return summary
+
+
+def machine(report: dict[str, Any]) -> dict[str, Any]:
+    info = report.get("machine_info", {})
+    details = {"node": info.get("node"), "processor": info.get("cpu", {}).get("brand_raw") or platform.processor(),
+               "cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+    try:
+        import torch
+
+        details["torch"] = torch.__version__
+        details["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    try:
+        import wandb
+
+        details["wandb"] = wandb.__version__
+    except ImportError:
+        pass
+    return details
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    m = summary["machine"]
+    lines = [f"machine: {m.get('processor')} ({m.get('cpus')} CPUs), {m.get('system')}, python {m.get('python')}, "
+             f"torch {m.get('torch')}, wandb {m.get('wandb')}, GPU {m.get('gpu') or 'none'}", "",
+             "log_metrics, caller thread        wall µs/call   thread-CPU µs/call"]
+    for label, info in summary["log_metrics"].items():
+        lines.append(f"  {label:<32} {info['wall_us_per_call']:>12.2f}   {info['thread_cpu_us_per_call']:>12.2f}")
+    if "wandb_log_vs_logbus" in summary:
+        lines.append(f"  wandb.log costs the training thread {summary['wandb_log_vs_logbus']:.0f}x what logbus does")
+    lines += ["", "eval, 2 passes + drain              seconds   ratio to no sample logging"]
+    for row in summary["eval"]:
+        lines.append(f"  {row['images']} images {row['size']}x{row['size']}")
+        for variant, seconds in row["seconds"].items():
+            lines.append(f"    {variant:<30} {seconds:>8.2f}   {row['ratio'].get(variant, float('nan')):>6.2f}x")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: str) -> str:
+    """A bar chart of the eval ratios, drawn with Pillow (no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    bars = [(f"{row['size']}px {variant}", ratio) for row in summary["eval"] for variant, ratio in row["ratio"].items()]
+    width, row_height, left = 760, 34, 250
+    image = Image.new("RGB", (width, 60 + row_height * max(1, len(bars))), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 10), "logbus bench: eval time relative to no sample logging (lower is better)", fill="black")
+    top = max([ratio for _, ratio in bars] + [1.0])
+    scale = (width - left - 80) / top
+    colours = {"no_sample_logging": (150, 150, 150), "guide": (214, 96, 77), "sample_logger": (67, 147, 195),
+               "sample_logger_jpeg": (33, 102, 172)}
+    for index, (label, ratio) in enumerate(bars):
+        y = 40 + index * row_height
+        colour = next((c for k, c in colours.items() if label.endswith(k)), (100, 100, 100))
+        draw.text((10, y + 8), label, fill="black")
+        draw.rectangle([left, y + 4, left + ratio * scale, y + row_height - 6], fill=colour)
+        draw.text((left + ratio * scale + 6, y + 8), f"{ratio:.2f}x", fill="black")
+    image.save(path)
+    return path
+
+
+def main(*, as_json: bool = False, plot_path: str | None = "logbus-bench.png", full: bool = False) -> int:
+    summary = summarise(run_suites(quick=not full))
+    if plot_path:
+        summary["plot"] = plot(summary, plot_path)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_table(summary))
+        if plot_path:
+            print(f"\nplot: {plot_path}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,58 @@
+"""A built wheel imports exactly as the editable install does: the three source folders map into one
+``logbus`` namespace, and the package data (digits, viewer template) ships inside it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wheel")
+    env = {**os.environ, "PIP_NO_INDEX": "1"}
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(folder / "dist"), str(ROOT)], capture_output=True, text=True, env=env)
+    assert build.returncode == 0, build.stdout + build.stderr
+    wheel = next((folder / "dist").glob("logbus-*.whl"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                              str(folder / "site"), str(wheel)], capture_output=True, text=True, env=env)
+    assert install.returncode == 0, install.stdout + install.stderr
+    return folder / "site"
+
+
+def test_the_wheel_maps_core_plugins_and_kernels_into_logbus(installed_wheel, tmp_path):
+    script = """
+import importlib.resources, logbus, logbus.plugins.local, logbus.kernels, logbus.bench.report, logbus.composer
+import logbus.viewer
+print(logbus.__file__)
+print(logbus.plugins.local.__file__)
+print(logbus.kernels.__file__)
+print(importlib.resources.files("logbus").joinpath("data/digits.csv.gz").is_file())
+print(importlib.resources.files("logbus").joinpath("viewer_template.html").is_file())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(installed_wheel)})
+    assert result.returncode == 0, result.stderr
+    core, local, kernels, digits, template = result.stdout.split()
+    site = str(installed_wheel)
+    assert core == os.path.join(site, "logbus", "__init__.py")  # the wheel, not the editable checkout
+    assert local == os.path.join(site, "logbus", "plugins", "local.py")
+    assert kernels == os.path.join(site, "logbus", "kernels", "__init__.py")
+    assert digits == "True" and template == "True"
+
+
+def test_the_editable_install_maps_the_same_way():
+    import logbus
+    import logbus.kernels
+    import logbus.plugins.local
+
+    assert Path(logbus.__file__).parent == ROOT / "core"
+    assert Path(logbus.plugins.local.__file__).parent == ROOT / "plugins"
+    assert Path(logbus.kernels.__file__).parent == ROOT / "kernels"
