@@ -27,7 +27,7 @@ from composer.utils import dist
 
 from logbus.bus import Bus
 from logbus.images import images_from_composer
-from logbus.naming import wandb_artifact_name
+from logbus.naming import check_key, wandb_artifact_name
 from logbus.records import Artifact, Hyperparameters, Images, Metrics, RunStarted, Table
 
 __all__ = ["LogBusLogger", "WandBLogger", "SampleLogger", "artifact_type_for"]
@@ -110,6 +110,7 @@ class LogBusLogger(LoggerDestination):
 
     def log_table(self, columns: list[str], rows: list[list[Any]], name: str = "Table",
                   step: Optional[int] = None) -> None:
+        check_key(name, "name")  # Composer calls the key `name`: say so in the error
         self.bus.emit(Table(name, columns, rows, self._step(step)))
 
     def log_images(
@@ -122,6 +123,7 @@ class LogBusLogger(LoggerDestination):
         mask_class_labels: Optional[dict[int, str]] = None,
         use_table: bool = False,
     ) -> None:
+        check_key(name, "name")
         records = images_from_composer(images, channels_last=channels_last, masks=masks,
                                        mask_class_labels=mask_class_labels)
         if use_table:
@@ -140,6 +142,8 @@ class LogBusLogger(LoggerDestination):
                           f"'{remote_file_name}' will be stored as '{name}'.", stacklevel=2)
         timestamp = state.timestamp
         metadata = {f"timestamp/{k}": v for k, v in timestamp.state_dict().items()}
+        if state.dataloader is not state.train_dataloader:  # uploaded during eval, as Composer records
+            metadata.update({f"eval_timestamp/{k}": v for k, v in state.eval_timestamp.state_dict().items()})
         self.bus.emit(Artifact(path=self._stage(file_path), name=name, type=artifact_type_for(name),
                                aliases=["latest", f"ep{int(timestamp.epoch)}-ba{int(timestamp.batch)}"],
                                metadata=metadata))

@@ -7,6 +7,7 @@ never escape the run folder.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -47,8 +48,14 @@ def safe_filename(name: str) -> str:
 
 
 def safe_relpath(key: str) -> str:
-    """A ``/``-grouped key as a relative path of safe components (``samples/val`` -> ``samples/val``)."""
-    return "/".join(safe_filename(part) for part in key.split("/"))
+    """A ``/``-grouped key as a relative path of safe components (``samples/val`` -> ``samples/val``).
+
+    Injective: when cleaning changed the key, a short hash of the original is appended, so ``a b``
+    and ``a_b`` never share a file."""
+    cleaned = "/".join(safe_filename(part) for part in key.split("/"))
+    if cleaned != key:
+        cleaned += "-" + hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
+    return cleaned
 
 
 def wandb_artifact_name(name: str) -> str:

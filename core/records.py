@@ -36,7 +36,8 @@ __all__ = [
 
 REDACTED = "***redacted***"
 # Keys that look like credentials: the name ends in one of these words (``hf_token``, ``db_password``,
-# ``api_key``), so ``max_tokens`` or ``num_keys`` are left alone. Only string values are redacted.
+# ``api_key``), so ``max_tokens`` or ``num_keys`` are left alone. Whatever sits under such a key (a
+# string, a number, a whole mapping of credentials) is replaced; ``None`` stays, it hides nothing.
 _SECRET_KEY = re.compile(r"(^|[_\-.])(api[_-]?key|key|token|secret|password|passwd|credentials?|private[_-]?key)$",
                          re.IGNORECASE)
 
@@ -133,7 +134,7 @@ def redact_secrets(values: Any, _secret_values: frozenset[str] | None = None) ->
     if isinstance(values, Mapping):
         out = {}
         for key, value in values.items():
-            if isinstance(key, str) and _SECRET_KEY.search(key) and isinstance(value, (str, bytes)):
+            if isinstance(key, str) and _SECRET_KEY.search(key) and value is not None:
                 out[key] = REDACTED
             else:
                 out[key] = redact_secrets(value, _secret_values)
@@ -285,7 +286,7 @@ class Images(Record):
     step: int | None = None
 
     def __post_init__(self):
-        check_key(self.key, "name")
+        check_key(self.key, "key")
         if not isinstance(self.images, (list, tuple)) or not all(isinstance(i, Image) for i in self.images):
             raise TypeError("images: expected a list of logbus.records.Image")
         _check_step(self.step)
@@ -310,7 +311,7 @@ class Table(Record):
     step: int | None = None
 
     def __post_init__(self):
-        check_key(self.key, "name")
+        check_key(self.key, "key")
         if isinstance(self.columns, str) or not isinstance(self.columns, Sequence) or not all(
             isinstance(c, str) for c in self.columns
         ):

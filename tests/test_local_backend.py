@@ -175,7 +175,6 @@ def test_hostile_table_keys_in_the_plain_api_are_rejected(logbus_dir, key):
     assert not (logbus_dir / "keys" / "tables").exists() and not (logbus_dir / "keys" / "media").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="Run.log_table's argument is `key`, the error says `name:` (records.Table)")
 def test_plain_api_table_key_error_names_the_key_argument(logbus_dir):
     with logbus.start_run("keys", backends=["local"]) as run:
         with pytest.raises(ValueError) as error:
