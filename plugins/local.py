@@ -5,7 +5,7 @@ Layout of ``{root}/{run}/`` (documented in the README, "Local run format")::
     run.json            name, rank, world size, start/end time, status, exit code
     hparams.json        hyperparameters, secrets already redacted
     metrics.jsonl       one line per log call: {"step": int|null, "time": float, "<name>": value, ...}
-    tables/<key>.jsonl  one line per logged table: {"step", "columns", "rows"}; image cells are
+    tables/<key>.jsonl  one line per logged table: {"key", "step", "columns", "rows"}; image cells are
                         {"_type": "image", "path": "media/...", "caption", "masks": {...}, "boxes": [...]}
     media/...           the image files tables and image lists point to (paths relative to the run)
     artifacts/<name>    copies of uploaded files; artifacts.jsonl lists them with type and aliases
@@ -69,12 +69,12 @@ class LocalBackend:
         elif isinstance(record, Table):
             rows = [[self._cell(cell, record.key) for cell in row] for row in record.rows]
             self._jsonl(f"tables/{safe_relpath(record.key)}.jsonl").append(
-                {"step": record.step, "columns": record.columns, "rows": rows})
+                {"key": record.key, "step": record.step, "columns": record.columns, "rows": rows})
             self._refresh_viewer()
         elif isinstance(record, Images):
             rows = [[self._cell(image, record.key)] for image in record.images]
             self._jsonl(f"tables/{safe_relpath(record.key)}.jsonl").append(
-                {"step": record.step, "columns": ["image"], "rows": rows})
+                {"key": record.key, "step": record.step, "columns": ["image"], "rows": rows})
             self._refresh_viewer()
         elif isinstance(record, Artifact):
             name = safe_filename(record.name)
