@@ -7,6 +7,7 @@ itself: the others keep receiving records in order. The training thread only put
 from __future__ import annotations
 
 import logging
+import functools
 import queue
 import threading
 import time
@@ -28,6 +29,19 @@ class _Flush:
 
     def __init__(self):
         self.done = threading.Event()
+
+
+class _Charged:
+    """A ``Deferred`` in one backend's queue with the bytes it holds against that backend's budget.
+
+    A sample table's size is unknown when its placeholder is emitted (it is built later, on the
+    pipeline's worker), so it is charged again once it exists: a backend that lags behind sees its
+    budget fill with the tables waiting for it, and further ones are dropped and counted."""
+
+    __slots__ = ("deferred", "nbytes", "taken")
+
+    def __init__(self, deferred: Deferred):
+        self.deferred, self.nbytes, self.taken = deferred, deferred.nbytes, False
 
 
 @dataclass
@@ -59,6 +73,8 @@ class BackendWorker:
         self._put = self._queue.put  # bound once: offer() runs on the training thread
         self._pending_bytes = 0
         self._bytes_lock = threading.Lock()
+        self._markers = 0  # flush/close markers in the queue: not records, not counted as pending
+        self._in_flight = False  # a record is inside backend.log() right now
         self._consecutive_failures = 0
         self._thread = threading.Thread(target=self._run, name=f"logbus-{name}", daemon=True)
         self._thread.start()
@@ -74,14 +90,34 @@ class BackendWorker:
                     self.stats.dropped += 1
                     return
                 self._pending_bytes += size
+            if type(record) is Deferred:
+                charged = _Charged(record)
+                self._put(charged)
+                record.future.add_done_callback(functools.partial(self._charge_resolved, charged))
+                return
         self._put(record)
+
+    def _charge_resolved(self, charged: _Charged, future) -> None:
+        try:
+            table = future.result()
+        except BaseException:  # noqa: BLE001 - the writer reports it when it gets there
+            return
+        size = getattr(table, "nbytes", 0) if table is not None else 0
+        with self._bytes_lock:
+            if not charged.taken:
+                charged.nbytes += size
+                self._pending_bytes += size
 
     def request_flush(self) -> threading.Event:
         marker = _Flush()
+        with self._bytes_lock:
+            self._markers += 1
         self._queue.put(marker)
         return marker.done
 
     def request_close(self, finish: RunFinished) -> None:
+        with self._bytes_lock:
+            self._markers += 1
         self._queue.put(finish)
 
     def join(self, timeout: float) -> bool:
@@ -90,7 +126,14 @@ class BackendWorker:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Records queued for this backend and not yet delivered (flush/close markers excluded)."""
+        return max(0, self._queue.qsize() - self._markers)
+
+    @property
+    def undelivered(self) -> int:
+        """Records that would be lost if this backend's thread were abandoned now: the queued ones and
+        the one its ``log()`` may be stuck in."""
+        return self.pending + int(self._in_flight)
 
     # -- writer thread ---------------------------------------------------------------------------
     def _next(self) -> Any:
@@ -107,14 +150,23 @@ class BackendWorker:
         while True:
             record = self._next()
             if isinstance(record, _Flush):
+                with self._bytes_lock:
+                    self._markers -= 1
                 self._flush_backend()
                 record.done.set()
                 continue
             self.stats.received += 1
-            if record.droppable:
+            if type(record) is _Charged:
+                with self._bytes_lock:
+                    record.taken = True
+                    self._pending_bytes -= record.nbytes
+                record = record.deferred
+            elif record.droppable:
                 with self._bytes_lock:
                     self._pending_bytes -= record.nbytes
             if isinstance(record, RunFinished):
+                with self._bytes_lock:
+                    self._markers -= 1
                 self._close_backend(record)
                 return
             if type(record) is Deferred:
@@ -136,26 +188,36 @@ class BackendWorker:
             return None
 
     def _deliver(self, record: Record) -> None:
+        self._in_flight = True
         try:
             self.backend.log(record)
         except Exception as error:  # noqa: BLE001 - a backend must never reach the training loop
             self._failed(record, error)
             return
+        finally:
+            self._in_flight = False
         self.stats.delivered += 1
         self._consecutive_failures = 0
 
     def _failed(self, record: Record, error: BaseException) -> None:
         self.stats.failures += 1
         self._consecutive_failures += 1
+        # A backend that could not start cannot take any record: switch it off at once.
+        switch_off = isinstance(record, RunStarted) or self._consecutive_failures >= self.failure_limit
         if self.stats.failures == 1:
+            # One message for the first failure (the cause, with its traceback); the rest are counted
+            # and summed up once when the bus closes.
             log.error(
-                "logbus: backend %r failed on %s; other backends go on, further failures are counted.\n%s",
-                self.name, type(record).__name__, traceback.format_exc(),
+                "logbus: backend %r failed on %s; %s other backends go on.\n%s",
+                self.name, type(record).__name__,
+                "it is switched off and nothing more is delivered to it;" if switch_off
+                else "further failures are counted;", traceback.format_exc(),
             )
             self.stats.error = f"{type(error).__name__}: {error}"
-        # A backend that could not start cannot take any record: switch it off at once.
-        if isinstance(record, RunStarted) or self._consecutive_failures >= self.failure_limit:
+        if switch_off:
             self.stats.enabled = False
+            if self.stats.failures == 1:
+                return
             log.warning(
                 "logbus: backend %r switched off after %d failure(s) (%s); %d record(s) still queued for it "
                 "will not be delivered. Other backends are unaffected.",
@@ -174,7 +236,11 @@ class BackendWorker:
         started = time.perf_counter()
         try:
             self.backend.close(finish)
-        except Exception:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001
             self.stats.failures += 1
-            log.error("logbus: backend %r failed while closing.\n%s", self.name, traceback.format_exc())
+            if self.stats.error is None:
+                self.stats.error = f"{type(error).__name__}: {error}"
+                log.error("logbus: backend %r failed while closing.\n%s", self.name, traceback.format_exc())
+            else:  # already reported; counted in the summary the bus logs at close
+                log.debug("logbus: backend %r failed while closing.\n%s", self.name, traceback.format_exc())
         log.debug("logbus: backend %r closed in %.3fs", self.name, time.perf_counter() - started)

@@ -84,6 +84,7 @@ class Bus:
         # (1 while a Composer fit is running, so SIGTERM or a crash marks the run failed).
         self.exit_code_if_interrupted = 0
         self._on_close: list = []
+        self._unfinished_flushes: dict[str, threading.Event] = {}
         _close_before_interpreter_exit(self)
 
     # -- caller side -----------------------------------------------------------------------------
@@ -104,10 +105,26 @@ class Bus:
             log.warning("logbus: %s emitted after the bus was closed; it is not delivered", type(record).__name__)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Waits until everything emitted so far reached every live backend. False on timeout."""
+        """Waits until everything emitted so far reached every live backend. False on timeout.
+
+        A backend that has not yet finished an earlier flush (hung, or far behind) is not waited for
+        again: each flush would otherwise cost a full ``timeout`` (Composer flushes at ``fit_end`` and
+        again at ``close``), and ``close`` still gives it its deadline."""
+        if self.closed:
+            return True
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
-        done = [worker.request_flush() for worker in self.workers if not self.closed]
-        return all(event.wait(max(0.0, deadline - time.monotonic())) for event in done)
+        done = []
+        for worker in self.workers:
+            earlier = self._unfinished_flushes.get(worker.name)
+            if earlier is not None and not earlier.is_set():
+                done.append(earlier)
+                continue
+            done.append(worker.request_flush())
+            self._unfinished_flushes[worker.name] = done[-1]
+        clean = True
+        for event in done:
+            clean = event.wait(max(0.0, deadline - time.monotonic())) and clean
+        return clean
 
     def close(self, exit_code: int = 0, *, reason: str | None = None, timeout: float | None = None) -> bool:
         """Delivers everything queued, then closes every backend. Returns within ``timeout`` even if a
@@ -125,9 +142,9 @@ class Bus:
             if not worker.join(deadline - time.monotonic()):
                 clean = False
                 log.warning(
-                    "logbus: backend %r did not finish within the close deadline; %d record(s) were not "
-                    "delivered to it. Training is not held up; its thread is abandoned.",
-                    worker.name, worker.pending,
+                    "logbus: backend %r did not finish within the close deadline (%.3g s); %d record(s) were "
+                    "not delivered to it. Training is not held up; its thread is abandoned.",
+                    worker.name, self.close_timeout if timeout is None else timeout, worker.undelivered,
                 )
         self._report_losses()
         for callback in self._on_close:

@@ -17,6 +17,31 @@ import numpy as np
 
 from logbus.encoding import encode_image
 
+CHUNK = 32
+
+
+class _Chunk:
+    __slots__ = ("items", "future", "submitted")
+
+    def __init__(self):
+        self.items: list[tuple[np.ndarray, str]] = []
+        self.future: Future = Future()
+        self.submitted = False
+
+
+class EncodedFile:
+    """The future path of one encoded image (a slot in a chunk)."""
+
+    __slots__ = ("_pool", "_chunk", "_index")
+
+    def __init__(self, pool: "EncoderPool", chunk: _Chunk, index: int):
+        self._pool, self._chunk, self._index = pool, chunk, index
+
+    def result(self, timeout: float | None = None) -> str:
+        if not self._chunk.submitted:
+            self._pool.flush()
+        return self._chunk.future.result(timeout)[self._index]
+
 
 class EncoderPool:
     def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
@@ -33,24 +58,50 @@ class EncoderPool:
         self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch) if folder is None else None
         self.folder = folder or self._owned.name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logbus-encode")
-        self._files: dict[bytes, Future] = {}
+        self._files: dict[bytes, EncodedFile] = {}
+        self._chunk: _Chunk | None = None
         self._lock = threading.Lock()
         self.encoded = 0
         self.reused = 0
 
-    def encode(self, pixels: np.ndarray) -> Future:
-        """Future of the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file."""
+    def encode(self, pixels: np.ndarray) -> "EncodedFile":
+        """A handle whose ``result()`` is the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file.
+
+        Images are encoded in chunks (one task per ``CHUNK`` images, not one per image): a task per
+        image costs more Python, under the GIL, than a small PNG costs to encode."""
         digest = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
         with self._lock:
-            future = self._files.get(digest)
-            if future is not None:
+            handle = self._files.get(digest)
+            if handle is not None:
                 self.reused += 1
-                return future
+                return handle
             self.encoded += 1
+            if self._chunk is None:
+                self._chunk = _Chunk()
             # The pixels may live in a reused pinned buffer: encode from a private copy.
-            future = self._executor.submit(self._write, np.array(pixels), digest.hex())
-            self._files[digest] = future
-            return future
+            self._chunk.items.append((np.array(pixels), digest.hex()))
+            handle = self._files[digest] = EncodedFile(self, self._chunk, len(self._chunk.items) - 1)
+            if len(self._chunk.items) >= CHUNK:
+                self._submit_locked()
+            return handle
+
+    def flush(self) -> None:
+        """Starts encoding whatever is waiting for a full chunk."""
+        with self._lock:
+            self._submit_locked()
+
+    def _submit_locked(self) -> None:
+        chunk, self._chunk = self._chunk, None
+        if chunk is not None:
+            chunk.submitted = True
+            self._executor.submit(self._write_chunk, chunk)
+
+    def _write_chunk(self, chunk: "_Chunk") -> None:
+        try:
+            chunk.future.set_result([self._write(pixels, name) for pixels, name in chunk.items])
+        except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the result
+            chunk.future.set_exception(error)
+        chunk.items = []
 
     def _write(self, pixels: np.ndarray, name: str) -> str:
         suffix = ".png" if self.image_format == "png" else ".jpg"

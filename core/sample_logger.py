@@ -4,6 +4,11 @@ Replaces the ``LogPredictions`` callback of the W&B guide for Composer: instead 
 and one ``wandb.Image`` per sample on the training thread, each microbatch is handed to the
 pipeline as it is, and a table per evaluator (``samples/{label}``) is logged at ``eval_end``, at step
 ``state.timestamp.batch``, through the bus of the ``LogBusLogger``/``WandBLogger`` in the Trainer.
+
+Multi-process runs (``dist.get_world_size() > 1``): each rank samples its own shard of the eval data,
+and at ``eval_end`` the tables are gathered to rank 0 in one collective per table
+(``logbus.sample_gather``), which logs one table with a ``rank`` column. There, and only there,
+``eval_end`` waits (at most ``gather_timeout`` seconds) for the rank's own pipeline to finish the pass.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from typing import Any, Mapping
 
 from composer.core import Callback, State
 from composer.loggers import Logger
+from composer.utils import dist
 
 from logbus.deferred import Deferred
 from logbus.records import Table
+from logbus.sample_gather import gather_table
 from logbus.sample_options import split_options
 from logbus.sample_pipeline import SamplePipeline, pipeline_for
 
@@ -44,21 +51,39 @@ class SampleLogger(Callback):
         batches (``None``: never).
     :param extractor_options: the extractor's own options (``class_names``, ``mean``, ``std``,
         ``top_k``, ``tokenizer``...), given as keywords.
+    :param gather_timeout: multi-process runs only: seconds ``eval_end`` waits for this rank's table
+        before it is left out of the gathered one. Keep it below the Trainer's ``dist_timeout``
+        (default 300): the other ranks wait that long in the collective.
     :param pipeline_options: ``seed``, ``hardest_by``, ``max_pending_batches``, ``pinned_pool_bytes``,
         ``encode_workers``, ``image_format``, ``compress_level``, ``key_prefix``.
+
+    **Multi-process runs.** Composer gives each rank its own shard of the eval data; the policy applies
+    per rank (``first`` with ``num_samples=10`` on 4 ranks: up to 10 rows from each, 40 in all;
+    ``hardest``: each rank's hardest). At the end of each logged eval, every rank waits for its own
+    pipeline (bounded by ``gather_timeout``), then all ranks take part in one ``gather_object`` to
+    rank 0, each sending its rows with the encoded image files' bytes; a rank whose pipeline failed or
+    was late sends nothing, and never skips the collective. Rank 0 logs one table ``samples/{label}``
+    with a ``rank`` column before the extractor's columns (``id`` is the position in that rank's pass,
+    so ``(rank, id)`` is unique). Only rank 0 logs eval tables: with ``rank_zero_only=False`` the table
+    is in the ``-rank0`` run, not repeated in every rank's run, and the local backend writes it in
+    rank 0's folder. ``samples/train`` tables are not gathered (that would be a collective per training
+    batch): each rank logs its own, so with ``rank_zero_only=True`` they are rank 0's.
     """
 
     def __init__(self, extractor: Any = "classification", num_samples: int | None = 100, policy: str = "first", *,
                  input_key: Any = 0, target_key: Any = 1, interval: int = 1, train_interval: int | None = None,
-                 **options: Any):
+                 gather_timeout: float = 60.0, **options: Any):
         for argument, value in (("interval", interval), ("train_interval", train_interval)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{argument}: expected an int >= 1, got {value!r}")
+        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)) or not gather_timeout > 0:
+            raise ValueError(f"gather_timeout: expected a number of seconds > 0, got {gather_timeout!r}")
         extractor_options, pipeline_options = split_options(options)
         self.pipeline: SamplePipeline = pipeline_for(extractor, extractor_options, num_samples=num_samples,
                                                      policy=policy, **pipeline_options)
         self.input_key, self.target_key = input_key, target_key
         self.interval, self.train_interval = interval, train_interval
+        self.gather_timeout = float(gather_timeout)
         self.bus = None
         self._evals: dict[str, int] = {}
         self._active_label: str | None = None
@@ -85,6 +110,15 @@ class SampleLogger(Callback):
         future = self.pipeline.end_pass(label, step=step)
         self.bus.emit(Deferred(Table, future))
 
+    def _log_gathered(self, label: str, step: int) -> None:
+        """Every rank calls this once per logged eval (the same evals everywhere: the interval counts
+        evals, not batches), so the collective inside always has all ranks."""
+        future = self.pipeline.end_pass(label, step=step)
+        table = gather_table(future, key=f"{self.pipeline.key_prefix}/{label}", columns=self.pipeline.extractor.columns,
+                             step=step, folder=self.pipeline.encoder.folder, timeout=self.gather_timeout)
+        if table is not None:
+            self.bus.emit(table)
+
     # -- eval ------------------------------------------------------------------------------------
     def eval_start(self, state: State, logger: Logger) -> None:
         label = state.dataloader_label or "eval"
@@ -100,8 +134,11 @@ class SampleLogger(Callback):
 
     def eval_end(self, state: State, logger: Logger) -> None:
         if self._active_label is not None:
-            self._log(self._active_label, int(state.timestamp.batch))
-            self._active_label = None
+            label, self._active_label = self._active_label, None
+            if dist.get_world_size() > 1:
+                self._log_gathered(label, int(state.timestamp.batch))
+            else:
+                self._log(label, int(state.timestamp.batch))
 
     # -- training batches ------------------------------------------------------------------------
     def batch_start(self, state: State, logger: Logger) -> None:

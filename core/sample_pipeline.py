@@ -40,7 +40,7 @@ log = logging.getLogger("logbus")
 class PendingImage:
     """An image cell whose file is still being encoded. Masks are ``name -> (ids [H, W], labels)``."""
 
-    path: Future
+    path: Any  # a Future-like with result() -> path (logbus.encoder_pool.EncodedFile)
     caption: str | None = None
     masks: Mapping[str, tuple[np.ndarray, Mapping[int, str] | None]] = field(default_factory=dict)
 
@@ -269,6 +269,7 @@ class SamplePipeline:
 
     def _host_stage(self, host: dict[str, np.ndarray], rows: dict[int, list]) -> None:
         new_rows = self.extractor.host_stage(host, self.encoder.encode)
+        self.encoder.flush()
         for sample_id, row in zip(host["sample_id"].tolist(), new_rows):
             rows[sample_id] = row
         self.stats.samples_processed += len(new_rows)
