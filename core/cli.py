@@ -63,7 +63,8 @@ def _view(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from logbus.bench.report import main as bench_main
 
-    return bench_main(as_json=args.json, plot_path=None if args.no_plot else args.plot, full=args.full)
+    return bench_main(as_json=args.json, plot_path=None if args.no_plot else args.plot, full=args.full,
+                      verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--plot", default="logbus-bench.png", help="where to write the PNG chart")
     bench.add_argument("--no-plot", action="store_true")
     bench.add_argument("--full", action="store_true", help="the full sizes of `make bench` (several minutes)")
+    bench.add_argument("--verbose", action="store_true", help="also show pytest-benchmark's own tables")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)

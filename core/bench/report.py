@@ -7,6 +7,8 @@ command and the project's benchmarks are the same code.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import platform
@@ -34,12 +36,15 @@ def run_suites(*, quick: bool = True, verbose: bool = False) -> dict[str, Any]:
         previous = os.getcwd()
         os.chdir(folder)  # wandb and local runs land in the scratch folder, removed afterwards
         os.environ.setdefault("LOGBUS_BENCH_DIR", folder)
+        output = io.StringIO()  # pytest-benchmark's own tables: shown only with --verbose or on failure
         try:
-            code = pytest.main(["-c", config, "--rootdir", folder, "-p", "no:cacheprovider", "--benchmark-only",
-                                f"--benchmark-json={report}", "-q" if verbose else "-qq", "--pyargs", *SUITES])
+            with contextlib.redirect_stdout(sys.stdout if verbose else output):
+                code = pytest.main(["-c", config, "--rootdir", folder, "-p", "no:cacheprovider", "--benchmark-only",
+                                    f"--benchmark-json={report}", "-q", "--pyargs", *SUITES])
         finally:
             os.chdir(previous)
         if code != 0:
+            sys.stderr.write(output.getvalue())
             raise SystemExit(f"logbus bench: the benchmark suites failed (pytest exit code {int(code)})")
         with open(report) as file:
             return json.load(file)
@@ -134,8 +139,9 @@ def plot(summary: dict[str, Any], path: str) -> str:
     return path
 
 
-def main(*, as_json: bool = False, plot_path: str | None = "logbus-bench.png", full: bool = False) -> int:
-    summary = summarise(run_suites(quick=not full))
+def main(*, as_json: bool = False, plot_path: str | None = "logbus-bench.png", full: bool = False,
+         verbose: bool = False) -> int:
+    summary = summarise(run_suites(quick=not full, verbose=verbose))
     if plot_path:
         summary["plot"] = plot(summary, plot_path)
     if as_json:

@@ -1,0 +1,37 @@
+"""``logbus bench`` runs the real suites (quick sizes) and reports ratios measured in that one run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+@pytest.mark.timeout(400)
+def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
+    plot = tmp_path / "bench.png"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    result = subprocess.run([str(Path(sys.executable).with_name("logbus")), "bench", "--json", "--plot", str(plot)],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=380)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["machine"]["cpus"] == os.cpu_count()
+    calls = summary["log_metrics"]
+    assert set(calls) == {"logbus via Composer Logger", "wandb.log", "queue.Queue.put"}
+    assert summary["wandb_log_vs_logbus"] == pytest.approx(
+        calls["wandb.log"]["wall_us_per_call"] / calls["logbus via Composer Logger"]["wall_us_per_call"])
+    sizes = {row["size"]: row for row in summary["eval"]}
+    assert set(sizes) == {32, 224}
+    for row in sizes.values():
+        assert set(row["seconds"]) == {"no_sample_logging", "guide", "sample_logger", "sample_logger_jpeg"}
+        assert row["ratio"]["no_sample_logging"] == 1.0
+        for variant, seconds in row["seconds"].items():
+            assert row["ratio"][variant] == pytest.approx(seconds / row["seconds"]["no_sample_logging"])
+    with Image.open(plot) as image:
+        assert image.width > 500 and len(image.getcolors(1 << 16) or []) > 3  # bars drawn, not blank
+    assert not list(tmp_path.glob("wandb")), "runs belong in the command's scratch folder"
