@@ -42,6 +42,11 @@ class EncodedFile:
             self._pool.flush()
         return self._chunk.future.result(timeout)[self._index]
 
+    @property
+    def failed(self) -> bool:
+        future = self._chunk.future
+        return future.done() and future.exception() is not None
+
 
 class EncoderPool:
     def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
@@ -72,7 +77,8 @@ class EncoderPool:
         digest = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
         with self._lock:
             handle = self._files.get(digest)
-            if handle is not None:
+            # A failed write (a full scratch disk, say) is tried again, not handed to every later eval.
+            if handle is not None and not handle.failed:
                 self.reused += 1
                 return handle
             self.encoded += 1

@@ -30,6 +30,8 @@ from logbus.records import (
 )
 
 _INIT_ARGUMENTS = ("project", "group", "name", "entity")
+# wandb.init arguments stored in the run record (not `settings`, which may carry the key on purpose).
+_RECORDED_INIT_ARGUMENTS = ("name", "notes", "group", "tags", "job_type", "project", "entity")
 
 
 class WandBBackend:
@@ -61,6 +63,18 @@ class WandBBackend:
         self.entity = entity
         self.project = project
         self.run_dir: str | None = None
+        # Composer warns at construction, on every rank, where a launcher's WORLD_SIZE already tells a
+        # distributed run; without one, the warning waits for the world size that RunStarted brings.
+        self._warned_artifacts = False
+        if _launcher_world_size() > 1:
+            self._warn_if_artifacts_are_lost()
+
+    def _warn_if_artifacts_are_lost(self) -> None:
+        if self.log_artifacts and self.rank_zero_only and not self._warned_artifacts:
+            self._warned_artifacts = True
+            warnings.warn("When logging artifacts, `rank_zero_only` should be set to False. Artifacts from other "
+                          "ranks will not be collected, leading to a loss of information required to restore "
+                          "from checkpoints.", stacklevel=3)
 
     # -- records ---------------------------------------------------------------------------------
     def log(self, record) -> None:
@@ -110,13 +124,15 @@ class WandBBackend:
             kwargs["name"] = f"{base_name}-rank{record.rank}"
             kwargs["group"] = kwargs.get("group") or base_name
         self.enabled = not self.rank_zero_only or record.rank == 0
-        if self.log_artifacts and self.rank_zero_only and record.world_size > 1:
-            warnings.warn("When logging artifacts, `rank_zero_only` should be set to False. Artifacts from other "
-                          "ranks will not be collected, leading to a loss of information required to restore "
-                          "from checkpoints.", stacklevel=2)
+        if record.world_size > 1:
+            self._warn_if_artifacts_are_lost()
         if not self.enabled:
             return
         config = redact_secrets({**dict(kwargs.pop("config", None) or {}), **record.config})
+        # The API key copied into an init argument W&B records with the run is hidden as in the config.
+        for key in _RECORDED_INIT_ARGUMENTS:
+            if kwargs.get(key) is not None:
+                kwargs[key] = redact_secrets(kwargs[key])
         # Several runs may live in one process (tests, sweeps, a bus per rank): never hand back an old one.
         kwargs.setdefault("reinit", "create_new")
         self.run = wandb.init(config=config, **kwargs)
@@ -140,8 +156,16 @@ class WandBBackend:
         import wandb
         import wandb.errors
 
-        if not self.entity or not self.project:
-            raise RuntimeError("download_file: the W&B run has not started yet (entity/project unknown)")
+        # Ranks that do not log (rank_zero_only) never start a run, and Composer may ask any of them to
+        # load a checkpoint: fall back to the configured project and the API key's default entity
+        # rather than a collective at init (which would make every rank wait for wandb.init).
+        entity = self.entity or self.init_kwargs.get("entity")
+        project = self.project or self.init_kwargs.get("project")
+        if not project:
+            raise RuntimeError("download_file: the W&B project is unknown: the run has not started on this rank "
+                               "and no `project` was given")
+        if not entity:
+            entity = wandb.Api().default_entity
         if os.path.exists(destination) and not overwrite:
             raise FileExistsError(f"destination: {destination!r} exists and overwrite=False")
         if ":" not in remote_file_name:
@@ -149,7 +173,7 @@ class WandBBackend:
         artifact_name, _, version = remote_file_name.rpartition(":")
         name = f"{wandb_artifact_name(artifact_name)}:{re.sub(r'[^A-Za-z0-9_.-]', '.', version)}"
         try:
-            artifact = wandb.Api().artifact("/".join([self.entity, self.project, name]))
+            artifact = wandb.Api().artifact("/".join([entity, project, name]))
         except wandb.errors.CommError as error:
             raise FileNotFoundError(f"W&B artifact {name} not found") from error
         with tempfile.TemporaryDirectory() as folder:
@@ -158,6 +182,14 @@ class WandBBackend:
             if len(files) != 1:
                 raise RuntimeError(f"W&B artifact {name} holds {len(files)} files; expected exactly one checkpoint")
             shutil.move(os.path.join(folder, files[0]), destination)
+
+
+def _launcher_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun and Composer's launcher set it (what ``composer.utils.dist`` reads)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
 
 
 def _to_wandb(cell: Any) -> Any:

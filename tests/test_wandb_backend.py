@@ -291,3 +291,16 @@ def test_the_default_wandb_dir_is_used_for_the_run(wandb_offline):
     [run_dir] = find_run_dirs(wandb_offline)
     assert run_dir.parent == wandb_offline / "wandb"
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_download_file_on_a_rank_without_a_run_needs_a_project(tmp_path):
+    """A rank that never started a run (rank_zero_only) can still be asked for a checkpoint: without a
+    configured project it says what is missing instead of failing somewhere inside wandb."""
+    from logbus.plugins.wandb import WandBBackend
+
+    with pytest.raises(RuntimeError, match="project is unknown"):
+        WandBBackend().download_file("ckpt.pt", str(tmp_path / "out.pt"))
+    existing = tmp_path / "exists.pt"
+    existing.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="destination"):
+        WandBBackend(project="p", entity="e").download_file("ckpt.pt", str(existing))

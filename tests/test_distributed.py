@@ -1,0 +1,373 @@
+"""Multi-process runs on Composer's distributed engine: a real 2-process gloo group on the CPU.
+
+Each test starts this file as a script once per rank, with the environment Composer's launcher sets
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``NODE_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``); the ``Trainer`` initialises the process group. Every rank writes what it saw to a
+JSON file; this process reads the offline W&B runs back with ``wandb_reader`` and checks them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+WORLD_SIZE = 2
+EVAL_SIZE = 64  # 32 samples per rank, 2 eval batches of 16
+NUM_SAMPLES = 10  # rows each rank's "first" policy keeps
+EPOCHS = 2  # 2 training batches each: checkpoints and evals at ba2 and ba4
+RANK_TIMEOUT = 100  # seconds a rank may take, start-up included (about 15 here); a hang fails the test
+
+ARTIFACT_WARNING = "When logging artifacts, `rank_zero_only` should be set to False"
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+# -- one rank (runs in its own process) ------------------------------------------------------------
+class FailingBackend:
+    """A third-party backend that raises on every record, on one rank only."""
+
+    name = "flaky"
+
+    def __init__(self, fail_on_rank: int):
+        self.failing = int(os.environ["RANK"]) == fail_on_rank
+
+    def log(self, record) -> None:
+        if self.failing:
+            raise RuntimeError(f"flaky backend: cannot log {type(record).__name__}")
+
+    def close(self, finish) -> None:
+        if self.failing:
+            raise RuntimeError("flaky backend: cannot close")
+
+
+class LogbusMessages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def sabotage(encoder, evals: list[int]) -> None:
+    """On this rank, the image files of the first eval cannot be written (its pipeline fails that
+    pass), and those of the second take a second each (its pipeline is late)."""
+    write = encoder._write
+
+    def sabotaged(pixels, name):
+        if evals[0] == 1:
+            raise OSError("No space left on device (test)")
+        time.sleep(1.0)
+        return write(pixels, name)
+
+    encoder._write = sabotaged
+
+
+def eval_set():
+    from logbus.demo import load_digits
+
+    images, labels = load_digits()
+    return images[-EVAL_SIZE:], labels[-EVAL_SIZE:]
+
+
+def run_rank(config: dict[str, Any]) -> None:
+    import torch
+    from composer import Callback, Trainer
+    from composer.models import ComposerClassifier
+    from composer.utils import dist
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from logbus.composer import LogBusLogger, SampleLogger, WandBLogger
+    from logbus.demo import DigitsCNN, load_digits
+
+    rank = int(os.environ["RANK"])
+    messages = LogbusMessages()
+    logging.getLogger("logbus").addHandler(messages)
+    seen_warnings: list[str] = []
+    show = warnings.showwarning
+
+    def record_warning(message, category, *args, **kwargs):  # from any thread, the writer threads too
+        seen_warnings.append(f"{category.__name__}: {message}")
+        show(message, category, *args, **kwargs)
+
+    warnings.showwarning = record_warning
+    warnings.simplefilter("always", UserWarning)
+
+    class RankFileUpload(Callback):
+        """Each rank uploads a file of its own at every epoch end, as sharded checkpoints are: Composer's
+        own (monolithic) checkpoints are written by rank 0 only."""
+
+        def epoch_checkpoint(self, state, logger):
+            path = Path(config["folder"]) / f"shard-ep{int(state.timestamp.epoch)}-rank{rank}.pt"
+            torch.save({"rank": rank}, path)
+            logger.upload_file(remote_file_name=f"shards/{path.name}", file_path=path)
+
+    class CountEvals(Callback):
+        def __init__(self):
+            self.evals = [0]
+
+        def eval_start(self, state, logger):
+            self.evals[0] += 1
+
+    images, labels = load_digits()
+    train = TensorDataset(images[:256], labels[:256])
+    evaluation = TensorDataset(*eval_set())
+    with warnings.catch_warnings(record=True) as at_construction:
+        warnings.simplefilter("always")
+        loggers = [WandBLogger(project="logbus-dist", name=config["name"], rank_zero_only=config["rank_zero_only"],
+                               log_artifacts=True)]
+    if config.get("flaky_rank") is not None:
+        loggers.append(LogBusLogger(backends=[FailingBackend(config["flaky_rank"]), "local"]))
+    torch.manual_seed(0)
+    model = ComposerClassifier(DigitsCNN(), num_classes=10)
+    sample_logger = SampleLogger("classification", num_samples=NUM_SAMPLES, policy="first",
+                                 gather_timeout=config.get("gather_timeout", 60.0))
+    count_evals = CountEvals()
+    if config.get("sabotage_rank") == rank:
+        sabotage(sample_logger.pipeline.encoder, count_evals.evals)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=DataLoader(train, batch_size=16, sampler=dist.get_sampler(train, shuffle=True)),
+        eval_dataloader=DataLoader(evaluation, batch_size=16, sampler=dist.get_sampler(evaluation)),
+        train_subset_num_batches=2, max_duration=f"{EPOCHS}ep", eval_interval="1ep",
+        loggers=loggers, callbacks=[count_evals, sample_logger, RankFileUpload()],
+        save_folder="checkpoints", save_interval="1ep",
+        device="cpu", dist_timeout=60, progress_bar=False, seed=0, run_name=config["name"],
+    )
+    trainer.fit()
+    trainer.close()
+    result = {
+        "rank": rank,
+        "world_size": dist.get_world_size(),
+        "warnings": seen_warnings,
+        "logbus_messages": messages.messages,
+        "warnings_at_construction": [str(warning.message) for warning in at_construction],
+        "pipeline": vars(sample_logger.pipeline.stats),
+        "buses": [logger.bus.stats() for logger in loggers],
+        "local_run_dir": getattr(loggers[-1].bus.backends.get("local"), "run_dir", None),
+    }
+    Path(config["folder"], f"result-rank{rank}.json").write_text(json.dumps(result))
+
+
+# -- the test process ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(folder: Path, **config: Any) -> list[dict[str, Any]]:
+    """Runs ``config`` on ``WORLD_SIZE`` ranks; every rank must exit 0 within ``RANK_TIMEOUT``.
+
+    Started once more if the free port found here was taken before rank 0 bound it."""
+    config["folder"] = str(folder)
+    for attempt in (1, 2):
+        failures = run_ranks(folder, config)
+        logs = [(folder / f"rank{rank}.log").read_text() for rank in range(WORLD_SIZE)]
+        if not failures:
+            return [json.loads((folder / f"result-rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+        if attempt == 1 and "address already in use" in logs[0].lower():
+            continue
+        pytest.fail("; ".join(failures) + "\n" + "\n".join(f"--- rank {rank} ---\n{log[-4000:]}"
+                                                         for rank, log in enumerate(logs)))
+
+
+def run_ranks(folder: Path, config: dict[str, Any]) -> list[str]:
+    env = {name: value for name, value in os.environ.items() if name not in DIST_ENV}
+    env.update(WORLD_SIZE=str(WORLD_SIZE), LOCAL_WORLD_SIZE=str(WORLD_SIZE), NODE_RANK="0",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    processes = []
+    for rank in range(WORLD_SIZE):
+        with open(folder / f"rank{rank}.log", "w") as log:
+            # A session of its own: a rank that hangs is killed with whatever it started (wandb-core).
+            processes.append(subprocess.Popen([sys.executable, __file__, json.dumps(config)], cwd=folder,
+                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
+    deadline = time.monotonic() + RANK_TIMEOUT
+    failures = []
+    for rank, process in enumerate(processes):
+        try:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            failures.append(f"rank {rank} still running after {RANK_TIMEOUT} s (killed)")
+        else:
+            if process.returncode != 0:
+                failures.append(f"rank {rank} exited {process.returncode}")
+    return failures
+
+
+def decode(path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as image:
+        return np.asarray(image)
+
+
+def check_gathered_table(columns: list[str], rows: list[list[Any]], image_file, ranks=range(WORLD_SIZE)) -> None:
+    """Rows ``first`` kept on each of ``ranks``: rank ``r``'s ``id`` ``i`` is eval sample ``r + 2 i``
+    (``DistributedSampler`` without shuffling deals the samples out in turn)."""
+    from logbus.kernels import images_to_uint8_reference
+
+    images, labels = eval_set()
+    pixels = images_to_uint8_reference(images).numpy()[..., 0]
+    assert columns[:3] == ["rank", "id", "image"] and "truth" in columns
+    keys = [(row[0], row[1]) for row in rows]
+    assert sorted(keys) == [(rank, i) for rank in ranks for i in range(NUM_SAMPLES)]
+    for row in rows:
+        sample = row[0] + WORLD_SIZE * row[1]
+        assert row[columns.index("truth")] == int(labels[sample])
+        np.testing.assert_array_equal(decode(image_file(row[2])), pixels[sample])
+
+
+def artifacts(run) -> list[tuple[str, str, list[str]]]:
+    return sorted((artifact.name, artifact.type, sorted(artifact.aliases)) for artifact in run.user_artifacts())
+
+
+def rank_files(rank: int, *, checkpoints: bool) -> list[tuple[str, str, list[str]]]:
+    """The artifacts of ``rank``'s files: its shard per epoch and, for rank 0, Composer's checkpoint and
+    its ``latest`` symlink (Composer writes monolithic checkpoints on rank 0 only)."""
+    files = []
+    for epoch in range(1, EPOCHS + 1):
+        aliases = sorted(["latest", f"ep{epoch}-ba{2 * epoch}"])
+        files.append((f"shards.shard-ep{epoch}-rank{rank}.pt", "model", aliases))
+        if checkpoints:
+            files.append((f"checkpoints.ep{epoch}-ba{2 * epoch}-rank0.pt", "model", aliases))
+            files.append(("checkpoints.latest-rank0.pt.symlink", "symlink", aliases))
+    return sorted(files)
+
+
+@pytest.mark.timeout(RANK_TIMEOUT + 30)
+def test_rank_zero_only_run_holds_every_ranks_samples_and_a_failing_backend_hangs_no_rank(wandb_offline, tmp_path):
+    from wandb_reader import find_run_dirs, read_wandb_run
+
+    results = launch(tmp_path, name="zero", rank_zero_only=True, flaky_rank=1)
+
+    (run_dir,) = find_run_dirs(wandb_offline)  # one W&B run: rank 0's
+    run = read_wandb_run(run_dir)
+    assert run.name == "zero" and not run.run.get("run_group") and run.exit_code == 0
+    assert [step for step, _ in run.metric("loss/train/total")] == [0, 1, 2, 3]  # rank 0's data is complete
+    tables = run.tables("samples/eval")
+    assert [step for step, _, _ in tables] == [2, 4]
+    for _, columns, rows in tables:
+        check_gathered_table(columns, rows, lambda cell: cell["file"])
+    # Composer's warning as Composer gives it: at construction, once, on every rank. Only rank 0 uploads.
+    for result in results:
+        assert [ARTIFACT_WARNING in message for message in result["warnings_at_construction"]] == [True]
+        assert sum(ARTIFACT_WARNING in message for message in result["warnings"]) == 0, result["warnings"]
+    assert artifacts(run) == rank_files(0, checkpoints=True)
+
+    # The flaky backend failed on rank 1 only; both ranks finished, and rank 0's local run is complete.
+    flaky = [result["buses"][1]["backends"]["flaky"] for result in results]
+    assert (flaky[0]["failures"], flaky[0]["enabled"]) == (0, True) and flaky[0]["delivered"] > 10
+    assert flaky[1]["failures"] >= 1 and not flaky[1]["enabled"]
+    rank0_local = Path(results[0]["local_run_dir"])
+    assert rank0_local.name == "zero-rank0" and Path(results[1]["local_run_dir"]).name == "zero-rank1"
+    metrics = [json.loads(line) for line in (rank0_local / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in metrics if "loss/train/total" in line] == [0, 1, 2, 3]
+    assert json.loads((rank0_local / "run.json").read_text())["status"] == "finished"
+    assert results[0]["pipeline"]["rows_logged"] == results[1]["pipeline"]["rows_logged"] == EPOCHS * NUM_SAMPLES
+
+
+@pytest.mark.timeout(RANK_TIMEOUT + 30)
+def test_per_rank_runs_are_grouped_and_each_holds_its_own_ranks_files(wandb_offline, tmp_path):
+    from wandb_reader import find_run_dirs, read_wandb_run
+
+    launch(tmp_path, name="per-rank", rank_zero_only=False)
+
+    runs = {run.name: run for run in map(read_wandb_run, find_run_dirs(wandb_offline))}
+    assert sorted(runs) == ["per-rank-rank0", "per-rank-rank1"]
+    for rank in range(WORLD_SIZE):
+        run = runs[f"per-rank-rank{rank}"]
+        assert run.run["run_group"] == "per-rank" and run.exit_code == 0
+        assert [step for step, _ in run.metric("loss/train/total")] == [0, 1, 2, 3]
+        assert artifacts(run) == rank_files(rank, checkpoints=rank == 0)
+    # The gathered table is logged once, in rank 0's run.
+    tables = runs["per-rank-rank0"].tables("samples/eval")
+    assert [step for step, _, _ in tables] == [2, 4]
+    for _, columns, rows in tables:
+        check_gathered_table(columns, rows, lambda cell: cell["file"])
+    assert runs["per-rank-rank1"].tables("samples/eval") == []
+
+
+@pytest.mark.timeout(RANK_TIMEOUT + 30)
+def test_a_rank_whose_pipeline_fails_or_is_late_sends_nothing_and_still_joins_the_gather(wandb_offline, tmp_path):
+    from wandb_reader import read_only_run
+
+    results = launch(tmp_path, name="sabotaged", rank_zero_only=True, sabotage_rank=1, gather_timeout=1.0)
+
+    tables = read_only_run(wandb_offline).tables("samples/eval")
+    assert [step for step, _, _ in tables] == [2, 4]
+    for _, columns, rows in tables:  # rank 0's rows, complete; none of rank 1's
+        check_gathered_table(columns, rows, lambda cell: cell["file"], ranks=[0])
+    late = [message for message in results[1]["logbus_messages"] if "was not ready 1 s after the end of the eval" in message]
+    assert len(late) == 1 and "'samples/eval' of rank 1" in late[0]
+    # Eval 1 failed on rank 1; eval 2 was late there, and finished (unlogged) before the pipeline closed.
+    assert (results[1]["pipeline"]["tables_dropped"], results[1]["pipeline"]["tables_logged"]) == (1, 1)
+    assert results[0]["pipeline"]["tables_dropped"] == 0
+    assert not [message for message in results[0]["logbus_messages"] if "samples" in message]
+
+
+# -- what travels, without a process group ---------------------------------------------------------
+def test_an_image_cell_travels_whole_and_lands_as_a_file_of_the_receiving_rank(tmp_path, caplog):
+    import pickle
+
+    from logbus.encoding import encode_image
+    from logbus.records import Box, Image, Mask, Table
+    from logbus.sample_gather import merge_tables, pack_table
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    sender, receiver = tmp_path / "rank1-scratch", tmp_path / "rank0-scratch"
+    sender.mkdir()
+    receiver.mkdir()
+    (sender / "a.png").write_bytes(encode_image(pixels, "png"))
+    mask = rng.integers(0, 3, (6, 5))
+    columns = ["id", "image", "loss"]
+    sent = Table("samples/val", columns, [
+        [0, Image(path=str(sender / "a.png"), caption="a", masks={"prediction": Mask(mask, {0: "bg", 2: "cat"})},
+                  boxes=[Box(1, 1, 3, 4, class_id=2, caption="cat", score=0.5)], box_class_labels={2: "cat"}), 0.25],
+        [1, Image(pixels=pixels[:, :, :1]), None]], step=4)
+    payload = pickle.loads(pickle.dumps(pack_table(sent)))  # as gather_object carries it
+    (sender / "a.png").unlink()  # rank 1's scratch files never reach rank 0
+
+    (receiver / "own.png").write_bytes(encode_image(pixels[::-1], "png"))
+    own = Table("samples/val", columns, [[0, Image(path=str(receiver / "own.png")), 1.5]], step=4)
+    merged = merge_tables(own, [None, payload], key="samples/val", columns=columns, step=4, folder=str(receiver))
+    assert (merged.key, merged.step, merged.columns) == ("samples/val", 4, ["rank", *columns])
+    assert [row[:2] for row in merged.rows] == [[0, 0], [1, 0], [1, 1]] and merged.rows[0][2] is own.rows[0][1]
+    image = merged.rows[1][2]
+    assert Path(image.path).parent == receiver and image.path.endswith(".png")
+    np.testing.assert_array_equal(decode(image.path), pixels)
+    assert (image.caption, image.box_class_labels, list(image.boxes)) == ("a", {2: "cat"}, list(sent.rows[0][1].boxes))
+    np.testing.assert_array_equal(image.masks["prediction"].data, mask)
+    assert image.masks["prediction"].class_labels == {0: "bg", 2: "cat"}
+    np.testing.assert_array_equal(merged.rows[2][2].pixels, pixels[:, :, :1])
+    assert merged.rows[1][3:] == [0.25] and merged.rows[2][3:] == [None]
+
+    # The same image in a later eval is the same file: backends copy or upload it once.
+    again = merge_tables(None, [None, payload], key="samples/val", columns=columns, step=6, folder=str(receiver))
+    assert [row[:2] for row in again.rows] == [[1, 0], [1, 1]] and again.rows[0][2].path == image.path
+    # A rank with other columns is left out, and says so; no table at all when no rank had one.
+    other = {**payload, "columns": ["id", "image", "accuracy"]}
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        only_own = merge_tables(own, [None, other], key="samples/val", columns=columns, step=4, folder=str(receiver))
+    assert [row[:2] for row in only_own.rows] == [[0, 0]]
+    assert "the samples of rank 1 have columns ['id', 'image', 'accuracy']" in caplog.text
+    assert merge_tables(None, [None, None], key="samples/val", columns=columns, step=4, folder=str(receiver)) is None
+
+
+if __name__ == "__main__":
+    run_rank(json.loads(sys.argv[1]))
