@@ -37,7 +37,7 @@ def register_backends(register: Callable[..., None]) -> None:
     - optional ``supports: frozenset[type]``: record types beyond ``RunStarted``, ``Metrics`` and
       ``Hyperparameters`` that the backend wants (``Table``, ``Images``, ``Artifact``); others are not
       delivered to it.
-    - optional ``download_file(remote_file_name, destination, overwrite=False)`` for backends that can
+    - optional ``download_file(remote_file_name, destination, overwrite=False, progress_bar=True)`` for backends that can
       give files back (Composer loads checkpoints through it).
 
     Exceptions from ``log`` are caught by the bus: reported once, counted, and after repeated

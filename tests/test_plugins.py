@@ -157,8 +157,8 @@ def test_example_plugin_is_listed_with_its_distribution(sites, tmp_path):
     assert "warning:" not in stderr
     assert plugins["example"] == {
         "name": "example", "module": "logbus_example_plugin", "distribution": EXAMPLE_DIST, "version": "0.1.0",
-        "builtin": False, "hooks": ["register_backends"], "registers": ["backend:jsonl-recorder"], "error": None,
-            "status": "loaded",
+        "builtin": False, "hooks": ["register_backends", "register_extractors"],
+        "registers": ["backend:jsonl-recorder", "extractor:regression"], "error": None, "status": "loaded",
     }
     assert set(plugins) == BUILTINS | {"example"}
     for name in BUILTINS:
@@ -169,7 +169,8 @@ def test_example_plugin_is_listed_with_its_distribution(sites, tmp_path):
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split() == ["name", "version", "distribution", "registers", "status"]
-    assert ["example", "0.1.0", EXAMPLE_DIST, "backend:jsonl-recorder", "loaded"] in [row.split() for row in rows]
+    assert ["example", "0.1.0", EXAMPLE_DIST, "backend:jsonl-recorder,", "extractor:regression", "loaded"] in [
+        row.split() for row in rows]
     assert {row.split()[0] for row in rows} == BUILTINS | {"example"}
 
 

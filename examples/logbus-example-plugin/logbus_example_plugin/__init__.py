@@ -1,7 +1,13 @@
-"""An example logbus plugin: the ``jsonl-recorder`` backend writes one JSON line per record it gets.
+"""An example logbus plugin: a backend and a sample extractor, registered the way any plugin is.
 
-Copy this package to start your own backend. The whole contract is ``log(record)``, ``close(finish)``
-and an optional ``supports`` set of extra record types; see ``logbus.hookspecs``.
+- ``jsonl-recorder`` (backend) writes one JSON line per record it gets. The whole backend contract is
+  ``log(record)``, ``close(finish)`` and an optional ``supports`` set of extra record types.
+- ``regression`` (extractor) logs samples of models that predict one number per sample: rows
+  ``id, target, prediction, abs_error``. It lives in ``logbus_example_plugin.regression``, which
+  imports torch; this module does not, because ``logbus plugins`` imports every plugin module and
+  should stay fast. The factory imports it on first use.
+
+Copy this package to start your own; ``logbus.hookspecs`` has the contracts.
 """
 
 from __future__ import annotations
@@ -58,3 +64,16 @@ def _summary(record) -> dict:
 @logbus.hookimpl
 def register_backends(register):
     register("jsonl-recorder", JsonlRecorder, description="example: every record as one JSON line in a file")
+
+
+def regression_extractor(**options):
+    """The ``regression`` extractor's factory: imports torch (through its module) only when used."""
+    from logbus_example_plugin.regression import RegressionExtractor
+
+    return RegressionExtractor(**options)
+
+
+@logbus.hookimpl
+def register_extractors(register):
+    register("regression", regression_extractor,
+             description="example: target, prediction and absolute error of scalar regressors")

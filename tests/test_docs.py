@@ -1,0 +1,242 @@
+"""The README and the docstrings say what the code does.
+
+- Hooks: every hookspec has a docstring with a ``:param`` per argument, and the README's hook
+  reference and plugin guide name every hook (and no hook that does not exist).
+- Configuration reference: each table lists exactly the parameters of the constructor it documents,
+  with their real defaults, so a new option that is not documented, or a documented one that no
+  longer exists, fails here. (That ``WandBLogger``'s signature equals Composer's is checked in
+  ``test_composer_adapter.py``.)
+- The README's code runs or at least parses, its links lead somewhere, and the plugin example in
+  "Writing a plugin" works as written, tested with the ``logbus.testing`` fixtures it shows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import logbus.testing
+from logbus import hookspecs
+from logbus.bus import Bus
+from logbus.composer import LogBusLogger, SampleLogger, WandBLogger
+from logbus.plugin_manager import PluginHost
+from logbus.plugins.extractors import BUILTIN_EXTRACTORS
+from logbus.run_context import Run
+from logbus.sample_options import PIPELINE_OPTIONS
+from logbus.sample_pipeline import SamplePipeline
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+HOOKS = {name: function for name, function in vars(hookspecs).items()
+         if callable(function) and hasattr(function, f"{hookspecs.PROJECT_NAME}_spec")}
+
+
+def sections(text: str, level: int) -> dict[str, str]:
+    """Heading text (without the #s) -> the text under it, up to the next heading of this level or above."""
+    pattern = re.compile(rf"^(#{{1,{level}}}) (.+)$", re.M)
+    found = {}
+    matches = list(pattern.finditer(_without_code(text)))
+    for match, following in zip(matches, matches[1:] + [None]):
+        if len(match.group(1)) == level:
+            found[match.group(2).strip()] = text[match.end():following.start() if following else len(text)]
+    return found
+
+
+def _without_code(text: str) -> str:
+    """The text with fenced code blocked out (same length), so that ``# comments`` are not headings."""
+    return re.sub(r"^```.*?^```", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.M | re.S)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the first markdown table in ``text``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return rows[2:]  # header and separator left out
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+CHAPTERS = sections(README, 2)
+REFERENCE = sections(CHAPTERS["Configuration reference"], 3)
+
+
+# -- hooks -----------------------------------------------------------------------------------------
+
+
+def test_the_hookspecs_are_found():
+    assert set(HOOKS) >= {"register_backends", "register_extractors"}
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_every_hook_has_a_docstring_with_each_parameter(name):
+    doc = inspect.getdoc(HOOKS[name])
+    assert doc and len(doc.splitlines()[0]) > 10, f"{name}: no docstring (its first line says what the hook is for)"
+    documented = re.findall(r"^:param (\w+):", doc, flags=re.M)
+    assert documented == list(inspect.signature(HOOKS[name]).parameters), f"{name}: one :param per argument, in order"
+
+
+def test_the_hook_reference_has_a_section_per_hook_and_no_other():
+    headings = re.findall(r"^`(\w+)\((.*)\)`$", "\n".join(sections(CHAPTERS["Hook reference"], 3)), flags=re.M)
+    assert {name for name, _ in headings} == set(HOOKS)
+    for name, arguments in headings:
+        assert [a.strip() for a in arguments.split(",")] == list(inspect.signature(HOOKS[name]).parameters), name
+
+
+@pytest.mark.parametrize("chapter", ["Writing a plugin", "Hook reference"])
+def test_the_plugin_docs_name_every_hook(chapter):
+    missing = [name for name in HOOKS if f"`{name}" not in CHAPTERS[chapter] and f"def {name}" not in CHAPTERS[chapter]]
+    assert not missing, f"README '{chapter}' does not mention {missing}"
+
+
+# -- configuration reference -----------------------------------------------------------------------
+
+
+def _builtin_classes() -> dict[str, type]:
+    """Heading in the reference -> the class it documents, for every built-in backend and extractor."""
+    host = PluginHost(load_entry_points=False)
+    classes = {}
+    for name, registration in host.registry["backend"].items():
+        heading = "`WandBLogger` and the `wandb` backend" if name == "wandb" else f"`{name}` backend"
+        classes[heading] = registration.factory
+    for name, (module, class_name, _) in BUILTIN_EXTRACTORS.items():
+        classes[f"`{name}` extractor"] = getattr(__import__(module, fromlist=[class_name]), class_name)
+    assert set(host.registry["extractor"]) == set(BUILTIN_EXTRACTORS)
+    return classes
+
+
+# heading -> [(callable, parameters it does not document here)]; a table may merge several signatures
+DOCUMENTED = {
+    "`logbus.start_run`": [(Run, {"bus_options"}), (Bus, {"backends"})],
+    "`LogBusLogger`": [(LogBusLogger, set())],
+    "`SampleLogger`": [(SampleLogger, {"options"})],  # **options: the pipeline's and the extractor's
+    "Sample pipeline options": [(SamplePipeline, {"extractor", "num_samples", "policy"})],
+    **{heading: [(cls, set())] for heading, cls in _builtin_classes().items()},
+}
+
+
+def _parameters(documented) -> dict[str, inspect.Parameter]:
+    parameters = {}
+    for function, left_out in documented:
+        for name, parameter in inspect.signature(function).parameters.items():
+            if name not in left_out and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                parameters[name] = parameter
+    return parameters
+
+
+def test_the_reference_documents_exactly_these_tables():
+    assert set(REFERENCE) == set(DOCUMENTED) | {"Environment variables"}
+
+
+@pytest.mark.parametrize("heading", sorted(DOCUMENTED), ids=lambda heading: heading.replace("`", ""))
+def test_each_reference_table_matches_the_signature(heading):
+    parameters = _parameters(DOCUMENTED[heading])
+    rows = table_rows(REFERENCE[heading])
+    documented = [re.fullmatch(r"`(\w+)`", row[0]).group(1) for row in rows]
+    missing = [name for name in parameters if name not in documented]
+    unknown = [name for name in documented if name not in parameters]
+    assert not missing and not unknown, f"README {heading}: undocumented options {missing}, options that do not exist {unknown}"
+    assert documented == list(parameters), f"README {heading}: list the options in the signature's order"
+    for row in rows:
+        name, default = re.fullmatch(r"`(\w+)`", row[0]).group(1), row[1]
+        expected = parameters[name].default
+        if expected is inspect.Parameter.empty:
+            assert default == "required", f"README {heading}: {name} has no default"
+        else:
+            code = re.fullmatch(r"`(.+)`", default)
+            assert code, f"README {heading}: the default of {name} should be code, got {default!r}"
+            assert eval(code.group(1), {"__builtins__": {}}) == expected, f"README {heading}: default of {name}"  # noqa: S307
+
+
+def test_pipeline_options_are_the_pipelines_keywords():
+    # Otherwise a documented pipeline option would be handed to the extractor (or the other way round).
+    assert set(PIPELINE_OPTIONS) == set(_parameters(DOCUMENTED["Sample pipeline options"]))
+
+
+def test_wandb_logger_takes_the_wandb_backends_arguments():
+    # One table documents both; WandBLogger's own equality with Composer's is in test_composer_adapter.py.
+    from logbus.plugins.wandb import WandBBackend
+
+    ours = [(p.name, p.default) for p in inspect.signature(WandBLogger).parameters.values()]
+    assert ours == [(p.name, p.default) for p in inspect.signature(WandBBackend).parameters.values()]
+
+
+def test_the_environment_variables_are_the_ones_the_code_reads():
+    sources = [*ROOT.joinpath("core").glob("*.py"), *ROOT.joinpath("plugins").glob("*.py")]
+    read = {name for path in sources for name in re.findall(r"[\"'](LOGBUS_[A-Z_]+)[\"']", path.read_text())}
+    documented = {re.fullmatch(r"`(\w+)`", row[0]).group(1) for row in table_rows(REFERENCE["Environment variables"])}
+    assert documented == read
+
+
+# -- the README as a whole -------------------------------------------------------------------------
+
+
+def test_the_front_door_comes_first():
+    # What it is (the text above the first chapter), how to install it, the two commands and a quick
+    # start; then the guides and the references.
+    order = list(CHAPTERS)
+    assert order.index("Install") < order.index("The two commands") < order.index("Quick start: Composer"), order
+    assert "make demo" in CHAPTERS["The two commands"] and "make test" in CHAPTERS["The two commands"]
+    for chapter in ("Migrating from Composer's WandBLogger", "From the guide's LogPredictions to SampleLogger",
+                    "Plain PyTorch loops", "W&B offline and `wandb sync`", "Writing a plugin",
+                    "Configuration reference", "Hook reference"):
+        assert order.index(chapter) > order.index("Quick start: Composer"), chapter
+    assert order.index("Writing a plugin") < order.index("Configuration reference") < order.index("Hook reference")
+
+
+def test_python_blocks_parse_and_toml_blocks_load():
+    import tomllib
+
+    for block in code_blocks(README, "python"):
+        compile(block, "README.md", "exec")
+    for block in code_blocks(README, "toml"):
+        tomllib.loads(block)
+
+
+def test_links_lead_somewhere():
+    anchors = {slug(match) for match in re.findall(r"^#+ (.+)$", _without_code(README), flags=re.M)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", README):
+        if target.startswith(("http://", "https://")):
+            continue
+        if target.startswith("#"):
+            assert target[1:] in anchors, f"README links to a missing heading: {target}"
+        else:
+            assert (ROOT / target).exists(), f"README links to a missing file: {target}"
+
+
+def test_the_fixture_table_lists_the_kits_fixtures():
+    fixtures = {name for name in logbus.testing.__all__ if not isinstance(getattr(logbus.testing, name), type)}
+    plugin_guide = CHAPTERS["Writing a plugin"]
+    table = plugin_guide[plugin_guide.index("| fixture |"):]
+    assert {re.fullmatch(r"`(\w+)`", row[0]).group(1) for row in table_rows(table)} == fixtures
+
+
+def test_the_plugin_example_works_as_written(pytester):
+    """The files of "Writing a plugin" (code blocks whose first line is ``# <path>``), written out as
+    they are and tested with the test they show."""
+    files = {}
+    for block in code_blocks(CHAPTERS["Writing a plugin"], "python"):
+        first_line, _, body = block.partition("\n")
+        if re.fullmatch(r"# [\w/]+\.py", first_line):
+            files[first_line[2:]] = body
+    assert {"my_plugin/__init__.py", "tests/conftest.py"} <= set(files) and any(p.startswith("tests/test_") for p in files)
+    for relative, body in files.items():
+        path = pytester.path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(body))
+    pytester.syspathinsert()
+    result = pytester.runpytest("tests", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=sum(body.count("\ndef test_") + body.startswith("def test_")
+                                      for relative, body in files.items() if relative.startswith("tests/test_")))
