@@ -7,12 +7,33 @@ import os
 import tempfile
 from typing import Any
 
+FILE_MODE = 0o644  # before the umask, as for any file this process creates with open()
+_UMASK: list[int] = []
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc tells it (os.umask only sets it)."""
+    if not _UMASK:
+        try:
+            with open("/proc/self/status", encoding="ascii") as status:
+                _UMASK.append(next(int(line.split()[1], 8) for line in status if line.startswith("Umask:")))
+        except (OSError, StopIteration, ValueError, IndexError):
+            current = os.umask(0o022)
+            os.umask(current)
+            _UMASK.append(current)
+    return _UMASK[0]
+
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Writes to a temporary file in the same folder, then renames it over ``path``."""
+    """Writes to a temporary file in the same folder, then renames it over ``path``.
+
+    The temporary file is hidden and ends in ``.partial``: if the process is killed before the rename,
+    what is left never passes for a finished file (a ``*.json`` glob does not pick it up)."""
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path)[-16:])
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)[:64]}.", suffix=".partial")
     try:
+        # mkstemp makes the file 0600; the finished file gets the mode of the JSON-lines files beside it.
+        os.fchmod(fd, FILE_MODE & ~_umask())
         with os.fdopen(fd, "wb") as file:
             file.write(data)
         os.replace(tmp, path)
@@ -35,7 +56,7 @@ class JsonLines:
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
 
     def append(self, value: Any) -> None:
         line = (json.dumps(value, separators=(",", ":"), default=str, allow_nan=True) + "\n").encode()

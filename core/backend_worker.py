@@ -6,8 +6,8 @@ itself: the others keep receiving records in order. The training thread only put
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 import queue
 import threading
 import time

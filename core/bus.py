@@ -65,10 +65,12 @@ class Bus:
 
     def __init__(self, backends: Iterable[Any], *, max_pending_bytes: int = 256 * 2**20,
                  failure_limit: int = 5, close_timeout: float = 60.0):
-        if not isinstance(max_pending_bytes, int) or max_pending_bytes <= 0:
+        if isinstance(max_pending_bytes, bool) or not isinstance(max_pending_bytes, int) or max_pending_bytes <= 0:
             raise ValueError(f"max_pending_bytes: expected a positive int, got {max_pending_bytes!r}")
-        if not isinstance(failure_limit, int) or failure_limit < 1:
+        if isinstance(failure_limit, bool) or not isinstance(failure_limit, int) or failure_limit < 1:
             raise ValueError(f"failure_limit: expected an int >= 1, got {failure_limit!r}")
+        if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) or not close_timeout >= 0:
+            raise ValueError(f"close_timeout: expected a number of seconds >= 0, got {close_timeout!r}")
         self.close_timeout = float(close_timeout)
         self.workers = [
             BackendWorker(name, backend, max_pending_bytes=max_pending_bytes, failure_limit=failure_limit)
@@ -84,7 +86,6 @@ class Bus:
         # (1 while a Composer fit is running, so SIGTERM or a crash marks the run failed).
         self.exit_code_if_interrupted = 0
         self._on_close: list = []
-        self._unfinished_flushes: dict[str, threading.Event] = {}
         _close_before_interpreter_exit(self)
 
     # -- caller side -----------------------------------------------------------------------------
@@ -105,26 +106,10 @@ class Bus:
             log.warning("logbus: %s emitted after the bus was closed; it is not delivered", type(record).__name__)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Waits until everything emitted so far reached every live backend. False on timeout.
-
-        A backend that has not yet finished an earlier flush (hung, or far behind) is not waited for
-        again: each flush would otherwise cost a full ``timeout`` (Composer flushes at ``fit_end`` and
-        again at ``close``), and ``close`` still gives it its deadline."""
-        if self.closed:
-            return True
+        """Waits until everything emitted so far reached every live backend. False on timeout."""
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
-        done = []
-        for worker in self.workers:
-            earlier = self._unfinished_flushes.get(worker.name)
-            if earlier is not None and not earlier.is_set():
-                done.append(earlier)
-                continue
-            done.append(worker.request_flush())
-            self._unfinished_flushes[worker.name] = done[-1]
-        clean = True
-        for event in done:
-            clean = event.wait(max(0.0, deadline - time.monotonic())) and clean
-        return clean
+        done = [worker.request_flush() for worker in self.workers if not self.closed]
+        return all(event.wait(max(0.0, deadline - time.monotonic())) for event in done)
 
     def close(self, exit_code: int = 0, *, reason: str | None = None, timeout: float | None = None) -> bool:
         """Delivers everything queued, then closes every backend. Returns within ``timeout`` even if a

@@ -170,6 +170,13 @@ class SamplePipeline:
         self._worker.join(timeout)
         self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
         self.stats.pinned_peak_bytes = self.pinned.peak_bytes
+        stats = self.stats
+        if stats.batches_dropped or stats.tables_dropped or stats.errors or self._worker.is_alive():
+            # Drops are by design (training never waits for samples), but never silent: said once, here.
+            log.warning("logbus: sample pipeline: %d of %d batches dropped because the worker was behind "
+                        "(max_pending_batches), %d table(s) lost to %d error(s)%s",
+                        stats.batches_dropped, stats.batches_submitted, stats.tables_dropped, stats.errors,
+                        "; its worker did not finish within the close deadline" if self._worker.is_alive() else "")
 
     def cleanup(self) -> None:
         """Deletes encoded files; call once every backend has taken the tables (after the bus closed)."""

@@ -31,7 +31,7 @@ from logbus.records import (
 
 _INIT_ARGUMENTS = ("project", "group", "name", "entity")
 # wandb.init arguments stored in the run record (not `settings`, which may carry the key on purpose).
-_RECORDED_INIT_ARGUMENTS = ("name", "notes", "group", "tags", "job_type", "project", "entity")
+_RECORDED_INIT_ARGUMENTS = ("name", "notes", "group", "tags", "job_type")
 
 
 class WandBBackend:
@@ -106,6 +106,7 @@ class WandBBackend:
             key = record.key if part == 1 else f"{record.key}/part{part}"
             data[key] = wandb.Table(columns=record.columns, data=[[_to_wandb(cell) for cell in row] for row in rows])
         self.run.log(data, step=record.step)
+        _forget_table_artifacts(data.values())
 
     def close(self, finish: RunFinished) -> None:
         if self.run is not None:
@@ -190,6 +191,25 @@ def _launcher_world_size() -> int:
         return int(os.environ.get("WORLD_SIZE") or 1)
     except ValueError:
         return 1
+
+
+def _forget_table_artifacts(tables) -> None:
+    """Drops the ``run_table`` artifacts of just-logged tables from wandb's process-wide artifact cache.
+
+    wandb keeps the last 100 artifacts it made (``artifact_instance_cache*``, for references between
+    artifacts by client id), and a table's artifact holds the table with every ``wandb.Image``: about
+    2.5 KB a row, so 100 evals of 10,000 sample rows kept ~2.5 GB alive. logbus logs each table object
+    once and never refers to it again, so nothing looks these up. A private wandb module: if it moves,
+    this does nothing."""
+    try:
+        from wandb.sdk.artifacts import artifact_instance_cache as cache
+    except ImportError:
+        return
+    logged = {id(target.artifact) for table in tables
+              if (target := getattr(table, "_artifact_target", None)) is not None}
+    for store in (getattr(cache, "artifact_instance_cache_by_client_id", {}), getattr(cache, "artifact_instance_cache", {})):
+        for key in [key for key, artifact in list(store.items()) if id(artifact) in logged]:
+            store.pop(key, None)
 
 
 def _to_wandb(cell: Any) -> Any:
