@@ -16,6 +16,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from typing import Any, Optional, Sequence, Union
 
@@ -60,6 +61,7 @@ class LogBusLogger(LoggerDestination):
         # Composer may delete or rotate a checkpoint right after upload_file returns; files are
         # hard-linked (or copied) here first so the writer thread uploads what was asked for.
         self._staging: tempfile.TemporaryDirectory | None = None
+        self._deadline: float | None = None
         self._state: State | None = None
 
     def _step(self, step: Optional[int]) -> Optional[int]:
@@ -84,16 +86,29 @@ class LogBusLogger(LoggerDestination):
         self.bus.exit_code_if_interrupted = 0
         if self.log_stats:
             self.bus.emit(Metrics(self.bus.stats_metrics(), step=int(state.timestamp.batch)))
-        self.bus.flush()
+        self._deadline = time.monotonic() + self.bus.close_timeout
+        self.bus.flush(self._time_left())
 
     def close(self, state: State, logger: Logger) -> None:
-        self.bus.flush()
+        self.bus.flush(self._time_left())
 
     def post_close(self) -> None:
         failed = sys.exc_info() != (None, None, None) or self.bus.exit_code_if_interrupted
-        self.bus.close(1 if failed else 0, reason="training raised" if failed else None)
+        # The flushes may have spent the deadline on a hung backend; the healthy ones still get a grace
+        # period to finish their runs (wandb.finish), so the end of training is bounded by
+        # close_timeout + min(close_timeout, 10 s) in all.
+        grace = min(self.bus.close_timeout, 10.0)
+        self.bus.close(1 if failed else 0, reason="training raised" if failed else None,
+                       timeout=max(self._time_left(), grace))
         if self._staging is not None:
             self._staging.cleanup()
+
+    def _time_left(self) -> float:
+        """fit_end's and close's flushes and post_close's close share one close_timeout: a hung
+        backend holds the end of training about that long in all, not once per event."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.bus.close_timeout
+        return max(0.0, self._deadline - time.monotonic())
 
     # -- LoggerDestination -----------------------------------------------------------------------
     def log_hyperparameters(self, hyperparameters: dict[str, Any]) -> None:

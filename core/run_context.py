@@ -62,7 +62,7 @@ class Run:
                                                        mask_class_labels=mask_class_labels), step))
 
     def log_artifact(self, path: str, name: str, *, type: str = "file", aliases: Sequence[str] = ()) -> None:
-        self.bus.emit(Artifact(path=path, name=name, type=type, aliases=list(aliases)))
+        self.bus.emit(Artifact(path=path, name=name, type=type, aliases=aliases))  # Artifact rejects a bare str
 
     def samples(self, extractor: Any = "classification", num_samples: int | None = 100, policy: str = "first",
                 **options: Any) -> SampleStream:

@@ -175,8 +175,11 @@ def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str]) ->
 
 def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...]) -> tuple[str, list[int]]:
     """The overlay of a class-id mask (written once) and the coloured class ids in it."""
+    root = os.path.realpath(run_dir)
+    source = os.path.realpath(os.path.join(run_dir, mask_path))
+    if os.path.commonpath([root, source]) != root:  # a tampered table must not make us write elsewhere
+        raise ValueError(f"mask path {mask_path!r} leaves the run folder")
     overlay = (mask_path[: -len(".mask.png")] if mask_path.endswith(".mask.png") else mask_path) + ".overlay.png"
-    source = os.path.join(run_dir, mask_path)
     class_ids = _colour_mask(source, os.path.join(run_dir, overlay), os.stat(source).st_mtime_ns, labels)
     return overlay, class_ids
 

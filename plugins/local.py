@@ -91,10 +91,12 @@ class LocalBackend:
             return
         self._run_info.update(status="finished" if finish.exit_code == 0 else "failed",
                               exit_code=finish.exit_code, reason=finish.reason, finished_at=time.time())
-        write_json_atomic(self._path("run.json"), self._run_info)
-        for file in [self._metrics, *self._files.values()]:
-            if file is not None:
-                file.close()
+        try:
+            write_json_atomic(self._path("run.json"), self._run_info)
+        finally:  # a full disk must not leak the descriptors (it is reported once, by the bus)
+            for file in [self._metrics, *self._files.values()]:
+                if file is not None:
+                    file.close()
         self._refresh_viewer(final=True)
 
     # -- helpers ---------------------------------------------------------------------------------
