@@ -18,6 +18,7 @@ import torch
 from composer import Callback, Trainer
 from composer.loggers import LoggerDestination
 from composer.models import ComposerClassifier
+from local_reader import assert_same_series, local_series, read_lines
 from PIL import Image as PILImage
 from wandb_reader import read_only_run
 
@@ -57,19 +58,6 @@ def make_trainer(loggers, *, callbacks=(), batches: int = 4, **options) -> Train
 def decode(path) -> np.ndarray:
     with PILImage.open(path) as image:
         return np.asarray(image)
-
-
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def local_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
-    return [(line["step"], line[name]) for line in read_lines(run_dir / "metrics.jsonl") if name in line]
-
-
-def assert_same_series(got, expected):
-    assert [step for step, _ in got] == [step for step, _ in expected]
-    assert [value for _, value in got] == pytest.approx([value for _, value in expected], rel=1e-6)
 
 
 # -- the drop-in WandBLogger -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from local_reader import read_lines
 from PIL import Image as PILImage
 
 import logbus
@@ -18,10 +19,6 @@ from logbus.records import Box, Image, Mask
 def decode(path) -> np.ndarray:
     with PILImage.open(path) as image:
         return np.asarray(image)
-
-
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def read_json(path: Path):
