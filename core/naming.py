@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from logbus.strict_json import NONFINITE
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _WANDB_ARTIFACT_CHARS = re.compile(r"[^A-Za-z0-9\-_.]")
@@ -62,3 +64,22 @@ def wandb_artifact_name(name: str) -> str:
     """W&B permits only alphanumerics, ``-``, ``_`` and ``.`` in artifact names (as Composer does)."""
     cleaned = re.sub(r"\.{2,}", ".", _WANDB_ARTIFACT_CHARS.sub(".", name)).strip(".") or "artifact"
     return cleaned[:MAX_NAME]
+
+
+# A local run's metrics line has fields of its own beside the metrics ({"step", "time", "loss", ...}), and
+# hparams.json may get one ("_nonfinite"). A user's name equal to one of these, or starting with the
+# prefix, is written with the prefix in front ("step" -> "metric/step"): it can overwrite nothing, and
+# the mapping is reversible (unprefixed_name).
+METRIC_PREFIX, HPARAM_PREFIX = "metric/", "hparam/"
+METRICS_LINE_FIELDS = frozenset({"step", "time", NONFINITE})
+HPARAMS_FIELDS = frozenset({NONFINITE})
+
+
+def prefixed_name(name: str, reserved: frozenset[str], prefix: str) -> str:
+    """The field a user's metric or hyperparameter ``name`` is written under (see ``METRIC_PREFIX``)."""
+    return prefix + name if name in reserved or name.startswith(prefix) else name
+
+
+def unprefixed_name(field: str, prefix: str) -> str:
+    """The user's name back from the field it was written under (the inverse of :func:`prefixed_name`)."""
+    return field[len(prefix):] if field.startswith(prefix) else field

@@ -28,7 +28,9 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image as PILImage
 
+from logbus import strict_json
 from logbus.atomic import write_bytes_atomic
+from logbus.naming import HPARAM_PREFIX, METRIC_PREFIX, METRICS_LINE_FIELDS, unprefixed_name
 
 INDEX = "index.html"
 _DATA_SLOT = "__LOGBUS_RUN_DATA__"
@@ -60,7 +62,7 @@ def write_viewer(run_dir: str | os.PathLike) -> str:
     data = {
         "folder": os.path.basename(os.path.abspath(run_dir)),
         "run": _read_json(os.path.join(run_dir, "run.json")) or {},
-        "hparams": _read_json(os.path.join(run_dir, "hparams.json")) or {},
+        "hparams": _hparams(os.path.join(run_dir, "hparams.json")),
         "metrics": _metrics(os.path.join(run_dir, "metrics.jsonl")),
         "tables": _tables(run_dir),
     }
@@ -84,9 +86,10 @@ def _template() -> str:
 
 # -- reading the run folder ------------------------------------------------------------------------
 def _read_json(path: str) -> Any:
+    """The document in ``path``, with the NaN/infinities that ``strict_json`` wrote as null put back."""
     try:
         with open(path, encoding="utf-8") as file:
-            return json.load(file)
+            return strict_json.restore(json.load(file))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -101,9 +104,16 @@ def _read_lines(path: str) -> Iterator[dict]:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(record, dict):
-                    yield record
+                    yield strict_json.restore(record)
     except FileNotFoundError:
         return
+
+
+def _hparams(path: str) -> dict:
+    hparams = _read_json(path)
+    if not isinstance(hparams, dict):
+        return {}
+    return {unprefixed_name(name, HPARAM_PREFIX): value for name, value in hparams.items()}
 
 
 def _finite(value: Any) -> Any:
@@ -123,9 +133,10 @@ def _metrics(path: str) -> dict[str, list[list]]:
     unstepped: dict[str, list[list]] = {}
     for record in _read_lines(path):
         step = record.get("step")
-        for name, value in record.items():
-            if name in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
+        for field, value in record.items():
+            if field in METRICS_LINE_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
+            name = unprefixed_name(field, METRIC_PREFIX)  # "metric/step" is the user's metric "step"
             if isinstance(step, (int, float)) and not isinstance(step, bool):
                 stepped.setdefault(name, []).append([step, value])
             else:
