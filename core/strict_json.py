@@ -30,6 +30,7 @@ def dumps(document: Any, **options: Any) -> str:
         pass
     found: list[list] = []
     clean = _replace(document, [], found)
+    found = [[entry[:-1], entry[-1]] for entry in found]
     if found:
         if not isinstance(clean, dict):
             raise ValueError(f"document: non-finite numbers need a JSON object to record their kind in, "
@@ -64,16 +65,35 @@ def restore(document: Any) -> Any:
 
 
 def _replace(value: Any, path: list, found: list[list]) -> Any:
+    """``value`` with non-finite floats as None; ``found`` gets ``[*path, kind]`` for each. ``path`` is
+    one list pushed and popped on the way down: this runs over whole tables, so a finite value costs
+    a type check and nothing is built for it."""
     if isinstance(value, float):  # what json writes as a number (numpy's float64 included)
-        if math.isfinite(value):
+        if value - value == 0.0:  # finite: inf - inf and NaN - NaN are NaN
             return value
-        found.append([list(path), "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"])
+        found.append([*path, "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"])
         return None
     if isinstance(value, dict):
-        return {key: _replace(item, [*path, _json_key(key)], found) for key, item in value.items()}
+        out = {}
+        for key, item in value.items():
+            if isinstance(item, _MAY_HOLD_NONFINITE):
+                path.append(_json_key(key))
+                item = _replace(item, path, found)
+                path.pop()
+            out[key] = item
+        return out
     if isinstance(value, (list, tuple)):
-        return [_replace(item, [*path, index], found) for index, item in enumerate(value)]
+        items = list(value)
+        for index, item in enumerate(items):
+            if isinstance(item, _MAY_HOLD_NONFINITE):
+                path.append(index)
+                items[index] = _replace(item, path, found)
+                path.pop()
+        return items
     return value
+
+
+_MAY_HOLD_NONFINITE = (float, dict, list, tuple)
 
 
 def _json_key(key: Any) -> str:
