@@ -69,9 +69,9 @@ def _replace(value: Any, path: list, found: list[list]) -> Any:
     one list pushed and popped on the way down: this runs over whole tables, so a finite value costs
     a type check and nothing is built for it."""
     if isinstance(value, float):  # what json writes as a number (numpy's float64 included)
-        if value - value == 0.0:  # finite: inf - inf and NaN - NaN are NaN
+        if math.isfinite(value):
             return value
-        found.append([*path, "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"])
+        found.append([*path, "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"])
         return None
     if isinstance(value, dict):
         out = {}

@@ -18,6 +18,7 @@ from local_reader import local_series, read_lines, strict_loads
 from PIL import Image as PILImage
 
 import logbus
+from logbus import strict_json
 from logbus.demo import load_digits
 from logbus.records import Box, Image, Mask
 from logbus.viewer import write_viewer
@@ -206,6 +207,24 @@ def test_nan_and_infinities_are_null_with_their_kind_kept(logbus_dir):
         result = subprocess.run(["jq", "-c", recipe, str(run_dir / "hparams.json")], capture_output=True, text=True,
                                 timeout=60, check=True)
         assert json.loads(result.stdout)["schedule"] == {"floor": "-Infinity", "warmup": [0.5, "NaN"]}
+
+
+def test_strict_json_puts_back_exactly_what_it_replaced():
+    inf, nan = math.inf, math.nan
+    document = {"a": nan, "b": [1, inf, {"c": -inf, 3: nan, True: 0.5}], "t": (1.0, nan), "s": "NaN", "n": None,
+                "f": np.float64(-inf)}
+    text = strict_json.dumps(document)
+    parsed = strict_loads(text)
+    assert parsed["s"] == "NaN" and parsed["n"] is None and parsed["b"][2]["true"] == 0.5
+    assert sorted(map(str, parsed["_nonfinite"])) == sorted(map(str, [
+        [["a"], "NaN"], [["b", 1], "Infinity"], [["b", 2, "c"], "-Infinity"], [["b", 2, "3"], "NaN"],
+        [["t", 1], "NaN"], [["f"], "-Infinity"]]))
+    back = strict_json.restore(json.loads(text))
+    assert back["b"][:2] == [1, inf] and back["b"][2]["c"] == -inf and math.isnan(back["b"][2]["3"])
+    assert math.isnan(back["a"]) and math.isnan(back["t"][1]) and back["f"] == -inf and back["n"] is None
+    assert strict_json.dumps({"x": 1.5}) == '{"x": 1.5}'  # nothing non-finite: no extra field
+    with pytest.raises(ValueError, match="_nonfinite"):
+        strict_json.dumps({"_nonfinite": 1, "x": nan})
 
 
 def test_metrics_named_step_or_time_cannot_overwrite_the_lines_own_fields(logbus_dir):
