@@ -76,8 +76,11 @@ HPARAMS_FIELDS = frozenset({NONFINITE})
 
 
 def prefixed_name(name: str, reserved: frozenset[str], prefix: str) -> str:
-    """The field a user's metric or hyperparameter ``name`` is written under (see ``METRIC_PREFIX``)."""
-    return prefix + name if name in reserved or name.startswith(prefix) else name
+    """The field a user's metric or hyperparameter ``name`` is written under (see ``METRIC_PREFIX``).
+    A name that is not a str (a run config may have int keys) is left as it is: json writes it as one."""
+    if isinstance(name, str) and (name in reserved or name.startswith(prefix)):
+        return prefix + name
+    return name
 
 
 def unprefixed_name(field: str, prefix: str) -> str:

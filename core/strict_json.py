@@ -76,8 +76,9 @@ def _replace(value: Any, path: list, found: list[list]) -> Any:
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
+            key = _json_key(key)  # as json would write it; a str also sorts beside "_nonfinite"
             if isinstance(item, _MAY_HOLD_NONFINITE):
-                path.append(_json_key(key))
+                path.append(key)
                 item = _replace(item, path, found)
                 path.pop()
             out[key] = item

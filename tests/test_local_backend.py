@@ -223,6 +223,8 @@ def test_strict_json_puts_back_exactly_what_it_replaced():
     assert back["b"][:2] == [1, inf] and back["b"][2]["c"] == -inf and math.isnan(back["b"][2]["3"])
     assert math.isnan(back["a"]) and math.isnan(back["t"][1]) and back["f"] == -inf and back["n"] is None
     assert strict_json.dumps({"x": 1.5}) == '{"x": 1.5}'  # nothing non-finite: no extra field
+    # int keys (a run config may have them) sort beside the added field, as json writes them: as str
+    assert strict_json.dumps({2: nan, 1: "a"}, sort_keys=True) == '{"1": "a", "2": null, "_nonfinite": [[["2"], "NaN"]]}'
     with pytest.raises(ValueError, match="_nonfinite"):
         strict_json.dumps({"_nonfinite": 1, "x": nan})
 
