@@ -219,6 +219,21 @@ def test_segmentation_rows_leave_ignored_pixels_out_of_accuracy_and_loss(make_pi
         assert cell.masks["prediction"].class_labels == {0: "sky", 1: "road", 2: "car"}
 
 
+def test_classification_with_masked_classes_scores_as_plain_softmax_does(make_pipeline):
+    inf = float("inf")
+    logits = torch.tensor([[-inf, 2.0, 1.0, -inf], [-inf, -inf, 0.5, -inf], [1.0, float("nan"), -inf, 0.0],
+                           [-inf, -inf, -inf, -inf]])
+    pipeline = make_pipeline("classification", {"top_k": 2}, num_samples=None)
+    pipeline.submit(torch.rand(4, 1, 3, 3), torch.tensor([1, 2, 0, 0]), logits)
+    table = finish(pipeline)
+    probs = logits[:2].softmax(1)
+    assert column(table, "prediction") == [1, 2, -1, -1]
+    assert column(table, "correct") == [True, True, False, False]
+    assert column(table, "flag") == ["", "", "nonfinite", "nonfinite"]
+    assert column(table, "confidence")[:2] == pytest.approx([float(probs[0, 1]), 1.0])
+    assert column(table, "top_k")[:2] == [f"1:{probs[0, 1]:.3f}, 2:{probs[0, 2]:.3f}", "2:1.000, 0:0.000"]
+
+
 def test_segmentation_flags_nan_and_plus_inf_logits_but_not_masked_classes(make_pipeline):
     logits = torch.randn(4, 3, 4, 5, generator=torch.Generator().manual_seed(3))
     logits[1, 2] = float("-inf")  # class 2 masked out everywhere in sample 1: valid
