@@ -30,7 +30,7 @@ from PIL import Image as PILImage
 
 from logbus import strict_json
 from logbus.atomic import write_bytes_atomic
-from logbus.naming import HPARAM_PREFIX, METRIC_PREFIX, METRICS_LINE_FIELDS, unprefixed_name
+from logbus.naming import METRICS_LINE_FIELDS, hparam_name, metric_name
 
 INDEX = "index.html"
 _DATA_SLOT = "__LOGBUS_RUN_DATA__"
@@ -113,7 +113,7 @@ def _hparams(path: str) -> dict:
     hparams = _read_json(path)
     if not isinstance(hparams, dict):
         return {}
-    return {unprefixed_name(name, HPARAM_PREFIX): value for name, value in hparams.items()}
+    return {hparam_name(field): value for field, value in hparams.items()}
 
 
 def _finite(value: Any) -> Any:
@@ -136,7 +136,7 @@ def _metrics(path: str) -> dict[str, list[list]]:
         for field, value in record.items():
             if field in METRICS_LINE_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            name = unprefixed_name(field, METRIC_PREFIX)  # "metric/step" is the user's metric "step"
+            name = metric_name(field)  # "metric/step" is the user's metric "step"
             if isinstance(step, (int, float)) and not isinstance(step, bool):
                 stepped.setdefault(name, []).append([step, value])
             else:

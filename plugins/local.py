@@ -31,27 +31,8 @@ import numpy as np
 import logbus
 from logbus.atomic import JsonLines, copy_file_atomic, write_bytes_atomic, write_json_atomic
 from logbus.encoding import encode_image, encode_mask
-from logbus.naming import (
-    HPARAM_PREFIX,
-    HPARAMS_FIELDS,
-    METRIC_PREFIX,
-    METRICS_LINE_FIELDS,
-    prefixed_name,
-    safe_filename,
-    safe_relpath,
-)
-from logbus.records import (
-    Artifact,
-    Hyperparameters,
-    Image,
-    Images,
-    Mask,
-    Metrics,
-    RunFinished,
-    RunStarted,
-    Table,
-    as_float,
-)
+from logbus.naming import hparam_field, metric_field, safe_filename, safe_relpath
+from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 from logbus.viewer import write_viewer
 
 DEFAULT_ROOT = "logbus_runs"
@@ -88,8 +69,7 @@ class LocalBackend:
             self._start(RunStarted(run_name=time.strftime("run-%Y%m%d-%H%M%S")))
         if isinstance(record, Metrics):
             line = {"step": record.step, "time": time.time()}
-            line.update({prefixed_name(name, METRICS_LINE_FIELDS, METRIC_PREFIX): as_float(value)
-                         for name, value in record.values.items()})
+            line.update({metric_field(name): as_float(value) for name, value in record.values.items()})
             self._metrics.append(line)
         elif isinstance(record, Hyperparameters):
             self._hparams.update(record.values)
@@ -161,8 +141,8 @@ class LocalBackend:
         self._metrics = JsonLines(self._path("metrics.jsonl"))
 
     def _write_hparams(self) -> None:
-        write_json_atomic(self._path("hparams.json"), {prefixed_name(name, HPARAMS_FIELDS, HPARAM_PREFIX): value
-                                                       for name, value in self._hparams.items()})
+        write_json_atomic(self._path("hparams.json"),
+                          {hparam_field(name): value for name, value in self._hparams.items()})
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.run_dir, *parts)
@@ -195,15 +175,15 @@ class LocalBackend:
         masks = {}
         for name, mask in cell.masks.items():
             class_labels = {str(k): v for k, v in (mask.class_labels or {}).items()}
-            masks[name] = {"path": self._mask_file(key, name, mask, class_labels), "class_labels": class_labels}
+            masks[name] = {"path": self._mask_file(key, name, mask.data, class_labels), "class_labels": class_labels}
         return {"_type": "image", "path": relative, "caption": cell.caption, "masks": masks,
                 "boxes": [asdict(box) for box in cell.boxes]}
 
-    def _mask_file(self, key: str, name: str, mask: Mask, class_labels: dict[str, str]) -> str:
+    def _mask_file(self, key: str, name: str, ids: np.ndarray, class_labels: dict[str, str]) -> str:
         """The mask's file in media/, written once: the same ground truth comes back at every eval, and
         like an image seen again it is referenced, not encoded and written again. The labels are part of
         what is the same, as the viewer colours a mask file once for its labels."""
-        ids = np.ascontiguousarray(mask.data)
+        ids = np.ascontiguousarray(ids)
         seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids, digest_size=16).digest(),
                 tuple(sorted(class_labels.items())))
         relative = self._masks.get(seen)
