@@ -4,7 +4,7 @@ The page needs no server and fetches nothing: the run's data is embedded as JSON
 ``<script type="application/json">`` tag (``<``, ``>``, ``&`` escaped as ``\\u003c``..., so no label can
 close the tag), and images are referenced by their ``media/...`` paths relative to the page.
 
-Only a plain relative path to a file inside the run folder reaches an ``<img src>`` (see
+Only a plain relative path inside the run folder reaches an ``<img src>`` (see
 :func:`media_path`): a run folder from someone else must not make the page load a URL (``http://``,
 ``//host``, ``data:``, ``javascript:``) or a file elsewhere on the disk (``/abs``, ``../x``, a symlink out).
 
