@@ -140,10 +140,13 @@ def check_logits(impl, device, gen, big):
     for name, shape, dtype, view, k in cases:
         x = torch.randn(shape, generator=gen) * 3
         rows = x.view(-1, shape[-1])
-        rows[0, -1] = rows[0].max()  # duplicated maximum: first index must win (rows >= 4 in every case)
+        rows[0, -1] = rows[0].max()  # duplicated maximum: first index must win (rows >= 6 in every case)
         rows[1, 3] = float("nan")
         rows[2, 0] = float("inf")
-        rows[-1, -1] = float("-inf")
+        rows[3, ::2] = float("-inf")  # a masked vocabulary: valid, probability 0
+        rows[-2] = float("-inf")
+        rows[-2, 1] = 0.5  # all masked but one: probability 1
+        rows[-1] = float("-inf")  # nothing left: non-finite, like NaN and +inf
         x = x.to(dtype).to(device)
         if view == "transpose":
             x = x.transpose(0, 1).contiguous().transpose(0, 1)

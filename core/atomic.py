@@ -1,11 +1,16 @@
-"""Crash-safe file writes: a reader never sees half a file or half a JSON line."""
+"""Crash-safe file writes: a reader never sees half a file or half a JSON line.
+
+JSON goes out through :mod:`logbus.strict_json`: NaN and infinities as ``null``, their kinds kept."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import shutil
 import tempfile
-from typing import Any
+from typing import IO, Any, Iterator
+
+from logbus import strict_json
 
 FILE_MODE = 0o644  # before the umask, as for any file this process creates with open()
 _UMASK: list[int] = []
@@ -24,18 +29,20 @@ def _umask() -> int:
     return _UMASK[0]
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Writes to a temporary file in the same folder, then renames it over ``path``.
+@contextlib.contextmanager
+def _replacing(path: str) -> Iterator[IO[bytes]]:
+    """A file to write that becomes ``path`` only once the block ends without an error.
 
-    The temporary file is hidden and ends in ``.partial``: if the process is killed before the rename,
-    what is left never passes for a finished file (a ``*.json`` glob does not pick it up)."""
+    It is a temporary file in the same folder, renamed over ``path``. The temporary file is hidden and
+    ends in ``.partial``: if the process is killed before the rename, what is left never passes for a
+    finished file (a ``*.json`` or ``*.png`` glob does not pick it up)."""
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)[:64]}.", suffix=".partial")
     try:
         # mkstemp makes the file 0600; the finished file gets the mode of the JSON-lines files beside it.
         os.fchmod(fd, FILE_MODE & ~_umask())
         with os.fdopen(fd, "wb") as file:
-            file.write(data)
+            yield file
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -45,8 +52,21 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path``: a reader sees the old file or all of the new one, never a part."""
+    with _replacing(path) as file:
+        file.write(data)
+
+
+def copy_file_atomic(source: str, path: str) -> None:
+    """Copies the file ``source`` to ``path`` the way :func:`write_bytes_atomic` writes: a copy cut short
+    (a full disk, a kill) never leaves a truncated file under the finished name."""
+    with open(source, "rb") as original, _replacing(path) as file:
+        shutil.copyfileobj(original, file)
+
+
 def write_json_atomic(path: str, value: Any) -> None:
-    write_bytes_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
+    write_bytes_atomic(path, strict_json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 class JsonLines:
@@ -59,7 +79,7 @@ class JsonLines:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
 
     def append(self, value: Any) -> None:
-        line = (json.dumps(value, separators=(",", ":"), default=str, allow_nan=True) + "\n").encode()
+        line = (strict_json.dumps(value, separators=(",", ":")) + "\n").encode()
         written = os.write(self._fd, line)
         if written != len(line):  # a short write means the disk is full: undo the partial line
             os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - written)

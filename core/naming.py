@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from logbus.strict_json import NONFINITE
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _WANDB_ARTIFACT_CHARS = re.compile(r"[^A-Za-z0-9\-_.]")
@@ -62,3 +64,39 @@ def wandb_artifact_name(name: str) -> str:
     """W&B permits only alphanumerics, ``-``, ``_`` and ``.`` in artifact names (as Composer does)."""
     cleaned = re.sub(r"\.{2,}", ".", _WANDB_ARTIFACT_CHARS.sub(".", name)).strip(".") or "artifact"
     return cleaned[:MAX_NAME]
+
+
+# A local run's metrics line has fields of its own beside the metrics ({"step", "time", "loss", ...}), and
+# hparams.json may get one ("_nonfinite"). A user's name equal to one of these, or starting with the
+# prefix, is written with the prefix in front ("step" -> "metric/step"): it can overwrite nothing, and
+# the mapping is reversible (metric_name, hparam_name).
+METRIC_PREFIX, HPARAM_PREFIX = "metric/", "hparam/"
+METRICS_LINE_FIELDS = frozenset({"step", "time", NONFINITE})
+HPARAMS_FIELDS = frozenset({NONFINITE})
+
+
+def metric_field(name: str) -> str:
+    """The field of a local run's metrics line that holds metric ``name`` (``step`` -> ``metric/step``)."""
+    return _prefixed(name, METRICS_LINE_FIELDS, METRIC_PREFIX)
+
+
+def metric_name(field: str) -> str:
+    """The metric's name back from its field in a metrics line (the inverse of :func:`metric_field`)."""
+    return field[len(METRIC_PREFIX):] if field.startswith(METRIC_PREFIX) else field
+
+
+def hparam_field(name: str) -> str:
+    """The top-level field of a local run's hparams.json that holds hyperparameter ``name``."""
+    return _prefixed(name, HPARAMS_FIELDS, HPARAM_PREFIX)
+
+
+def hparam_name(field: str) -> str:
+    """The hyperparameter's name back from its field in hparams.json (the inverse of :func:`hparam_field`)."""
+    return field[len(HPARAM_PREFIX):] if field.startswith(HPARAM_PREFIX) else field
+
+
+def _prefixed(name: str, reserved: frozenset[str], prefix: str) -> str:
+    # A name that is not a str (a run config may have int keys) is left as it is: json writes it as one.
+    if isinstance(name, str) and (name in reserved or name.startswith(prefix)):
+        return prefix + name
+    return name

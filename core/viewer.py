@@ -4,6 +4,10 @@ The page needs no server and fetches nothing: the run's data is embedded as JSON
 ``<script type="application/json">`` tag (``<``, ``>``, ``&`` escaped as ``\\u003c``..., so no label can
 close the tag), and images are referenced by their ``media/...`` paths relative to the page.
 
+Only a plain relative path inside the run folder reaches an ``<img src>`` (see
+:func:`media_path`): a run folder from someone else must not make the page load a URL (``http://``,
+``//host``, ``data:``, ``javascript:``) or a file elsewhere on the disk (``/abs``, ``../x``, a symlink out).
+
 Masks are coloured here, once, into ``*.overlay.png`` RGBA files beside the class-id PNGs: a page opened
 from ``file://`` may not read pixels back from a canvas (a tainted canvas), so the browser only stacks
 two ``<img>`` elements. The HTML, CSS and JS live in ``viewer_template.html``.
@@ -17,16 +21,22 @@ import io
 import json
 import math
 import os
+import re
 from importlib import resources
 from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image as PILImage
 
+from logbus import strict_json
 from logbus.atomic import write_bytes_atomic
+from logbus.naming import METRICS_LINE_FIELDS, hparam_name, metric_name
 
 INDEX = "index.html"
 _DATA_SLOT = "__LOGBUS_RUN_DATA__"
+# One component of a media path as the local backend writes them (``media/samples/val/0000001.png``):
+# no scheme (no ``:``), no ``%``-escapes, no backslash, never ``.``/``..`` or a hidden name.
+_MEDIA_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 # Tableau's 10 and their light partners: distinct on photos and on each other; later ids get hues by
 # the golden angle, so every id has one stable colour across masks, legends and boxes.
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -52,7 +62,7 @@ def write_viewer(run_dir: str | os.PathLike) -> str:
     data = {
         "folder": os.path.basename(os.path.abspath(run_dir)),
         "run": _read_json(os.path.join(run_dir, "run.json")) or {},
-        "hparams": _read_json(os.path.join(run_dir, "hparams.json")) or {},
+        "hparams": _hparams(os.path.join(run_dir, "hparams.json")),
         "metrics": _metrics(os.path.join(run_dir, "metrics.jsonl")),
         "tables": _tables(run_dir),
     }
@@ -76,9 +86,10 @@ def _template() -> str:
 
 # -- reading the run folder ------------------------------------------------------------------------
 def _read_json(path: str) -> Any:
+    """The document in ``path``, with the NaN/infinities that ``strict_json`` wrote as null put back."""
     try:
         with open(path, encoding="utf-8") as file:
-            return json.load(file)
+            return strict_json.restore(json.load(file))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -93,9 +104,16 @@ def _read_lines(path: str) -> Iterator[dict]:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(record, dict):
-                    yield record
+                    yield strict_json.restore(record)
     except FileNotFoundError:
         return
+
+
+def _hparams(path: str) -> dict:
+    hparams = _read_json(path)
+    if not isinstance(hparams, dict):
+        return {}
+    return {hparam_name(field): value for field, value in hparams.items()}
 
 
 def _finite(value: Any) -> Any:
@@ -115,9 +133,10 @@ def _metrics(path: str) -> dict[str, list[list]]:
     unstepped: dict[str, list[list]] = {}
     for record in _read_lines(path):
         step = record.get("step")
-        for name, value in record.items():
-            if name in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
+        for field, value in record.items():
+            if field in METRICS_LINE_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
+            name = metric_name(field)  # "metric/step" is the user's metric "step"
             if isinstance(step, (int, float)) and not isinstance(step, bool):
                 stepped.setdefault(name, []).append([step, value])
             else:
@@ -150,12 +169,24 @@ def _tables(run_dir: str) -> list[dict]:
     return tables
 
 
+def media_path(run_dir: str, path: Any) -> str | None:
+    """``path`` if it is a plain relative path (``media/x/0000001.png``) that stays inside ``run_dir``
+    once symlinks are resolved, else None: the only kind of path the page may put into ``<img src>``."""
+    if not isinstance(path, str) or not all(_MEDIA_PART.fullmatch(part) for part in path.split("/")):
+        return None
+    root = os.path.realpath(run_dir)
+    if os.path.commonpath([root, os.path.realpath(os.path.join(root, path))]) != root:
+        return None
+    return path
+
+
 def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str]) -> Any:
-    if not (isinstance(cell, dict) and cell.get("_type") == "image" and isinstance(cell.get("path"), str)):
+    if not (isinstance(cell, dict) and cell.get("_type") == "image"):
         return cell
     overlays = {}
-    for name, mask in (cell.get("masks") or {}).items():
-        if not isinstance(mask, dict) or not isinstance(mask.get("path"), str):
+    mask_cells = cell.get("masks")
+    for name, mask in (mask_cells.items() if isinstance(mask_cells, dict) else ()):
+        if not isinstance(mask, dict) or media_path(run_dir, mask.get("path")) is None:
             continue
         labels = {int(k): str(v) for k, v in (mask.get("class_labels") or {}).items()}
         try:
@@ -169,17 +200,18 @@ def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str]) ->
             legend.setdefault(class_id, [class_id, labels.get(class_id, str(class_id)), class_colour(class_id)])
     boxes = [{**box, "colour": class_colour(int(box.get("class_id", 0)))} for box in cell.get("boxes") or []
              if isinstance(box, dict)]
-    return {"_type": "image", "path": cell["path"], "caption": cell.get("caption"), "overlays": overlays,
-            "boxes": boxes}
+    # A refused path is left out of the page altogether (path null): the card says the image is not shown.
+    return {"_type": "image", "path": media_path(run_dir, cell.get("path")), "caption": cell.get("caption"),
+            "overlays": overlays, "boxes": boxes}
 
 
 def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...]) -> tuple[str, list[int]]:
     """The overlay of a class-id mask (written once) and the coloured class ids in it."""
-    root = os.path.realpath(run_dir)
+    # The caller checked mask_path with media_path: neither the mask nor its overlay can leave the run.
     source = os.path.realpath(os.path.join(run_dir, mask_path))
-    if os.path.commonpath([root, source]) != root:  # a tampered table must not make us write elsewhere
-        raise ValueError(f"mask path {mask_path!r} leaves the run folder")
     overlay = (mask_path[: -len(".mask.png")] if mask_path.endswith(".mask.png") else mask_path) + ".overlay.png"
+    if media_path(run_dir, overlay) is None:  # the overlay may not be a symlink out of the run either
+        raise ValueError(f"mask path {mask_path!r}: its overlay {overlay!r} leaves the run folder")
     class_ids = _colour_mask(source, os.path.join(run_dir, overlay), os.stat(source).st_mtime_ns, labels)
     return overlay, class_ids
 

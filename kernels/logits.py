@@ -10,8 +10,10 @@ Top-k for k > 1 uses `torch.topk` (plus a tie fix-up so that equal values list t
 see `_topk_rows`) and the kernel's log-sum-exp (p_i = exp(x_i - lse)): a k-way selection inside the kernel would
 complicate it for a rarely-used path. Nothing here reads device data back to the host.
 
-Rows containing NaN or +-inf are reported, never raised on: finite=False, prediction=-1,
-confidence=NaN, top-k indices -1 and probabilities NaN.
+`-inf` is a valid logit (a masked or padded vocabulary entry): it gets probability 0 and never wins the
+argmax. A row holding a NaN or `+inf`, or with no logit above `-inf` at all (no softmax exists), is
+reported, never raised on: finite=False, prediction=-1, confidence=NaN, top-k indices -1 and
+probabilities NaN.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class LogitsSummary(NamedTuple):
     confidence: torch.Tensor  # float32 [...], top-1 softmax probability
     topk_indices: torch.Tensor  # int64 [..., k]
     topk_probs: torch.Tensor  # float32 [..., k]
-    finite: torch.Tensor  # bool [...], False when the row holds a NaN or +-inf
+    finite: torch.Tensor  # bool [...], False when the row holds a NaN or +inf, or is all -inf
 
 
 def logits_summary(logits: torch.Tensor, *, k: int = 1, impl: str = "auto") -> LogitsSummary:
@@ -74,7 +76,7 @@ def _validate(logits, k) -> None:
 def _summary_torch(logits: torch.Tensor):
     x = logits.float()
     m, prediction = x.max(-1)  # index of the first maximum, like torch.argmax; NaN propagates
-    finite = torch.isfinite(m) & torch.isfinite(x.amin(-1))  # NaN/+inf show in the max, -inf in the min
+    finite = torch.isfinite(m)  # NaN and +inf show in the max, and so does a row of nothing but -inf
     # softmax at the argmax is exp(0) / sum(exp(x - m)): the kernel's 1 / sum, with torch's summation.
     confidence = torch.softmax(x, -1).gather(-1, prediction[..., None]).squeeze(-1)
     lse = m - torch.log(confidence)
@@ -171,20 +173,23 @@ if HAS_TRITON:
         for start in range(0, V, BLOCK_V):
             offs = start + cols
             mask = offs < V
-            x = tl.load(base + offs.to(tl.int64) * stride_v, mask=mask, other=0.0).to(tl.float32)
-            # Padding is the lowest finite float: it never wins and adds exp(-huge) = 0 to the sum.
-            x = tl.where(mask, x, -3.4028234663852886e38)
-            bigger = x > m  # strict: a lane keeps its earliest maximum
+            x = tl.load(base + offs.to(tl.int64) * stride_v, mask=mask, other=float("-inf")).to(tl.float32)
+            # -inf (a masked vocabulary entry, or padding past V) has probability 0: it leaves the lane
+            # as it was. It must be skipped, not summed: exp(-|x - m|) is NaN while the lane's m is -inf.
+            skip = x == float("-inf")
+            bigger = x > m  # strict: a lane keeps its earliest maximum; never true for -inf or NaN
             # exp(-|x - m|) is the factor for whichever of (old sum, new term) is smaller: one exp.
             e = tl.exp(-tl.abs(x - m))
-            # `+ (x - x)` is 0 for finite x and NaN for NaN/+-inf: it poisons the lane, marking the row.
-            s = tl.where(bigger, s * e + 1.0, s + e) + (x - x)
+            # `x - x` is 0 for finite x and NaN for NaN/+inf: it poisons the lane, marking the row.
+            s = tl.where(skip, s, tl.where(bigger, s * e + 1.0, s + e) + (x - x))
             arg = tl.where(bigger, offs, arg)
             m = tl.where(bigger, x, m)
         m_row = tl.max(m, axis=0)
         best = tl.min(tl.where(m == m_row, arg, V), axis=0)  # lowest column holding the maximum
+        # A lane that saw only -inf has s = 0 and adds 0; a row of only -inf has m_row = -inf, and
+        # exp(-inf - -inf) = NaN marks it like a NaN or +inf does.
         total = tl.sum(s * tl.exp(m - m_row), axis=0)
-        ok = total == total  # total is NaN exactly when the row holds a NaN or +-inf
+        ok = total == total  # total is NaN exactly when the row holds a NaN or +inf, or is all -inf
         tl.store(pred_ptr + row, tl.where(ok, best, -1).to(tl.int64))
         tl.store(conf_ptr + row, tl.where(ok, 1.0 / total, float("nan")))
         tl.store(lse_ptr + row, tl.where(ok, m_row + tl.log(total), float("nan")))

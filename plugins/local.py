@@ -4,27 +4,34 @@ Layout of ``{root}/{run}/`` (documented in the README, "Local run format")::
 
     run.json            name, rank, world size, start/end time, status, exit code
     hparams.json        hyperparameters, secrets already redacted
-    metrics.jsonl       one line per log call: {"step": int|null, "time": float, "<name>": value, ...}
+    metrics.jsonl       one line per log call: {"step": int|null, "time": float, "<name>": value, ...}; a
+                        metric named step, time or _nonfinite (or metric/...) is written as metric/<name>
     tables/<key>.jsonl  one line per logged table: {"key", "step", "columns", "rows"}; image cells are
                         {"_type": "image", "path": "media/...", "caption", "masks": {...}, "boxes": [...]}
     media/...           the image files tables and image lists point to (paths relative to the run)
     artifacts/<name>    copies of uploaded files; artifacts.jsonl lists them with type and aliases
     index.html          a static viewer of all of the above (``logbus.viewer``; ``logbus view RUN_DIR``)
+
+Every JSON document is strict JSON (``logbus.strict_json``): NaN and infinities are ``null``, their kinds
+listed under the document's ``"_nonfinite"`` field. Every file is written whole or not at all
+(``logbus.atomic``), media copied from the encoder's scratch folder included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 import logbus
-from logbus.atomic import JsonLines, write_bytes_atomic, write_json_atomic
+from logbus.atomic import JsonLines, copy_file_atomic, write_bytes_atomic, write_json_atomic
 from logbus.encoding import encode_image, encode_mask
-from logbus.naming import safe_filename, safe_relpath
+from logbus.naming import hparam_field, metric_field, safe_filename, safe_relpath
 from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 from logbus.viewer import write_viewer
 
@@ -51,6 +58,7 @@ class LocalBackend:
         self._files: dict[str, JsonLines] = {}
         self._media_count = 0
         self._copied: dict[str, str] = {}  # encoded source file -> its copy in media/ (written once)
+        self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
 
     def log(self, record) -> None:
@@ -61,11 +69,11 @@ class LocalBackend:
             self._start(RunStarted(run_name=time.strftime("run-%Y%m%d-%H%M%S")))
         if isinstance(record, Metrics):
             line = {"step": record.step, "time": time.time()}
-            line.update({name: as_float(value) for name, value in record.values.items()})
+            line.update({metric_field(name): as_float(value) for name, value in record.values.items()})
             self._metrics.append(line)
         elif isinstance(record, Hyperparameters):
             self._hparams.update(record.values)
-            write_json_atomic(self._path("hparams.json"), self._hparams)
+            self._write_hparams()
         elif isinstance(record, Table):
             rows = [[self._cell(cell, record.key) for cell in row] for row in record.rows]
             self._jsonl(f"tables/{safe_relpath(record.key)}.jsonl").append(
@@ -80,9 +88,7 @@ class LocalBackend:
             name = safe_filename(record.name)
             destination = self._path("artifacts", name)
             os.makedirs(os.path.dirname(destination), exist_ok=True)
-            tmp = destination + ".partial"
-            shutil.copyfile(record.path, tmp)
-            os.replace(tmp, destination)
+            copy_file_atomic(record.path, destination)
             self._jsonl("artifacts.jsonl").append({"name": name, "path": f"artifacts/{name}", "type": record.type,
                                                    "aliases": list(record.aliases), "metadata": record.metadata})
 
@@ -131,8 +137,12 @@ class LocalBackend:
                           "logbus_version": logbus.__version__}
         write_json_atomic(self._path("run.json"), self._run_info)
         self._hparams = dict(record.config)
-        write_json_atomic(self._path("hparams.json"), self._hparams)
+        self._write_hparams()
         self._metrics = JsonLines(self._path("metrics.jsonl"))
+
+    def _write_hparams(self) -> None:
+        write_json_atomic(self._path("hparams.json"),
+                          {hparam_field(name): value for name, value in self._hparams.items()})
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.run_dir, *parts)
@@ -156,7 +166,7 @@ class LocalBackend:
             relative = self._copied[cell.path]  # the same image again (a later eval): reference it
         elif cell.path is not None:  # already encoded: copy the bytes, never re-encode
             relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
-            shutil.copyfile(cell.path, absolute)
+            copy_file_atomic(cell.path, absolute)
             self._copied[cell.path] = relative
         else:
             suffix = ".png" if self.image_format == "png" else ".jpg"
@@ -164,12 +174,24 @@ class LocalBackend:
             write_bytes_atomic(absolute, encode_image(cell.pixels, self.image_format))
         masks = {}
         for name, mask in cell.masks.items():
-            mask_relative, mask_absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
-            write_bytes_atomic(mask_absolute, encode_mask(mask.data))
-            masks[name] = {"path": mask_relative,
-                           "class_labels": {str(k): v for k, v in (mask.class_labels or {}).items()}}
+            class_labels = {str(k): v for k, v in (mask.class_labels or {}).items()}
+            masks[name] = {"path": self._mask_file(key, name, mask.data, class_labels), "class_labels": class_labels}
         return {"_type": "image", "path": relative, "caption": cell.caption, "masks": masks,
                 "boxes": [asdict(box) for box in cell.boxes]}
+
+    def _mask_file(self, key: str, name: str, ids: np.ndarray, class_labels: dict[str, str]) -> str:
+        """The mask's file in media/, written once: the same ground truth comes back at every eval, and
+        like an image seen again it is referenced, not encoded and written again. The labels are part of
+        what is the same, as the viewer colours a mask file once for its labels."""
+        ids = np.ascontiguousarray(ids)
+        seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids, digest_size=16).digest(),
+                tuple(sorted(class_labels.items())))
+        relative = self._masks.get(seen)
+        if relative is None:
+            relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
+            write_bytes_atomic(absolute, encode_mask(ids))
+            self._masks[seen] = relative
+        return relative
 
 
 @logbus.hookimpl

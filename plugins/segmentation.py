@@ -63,6 +63,9 @@ class SegmentationExtractor:
         pixel_loss = F.cross_entropy(logits.float(), safe_truth, reduction="none")
         count = valid.sum((1, 2)).clamp_min(1)
         probs_max = logits.float().softmax(1).amax(1)
+        # -inf is a valid logit (a class masked out); a NaN, a +inf or a pixel with every class at -inf
+        # has no softmax, and each shows in the per-pixel maximum (as in logbus.kernels.logits_summary).
+        finite = torch.isfinite(logits.amax(1)).flatten(1).all(1)
         # The ground truth is shown as the dataset has it: an ignore id (255) stays 255, never class 0.
         # Ids the mask dtype cannot hold (-100) show as its largest value (255: no class id when K <= 255).
         largest = torch.iinfo(prediction.dtype).max
@@ -74,7 +77,7 @@ class SegmentationExtractor:
             "pixel_accuracy": ((prediction.long() == truth) & valid).sum((1, 2)) / count,
             "loss": (pixel_loss * valid).sum((1, 2)) / count,
             "confidence": probs_max.mean((1, 2)),
-            "finite": torch.isfinite(logits).flatten(1).all(1),
+            "finite": finite,
         }
 
     def host_stage(self, fields: dict[str, np.ndarray], encode) -> list[list]:

@@ -106,6 +106,27 @@ def test_tokens_rows_decode_text_with_the_causal_shift(make_pipeline):
     assert column(table, "confidence")[2] == pytest.approx(float(confidence[2, :3].mean()), rel=1e-5)
 
 
+def test_tokens_with_a_padded_vocabulary_score_as_plain_softmax_does(make_pipeline):
+    # -inf logits (a vocabulary padded to a multiple of 8, tokens masked out) are valid: probability 0.
+    inputs, targets, logits, _ = lm_batch()
+    logits = torch.cat([logits, torch.full((3, 6, 6), float("-inf"))], -1)
+    logits[0, 0, :10:2] = float("-inf")  # and a few masked tokens
+    pipeline = make_pipeline("tokens", {"tokenizer": CharTokenizer()}, num_samples=None)
+    pipeline.submit(inputs, targets, logits)
+    table = finish(pipeline)
+    labels = torch.cat([targets[:, 1:], torch.full((3, 1), IGNORE)], 1)
+    valid = labels != IGNORE
+    token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    expected_loss = (token_loss * valid).sum(1) / valid.sum(1)
+    accuracy = ((logits.argmax(-1) == labels) & valid).sum(1) / valid.sum(1)
+    confidence = (logits.softmax(-1).amax(-1) * valid).sum(1) / valid.sum(1)
+    assert column(table, "flag") == ["", "", ""]
+    assert column(table, "token_accuracy")[0] == 1.0  # sample 0 predicts every next token right
+    np.testing.assert_allclose(column(table, "token_accuracy"), accuracy.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(column(table, "loss"), expected_loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(column(table, "confidence"), confidence.numpy(), rtol=1e-5)
+
+
 def test_tokens_without_shift_align_targets_with_logits(make_pipeline):
     inputs, targets, logits, predicted = lm_batch(seed=1)
     pipeline = make_pipeline("tokens", {"tokenizer": CharTokenizer().decode, "shift": False}, num_samples=2)
@@ -196,6 +217,31 @@ def test_segmentation_rows_leave_ignored_pixels_out_of_accuracy_and_loss(make_pi
         # Ignored pixels keep their id (not class 0); -100 cannot be a uint8 mask id and shows as 255.
         np.testing.assert_array_equal(cell.masks["ground_truth"].data, truth[i].where(truth[i] >= 0, 255).numpy())
         assert cell.masks["prediction"].class_labels == {0: "sky", 1: "road", 2: "car"}
+
+
+def test_classification_with_masked_classes_scores_as_plain_softmax_does(make_pipeline):
+    inf = float("inf")
+    logits = torch.tensor([[-inf, 2.0, 1.0, -inf], [-inf, -inf, 0.5, -inf], [1.0, float("nan"), -inf, 0.0],
+                           [-inf, -inf, -inf, -inf]])
+    pipeline = make_pipeline("classification", {"top_k": 2}, num_samples=None)
+    pipeline.submit(torch.rand(4, 1, 3, 3), torch.tensor([1, 2, 0, 0]), logits)
+    table = finish(pipeline)
+    probs = logits[:2].softmax(1)
+    assert column(table, "prediction") == [1, 2, -1, -1]
+    assert column(table, "correct") == [True, True, False, False]
+    assert column(table, "flag") == ["", "", "nonfinite", "nonfinite"]
+    assert column(table, "confidence")[:2] == pytest.approx([float(probs[0, 1]), 1.0])
+    assert column(table, "top_k")[:2] == [f"1:{probs[0, 1]:.3f}, 2:{probs[0, 2]:.3f}", "2:1.000, 0:0.000"]
+
+
+def test_segmentation_flags_nan_and_plus_inf_logits_but_not_masked_classes(make_pipeline):
+    logits = torch.randn(4, 3, 4, 5, generator=torch.Generator().manual_seed(3))
+    logits[1, 2] = float("-inf")  # class 2 masked out everywhere in sample 1: valid
+    logits[2, 0, 1, 1] = float("nan")
+    logits[3, 1, 0, 0] = float("inf")
+    pipeline = make_pipeline("segmentation", num_samples=None)
+    pipeline.submit(torch.rand(4, 3, 4, 5), torch.randint(0, 2, (4, 4, 5)), logits)
+    assert column(finish(pipeline), "flag") == ["", "", "nonfinite", "nonfinite"]
 
 
 # -- bad input: refused on the caller's thread, at the first bad batch ------------------------------

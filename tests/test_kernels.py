@@ -231,7 +231,7 @@ def test_images_errors(kwargs, exc, match):
 # ---------------------------------------------------------------------------------------------- logits
 
 
-def _random_logits(gen, shape, dtype, specials):
+def _random_logits(gen, shape, dtype, specials, masked=False):
     x = torch.randn(shape, generator=gen) * 3
     rows = x.view(-1, shape[-1])
     if shape[-1] > 1 and rows.shape[0] > 0:
@@ -239,6 +239,13 @@ def _random_logits(gen, shape, dtype, specials):
         r = int(torch.randint(0, rows.shape[0], (1,), generator=gen))
         j = int(torch.argmax(rows[r]))
         rows[r, -1] = rows[r, j]
+    if masked:  # masked / padded vocabularies: -inf is valid input with probability 0
+        rows[torch.rand(rows.shape, generator=gen) < 0.5] = float("-inf")
+        keep = int(torch.randint(0, shape[-1], (1,), generator=gen))
+        rows[0] = float("-inf")
+        rows[0, keep] = -2.0  # a row of -inf but one entry: that one has probability 1
+        if rows.shape[0] > 1:
+            rows[-1] = float("-inf")  # nothing above -inf: no softmax exists
     if specials and rows.shape[0] > 1:
         r = torch.randint(0, rows.shape[0], (3,), generator=gen)
         c = torch.randint(0, shape[-1], (3,), generator=gen)
@@ -256,12 +263,13 @@ def _random_logits(gen, shape, dtype, specials):
     layout=st.sampled_from(LAYOUTS),
     k=st.integers(1, 5),
     specials=st.booleans(),
+    masked=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_logits_kernel_matches_reference(n, t, v, dtype, layout, k, specials, seed):
+def test_logits_kernel_matches_reference(n, t, v, dtype, layout, k, specials, masked, seed):
     gen = torch.Generator().manual_seed(seed)
     shape = (n, t, v) if t else (n, v)
-    x = relayout(_random_logits(gen, shape, dtype, specials).to(DEVICE), layout)
+    x = relayout(_random_logits(gen, shape, dtype, specials, masked).to(DEVICE), layout)
     k = min(k, v)
     got = logits_summary(x, k=k, impl="triton")
     want = logits_summary_reference(x, k=k)
@@ -274,17 +282,23 @@ def test_logits_kernel_matches_reference(n, t, v, dtype, layout, k, specials, se
 @needs_triton
 def test_logits_kernel_256k_vocab():
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 1, 256_000, generator=gen)
+    x = torch.randn(6, 1, 256_000, generator=gen)
     block = logits_mod._BLOCK_V
     x[0, 0, 255_999] = 50.0  # maximum in the last block
     x[1, 0, 70_001] = x[1, 0, 250_000] = 40.0  # tie across blocks and lanes -> the lower index
     x[2, 0, 7 + 3 * block] = x[2, 0, 7 + 9 * block] = 40.0  # tie within one lane of the kernel
     x[3, 0, 200_000] = float("-inf")  # late -inf: the lane already holds finite values
+    x[4, 0, :] = float("-inf")  # a masked vocabulary: 3 entries left, in different blocks and lanes
+    x[4, 0, [5, 5 + 2 * block + 1, 199_999]] = torch.tensor([1.0, 3.0, 2.0])
+    x[5, 0, 3] = float("inf")  # early +inf: the row has no softmax
     x = x.to(DEVICE)
     got = logits_summary(x, k=3, impl="triton")
     want = logits_summary_reference(x, k=3)
-    assert got.prediction.flatten().tolist() == [255_999, 70_001, 7 + 3 * block, -1]
-    assert got.finite.flatten().tolist() == [True, True, True, False]
+    row_3 = int(x[3, 0].argmax())
+    assert got.prediction.flatten().tolist() == [255_999, 70_001, 7 + 3 * block, row_3, 5 + 2 * block + 1, -1]
+    assert got.finite.flatten().tolist() == [True, True, True, True, True, False]
+    assert got.topk_indices[4, 0].tolist() == [5 + 2 * block + 1, 199_999, 5]
+    torch.testing.assert_close(got.topk_probs[4, 0].cpu(), torch.tensor([1.0, 3.0, 2.0])[[1, 2, 0]].softmax(0))
     assert got.topk_indices[1, 0, :2].tolist() == [70_001, 250_000]
     assert_summary_close(got, want)
 
@@ -295,8 +309,12 @@ def test_logits_kernel_256k_vocab():
     k=st.integers(1, 5),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_logits_reference_matches_softmax(shape, k, seed):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 4
+@pytest.mark.parametrize("masked", [False, True])
+def test_logits_reference_matches_softmax(shape, k, seed, masked):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * 4
+    if masked:  # -inf entries (a masked vocabulary), at least k of them left finite
+        x[..., k:][torch.rand(x[..., k:].shape, generator=gen) < 0.5] = float("-inf")
     got = logits_summary_reference(x, k=k)
     probs = x.float().softmax(-1)
     conf, pred = probs.max(-1)
@@ -310,17 +328,29 @@ def test_logits_reference_matches_softmax(shape, k, seed):
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
-def test_logits_non_finite_rows(impl):
-    x = torch.randn(5, 6)
-    x[1, 2] = float("nan")
-    x[2, 0] = float("inf")
-    x[3, 5] = float("-inf")
-    got = logits_summary(x.to(DEVICE), k=2, impl=impl)
-    assert got.finite.tolist() == [True, False, False, False, True]
-    assert got.prediction.tolist() == [int(x[0].argmax()), -1, -1, -1, int(x[4].argmax())]
-    assert got.confidence[1:4].isnan().all() and not got.confidence[[0, 4]].isnan().any()
-    assert (got.topk_indices[1:4] == -1).all() and got.topk_probs[1:4].isnan().all()
-    assert (got.topk_indices[[0, 4]] >= 0).all()
+def test_logits_nan_and_plus_inf_mark_the_row_and_minus_inf_is_probability_zero(impl):
+    inf, nan = float("inf"), float("nan")
+    x = torch.randn(7, 6)
+    x[1, 2] = nan
+    x[2, 0] = inf
+    x[3, [0, 5]] = -inf  # a masked vocabulary: valid, the other four share the probability
+    x[4] = torch.tensor([-inf, -inf, -inf, 0.5, -inf, -inf])  # all masked but one: probability 1
+    x[5] = -inf  # nothing left: no softmax exists
+    x[6, [1, 3]] = torch.tensor([-inf, nan])  # a NaN still marks a row that also holds -inf
+    got = logits_summary(x.to(DEVICE), k=3, impl=impl)
+    assert got.finite.tolist() == [True, False, False, True, True, False, False]
+    for row in (0, 3, 4):  # what plain softmax gives, -inf entries at probability 0
+        probs = x[row].softmax(-1)
+        top_p, top_i = probs.topk(3)
+        assert got.prediction[row] == int(x[row].argmax())
+        torch.testing.assert_close(got.confidence[row].cpu(), probs.max())
+        torch.testing.assert_close(got.topk_probs[row].cpu(), top_p)
+        if row != 4:  # row 4 ties its five zeros: covered by the stable-order test below
+            assert got.topk_indices[row].tolist() == top_i.tolist()
+    assert got.prediction[4] == 3 and got.confidence[4] == 1.0
+    assert got.topk_indices[4].tolist() == [3, 0, 1] and got.topk_probs[4].tolist() == [1.0, 0.0, 0.0]
+    assert got.prediction[[1, 2, 5, 6]].tolist() == [-1] * 4 and got.confidence[[1, 2, 5, 6]].isnan().all()
+    assert (got.topk_indices[[1, 2, 5, 6]] == -1).all() and got.topk_probs[[1, 2, 5, 6]].isnan().all()
 
 
 @FAST

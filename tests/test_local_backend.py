@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from local_reader import read_lines
+from local_reader import local_series, read_lines, strict_loads
 from PIL import Image as PILImage
 
 import logbus
+from logbus import strict_json
+from logbus.demo import load_digits
 from logbus.records import Box, Image, Mask
+from logbus.viewer import write_viewer
 
 
 def decode(path) -> np.ndarray:
@@ -140,6 +148,170 @@ def test_artifacts_are_copied_and_listed(logbus_dir, tmp_path):
     assert (run_dir / "artifacts" / "model.pt").read_bytes() == content
     assert read_lines(run_dir / "artifacts.jsonl") == [{"name": "model.pt", "path": "artifacts/model.pt", "type": "model",
                                                          "aliases": ["latest", "ep1-ba2"], "metadata": {}}]
+
+
+# -- strict JSON, namespaced metrics, media written whole and once ---------------------------------
+def viewer_data(run_dir: Path) -> dict:
+    """The run as the viewer embeds it into index.html."""
+    html = Path(write_viewer(run_dir)).read_text()
+    return json.loads(html.split('id="run-data">', 1)[1].split("</script>", 1)[0])
+
+
+def raw_lines(path: Path) -> list[dict]:
+    return [strict_loads(line) for line in path.read_text().splitlines()]
+
+
+def test_nan_and_infinities_are_null_with_their_kind_kept(logbus_dir):
+    inf, nan = math.inf, math.nan
+    config = {"clip": inf, "schedule": {"floor": -inf, "warmup": [0.5, nan]}, "lr": 0.1}
+    with logbus.start_run("nonfinite", backends=["local"], config=config) as run:
+        run.log({"loss": nan, "up": inf, "down": -inf, "ok": 0.5}, step=0)
+        run.log({"loss": 1.0}, step=1)
+        run.log_table("t", ["id", "score", "note"], [[0, nan, "a"], [1, inf, None], [2, -inf, "c"]], step=0)
+    run_dir = logbus_dir / "nonfinite"
+
+    # Every file parses as strict JSON: Python's strict mode, jq and JavaScript's JSON.parse.
+    documents = [run_dir / name for name in ("run.json", "hparams.json", "metrics.jsonl", "tables/t.jsonl")]
+    node_parse = ("const [path] = process.argv.slice(1); const text = require('fs').readFileSync(path, 'utf8');"
+                  "for (const doc of path.endsWith('.jsonl') ? text.split('\\n').filter(Boolean) : [text]) JSON.parse(doc)")
+    for path in documents:
+        for text in [path.read_text()] if path.suffix == ".json" else path.read_text().splitlines():
+            strict_loads(text)
+        for tool in (["jq", "-e", ".", str(path)], ["node", "-e", node_parse, str(path)]):
+            if shutil.which(tool[0]) is not None:  # where missing, the strict parse above still ran
+                result = subprocess.run(tool, capture_output=True, text=True, timeout=60, check=False)
+                assert result.returncode == 0, (tool[0], path.name, result.stderr[-500:])
+
+    # null in place, the kind listed under "_nonfinite" by its path; a line without one has no list.
+    first, second = raw_lines(run_dir / "metrics.jsonl")
+    assert {k: first[k] for k in ("loss", "up", "down", "ok")} == {"loss": None, "up": None, "down": None, "ok": 0.5}
+    assert first["_nonfinite"] == [[["loss"], "NaN"], [["up"], "Infinity"], [["down"], "-Infinity"]]
+    assert "_nonfinite" not in second and second["loss"] == 1.0
+    [table] = raw_lines(run_dir / "tables" / "t.jsonl")
+    assert table["rows"] == [[0, None, "a"], [1, None, None], [2, None, "c"]]
+    assert table["_nonfinite"] == [[["rows", 0, 1], "NaN"], [["rows", 1, 1], "Infinity"], [["rows", 2, 1], "-Infinity"]]
+    hparams = strict_loads((run_dir / "hparams.json").read_text())
+    assert hparams == {"clip": None, "schedule": {"floor": None, "warmup": [0.5, None]}, "lr": 0.1,
+                       "_nonfinite": [[["clip"], "Infinity"], [["schedule", "floor"], "-Infinity"],
+                                      [["schedule", "warmup", 1], "NaN"]]}
+
+    # Read back as logged, by the documented rule (local_reader) and by the viewer.
+    restored = read_lines(run_dir / "metrics.jsonl")[0]
+    assert math.isnan(restored["loss"]) and (restored["up"], restored["down"]) == (inf, -inf)
+    assert [row[1] for row in read_lines(run_dir / "tables" / "t.jsonl")[0]["rows"]][1:] == [inf, -inf]
+    data = viewer_data(run_dir)
+    assert data["metrics"]["loss"] == [[0, None], [1, 1.0]]  # a gap in the chart, not a missing point
+    assert data["hparams"]["lr"] == 0.1 and "_nonfinite" not in data["hparams"]
+    if shutil.which("jq"):  # the README's jq line puts the kinds back
+        recipe = "reduce (._nonfinite // [])[] as [$p, $k] (.; setpath($p; $k)) | del(._nonfinite)"
+        result = subprocess.run(["jq", "-c", recipe, str(run_dir / "hparams.json")], capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert json.loads(result.stdout)["schedule"] == {"floor": "-Infinity", "warmup": [0.5, "NaN"]}
+
+
+def test_strict_json_puts_back_exactly_what_it_replaced():
+    inf, nan = math.inf, math.nan
+    document = {"a": nan, "b": [1, inf, {"c": -inf, 3: nan, True: 0.5}], "t": (1.0, nan), "s": "NaN", "n": None,
+                "f": np.float64(-inf)}
+    text = strict_json.dumps(document)
+    parsed = strict_loads(text)
+    assert parsed["s"] == "NaN" and parsed["n"] is None and parsed["b"][2]["true"] == 0.5
+    assert sorted(map(str, parsed["_nonfinite"])) == sorted(map(str, [
+        [["a"], "NaN"], [["b", 1], "Infinity"], [["b", 2, "c"], "-Infinity"], [["b", 2, "3"], "NaN"],
+        [["t", 1], "NaN"], [["f"], "-Infinity"]]))
+    back = strict_json.restore(json.loads(text))
+    assert back["b"][:2] == [1, inf] and back["b"][2]["c"] == -inf and math.isnan(back["b"][2]["3"])
+    assert math.isnan(back["a"]) and math.isnan(back["t"][1]) and back["f"] == -inf and back["n"] is None
+    assert strict_json.dumps({"x": 1.5}) == '{"x": 1.5}'  # nothing non-finite: no extra field
+    # int keys (a run config may have them) sort beside the added field, as json writes them: as str
+    assert strict_json.dumps({2: nan, 1: "a"}, sort_keys=True) == '{"1": "a", "2": null, "_nonfinite": [[["2"], "NaN"]]}'
+    with pytest.raises(ValueError, match="_nonfinite"):
+        strict_json.dumps({"_nonfinite": 1, "x": nan})
+
+
+def test_metrics_named_step_or_time_cannot_overwrite_the_lines_own_fields(logbus_dir):
+    config = {"_nonfinite": 1, "hparam/a": 2, "b": 3}
+    with logbus.start_run("names", backends=["local"], config=config) as run:
+        run.log({"step": 7, "time": 3.5, "_nonfinite": 1.0, "metric/x": 2.0, "metric": 4.0, "loss": 0.5}, step=2)
+    run_dir = logbus_dir / "names"
+    [line] = raw_lines(run_dir / "metrics.jsonl")
+    assert line.pop("step") == 2 and line.pop("time") > 1e9  # the line's own: the step and the wall time
+    assert line == {"metric/step": 7.0, "metric/time": 3.5, "metric/_nonfinite": 1.0, "metric/metric/x": 2.0,
+                    "metric": 4.0, "loss": 0.5}
+    assert local_series(run_dir, "step") == [(2, 7.0)] and local_series(run_dir, "metric/x") == [(2, 2.0)]
+    assert strict_loads((run_dir / "hparams.json").read_text()) == {"hparam/_nonfinite": 1, "hparam/hparam/a": 2,
+                                                                    "b": 3}
+    data = viewer_data(run_dir)
+    assert data["metrics"] == {"_nonfinite": [[2, 1.0]], "loss": [[2, 0.5]], "metric": [[2, 4.0]],
+                               "metric/x": [[2, 2.0]], "step": [[2, 7.0]], "time": [[2, 3.5]]}
+    assert data["hparams"] == config
+
+
+CAPPED_COPY = textwrap.dedent("""
+    import resource, signal, sys
+    import logbus
+    from logbus.records import Image
+
+    source, limit = sys.argv[1], int(sys.argv[2])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    run = logbus.start_run("capped", backends=["local"])
+    run.log({"loss": 1.0}, step=0)
+    assert run.flush()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # from here on, as if the disk were full
+    run.log_table("samples", ["image"], [[Image(path=source)]], step=0)
+    run.log_artifact(source, "model.png", type="model")
+    run.finish()
+""")
+
+
+def test_a_copy_cut_short_never_leaves_a_truncated_image_under_its_name(logbus_dir, tmp_path):
+    # Encoded images are copied from the encoder's scratch folder. A copy that fails half way (here a
+    # per-process file-size limit, a real write error from the kernel) must leave no file that looks finished.
+    source = tmp_path / "noise.png"
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
+    limit = 4096
+    assert source.stat().st_size > 2 * limit
+    result = subprocess.run([sys.executable, "-c", CAPPED_COPY, str(source), str(limit)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "LOGBUS_DIR": str(logbus_dir)}, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = logbus_dir / "capped"
+    assert (run_dir / "metrics.jsonl").exists()
+    written = [path for folder in ("media", "artifacts") for path in (run_dir / folder).rglob("*") if path.is_file()]
+    assert [path.name for path in written if path.name.startswith(".")] == []  # temporary files cleaned up
+    for path in written:  # anything under a finished name is whole
+        with PILImage.open(path) as image:
+            image.load()
+    assert not (run_dir / "tables" / "samples.jsonl").exists()  # no line points at an image that is not there
+
+
+def test_ground_truth_masks_seen_again_are_written_once(logbus_dir):
+    images, _ = load_digits()
+    images = images[:6]
+    truth = (images[:, 0] > 0.5).long()  # the same ground truth at every eval
+    generator = torch.Generator().manual_seed(0)
+    with logbus.start_run("seg", backends=["local"]) as run:
+        samples = run.samples("segmentation", num_samples=None, class_names={0: "background", 1: "ink"})
+        for step in range(3):
+            samples.add(images, truth, torch.randn(6, 2, *truth.shape[1:], generator=generator), label="seg")
+            samples.log("seg", step=step)
+            assert run.flush()
+            if step == 0:
+                first = {path: (path.stat().st_ino, path.stat().st_mtime_ns)
+                         for path in (logbus_dir / "seg" / "media").rglob("*.ground_truth.mask.png")}
+    run_dir = logbus_dir / "seg"
+    passes = read_lines(run_dir / "tables" / "samples" / "seg.jsonl")
+    assert len(passes) == 3
+    cells = [[row[1] for row in table["rows"]] for table in passes]
+    truth_paths = [[cell["masks"]["ground_truth"]["path"] for cell in eval_cells] for eval_cells in cells]
+    assert truth_paths[0] == truth_paths[1] == truth_paths[2] and len(set(truth_paths[0])) == 6
+    for cell, mask in zip(cells[2], truth):
+        np.testing.assert_array_equal(decode(run_dir / cell["masks"]["ground_truth"]["path"]), mask.numpy())
+    # Written at the first eval, never again (an atomic rewrite would change the inode and the time).
+    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns)
+            for path in (run_dir / "media").rglob("*.ground_truth.mask.png")} == first
+    predictions = [cell["masks"]["prediction"]["path"] for eval_cells in cells for cell in eval_cells]
+    assert len(set(predictions)) == 18  # new predictions each eval: new files
+    assert [cell["path"] for cell in cells[0]] == [cell["path"] for cell in cells[2]]  # images, as before
 
 
 # -- hostile names ---------------------------------------------------------------------------------

@@ -276,6 +276,70 @@ def test_embedded_json_cannot_end_its_script_element():
     assert json.loads(text) == {"name": BREAKOUT, "comment": "<!-- & -->", "loss": None, "nested": [None, 1.5]}
 
 
+# Paths a run folder from someone else could hold in an image cell: none may reach an <img src>.
+HOSTILE_PATHS = ["http://evil.example/x.png", "https://evil.example/x.png", "//evil.example/x.png",
+                 " //evil.example/x.png", "/etc/hostname", "../outside.png", "media/../../outside.png",
+                 "javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:image/png;base64,iVBORw0KGgo=",
+                 "file:///etc/hostname", "media\\..\\..\\outside.png", "media/%2e%2e/%2e%2e/outside.png",
+                 "media/./ok.png", "media//ok.png", ".hidden.png", "", "media/link-out.png", 42, None, ["media/ok.png"]]
+
+
+def hostile_run(tmp_path: Path) -> Path:
+    """A run folder written by hand: one good image with a mask, then a row per hostile path (the image's and
+    its mask's), and a symlink in media/ that points out of the run."""
+    run_dir = tmp_path / "run"
+    (run_dir / "media").mkdir(parents=True)
+    PILImage.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(run_dir / "media" / "ok.png")
+    PILImage.fromarray(np.eye(4, dtype=np.uint8)).save(run_dir / "media" / "ok.mask.png")
+    PILImage.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "outside.png")
+    (run_dir / "media" / "link-out.png").symlink_to(tmp_path / "outside.png")
+    good = {"_type": "image", "path": "media/ok.png", "masks": {"gt": {"path": "media/ok.mask.png"}}}
+    rows = [[0, good]] + [[i + 1, {"_type": "image", "path": path, "masks": {"gt": {"path": path}}}]
+                          for i, path in enumerate(HOSTILE_PATHS)]
+    (run_dir / "tables").mkdir()
+    (run_dir / "tables" / "t.jsonl").write_text(json.dumps({"key": "t", "step": 0, "columns": ["id", "image"],
+                                                            "rows": rows}) + "\n")
+    (run_dir / "run.json").write_text('{"name": "hostile"}')
+    return run_dir
+
+
+def test_only_relative_paths_inside_the_run_reach_the_page(tmp_path):
+    run_dir = hostile_run(tmp_path)
+    html = Path(write_viewer(run_dir)).read_text()
+    embedded = html.split('id="run-data">', 1)[1].split("</script>", 1)[0]
+    [table] = json.loads(embedded)["tables"]
+    cells = [row[1] for row in table["logs"][0]["rows"]]
+    assert (cells[0]["path"], cells[0]["overlays"]) == ("media/ok.png", {"gt": "media/ok.overlay.png"})
+    assert [(cell["path"], cell["overlays"]) for cell in cells[1:]] == [(None, {})] * len(HOSTILE_PATHS)
+    for text in ("evil.example", "hostname", "outside", "javascript", "base64", "link-out", "%2e"):
+        assert text not in html.lower(), text
+    assert sorted(p.name for p in (run_dir / "media").iterdir()) == ["link-out.png", "ok.mask.png", "ok.overlay.png",
+                                                                     "ok.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.png", "run"]  # nothing written outside
+
+
+def test_a_hostile_run_folder_shows_its_images_as_refused_in_the_browser(chromium, tmp_path):
+    run_dir = hostile_run(tmp_path)
+    write_viewer(run_dir)
+    page = open_page(chromium, run_dir, tmp_path / "profile")
+    assert len(page.cards) == len(HOSTILE_PATHS) + 1
+    assert sorted(image["src"] for image in page.images) == ["media/ok.overlay.png", "media/ok.png"]
+    assert page.dom.count('<div class="refused">image not shown') == len(HOSTILE_PATHS)
+
+
+def test_the_page_itself_refuses_any_other_image_path(tmp_path):
+    # The page checks again where a path becomes a URL; run its own mediaSrc in node (the browser's JS engine).
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (the check above covers the data the page gets)")
+    template = (REPO / "core" / "viewer_template.html").read_text()
+    [function] = [line for line in template.splitlines() if line.startswith("function mediaSrc(")]
+    paths = ["media/ok.png", "media/samples/val-1a2b/0000001.ground_truth.mask.png", *HOSTILE_PATHS[:-4]]
+    script = f"{function}\nconsole.log(JSON.stringify({json.dumps(paths)}.map(mediaSrc)))"
+    result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(result.stdout) == paths[:2] + [None] * (len(paths) - 2)
+
+
 def test_the_local_backend_refreshes_the_viewer_while_the_run_is_live(tmp_path):
     with logbus.start_run("live", backends=[("local", {"root": str(tmp_path)})]) as run:
         run.log_table("notes", ["id", "text"], [[0, "first"]], step=0)
