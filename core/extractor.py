@@ -33,6 +33,18 @@ def logits_of(outputs: Any, argument: str = "outputs") -> torch.Tensor:
                     f"got {type(outputs).__name__}")
 
 
+def image_options(*, mean=None, std=None, value_range: str = "auto", channels_last: bool | None = None) -> dict:
+    """An image extractor's ``mean``/``std``/``value_range``/``channels_last``, checked when the
+    extractor is made, so a bad one raises at construction instead of at the first batch."""
+    from logbus.kernels.images import VALUE_RANGES
+
+    if value_range not in VALUE_RANGES:
+        raise ValueError(f"value_range: expected one of {VALUE_RANGES}, got {value_range!r}")
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last: expected True, False or None, got {channels_last!r}")
+    return dict(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
+
+
 def check_images(images: Any, *, mean=None, std=None, value_range: str = "auto",
                  channels_last: bool | None = None, argument: str = "inputs") -> int:
     """Validates an image batch exactly as ``images_to_uint8`` will, on a meta tensor (no data, no

@@ -22,7 +22,7 @@ from composer.utils import dist
 from logbus.deferred import Deferred
 from logbus.records import Table
 from logbus.sample_gather import gather_table
-from logbus.sample_options import split_options
+from logbus.sample_options import check_int, split_options
 from logbus.sample_pipeline import SamplePipeline, pipeline_for
 
 
@@ -73,10 +73,12 @@ class SampleLogger(Callback):
     def __init__(self, extractor: Any = "classification", num_samples: int | None = 100, policy: str = "first", *,
                  input_key: Any = 0, target_key: Any = 1, interval: int = 1, train_interval: int | None = None,
                  gather_timeout: float = 60.0, **options: Any):
-        for argument, value in (("interval", interval), ("train_interval", train_interval)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{argument}: expected an int >= 1, got {value!r}")
-        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)) or not gather_timeout > 0:
+        check_int("interval", interval, minimum=1)
+        if train_interval is not None:
+            check_int("train_interval", train_interval, minimum=1)
+        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)):
+            raise TypeError(f"gather_timeout: expected a number of seconds > 0, got {gather_timeout!r}")
+        if not gather_timeout > 0:
             raise ValueError(f"gather_timeout: expected a number of seconds > 0, got {gather_timeout!r}")
         extractor_options, pipeline_options = split_options(options)
         self.pipeline: SamplePipeline = pipeline_for(extractor, extractor_options, num_samples=num_samples,
