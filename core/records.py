@@ -116,7 +116,12 @@ _FAST_NUMBERS = (float, int)
 
 
 class Metrics(Record):
-    """Scalars at a step. Values may be Python/numpy numbers or one-element tensors.
+    """Scalars at a step. Values may be Python/numpy numbers or one-element tensors/arrays.
+
+    A tensor or array value is snapshotted here, at the call: ``t.detach().clone()`` on its own
+    device (an asynchronous copy on CUDA, no host sync), read as a float later on the writer thread.
+    Changing ``t`` in place after logging it (``t.zero_()``, an optimizer step) does not change what
+    was logged.
 
     A hand-written slotted class rather than a dataclass: this is built for every logged scalar on
     the training thread, and the fast path (str -> float/int, int step) must stay near a microsecond.
@@ -128,6 +133,7 @@ class Metrics(Record):
         if type(values) is not dict:
             if not isinstance(values, Mapping):
                 raise TypeError(f"metrics: expected a mapping of name -> number, got {type(values).__name__}")
+        snapshots = None
         for name, value in values.items():
             if type(value) in _FAST_NUMBERS and type(name) is str:
                 continue
@@ -138,11 +144,16 @@ class Metrics(Record):
                     f"metrics[{name!r}]: expected a real number or a one-element tensor, "
                     f"got {type(value).__name__} {value!r:.80}"
                 )
+            if isinstance(value, np.ndarray) or hasattr(value, "detach"):  # mutable: the caller may reuse it
+                snapshots = snapshots or {}
+                snapshots[name] = value.copy() if isinstance(value, np.ndarray) else value.detach().clone()
         if step is not None and (type(step) is not int or step < 0):
             _check_step(step)
             step = int(step)
         # A copy: the caller may reuse its dict, and the writer thread reads this later.
         self.values = dict(values)
+        if snapshots:
+            self.values.update(snapshots)
         self.step = step
 
     def __repr__(self) -> str:

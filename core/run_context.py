@@ -48,6 +48,13 @@ class Run:
         self.bus.emit(start)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Logs scalars at ``step``.
+
+        :param metrics: name -> number or one-element tensor/array. Tensors are snapshotted at the
+            call (a copy on their own device, no host sync) and read on the writer thread, so
+            changing one in place afterwards does not change what was logged.
+        :param step: the step, or ``None`` for none.
+        """
         self.bus.emit(Metrics(metrics, step))
 
     def log_hyperparameters(self, hyperparameters: Mapping[str, Any]) -> None:
