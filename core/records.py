@@ -118,10 +118,10 @@ _FAST_NUMBERS = (float, int)
 class Metrics(Record):
     """Scalars at a step. Values may be Python/numpy numbers or one-element tensors/arrays.
 
-    A tensor or array value is snapshotted here, at the call: ``t.detach().clone()`` on its own
-    device (an asynchronous copy on CUDA, no host sync), read as a float later on the writer thread.
-    Changing ``t`` in place after logging it (``t.zero_()``, an optimizer step) does not change what
-    was logged.
+    A tensor or array value is snapshotted here, at the call: a CPU tensor or numpy array is read
+    (no device involved), a CUDA tensor copied with ``t.detach().clone()`` on its own device (an
+    asynchronous copy, no host sync) and read as a float later on the writer thread. Changing ``t``
+    in place after logging it (``t.zero_()``, an optimizer step) does not change what was logged.
 
     A hand-written slotted class rather than a dataclass: this is built for every logged scalar on
     the training thread, and the fast path (str -> float/int, int step) must stay near a microsecond.
@@ -146,7 +146,7 @@ class Metrics(Record):
                 )
             if isinstance(value, np.ndarray) or hasattr(value, "detach"):  # mutable: the caller may reuse it
                 snapshots = snapshots or {}
-                snapshots[name] = value.copy() if isinstance(value, np.ndarray) else value.detach().clone()
+                snapshots[name] = _snapshot(value)
         if step is not None and (type(step) is not int or step < 0):
             _check_step(step)
             step = int(step)
@@ -158,6 +158,14 @@ class Metrics(Record):
 
     def __repr__(self) -> str:
         return f"Metrics({self.values!r}, step={self.step!r})"
+
+
+def _snapshot(value: Any) -> Any:
+    """The value of a one-element array or tensor now. Host data is read at once (cheaper than a
+    copy); a device tensor is copied on its device (asynchronous: no sync) and read later."""
+    if isinstance(value, np.ndarray) or value.is_cpu:
+        return value.item()
+    return value.detach().clone()
 
 
 def _check_step(step):
