@@ -51,8 +51,8 @@ class Run:
         """Logs scalars at ``step``.
 
         :param metrics: name -> number or one-element tensor/array. Tensors are snapshotted at the
-            call (a copy on their own device, no host sync) and read on the writer thread, so
-            changing one in place afterwards does not change what was logged.
+            call (a CPU one read, a CUDA one copied on its device without a host sync and read on
+            the writer thread), so changing one in place afterwards does not change what was logged.
         :param step: the step, or ``None`` for none.
         """
         self.bus.emit(Metrics(metrics, step))
