@@ -71,6 +71,7 @@ def _is_secret_key(key: str) -> bool:
         return words[-2] not in _DATA_QUALIFIERS
     return last in _SECRET_WORDS or last.endswith(_SECRET_ENDINGS)
 
+
 class Record:
     """Base of every record. ``droppable`` records (samples, media) may be shed under backpressure;
     metrics, hyperparameters, artifacts and run boundaries never are."""
