@@ -23,7 +23,7 @@ import threading
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +99,13 @@ class SamplePipeline:
                  key_prefix: str = "samples"):
         # Every option is checked before any thread or folder exists: a bad one raises here, on the
         # caller's thread, instead of failing every table later on the worker.
+        if not (all(callable(getattr(extractor, method, None)) for method in ("check", "device_stage", "host_stage"))
+                and isinstance(getattr(extractor, "columns", None), Sequence)
+                and not isinstance(extractor.columns, str)):
+            raise TypeError(f"extractor: expected a registered extractor name or an object with check(), "
+                            f"device_stage(), host_stage() and columns, got {extractor!r:.80}")
+        if num_samples is not None:
+            check_int("num_samples", num_samples, minimum=1)
         check_int("seed", seed)
         if hardest_by not in HARDEST_BY:  # checked whatever the policy: a typo is a typo
             raise ValueError(f"hardest_by: expected 'loss' or 'confidence', got {hardest_by!r}")

@@ -139,6 +139,8 @@ BAD_CALLS: list = [  # (id, call, error, match), or a pytest.param of them
      r"num_samples: None"),
     ("sample-logger-gather-timeout", lambda c: SampleLogger(gather_timeout=0), ValueError, r"gather_timeout"),
     ("sample-logger-extractor", lambda c: SampleLogger("no-such-extractor"), KeyError, r"unknown extractor"),
+    ("sample-logger-extractor-object", lambda c: SampleLogger(3), TypeError, r"extractor: expected a registered extractor"),
+    ("sample-logger-num-samples-str", lambda c: SampleLogger(num_samples="10"), TypeError, r"num_samples: expected an int"),
     # Every option is checked at construction, not on the worker at the first table.
     ("sample-logger-key-prefix-empty", lambda c: SampleLogger(key_prefix=""), ValueError, r"key_prefix: expected a relative key"),
     ("sample-logger-key-prefix-parent", lambda c: SampleLogger(key_prefix="../x"), ValueError,
