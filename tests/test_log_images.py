@@ -151,3 +151,19 @@ def test_a_cuda_image_costs_the_caller_no_sync(logbus_dir):
     for i, image in enumerate(record.images):
         np.testing.assert_array_equal(image.pixels, expected[i])
         np.testing.assert_array_equal(image.masks["truth"].data, masks[i].cpu().numpy())
+
+
+def test_a_conversion_that_fails_on_the_writer_drops_those_images_and_nothing_else(logbus_dir, caplog):
+    """What only the data can tell (here a NaN in a float mask, an id below 0 once cast; on CUDA any
+    negative id) is found on the writer: those images are dropped with a warning, the rest goes on."""
+    recorder = GatedRecorder()
+    recorder.gate.set()
+    run = logbus.start_run("bad-mask", backends=[recorder])
+    run.log_images("inputs", torch.rand(1, 3, 2, 2), step=0, masks={"pred": torch.full((2, 2), float("nan"))})
+    run.log_images("inputs", torch.rand(1, 3, 2, 2), step=1)
+    run.log({"loss": 1.0}, step=1)
+    assert run.finish(timeout=30)
+    assert [record.step for record in recorder.of_type(Images)] == [1]
+    stats = run.bus.stats()["backends"]["GatedRecorder"]
+    assert (stats["dropped"], stats["failures"]) == (1, 0)
+    assert "a deferred Images for backend 'GatedRecorder' was not delivered: ValueError: mask: class ids" in caplog.text
