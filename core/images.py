@@ -137,10 +137,11 @@ def _checked_layout(tensor: torch.Tensor, channels_last: bool) -> tuple[int, int
 def _checked_masks(name: str, value: Any, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     argument = f"masks[{name!r}]"
     if isinstance(value, (list, tuple)):
-        masks = [_as_tensor(v, argument) for v in value]
+        given = [_as_tensor(v, argument) for v in value]
+        masks = given
     else:
-        tensor = _as_tensor(value, argument)
-        masks = [tensor] if tensor.ndim == 2 else list(tensor)  # views: no data is read
+        given = [_as_tensor(value, argument)]
+        masks = given if given[0].ndim == 2 else list(given[0])  # views: no data is read
     masks = [mask.squeeze() if mask.ndim == 3 else mask for mask in masks]
     if len(masks) != len(sizes):
         raise ValueError(f"{argument}: expected {len(sizes)} masks (one per image), got {len(masks)}")
@@ -148,12 +149,13 @@ def _checked_masks(name: str, value: Any, sizes: list[tuple[int, int]]) -> list[
         if tuple(mask.shape) != size:
             raise ValueError(f"{argument}: expected shape {size} ([H, W] class ids matching image {index}), "
                              f"got {tuple(mask.shape)}")
-        if mask.dtype.is_complex:
-            raise TypeError(f"{argument}: expected integer class ids, got dtype {mask.dtype}")
+    for tensor in given:
+        if tensor.dtype.is_complex:
+            raise TypeError(f"{argument}: expected integer class ids, got dtype {tensor.dtype}")
         # Host data is checked here at no cost; a CUDA mask is checked on the writer (reading it here
         # would wait for the GPU), where a negative id drops the images with a warning.
-        if not mask.is_cuda and mask.dtype != torch.bool and mask.numel() and bool(mask.min() < 0):
-            raise ValueError(f"{argument}: class ids must be >= 0, got minimum {mask.min().item()}")
+        if not tensor.is_cuda and tensor.dtype != torch.bool and tensor.numel() and bool(tensor.min() < 0):
+            raise ValueError(f"{argument}: class ids must be >= 0, got minimum {tensor.min().item()}")
     return masks
 
 
