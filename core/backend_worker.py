@@ -36,7 +36,8 @@ class _Charged:
 
     A sample table's size is unknown when its placeholder is emitted (it is built later, on the
     pipeline's worker), so it is charged again once it exists: a backend that lags behind sees its
-    budget fill with the tables waiting for it, and further ones are dropped and counted."""
+    budget fill with the tables waiting for it, and further ones are dropped and counted. A
+    ``Deferred`` that came with an estimate (``log_images``) has it replaced by the real size."""
 
     __slots__ = ("deferred", "nbytes", "taken")
 
@@ -103,10 +104,11 @@ class BackendWorker:
         except BaseException:  # noqa: BLE001 - the writer reports it when it gets there
             return
         size = getattr(table, "nbytes", 0) if table is not None else 0
+        change = size - charged.deferred.nbytes
         with self._bytes_lock:
             if not charged.taken:
-                charged.nbytes += size
-                self._pending_bytes += size
+                charged.nbytes += change
+                self._pending_bytes += change
 
     def request_flush(self) -> threading.Event:
         marker = _Flush()

@@ -27,9 +27,9 @@ from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
 from logbus.bus import Bus
-from logbus.images import images_from_composer
+from logbus.images import images_record
 from logbus.naming import check_key, wandb_artifact_name
-from logbus.records import Artifact, Hyperparameters, Images, Metrics, RunStarted, Table
+from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 
 __all__ = ["LogBusLogger", "WandBLogger", "SampleLogger", "artifact_type_for"]
 
@@ -138,13 +138,11 @@ class LogBusLogger(LoggerDestination):
         mask_class_labels: Optional[dict[int, str]] = None,
         use_table: bool = False,
     ) -> None:
+        """Checks and snapshots the images on their device here; they are converted to uint8 and
+        copied to the host on a backend's writer thread, so a CUDA image costs no sync here."""
         check_key(name, "name")
-        records = images_from_composer(images, channels_last=channels_last, masks=masks,
-                                       mask_class_labels=mask_class_labels)
-        if use_table:
-            self.bus.emit(Table(name + " Table", [name], [[image] for image in records], self._step(step)))
-        else:
-            self.bus.emit(Images(name, records, self._step(step)))
+        self.bus.emit(images_record(name, images, self._step(step), use_table=use_table, channels_last=channels_last,
+                                    masks=masks, mask_class_labels=mask_class_labels))
 
     def can_upload_files(self) -> bool:
         return any(Artifact in getattr(backend, "supports", ()) for backend in self.bus.backends.values())

@@ -9,7 +9,9 @@ sees one ordered stream.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
+from typing import Any, Callable
 
 from logbus.records import Record
 
@@ -26,3 +28,25 @@ class Deferred(Record):
         self.future = future
         self.timeout = timeout
         self.nbytes = nbytes
+
+
+class LazyFuture(Future):
+    """A future whose value ``compute()`` makes in the first thread that asks for it.
+
+    ``log_images`` emits a ``Deferred`` with one of these: the caller's thread only snapshots the
+    images, and the first backend writer to reach the record converts them, once, for every backend
+    (the others wait for that result as for any ``Deferred``)."""
+
+    def __init__(self, compute: Callable[[], Any]):
+        super().__init__()
+        self._compute: Callable[[], Any] | None = compute
+        self._claim = threading.Lock()
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._claim.acquire(blocking=False):  # never released: only the first caller computes
+            compute, self._compute = self._compute, None
+            try:
+                self.set_result(compute())
+            except BaseException as error:  # noqa: BLE001 - handed to every reader of the result
+                self.set_exception(error)
+        return super().result(timeout)

@@ -18,6 +18,7 @@ import numpy as np
 from logbus.encoding import encode_image
 
 CHUNK = 32
+IMAGE_FORMATS = ("png", "jpeg")
 
 
 class _Chunk:
@@ -51,7 +52,7 @@ class EncodedFile:
 class EncoderPool:
     def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
                  quality: int = 90, folder: str | None = None):
-        if image_format not in ("png", "jpeg"):
+        if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"encode_workers: expected an int >= 1, got {workers!r}")

@@ -33,6 +33,37 @@ def logits_of(outputs: Any, argument: str = "outputs") -> torch.Tensor:
                     f"got {type(outputs).__name__}")
 
 
+def image_options(*, mean=None, std=None, value_range: str = "auto", channels_last: bool | None = None) -> dict:
+    """An image extractor's ``mean``/``std``/``value_range``/``channels_last``, checked when the
+    extractor is made, so a bad one raises at construction instead of at the first batch.
+
+    ``mean``/``std`` are read here, once, into Python floats: given as CUDA tensors they would
+    otherwise be copied back to the host (a sync) at every batch."""
+    from logbus.kernels.images import VALUE_RANGES
+
+    if value_range not in VALUE_RANGES:
+        raise ValueError(f"value_range: expected one of {VALUE_RANGES}, got {value_range!r}")
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last: expected True, False or None, got {channels_last!r}")
+    return dict(mean=_per_channel_floats("mean", mean), std=_per_channel_floats("std", std), value_range=value_range,
+                channels_last=channels_last)
+
+
+def _per_channel_floats(argument: str, values: Any) -> tuple[float, ...] | None:
+    """``values`` (a number, or one per channel as a sequence, array or tensor) as fp32-rounded
+    floats, the precision the image kernel computes in."""
+    if values is None:
+        return None
+    try:
+        floats = torch.as_tensor(values.detach() if isinstance(values, torch.Tensor) else values, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{argument}: expected a number or one number per channel, got {values!r:.80}") from error
+    floats = floats.flatten().cpu().tolist()
+    if len(floats) not in (1, 3, 4):
+        raise ValueError(f"{argument}: expected 1 value or one per channel (1, 3 or 4), got {len(floats)}")
+    return tuple(floats)
+
+
 def check_images(images: Any, *, mean=None, std=None, value_range: str = "auto",
                  channels_last: bool | None = None, argument: str = "inputs") -> int:
     """Validates an image batch exactly as ``images_to_uint8`` will, on a meta tensor (no data, no

@@ -199,7 +199,8 @@ class PluginHost:
             known = ", ".join(sorted(self.registry[kind])) or "none"
             raise UnknownPluginError(f"unknown {kind} {name!r}; known {kind}s: {known}") from None
 
-    def create(self, kind: str, name: str, **options: Any) -> Any:
+    def create(self, kind: str, name: str, /, **options: Any) -> Any:
+        # Positional-only: ``options`` are the factory's, whatever their names (``name``, ``kind``).
         return self.get(kind, name).factory(**options)
 
 
@@ -238,9 +239,12 @@ def reset_plugins() -> None:
         _host = None
 
 
-def create_backend(name: str, **options: Any) -> Any:
+def create_backend(name: str, /, **options: Any) -> Any:
+    """A new backend registered as ``name``; every option is passed to its factory (``name``
+    included: ``create_backend("wandb", name="run-7")`` names the W&B run)."""
     return get_plugin_host().create("backend", name, **options)
 
 
-def create_extractor(name: str, **options: Any) -> Any:
+def create_extractor(name: str, /, **options: Any) -> Any:
+    """A new extractor registered as ``name``; every option is passed to its factory."""
     return get_plugin_host().create("extractor", name, **options)

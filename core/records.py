@@ -35,11 +35,41 @@ __all__ = [
 ]
 
 REDACTED = "***redacted***"
-# Keys that look like credentials: the name ends in one of these words (``hf_token``, ``db_password``,
-# ``api_key``), so ``max_tokens`` or ``num_keys`` are left alone. Whatever sits under such a key (a
-# string, a number, a whole mapping of credentials) is replaced; ``None`` stays, it hides nothing.
-_SECRET_KEY = re.compile(r"(^|[_\-.])(api[_-]?key|key|token|secret|password|passwd|credentials?|private[_-]?key)$",
-                         re.IGNORECASE)
+# Secret-looking keys, judged on their word parts in any case style (``wandbApiKey``, ``db_password``,
+# ``auth-token``, ``OPENAI_API_KEY``), never on substrings, so ``monkey`` or ``secretary`` are left
+# alone. Whatever sits under such a key (a string, a number, a whole mapping of credentials) is
+# replaced; ``None`` stays, it hides nothing.
+_WORD_PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# A last word that names a credential (``client_secret``, ``Authorization``).
+_SECRET_WORDS = frozenset({"password", "passwords", "passwd", "passphrase", "secret", "secrets", "credential",
+                           "credentials", "authorization", "apikey", "apikeys"})
+# Env-var style glues words together (``PGPASSWORD``); these endings are long enough to be unambiguous.
+_SECRET_ENDINGS = ("password", "passwd", "passphrase", "secret", "apikey")
+# ``key`` and ``token`` are also data words: after one of these they name data, not a credential
+# (``sort_key``, ``primary_key``, ``input_key``, ``pad_token``). After any other word (``api_key``,
+# ``wandb_key``, ``hf_token``) they are taken for a credential: a config value hidden by mistake is
+# cheaper than a key leaked.
+_DATA_QUALIFIERS = frozenset({
+    "sort", "primary", "foreign", "partition", "hash", "range", "cache", "dict", "map", "lookup", "index", "group",
+    "join", "unique", "composite", "public", "row", "column", "field", "metric", "monitor", "input", "target",
+    "label", "image", "text", "audio", "video", "data", "dataset", "batch", "sample", "feature", "output", "model",
+    "state", "class", "name", "id", "num", "max", "min", "total", "next", "first", "last", "new", "pad", "eos", "bos",
+    "unk", "sep", "cls", "mask", "special", "start", "end", "stop", "rng", "prng", "random", "seed", "split",
+    "vocab", "prompt", "query", "context",
+})
+
+
+def _is_secret_key(key: str) -> bool:
+    """Whether ``key`` (a config or hyperparameter name) looks like it holds a credential."""
+    words = [word.lower() for word in _WORD_PARTS.findall(key)]
+    if not words:
+        return False
+    last = words[-1]
+    if last in ("key", "keys", "token"):
+        if len(words) == 1:
+            return last != "keys"  # a bare ``key`` may be a credential; bare ``keys`` is a list of names
+        return words[-2] not in _DATA_QUALIFIERS
+    return last in _SECRET_WORDS or last.endswith(_SECRET_ENDINGS)
 
 
 class Record:
@@ -87,7 +117,12 @@ _FAST_NUMBERS = (float, int)
 
 
 class Metrics(Record):
-    """Scalars at a step. Values may be Python/numpy numbers or one-element tensors.
+    """Scalars at a step. Values may be Python/numpy numbers or one-element tensors/arrays.
+
+    A tensor or array value is snapshotted here, at the call: a CPU tensor or numpy array is read
+    (no device involved), a CUDA tensor copied with ``t.detach().clone()`` on its own device (an
+    asynchronous copy, no host sync) and read as a float later on the writer thread. Changing ``t``
+    in place after logging it (``t.zero_()``, an optimizer step) does not change what was logged.
 
     A hand-written slotted class rather than a dataclass: this is built for every logged scalar on
     the training thread, and the fast path (str -> float/int, int step) must stay near a microsecond.
@@ -99,6 +134,7 @@ class Metrics(Record):
         if type(values) is not dict:
             if not isinstance(values, Mapping):
                 raise TypeError(f"metrics: expected a mapping of name -> number, got {type(values).__name__}")
+        snapshots = None
         for name, value in values.items():
             if type(value) in _FAST_NUMBERS and type(name) is str:
                 continue
@@ -109,15 +145,28 @@ class Metrics(Record):
                     f"metrics[{name!r}]: expected a real number or a one-element tensor, "
                     f"got {type(value).__name__} {value!r:.80}"
                 )
+            if isinstance(value, np.ndarray) or hasattr(value, "detach"):  # mutable: the caller may reuse it
+                snapshots = snapshots or {}
+                snapshots[name] = _snapshot(value)
         if step is not None and (type(step) is not int or step < 0):
             _check_step(step)
             step = int(step)
         # A copy: the caller may reuse its dict, and the writer thread reads this later.
         self.values = dict(values)
+        if snapshots:
+            self.values.update(snapshots)
         self.step = step
 
     def __repr__(self) -> str:
         return f"Metrics({self.values!r}, step={self.step!r})"
+
+
+def _snapshot(value: Any) -> Any:
+    """The value of a one-element array or tensor now. Host data is read at once (cheaper than a
+    copy); a device tensor is copied on its device (asynchronous: no sync) and read later."""
+    if isinstance(value, np.ndarray) or value.is_cpu:
+        return value.item()
+    return value.detach().clone()
 
 
 def _check_step(step):
@@ -134,7 +183,7 @@ def redact_secrets(values: Any, _secret_values: frozenset[str] | None = None) ->
     if isinstance(values, Mapping):
         out = {}
         for key, value in values.items():
-            if isinstance(key, str) and _SECRET_KEY.search(key) and value is not None:
+            if isinstance(key, str) and value is not None and _is_secret_key(key):
                 out[key] = REDACTED
             else:
                 out[key] = redact_secrets(value, _secret_values)

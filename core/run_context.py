@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from logbus.bus import Bus
 from logbus.deferred import Deferred
-from logbus.images import images_from_composer
-from logbus.records import Artifact, Hyperparameters, Images, Metrics, RunStarted, Table
+from logbus.images import images_record
+from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 from logbus.sample_pipeline import SamplePipeline, pipeline_for
 
 
@@ -48,6 +48,13 @@ class Run:
         self.bus.emit(start)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Logs scalars at ``step``.
+
+        :param metrics: name -> number or one-element tensor/array. Tensors are snapshotted at the
+            call (a CPU one read, a CUDA one copied on its device without a host sync and read on
+            the writer thread), so changing one in place afterwards does not change what was logged.
+        :param step: the step, or ``None`` for none.
+        """
         self.bus.emit(Metrics(metrics, step))
 
     def log_hyperparameters(self, hyperparameters: Mapping[str, Any]) -> None:
@@ -58,8 +65,13 @@ class Run:
 
     def log_images(self, key: str, images: Any, step: int | None = None, *, channels_last: bool = False,
                    masks: Mapping[str, Any] | None = None, mask_class_labels: Mapping[int, str] | None = None) -> None:
-        self.bus.emit(Images(key, images_from_composer(images, channels_last=channels_last, masks=masks,
-                                                       mask_class_labels=mask_class_labels), step))
+        """Logs images under ``key`` as Composer's ``log_images`` takes them.
+
+        Shapes are checked and the data copied on its own device at the call (no host sync); the
+        conversion to uint8 and the copy to the host happen on a backend's writer thread.
+        """
+        self.bus.emit(images_record(key, images, step, channels_last=channels_last, masks=masks,
+                                    mask_class_labels=mask_class_labels))
 
     def log_artifact(self, path: str, name: str, *, type: str = "file", aliases: Sequence[str] = ()) -> None:
         self.bus.emit(Artifact(path=path, name=name, type=type, aliases=aliases))  # Artifact rejects a bare str

@@ -3,7 +3,8 @@
 Replaces the ``LogPredictions`` callback of the W&B guide for Composer: instead of one ``.cpu()``
 and one ``wandb.Image`` per sample on the training thread, each microbatch is handed to the
 pipeline as it is, and a table per evaluator (``samples/{label}``) is logged at ``eval_end``, at step
-``state.timestamp.batch``, through the bus of the ``LogBusLogger``/``WandBLogger`` in the Trainer.
+``state.timestamp.batch``, through the bus of every ``LogBusLogger``/``WandBLogger`` in the Trainer
+(``loggers=[WandBLogger(...), LogBusLogger(backends=["local"])]`` gets the tables in both).
 
 Multi-process runs (``dist.get_world_size() > 1``): each rank samples its own shard of the eval data,
 and at ``eval_end`` the tables are gathered to rank 0 in one collective per table
@@ -13,6 +14,7 @@ and at ``eval_end`` the tables are gathered to rank 0 in one collective per tabl
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping
 
 from composer.core import Callback, State
@@ -22,7 +24,7 @@ from composer.utils import dist
 from logbus.deferred import Deferred
 from logbus.records import Table
 from logbus.sample_gather import gather_table
-from logbus.sample_options import split_options
+from logbus.sample_options import check_int, split_options
 from logbus.sample_pipeline import SamplePipeline, pipeline_for
 
 
@@ -73,10 +75,12 @@ class SampleLogger(Callback):
     def __init__(self, extractor: Any = "classification", num_samples: int | None = 100, policy: str = "first", *,
                  input_key: Any = 0, target_key: Any = 1, interval: int = 1, train_interval: int | None = None,
                  gather_timeout: float = 60.0, **options: Any):
-        for argument, value in (("interval", interval), ("train_interval", train_interval)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{argument}: expected an int >= 1, got {value!r}")
-        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)) or not gather_timeout > 0:
+        check_int("interval", interval, minimum=1)
+        if train_interval is not None:
+            check_int("train_interval", train_interval, minimum=1)
+        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)):
+            raise TypeError(f"gather_timeout: expected a number of seconds > 0, got {gather_timeout!r}")
+        if not gather_timeout > 0:
             raise ValueError(f"gather_timeout: expected a number of seconds > 0, got {gather_timeout!r}")
         extractor_options, pipeline_options = split_options(options)
         self.pipeline: SamplePipeline = pipeline_for(extractor, extractor_options, num_samples=num_samples,
@@ -84,7 +88,7 @@ class SampleLogger(Callback):
         self.input_key, self.target_key = input_key, target_key
         self.interval, self.train_interval = interval, train_interval
         self.gather_timeout = float(gather_timeout)
-        self.bus = None
+        self.buses: list = []
         self._evals: dict[str, int] = {}
         self._active_label: str | None = None
         self._train_active = False
@@ -94,12 +98,28 @@ class SampleLogger(Callback):
     def init(self, state: State, logger: Logger) -> None:
         from logbus.composer import LogBusLogger
 
-        buses = [d.bus for d in logger.destinations if isinstance(d, LogBusLogger)]
-        if not buses:
+        self.buses = [d.bus for d in logger.destinations if isinstance(d, LogBusLogger)]
+        if not self.buses:
             raise ValueError("SampleLogger: the Trainer needs a logbus logger in `loggers` "
                              "(logbus.composer.WandBLogger or LogBusLogger) to send samples to")
-        self.bus = buses[0]
-        self.bus.on_close(self.pipeline.cleanup)
+        # Every bus's backends read the same encoded files: delete them once the last bus has closed.
+        open_buses = len(self.buses)
+        lock = threading.Lock()
+
+        def bus_closed() -> None:
+            nonlocal open_buses
+            with lock:
+                open_buses -= 1
+                last = open_buses == 0
+            if last:
+                self.pipeline.cleanup()
+
+        for bus in self.buses:
+            bus.on_close(bus_closed)
+
+    def _emit(self, record) -> None:
+        for bus in self.buses:
+            bus.emit(record)
 
     def _submit(self, state: State, label: str) -> None:
         batch = state.batch
@@ -108,7 +128,7 @@ class SampleLogger(Callback):
 
     def _log(self, label: str, step: int) -> None:
         future = self.pipeline.end_pass(label, step=step)
-        self.bus.emit(Deferred(Table, future))
+        self._emit(Deferred(Table, future))
 
     def _log_gathered(self, label: str, step: int) -> None:
         """Every rank calls this once per logged eval (the same evals everywhere: the interval counts
@@ -117,7 +137,7 @@ class SampleLogger(Callback):
         table = gather_table(future, key=f"{self.pipeline.key_prefix}/{label}", columns=self.pipeline.extractor.columns,
                              step=step, folder=self.pipeline.encoder.folder, timeout=self.gather_timeout)
         if table is not None:
-            self.bus.emit(table)
+            self._emit(table)
 
     # -- eval ------------------------------------------------------------------------------------
     def eval_start(self, state: State, logger: Logger) -> None:

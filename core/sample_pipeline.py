@@ -23,15 +23,17 @@ import threading
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from logbus.encoder_pool import EncoderPool
+from logbus.encoder_pool import IMAGE_FORMATS, EncoderPool
+from logbus.naming import check_key
 from logbus.pinned_pool import PinnedPool
 from logbus.records import Image, Mask, Table
-from logbus.sampling import SamplingPolicy, make_policy
+from logbus.sample_options import check_int
+from logbus.sampling import HARDEST_BY, SamplingPolicy, make_policy
 
 log = logging.getLogger("logbus")
 
@@ -81,14 +83,41 @@ class SamplePipeline:
     :param extractor: an extractor object (see ``logbus.hookspecs.register_extractors``).
     :param num_samples: rows per pass (``None``: every sample, policy ``first`` only).
     :param policy: ``first``, ``reservoir``, ``per_class`` or ``hardest``.
+    :param seed: seed of the ``reservoir`` policy.
+    :param hardest_by: ``loss`` or ``confidence``, for the ``hardest`` policy.
     :param max_pending_batches: batches the worker may be behind before new ones are dropped.
     :param pinned_pool_bytes: cap on pinned host memory for device-to-host copies.
+    :param encode_workers: threads encoding images.
+    :param image_format: ``png`` or ``jpeg``.
+    :param compress_level: PNG compression level, 0-9.
+    :param key_prefix: tables are logged as ``{key_prefix}/{label}``.
     """
 
     def __init__(self, extractor: Any, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
                  hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
                  encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
                  key_prefix: str = "samples"):
+        # Every option is checked before any thread or folder exists: a bad one raises here, on the
+        # caller's thread, instead of failing every table later on the worker.
+        if not (all(callable(getattr(extractor, method, None)) for method in ("check", "device_stage", "host_stage"))
+                and isinstance(getattr(extractor, "columns", None), Sequence)
+                and not isinstance(extractor.columns, str)):
+            raise TypeError(f"extractor: expected a registered extractor name or an object with check(), "
+                            f"device_stage(), host_stage() and columns, got {extractor!r:.80}")
+        if num_samples is not None:
+            check_int("num_samples", num_samples, minimum=1)
+        check_int("seed", seed)
+        if hardest_by not in HARDEST_BY:  # checked whatever the policy: a typo is a typo
+            raise ValueError(f"hardest_by: expected 'loss' or 'confidence', got {hardest_by!r}")
+        check_int("max_pending_batches", max_pending_batches, minimum=1)
+        check_int("pinned_pool_bytes", pinned_pool_bytes, minimum=1)
+        check_int("encode_workers", encode_workers, minimum=1)
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
+        check_int("compress_level", compress_level, minimum=0, maximum=9)
+        if key_prefix == "":
+            raise ValueError("key_prefix: expected a relative key like 'samples', got ''")
+        check_key(key_prefix, "key_prefix")
         if policy == "per_class" and not getattr(extractor, "has_class_per_sample", False):
             raise ValueError(f"policy: 'per_class' needs an extractor with one class per sample (classification), "
                              f"got {getattr(extractor, 'name', type(extractor).__name__)!r}")
@@ -100,8 +129,6 @@ class SamplePipeline:
                                  seed=seed, hardest_by=hardest_by,
                                  num_classes=getattr(extractor, "num_classes", None))
         make_policy(**self._policy_args)  # validate now, on the caller's thread
-        if not isinstance(max_pending_batches, int) or max_pending_batches < 1:
-            raise ValueError(f"max_pending_batches: expected an int >= 1, got {max_pending_batches!r}")
         self.stats = PipelineStats()
         self.pinned = PinnedPool(pinned_pool_bytes)
         self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level)

@@ -14,6 +14,7 @@ import random
 import torch
 
 POLICIES = ("first", "reservoir", "per_class", "hardest")
+HARDEST_BY = ("loss", "confidence")
 
 
 class SamplingPolicy:
@@ -115,7 +116,7 @@ class Hardest(SamplingPolicy):
 
     def __init__(self, num_samples: int, by: str = "loss"):
         super().__init__(num_samples)
-        if by not in ("loss", "confidence"):
+        if by not in HARDEST_BY:
             raise ValueError(f"hardest_by: expected 'loss' or 'confidence', got {by!r}")
         self.by = by
 

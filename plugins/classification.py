@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from logbus.extractor import check_batch, check_images, class_names_map, logits_of
+from logbus.extractor import check_batch, check_images, class_names_map, image_options, logits_of
 from logbus.kernels import images_to_uint8, logits_summary
+from logbus.sample_options import check_int
 from logbus.sample_pipeline import PendingImage
 
 
@@ -31,11 +32,10 @@ class ClassificationExtractor:
 
     def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = None, mean=None, std=None,
                  value_range: str = "auto", channels_last: bool | None = None, top_k: int = 1):
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
+        check_int("top_k", top_k, minimum=1)
         self.class_names = class_names_map(class_names)
         self.num_classes = len(self.class_names) if self.class_names else None
-        self.image_options = dict(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
+        self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
         self.top_k = top_k
         self.columns = ["id", "image", "truth", "prediction", "confidence", "correct", "loss", "flag"]
         if top_k > 1:

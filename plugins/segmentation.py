@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from logbus.extractor import check_batch, check_images, class_names_map, logits_of
+from logbus.extractor import check_batch, check_images, class_names_map, image_options, logits_of
 from logbus.kernels import images_to_uint8, segmentation_mask
 from logbus.sample_pipeline import PendingImage
 
@@ -32,7 +32,7 @@ class SegmentationExtractor:
                  value_range: str = "auto", channels_last: bool | None = None):
         self.class_names = class_names_map(class_names)
         self.num_classes = None
-        self.image_options = dict(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
+        self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
         self.columns = ["id", "image", "pixel_accuracy", "loss", "confidence", "flag"]
 
     def check(self, inputs: Any, targets: Any, outputs: Any):

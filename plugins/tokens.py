@@ -15,6 +15,7 @@ import torch
 
 from logbus.extractor import check_batch, logits_of
 from logbus.kernels import logits_summary
+from logbus.sample_options import check_int
 
 IGNORE_INDEX = -100
 
@@ -39,8 +40,10 @@ class TokensExtractor:
         self.decode: Callable[[list[int]], str] = (
             tokenizer.decode if callable(getattr(tokenizer, "decode", None)) else
             tokenizer if tokenizer is not None else (lambda ids: " ".join(map(str, ids))))
+        if not isinstance(shift, bool):
+            raise TypeError(f"shift: expected True or False, got {shift!r}")
         self.shift = shift
-        self.max_chars = max_chars
+        self.max_chars = check_int("max_chars", max_chars, minimum=1)
         self.columns = ["id", "input", "target", "prediction", "token_accuracy", "loss", "confidence", "flag"]
 
     def check(self, inputs: Any, targets: Any, outputs: Any):

@@ -197,3 +197,49 @@ def test_two_instances_of_one_backend_keep_distinct_names():
 def test_bad_backend_arguments(backends, match):
     with pytest.raises((TypeError, ValueError, KeyError), match=match):
         Bus(backends)
+
+
+def test_tensor_metrics_are_the_values_at_the_call_not_at_delivery(logbus_dir):
+    """``run.log({"x": t})`` then ``t.zero_()``: the writer, held back until after the change, still
+    reads the value ``t`` had at the call (tensors, parameters an optimizer steps, numpy arrays)."""
+    import torch
+
+    import logbus
+    from logbus.records import as_float
+
+    class ReadsLate(Hanging):
+        def log(self, record):
+            super().log(record)
+            if isinstance(record, Metrics):
+                self.read = {name: as_float(value) for name, value in record.values.items()}
+
+    late = ReadsLate()
+    loss, array = torch.tensor(5.0), np.array([2.5])
+    weight = torch.nn.Parameter(torch.tensor([1.5]))
+    run = logbus.start_run("snapshots", backends=[late])
+    run.log({"loss": loss, "weight": weight, "array": array, "plain": 0.5}, step=3)
+    loss.zero_()
+    array[0] = -1.0
+    weight.grad = torch.tensor([1.0])
+    torch.optim.SGD([weight], lr=1.0).step()
+    assert weight.item() == 0.5
+    late.release.set()
+    assert run.finish(timeout=30)
+    assert late.read == {"loss": 5.0, "weight": 1.5, "array": 2.5, "plain": 0.5}
+
+
+def test_a_cuda_metric_is_snapshotted_without_a_host_sync():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: the snapshot of a CUDA tensor must not synchronise (no GPU here)")
+    from logbus.records import as_float
+
+    loss = torch.full((), 5.0, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        record = Metrics({"loss": loss}, step=0)
+        loss.zero_()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert as_float(record.values["loss"]) == 5.0

@@ -186,6 +186,39 @@ def test_image_layouts_and_denormalisation_decode_to_the_reference_pixels(make_p
             assert pixels.std() > 0
 
 
+class Watched(torch.Tensor):
+    """A tensor that notes every torch call that touches it (a CUDA tensor read back would be a sync)."""
+
+    calls: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        Watched.calls.append(getattr(func, "__name__", repr(func)))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("extractor", ["classification", "segmentation"])
+def test_mean_and_std_tensors_are_read_once_when_the_extractor_is_made(make_pipeline, extractor):
+    mean, std = torch.tensor([0.5, 0.25, 0.1]).as_subclass(Watched), torch.tensor([0.2]).as_subclass(Watched)
+    Watched.calls.clear()
+    pipeline = make_pipeline(extractor, {"mean": mean, "std": std}, num_samples=None)
+    assert Watched.calls  # read here, at construction
+    Watched.calls.clear()
+    mean.zero_()  # changed afterwards: the values given at construction stay in use
+    Watched.calls.clear()
+    images = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    targets = torch.zeros(2, dtype=torch.long) if extractor == "classification" else torch.zeros(2, 4, 5, dtype=torch.long)
+    logits = torch.randn(2, 3) if extractor == "classification" else torch.randn(2, 3, 4, 5)
+    for _ in range(3):
+        pipeline.submit(images, targets, logits)
+    cells = column(finish(pipeline), "image")
+    assert Watched.calls == []  # neither a batch on the caller's thread nor the worker touched them again
+    expected = images_to_uint8_reference(images, mean=[0.5, 0.25, 0.1], std=[0.2]).numpy()
+    assert len(cells) == 6
+    for i, cell in enumerate(cells):
+        np.testing.assert_array_equal(decode(cell.path), expected[i % 2])
+
+
 def test_top_k_column_names_the_k_best_classes(make_pipeline):
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [4.0, 0.0, 0.0, 5.0]])
     pipeline = make_pipeline("classification", {"class_names": ["w", "x", "y", "z"], "top_k": 2}, num_samples=None)
@@ -346,6 +379,8 @@ def test_bad_batch_raises_at_submit_and_earlier_rows_are_kept(make_pipeline, ext
     ("classification", {}, {"num_samples": 0}, ValueError, r"num_samples: expected an int >= 1"),
     ("classification", {}, {"max_pending_batches": 0}, ValueError, r"max_pending_batches"),
     ("classification", {"top_k": 0}, {}, ValueError, r"top_k: expected an int >= 1"),
+    ("classification", {"mean": "half"}, {}, TypeError, r"mean: expected a number or one number per channel"),
+    ("segmentation", {"std": [0.1, 0.2]}, {}, ValueError, r"std: expected 1 value or one per channel"),
     ("classification", {"class_names": "abc"}, {}, TypeError, r"class_names"),
     ("classification", {"colour": "red"}, {}, TypeError, r"colour"),
     ("tokens", {"tokenizer": 42}, {}, TypeError, r"tokenizer: expected an object with decode"),

@@ -413,3 +413,36 @@ def test_a_misspelled_hook_is_reported_not_silently_ignored():
     assert any(issubclass(w.category, PluginWarning) and "typo_plugin" in str(w.message)
                and "register_backend" in str(w.message) for w in caught)
     assert host.skipped[-1].status == "failed"
+
+
+class _OptionsEcho:
+    """A backend whose options are named like the plugin host's own parameters."""
+
+    def __init__(self, name=None, kind=None, options=None):
+        self.given = {"name": name, "kind": kind, "options": options}
+
+    def log(self, record):
+        pass
+
+    def close(self, finish):
+        pass
+
+
+class _OptionsEchoPlugin:
+    @logbus.hookimpl
+    def register_backends(self, register):
+        register("options-echo", _OptionsEcho, description="test")
+
+
+def test_backend_options_named_name_or_kind_reach_the_factory(monkeypatch):
+    from logbus.bus import Bus
+
+    monkeypatch.setenv("LOGBUS_LOAD_PLUGINS", "")
+    plugin_manager.get_plugin_host().add_plugin(_OptionsEchoPlugin(), name="options-echo")
+    given = {"name": "run-7", "kind": "nightly", "options": {"a": 1}}
+    assert plugin_manager.create_backend("options-echo", **given).given == given
+    bus = Bus([("options-echo", given)])
+    try:
+        assert bus.backends["options-echo"].given == given
+    finally:
+        bus.close(timeout=10)

@@ -132,6 +132,38 @@ def test_the_wandb_api_key_is_never_written_after_a_composer_fit(wandb_offline, 
         assert key.encode() not in path.read_bytes(), path
 
 
+# Real-world key names, as they appear in configs, env dumps and HTTP headers, in every case style.
+REDACTED_KEYS = [
+    "wandbApiKey", "WANDB_API_KEY", "OPENAI_API_KEY", "api_key", "apiKey", "x-api-key", "apikey", "openai_key",
+    "authToken", "auth_token", "access_token", "refresh_token", "hf_token", "HF_TOKEN", "GITHUB_TOKEN", "SLACK_BOT_TOKEN",
+    "NPM_TOKEN", "sessionToken", "dbPassword", "db_password", "PGPASSWORD", "MYSQL_ROOT_PASSWORD", "passwd",
+    "passphrase", "ssh_passphrase", "secretKey", "SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "STRIPE_SECRET_KEY",
+    "client_secret", "clientSecret", "jwtSecret", "aws.secret", "secrets", "private_key", "privateKey", "ssh-private-key",
+    "signing_key", "encryption_key", "Authorization", "Proxy-Authorization", "credentials", "credential",
+    "GOOGLE_APPLICATION_CREDENTIALS", "HTTPAuthToken", "key", "token", "api_keys",
+]
+KEPT_KEYS = [
+    "sort_key", "primary_key", "foreign_key", "sortKey", "primaryKey", "partition_key", "hash_key", "cache_key",
+    "public_key", "input_key", "target_key", "label_key", "image_key", "num_keys", "max_keys", "rng_key",
+    "keyboard", "monkey", "hotkey", "key_size", "keyframe_interval", "max_tokens", "maxTokens", "num_tokens",
+    "pad_token", "eos_token", "bos_token", "pad_token_id", "eos_token_id", "image_token", "token_limit", "tokenizer",
+    "tokenizer_name", "secretary", "secret_name", "password_min_length", "auth", "author", "authorization_url",
+    "api_url", "api_version", "lr", "batch_size", "PWD", "keys",
+]
+
+
+@pytest.mark.parametrize("key", REDACTED_KEYS)
+def test_a_secret_named_in_any_case_style_is_redacted(key):
+    assert len(REDACTED_KEYS) >= 30
+    assert redact_secrets({key: "s3cr3t-value", "lr": 0.1}) == {key: REDACTED, "lr": 0.1}
+
+
+@pytest.mark.parametrize("key", KEPT_KEYS)
+def test_a_harmless_key_that_shares_a_word_with_secrets_is_kept(key):
+    assert len(KEPT_KEYS) >= 30
+    assert redact_secrets({key: "plain-value", "nested": {key: 3}}) == {key: "plain-value", "nested": {key: 3}}
+
+
 SECRET_KEYS = st.sampled_from(["api_key", "hf_token", "db_password", "client_secret", "credentials", "private_key",
                                "OPENAI_API_KEY", "passwd", "aws.secret", "auth-token", "credential"])
 PLAIN_KEYS = st.sampled_from(["lr", "layers", "name", "max_tokens", "num_keys", "keyboard", "token_limit", "monkey",

@@ -148,6 +148,21 @@ def test_init_kwargs_are_passed_to_wandb_and_their_config_merged(wandb_offline):
     assert init_kwargs["config"] == {"arch": "Llama", "lr": 1.0}, "the caller's dict must not be modified"
 
 
+def test_every_backend_option_passes_through_a_name_option_included(wandb_offline):
+    """``("wandb", {"name": ...})``: the backend's own ``name`` argument (the W&B run name), not the
+    name the backend is registered under."""
+    from logbus.composer import LogBusLogger
+
+    with logbus.start_run("plain-loop", backends=[wandb_spec(name="named-by-option")]) as run:
+        run.log({"loss": 1.0}, step=0)
+    logger = LogBusLogger(backends=[wandb_spec(name="composer-named")])
+    logger.bus.emit(RunStarted(run_name="composer-run"))
+    assert logger.bus.close()
+
+    names = sorted(read_wandb_run(run_dir).name for run_dir in find_run_dirs(wandb_offline))
+    assert names == ["composer-named", "named-by-option"]
+
+
 # -- ranks -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rank", [0, 1])
 def test_rank_zero_only_logs_on_rank_zero_alone(wandb_offline, rank):
