@@ -63,8 +63,16 @@ def _view(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from logbus.bench.report import main as bench_main
 
-    return bench_main(as_json=args.json, plot_path=None if args.no_plot else args.plot, full=args.full,
-                      verbose=args.verbose)
+    return bench_main(as_json=args.json, plot_path=None if args.no_plot else (args.plot or default_plot_path()),
+                      full=args.full, verbose=args.verbose)
+
+
+def default_plot_path() -> str:
+    """``logbus bench``'s chart goes beside the local runs (``$LOGBUS_DIR``, else ``./logbus_runs``),
+    never loose in the current folder."""
+    from logbus.plugins.local import DEFAULT_ROOT
+
+    return os.path.join(os.environ.get("LOGBUS_DIR") or DEFAULT_ROOT, "logbus-bench.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     view.set_defaults(func=_view)
     bench = commands.add_parser("bench", help="measure logging overhead on this machine (about a minute)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
-    bench.add_argument("--plot", default="logbus-bench.png", help="where to write the PNG chart")
+    bench.add_argument("--plot", default=None,
+                       help="where to write the PNG chart (default: logbus-bench.png in $LOGBUS_DIR, else ./logbus_runs)")
     bench.add_argument("--no-plot", action="store_true")
     bench.add_argument("--full", action="store_true", help="the full sizes of `make bench` (several minutes)")
     bench.add_argument("--verbose", action="store_true", help="also show pytest-benchmark's own tables")

@@ -46,11 +46,20 @@ def main(epochs: int = 5, backends: list[str] | None = None) -> int:
     from composer.models import ComposerClassifier
 
     from logbus.composer import LogBusLogger, SampleLogger
+    from logbus.plugins.local import DEFAULT_ROOT
 
     if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"  # no account needed; `wandb sync` uploads it later
+    # The demo writes nothing in the current folder but the local backend's root (./logbus_runs, or
+    # $LOGBUS_DIR): W&B's own `wandb/` folder goes there too unless $WANDB_DIR says where. (A `wandb/`
+    # folder in a project's root also makes ruff's isort take `import wandb` for first-party code.)
+    wandb_options: dict = {"project": "logbus-demo"}
+    if not os.environ.get("WANDB_DIR"):
+        root = os.environ.get("LOGBUS_DIR") or DEFAULT_ROOT
+        os.makedirs(root, exist_ok=True)
+        wandb_options["init_kwargs"] = {"dir": root}
     backends = backends or ["wandb", "local"]
-    specs = [("wandb", {"project": "logbus-demo"}) if name == "wandb" else name for name in backends]
+    specs = [("wandb", wandb_options) if name == "wandb" else name for name in backends]
     logger = LogBusLogger(backends=specs)
     train_loader, val_loader = digits_loaders()
     torch.manual_seed(0)
@@ -75,11 +84,16 @@ def main(epochs: int = 5, backends: list[str] | None = None) -> int:
     trainer.close()
     print("\nlogbus demo finished.")
     for name, backend in logger.bus.backends.items():
-        if getattr(backend, "run_dir", None):
-            print(f"  {name}: {backend.run_dir}")
-            if name == "local":
-                print(f"  sample viewer: {os.path.join(backend.run_dir, 'index.html')}  (or: logbus view {backend.run_dir})")
-    wandb_backend = logger.bus.backends.get("wandb")
-    if wandb_backend is not None and wandb_backend.run_dir and os.environ.get("WANDB_MODE") == "offline":
-        print(f"  upload the W&B run later with: wandb sync {os.path.dirname(wandb_backend.run_dir)}")
+        run_dir = getattr(backend, "run_dir", None)
+        if not run_dir:
+            continue
+        if name == "wandb":
+            # The backend's run_dir is wandb's `run.dir` (`<run folder>/files`, as in Composer's
+            # WandBLogger); `wandb sync` and `wandb leet inspect` take the run folder itself.
+            run_dir = os.path.dirname(run_dir)
+        print(f"  {name}: {run_dir}")
+        if name == "local":
+            print(f"  sample viewer: {os.path.join(run_dir, 'index.html')}  (or: logbus view {run_dir})")
+        if name == "wandb" and os.environ.get("WANDB_MODE") == "offline":
+            print(f"  upload the W&B run later with: wandb sync {run_dir}")
     return 0

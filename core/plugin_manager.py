@@ -87,14 +87,16 @@ def _normalise(dist_name: str) -> str:
     return re.sub(r"[-_.]+", "-", dist_name).lower()
 
 
-def _allowed_distributions() -> set[str] | None:
-    """None means "every installed plugin"; a set is an allowlist (possibly empty)."""
+def _allowed_distributions() -> tuple[set[str] | None, str]:
+    """The allowlist and why a plugin outside it is not loaded. None means "every installed plugin";
+    a set is an allowlist (possibly empty). Names are separated by commas, with or without spaces."""
     allow = os.environ.get("LOGBUS_LOAD_PLUGINS")
     if allow is not None:
-        return {_normalise(name) for name in allow.split(",") if name.strip()}
+        return ({_normalise(name.strip()) for name in allow.split(",") if name.strip()},
+                f"not named in LOGBUS_LOAD_PLUGINS={allow!r}")
     if _flag("LOGBUS_DISABLE_PLUGIN_AUTOLOAD"):
-        return set()
-    return None
+        return set(), "LOGBUS_DISABLE_PLUGIN_AUTOLOAD is set and LOGBUS_LOAD_PLUGINS does not name it"
+    return None, ""
 
 
 class PluginHost:
@@ -114,7 +116,7 @@ class PluginHost:
 
     # -- loading ---------------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
-        allowed = _allowed_distributions()
+        allowed, why_not = _allowed_distributions()
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = entry_point.dist
             dist_name = dist.metadata["Name"] if dist is not None else None
@@ -122,8 +124,7 @@ class PluginHost:
                              version=dist.version if dist is not None else None, builtin=False)
             # The allowlist takes distribution names (as pip shows them) or entry-point names.
             if allowed is not None and not {_normalise(dist_name or ""), _normalise(entry_point.name)} & allowed:
-                self.skipped.append(PluginInfo(**info_args, status="disabled",
-                                               error="not loaded: autoload disabled or not allowlisted"))
+                self.skipped.append(PluginInfo(**info_args, status="disabled", error=f"not loaded: {why_not}"))
                 continue
             self._add(entry_point.load, **info_args)
 
@@ -197,7 +198,13 @@ class PluginHost:
             return self.registry[kind][name]
         except KeyError:
             known = ", ".join(sorted(self.registry[kind])) or "none"
-            raise UnknownPluginError(f"unknown {kind} {name!r}; known {kind}s: {known}") from None
+            message = f"unknown {kind} {name!r}; known {kind}s: {known}"
+            # What a plugin registers is known only once it has loaded: name every skipped one and why.
+            if self.skipped:
+                message += "; skipped plugins, which may register it: " + "; ".join(
+                    f"{p.name!r} ({p.distribution or 'no distribution'} {p.version or ''}".rstrip() + f") {p.error}"
+                    for p in self.skipped)
+            raise UnknownPluginError(message) from None
 
     def create(self, kind: str, name: str, /, **options: Any) -> Any:
         # Positional-only: ``options`` are the factory's, whatever their names (``name``, ``kind``).

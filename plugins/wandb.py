@@ -2,7 +2,8 @@
 
 Runs entirely on its writer thread: ``wandb.init`` (seconds, network), every ``run.log`` (about
 170 µs a call) and artifact uploads never touch the training thread. Written for current wandb
-(>= 0.19; tested on 0.31): it uses the ``Run`` object rather than the removed ``run.get_url()``.
+(>= 0.19.10, for ``reinit="create_new"``; tested on 0.31 and 0.19.10): it uses the ``Run`` object rather
+than ``run.get_url()``, deprecated in 0.19.10 and removed in 0.29.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """Shared fixtures. Keep them generic: every test module may use them, and more will be added.
 
+Without a CUDA device the Triton kernels run in Triton's interpreter: ``TRITON_INTERPRET=1`` is set
+here, before any test module is imported (Triton reads it when ``@triton.jit`` decorates, and
+``logbus.kernels``, Composer and the sample pipeline import triton), unless the environment already
+says otherwise. ``tests/test_kernels.py`` fails, loudly, where the kernels still cannot be tested.
+
 - ``fresh_plugins`` (autouse): each test starts and ends with an empty plugin host, so a plugin
   registered or an environment variable changed by one test never leaks into the next.
 - ``logbus_dir``: ``LOGBUS_DIR`` points at an empty folder under ``tmp_path`` (the local backend's
@@ -11,11 +16,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch  # does not import triton
 
-from logbus.plugin_manager import reset_plugins
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from logbus.plugin_manager import reset_plugins  # noqa: E402  (after TRITON_INTERPRET, as everything else)
 
 
 @pytest.fixture(autouse=True)

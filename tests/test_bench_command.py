@@ -14,9 +14,9 @@ from PIL import Image
 
 @pytest.mark.timeout(400)
 def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
-    plot = tmp_path / "bench.png"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    result = subprocess.run([str(Path(sys.executable).with_name("logbus")), "bench", "--json", "--plot", str(plot)],
+    env = {k: v for k, v in os.environ.items() if k != "LOGBUS_DIR"}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    result = subprocess.run([str(Path(sys.executable).with_name("logbus")), "bench", "--json"],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=380)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
@@ -32,6 +32,11 @@ def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
         assert row["ratio"]["no_sample_logging"] == 1.0
         for variant, seconds in row["seconds"].items():
             assert row["ratio"][variant] == pytest.approx(seconds / row["seconds"]["no_sample_logging"])
+    # The chart goes where `logbus bench --help` says (./logbus_runs by default), and the runs it measured
+    # into the command's scratch folder: nothing else lands in the current folder.
+    plot = tmp_path / "logbus_runs" / "logbus-bench.png"
+    assert summary["plot"] == os.path.join("logbus_runs", "logbus-bench.png")
     with Image.open(plot) as image:
         assert image.width > 500 and len(image.getcolors(1 << 16) or []) > 3  # bars drawn, not blank
-    assert not list(tmp_path.glob("wandb")), "runs belong in the command's scratch folder"
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == [
+        "logbus_runs", os.path.join("logbus_runs", "logbus-bench.png")]

@@ -8,16 +8,21 @@
   ``test_composer_adapter.py``.)
 - The README's code runs or at least parses, its links lead somewhere, and the plugin example in
   "Writing a plugin" works as written, tested with the ``logbus.testing`` fixtures it shows.
+- Statements about behaviour are checked against the code doing it: the local run format's file
+  names, what may be dropped, the close deadline's bound, where offline W&B keeps table images, and
+  the wandb floor.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
+from wandb_reader import find_run_dirs, read_wandb_run
 
 import logbus.testing
 from logbus import hookspecs
@@ -240,3 +245,121 @@ def test_the_plugin_example_works_as_written(pytester):
     result = pytester.runpytest("tests", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=sum(body.count("\ndef test_") + body.startswith("def test_")
                                       for relative, body in files.items() if relative.startswith("tests/test_")))
+
+
+# -- statements about behaviour: each checked against what the code does ---------------------------
+
+
+def test_the_local_run_format_names_the_files_the_local_backend_writes(logbus_dir):
+    """Every ``key`` → ``file`` example of the table row is logged through a real local run, and the
+    files of ``tables/`` are exactly those; the first image goes where the ``media/`` row says."""
+    import numpy as np
+
+    from logbus import start_run
+    from logbus.records import Image
+
+    section = CHAPTERS["Local run format"]
+    (tables_row,) = [row for row in table_rows(section) if row[0] == "`tables/<key>.jsonl`"]
+    examples = re.findall(r"`([^`]+)` → `(tables/[^`]+)`", tables_row[1])
+    assert len(examples) >= 2, tables_row
+    fields = re.search(r"`\{(\"[^`]*)\}`", tables_row[1]).group(1)
+    (media_row,) = [row for row in table_rows(section) if row[0].startswith("`media/")]
+    first_image = re.search(r"`(media/[^`]+\.png)`", media_row[1]).group(1)
+    media_key = first_image.split("/", 1)[1].rsplit("/", 1)[0]
+
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    with start_run("format", backends=["local"]) as run:
+        run.log_table(media_key, ["id", "image"], [[0, Image(pixels=pixels)]], step=1)
+        for key, _ in examples:
+            run.log_table(key, ["id"], [[1]], step=2)
+    run_dir = logbus_dir / "format"
+    written = {str(path.relative_to(run_dir)) for path in (run_dir / "tables").rglob("*.jsonl")}
+    assert written == {f"tables/{media_key}.jsonl"} | {file for _, file in examples}
+    for key, file in examples:
+        line = json.loads((run_dir / file).read_text())
+        assert line["key"] == key and list(line) == re.findall(r'"(\w+)"', fields)
+    cell = json.loads((run_dir / "tables" / f"{media_key}.jsonl").read_text())["rows"][0][1]
+    assert cell["path"] == first_image and (run_dir / first_image).is_file()
+
+
+def test_no_sentence_promises_that_sample_tables_are_never_dropped():
+    """Sample tables and images may be dropped under backpressure (Guarantees, and the slow-backend
+    fault test); only metrics, hyperparameters, artifacts and the run's start and end never are."""
+    sentences = re.split(r"(?<=[.:;])\s+", re.sub(r"\s+", " ", _without_code(README)))
+    promised = [s for s in sentences if re.search(r"never (be )?dropped", s) and re.search(r"table|image|sample", s)]
+    assert promised == []
+    assert "Sample tables and images, per backend." in CHAPTERS["Guarantees"]
+
+
+def test_the_close_deadline_is_the_one_the_readme_states():
+    """A Composer run's end (``fit_end`` flush, ``close`` flush, ``post_close``) with a hung backend takes
+    the bound the README gives, computed for a short ``close_timeout``: not less (the deadline is
+    waited for) and not much more."""
+    import threading
+    import time
+
+    from logbus.records import Metrics, RunStarted
+
+    text = re.sub(r"\s+", " ", sections(CHAPTERS["Guarantees"], 3)["Close deadlines"])
+    bound = re.search(r"end of training for `close_timeout` \+ min\(`close_timeout`, (\d+) s\) at most "
+                      r"\((\d+) s by default\)", text)
+    assert bound, text
+    cap, default_total = float(bound.group(1)), float(bound.group(2))
+    default = inspect.signature(LogBusLogger).parameters["close_timeout"].default
+    assert default_total == default + min(default, cap)
+
+    class Hangs:
+        release = threading.Event()
+
+        def log(self, record):
+            if isinstance(record, Metrics):
+                self.release.wait()
+
+        def close(self, finish):
+            pass
+
+    close_timeout = 1.0
+    hung, healthy = Hangs(), logbus.testing.RecordingBackend()
+    destination = LogBusLogger(backends=[hung, healthy], close_timeout=close_timeout, log_stats=False)
+    destination.bus.emit(RunStarted(run_name="deadline"))
+    destination.bus.emit(Metrics({"loss": 1.0}, step=1))
+    try:
+        started = time.monotonic()
+        destination.fit_end(None, None)  # with log_stats=False neither event reads the state or the logger
+        destination.close(None, None)
+        destination.post_close()
+        elapsed = time.monotonic() - started
+    finally:
+        hung.release.set()
+    expected = close_timeout + min(close_timeout, cap)
+    assert expected - 0.05 <= elapsed <= expected + 1.5, (elapsed, expected)
+    assert healthy.finished is not None  # the healthy backend closed its run within the grace period
+
+
+def test_offline_table_images_are_in_the_staging_folder_the_readme_names(wandb_offline):
+    """What the README says about copying an offline run: the images of its tables are staged under
+    ``$WANDB_DATA_DIR/artifacts/staging/``, outside the run folder, and the run file points there."""
+    import numpy as np
+
+    from logbus import start_run
+    from logbus.records import Image
+
+    section = re.sub(r"\s+", " ", CHAPTERS["W&B offline and `wandb sync`"])
+    assert "`$WANDB_DATA_DIR/artifacts/staging/` (default `~/.local/share/wandb/artifacts/staging/`)" in section
+    assert re.search(r"To sync from another machine, copy that staging folder", section)
+
+    with start_run("staged", backends=[("wandb", {"project": "p"})]) as run:
+        run.log_table("samples/val", ["id", "image"], [[0, Image(pixels=np.full((4, 4, 3), 9, np.uint8))]], step=1)
+    (run_dir,) = find_run_dirs(wandb_offline)
+    ((_, _, ((_, cell),)),) = read_wandb_run(run_dir).tables("samples/val")
+    staging = wandb_offline / ".data" / "artifacts" / "staging"
+    assert Path(cell["file"]).parent == staging and Path(cell["file"]).read_bytes()[:4] == b"\x89PNG"
+    (run_file,) = run_dir.glob("*.wandb")
+    assert str(staging) in run_file.read_bytes().decode("latin-1")
+    assert not [path for path in run_dir.rglob("*") if path.is_file() and path.read_bytes()[:4] == b"\x89PNG"]
+
+
+def test_the_readme_states_the_wandb_floor_of_pyproject():
+    floor = re.search(r'"wandb>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert f"wandb >= {floor}" in CHAPTERS["Install"]
+    assert f"on {floor}, the oldest it allows" in README  # tests/test_wandb_floor.py runs it

@@ -4,7 +4,8 @@ import os
 
 import torch
 
-# The interpreter is chosen when @triton.jit decorates, so this must precede the logbus.kernels import.
+# The interpreter is chosen when @triton.jit decorates, so this must precede the logbus.kernels import
+# (tests/conftest.py sets it before any test module is imported; this line is for `--noconftest` runs).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -30,16 +31,33 @@ from logbus.kernels import segmentation as segmentation_mod
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton reads TRITON_INTERPRET when it first decorates (its own tl.* helpers included), so the setdefault
-# above is too late if something imported triton earlier in this process; then the CPU kernel tests skip
-# (run with TRITON_INTERPRET=1 in the environment, as `make test` does).
+# above is too late if something imported logbus.kernels earlier in this process.
 _KERNELS = {images_mod: "_images_kernel", logits_mod: "_logits_kernel", segmentation_mod: "_mask_kernel"}
 INTERPRETED = HAS_TRITON and all(
     type(getattr(module, name)).__name__ == "InterpretedFunction" for module, name in _KERNELS.items()
 )
-needs_triton = pytest.mark.skipif(
-    not HAS_TRITON or (DEVICE == "cpu" and not INTERPRETED),
-    reason="needs triton and CUDA, or TRITON_INTERPRET=1 set before triton is first imported",
-)
+
+
+def _why_the_kernels_cannot_be_tested() -> str | None:
+    if not HAS_TRITON:
+        return "the Triton kernels cannot be tested: triton is not installed (torch brings it on Linux x86-64)"
+    if DEVICE == "cpu" and not INTERPRETED:
+        return ("the Triton kernels cannot be tested: no CUDA device, and they were compiled rather than "
+                f"interpreted (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r} when logbus.kernels was "
+                "first imported); leave TRITON_INTERPRET unset (tests/conftest.py sets it) or set it to 1")
+    return None
+
+
+KERNELS_UNTESTABLE = _why_the_kernels_cannot_be_tested()
+# A mark, not a skipif: a run that cannot test the kernels fails each kernel test with the reason (the
+# fixture below), instead of passing with them quietly skipped.
+needs_triton = pytest.mark.needs_triton
+
+
+@pytest.fixture(autouse=True)
+def _kernel_tests_fail_where_the_kernels_cannot_run(request):
+    if KERNELS_UNTESTABLE and request.node.get_closest_marker("needs_triton"):
+        pytest.fail(KERNELS_UNTESTABLE, pytrace=False)
 # The interpreter runs kernels through numpy: NaN/inf arithmetic (on purpose here) warns, and so does
 # its own numpy usage.
 pytestmark = [

@@ -241,12 +241,13 @@ def test_plugin_looking_up_backends_while_loading_fails_instead_of_hanging(sites
 @pytest.mark.parametrize("env, loaded", [
     ({"LOGBUS_LOAD_PLUGINS": EXAMPLE_DIST}, {"example"}),
     ({"LOGBUS_LOAD_PLUGINS": "Logbus_Example.Plugin"}, {"example"}),  # names are normalised as in PEP 503
+    ({"LOGBUS_LOAD_PLUGINS": f" nope , {EXAMPLE_DIST} "}, {"example"}),  # spaces around the commas
     ({"LOGBUS_LOAD_PLUGINS": ""}, set()),
     ({"LOGBUS_DISABLE_PLUGIN_AUTOLOAD": "1"}, set()),
     ({"LOGBUS_DISABLE_PLUGIN_AUTOLOAD": "1", "LOGBUS_LOAD_PLUGINS": EXAMPLE_DIST}, {"example"}),
     ({"LOGBUS_DISABLE_PLUGIN_AUTOLOAD": "false"}, None),  # like "0": autoload stays on
-], ids=["allowlist", "allowlist-normalised", "empty-allowlist", "autoload-off", "autoload-off-with-allowlist",
-        "autoload-false"])
+], ids=["allowlist", "allowlist-normalised", "allowlist-with-spaces", "empty-allowlist", "autoload-off",
+        "autoload-off-with-allowlist", "autoload-false"])
 def test_load_controls(sites, tmp_path, env, loaded):
     dists = [EXAMPLE_DIST, BROKEN_DIST]
     plugins, stderr = _listed(sites, dists, tmp_path, "--all", **env)
@@ -319,6 +320,36 @@ def test_unknown_backend_lists_the_known_ones(sites, tmp_path):
     assert message.startswith(prefix), message
     known = message[len(prefix):].split(", ")
     assert known == sorted(known) and {"jsonl-recorder", "local", "wandb"} <= set(known)
+
+
+def test_an_unknown_backend_names_the_skipped_plugins_and_why(sites, tmp_path):
+    """The example plugin is installed but not allowlisted, the broken one is allowlisted but fails to
+    import: asking for the example's backend says both, with the reason for each."""
+    result = _python("""\
+        from logbus import start_run
+        try:
+            start_run("t", backends=["jsonl-recorder"])
+        except Exception as error:
+            print(error)
+    """, sites=sites, dists=[EXAMPLE_DIST, BROKEN_DIST], tmp_path=tmp_path, LOGBUS_LOAD_PLUGINS=f"{BROKEN_DIST}, nope")
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.startswith("unknown backend 'jsonl-recorder'; known backends: "), message
+    assert (f"'example' ({EXAMPLE_DIST} 0.1.0) not loaded: not named in LOGBUS_LOAD_PLUGINS="
+            f"'{BROKEN_DIST}, nope'") in message
+    assert (f"'broken' ({BROKEN_DIST} 0.1.0) ModuleNotFoundError: No module named "
+            "'logbus_broken_missing_dependency'") in message
+
+    result = _python("""\
+        from logbus import start_run
+        try:
+            start_run("t", backends=["jsonl-recorder"])
+        except Exception as error:
+            print(error)
+    """, sites=sites, dists=[EXAMPLE_DIST], tmp_path=tmp_path, LOGBUS_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert result.returncode == 0, result.stderr
+    assert (f"'example' ({EXAMPLE_DIST} 0.1.0) not loaded: LOGBUS_DISABLE_PLUGIN_AUTOLOAD is set and "
+            "LOGBUS_LOAD_PLUGINS does not name it") in result.stdout
 
 
 # -- lazy loading and reset ----------------------------------------------------------------------

@@ -135,11 +135,12 @@ def plot(summary: dict[str, Any], path: str) -> str:
         draw.text((10, y + 8), label, fill="black")
         draw.rectangle([left, y + 4, left + ratio * scale, y + row_height - 6], fill=colour)
         draw.text((left + ratio * scale + 6, y + 8), f"{ratio:.2f}x", fill="black")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     image.save(path)
     return path
 
 
-def main(*, as_json: bool = False, plot_path: str | None = "logbus-bench.png", full: bool = False,
+def main(*, as_json: bool = False, plot_path: str | None = None, full: bool = False,
          verbose: bool = False) -> int:
     summary = summarise(run_suites(quick=not full, verbose=verbose))
     if plot_path:

@@ -8,7 +8,7 @@ Each round builds a fresh Trainer (not timed), then times two ``trainer.eval()``
 
 The guide's callback is the documented one, adapted only to Composer 0.32's names
 (``state.timer`` -> ``state.timestamp``, ``state.batch_pair`` -> ``state.batch``), with Composer's
-own ``WandBLogger`` made to run on current wandb (``Run.get_url`` was removed in wandb 0.19).
+own ``WandBLogger`` made to run on current wandb (``Run.get_url`` was removed in wandb 0.29).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _composer_wandb_logger():
     from composer.loggers import WandBLogger
 
     if not hasattr(wandb.sdk.wandb_run.Run, "get_url"):
-        wandb.sdk.wandb_run.Run.get_url = lambda self: self.url  # removed in wandb 0.19
+        wandb.sdk.wandb_run.Run.get_url = lambda self: self.url  # removed in wandb 0.29
     return WandBLogger(project="bench")
 
 
