@@ -55,5 +55,5 @@ lint: $(STAMP)
 # Everything the commands above create; each is in .gitignore (tests/test_front_door.py checks both).
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .benchmarks .hypothesis .ruff_cache .pytest-artifacts \
-		bench-*/ wandb logbus_runs
+		bench-*/ wandb logbus_runs .whl
 	find . \( -name __pycache__ -o -name .ruff_cache \) -type d -prune -exec rm -rf {} +  # the example has its own
