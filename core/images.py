@@ -1,8 +1,12 @@
 """Turning what users hand to ``log_images`` into validated uint8 ``Image`` records.
 
-Float images are converted to uint8 here (wandb >= 0.20 no longer rescales floats, so a [0, 1]
-float image would otherwise show black). The conversion is ``logbus.kernels.images_to_uint8``, the
-same rounding as the GPU sample pipeline.
+Composer accepts any numeric image (float, int, bool) and hands it to ``wandb.Image``, which in
+wandb >= 0.20 casts it with ``astype(uint8)``. ``images_from_composer`` gives the same pixels for the
+same array, with one deliberate difference: a float image whose values all lie in [0, 1] is scaled
+to 0..255 (``logbus.kernels.images_to_uint8``, the rounding of the GPU sample pipeline), as wandb did
+before 0.20; the cast alone saves it black. Float images beyond [0, 1] (0..255 data) are cast as
+wandb does, after clipping to 0..255 (a cast of an out-of-range float is undefined); integer and
+bool images are cast exactly as wandb does (bool: 0 and 1).
 """
 
 from __future__ import annotations
@@ -30,15 +34,30 @@ def to_uint8_images(images: Any, *, channels_last: bool | None = None, **options
     return images_to_uint8(_as_tensor(images, "images"), channels_last=channels_last, **options).cpu().numpy()
 
 
+def _as_composer_pixels(tensor: torch.Tensor) -> torch.Tensor:
+    """Composer + wandb's pixel values for any numeric image: uint8, or a float in [0, 1] that the
+    uint8 conversion scales (see the module docstring)."""
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if tensor.is_floating_point():
+        if tensor.numel() and bool(((tensor >= 0) & (tensor <= 1)).all()):
+            return tensor
+        return tensor.float().nan_to_num(0.0).clamp(0, 255).to(torch.uint8)
+    if tensor.is_complex():
+        raise TypeError(f"images: expected real pixel values, got dtype {tensor.dtype}")
+    return tensor.to(torch.uint8)  # ints wrap modulo 256 and bools give 0/1, as numpy's astype(uint8)
+
+
 def images_from_composer(images: Any, *, channels_last: bool = False, masks: Mapping[str, Any] | None = None,
                          mask_class_labels: Mapping[int, str] | None = None) -> list[Image]:
     """Composer's ``log_images`` arguments -> ``Image`` records (one per image)."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("images: expected at least one image, got an empty sequence")
-        batch = [to_uint8_images(_expand(image, "images"), channels_last=channels_last)[0] for image in images]
+        batch = [to_uint8_images(_as_composer_pixels(_expand(image, "images")), channels_last=channels_last)[0]
+                 for image in images]
     else:
-        tensor = _as_tensor(images, "images")
+        tensor = _as_composer_pixels(_as_tensor(images, "images"))
         if tensor.ndim == 2:  # a single grey image [H, W]
             tensor, channels_last = tensor[:, :, None], True
         batch = list(to_uint8_images(tensor, channels_last=channels_last))

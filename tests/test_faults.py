@@ -236,11 +236,10 @@ def test_a_hung_backend_cannot_hold_training_or_close_past_the_deadline(logbus_d
     assert_same_series(healthy.series(LOSS), expected)
     assert_same_series(local_series(logbus_dir / "hung", LOSS), expected)
     assert healthy.finish.exit_code == 0
-    # fit_end's flush, close's flush and post_close's close share one close_timeout deadline, plus a
-    # grace period (at most close_timeout) for the healthy backends to finish their runs.
+    # fit_end's flush, close's flush and post_close's close each wait close_timeout at most.
     [close_seconds] = closing
     assert close_seconds < close_timeout + 2
-    assert elapsed < 2 * close_timeout + 20
+    assert elapsed < 3 * close_timeout + 20
     said = told(caplog, "hung")
     [deadline] = said["deadline"]
     assert f"{undelivered} record(s) were not delivered" in deadline and "thread is abandoned" in deadline
