@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
-import time
+import threading
 
 import composer.loggers
 import numpy as np
@@ -20,7 +20,6 @@ import pytest
 import torch
 import wandb
 from composer import Callback, State, Trainer
-from composer.core import Engine, Event
 from composer.loggers import Logger
 from composer.models import ComposerClassifier
 from local_reader import assert_same_series
@@ -93,3 +92,166 @@ def test_the_guides_log_predictions_callback_runs_unchanged_with_the_drop_in(wan
     assert [step for step, _ in expected_loss] == list(range(10))
     assert_same_series(run.metric(LOSS), expected_loss)
     assert run.exit_code == 0
+
+
+# -- the run is there when user code expects it ----------------------------------------------------
+def test_wandb_run_is_the_loggers_run_as_soon_as_the_trainer_exists(wandb_offline):
+    from composer.callbacks import ActivationMonitor
+
+    wandb_logger = WandBLogger(project="at-init", name="user-code")
+    truth = ComposerCalls()
+    # Composer's ActivationMonitor(only_log_wandb=True) finds WandB loggers with isinstance
+    trainer = make_trainer([wandb_logger, truth], batches=3,
+                           callbacks=[ActivationMonitor(interval="1ba", only_log_wandb=True)])
+    run = wandb.run
+    assert run is not None and wandb_logger.wandb_backend.run is run
+    assert (run.name, run.project) == ("user-code", "at-init")
+    assert wandb_logger.run_dir == run.dir and os.path.isdir(run.dir)
+    assert wandb_logger.run_url == run.url  # None offline, the run page online
+    assert (wandb_logger.entity, wandb_logger.project) == (run.entity, "at-init")
+    wandb.config.update({"user_setting": 7})
+    wandb.define_metric("user/*", summary="max")
+    wandb.watch(trainer.state.model, log="gradients", log_freq=1)
+    trainer.fit()
+    trainer.close()
+    assert wandb.run is None  # finished, and wandb's own "call wandb.init() first" is back
+
+    back = read_only_run(wandb_offline)
+    assert back.run["run_id"] == run.id
+    assert back.config["user_setting"] == 7
+    assert_same_series(back.metric(LOSS), truth.series(LOSS))
+    assert any(key.startswith("gradients/") for item in back.history for key in item)
+    assert any(key.startswith("activations/") for item in back.history for key in item)
+    assert not any(key.startswith("activations/") for _, metrics in truth.metrics for key in metrics)
+
+
+# -- users' own wandb.log calls, in order with logbus's ----------------------------------------------
+class UserWandbCalls(Callback):
+    """Logs straight to W&B at every batch end, the ways user callbacks do."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []  # (key, batch at the call)
+
+    def batch_end(self, state, logger):
+        batch = int(state.timestamp.batch)
+        wandb.log({"user/explicit": batch}, step=batch)
+        wandb.log({"user/stepless": batch})
+        wandb.run.log({"user/run_log": batch})
+        self.calls += [("user/explicit", batch), ("user/stepless", batch), ("user/run_log", batch)]
+        if batch % 5 == 0:
+            wandb.log({"user/table": wandb.Table(columns=["batch"], data=[[batch]]),
+                       "user/hist": wandb.Histogram(np.arange(batch + 1)),
+                       "user/image": wandb.Image(np.full((4, 4, 3), batch, dtype=np.uint8))})
+            self.calls.append(("user/table", batch))
+
+
+def test_users_wandb_log_calls_land_in_order_with_logbus_records_and_drop_nothing(wandb_offline):
+    truth, user = ComposerCalls(), UserWandbCalls()
+    trainer = make_trainer([WandBLogger(project="ordered"), truth], batches=30, callbacks=[user])
+    trainer.fit()
+    trainer.close()
+
+    run = read_only_run(wandb_offline)
+    assert_same_series(run.metric(LOSS), truth.series(LOSS))  # not one loss dropped as out of order
+    assert len(run.metric(LOSS)) == 30
+    for key in ("user/explicit", "user/stepless", "user/run_log"):
+        # a step-less call lands in the row of the batch it was made in
+        assert run.metric(key) == [(batch, batch) for name, batch in user.calls if name == key]
+    tables = run.tables("user/table")
+    assert [(step, rows) for step, _, rows in tables] == [(batch, [[batch]]) for name, batch in user.calls
+                                                          if name == "user/table"]
+    assert [step for step, _ in run.metric("user/hist._type")] == [step for step, _, _ in tables]
+    assert [step for step, _ in run.metric("user/image._type")] == [step for step, _, _ in tables]
+
+
+def test_a_users_wandb_log_returns_after_an_enqueue(wandb_offline):
+    wandb_logger = WandBLogger(project="enqueue")
+    trainer = make_trainer([wandb_logger], batches=1)
+    writer = wandb_logger.bus.workers[0]
+    held = threading.Event()
+    original = writer.backend.log
+    writer.backend.log = lambda record: (held.wait(30), original(record))  # the writer is busy
+    try:
+        wandb.log({"user/queued": 1.0}, step=0)
+        assert writer.pending >= 1  # queued, not written
+    finally:
+        held.set()
+    trainer.close()
+    assert read_only_run(wandb_offline).metric("user/queued") == [(0, 1.0)]
+
+
+# -- type and attribute parity ---------------------------------------------------------------------
+def test_it_is_a_composer_wandb_logger_with_its_attributes_and_runs_none_of_its_code():
+    ours, theirs = WandBLogger(project="p", entity="e"), composer.loggers.WandBLogger(project="p", entity="e")
+    try:
+        assert isinstance(ours, composer.loggers.WandBLogger)
+        assert set(vars(theirs)) <= set(vars(ours))
+        for name in ("entity", "project", "run_dir", "run_url", "table_dict", "_enabled", "_rank_zero_only",
+                     "_log_artifacts", "_init_kwargs", "_is_in_atexit"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+        # Composer's methods call wandb on the training thread (and the removed get_url): every one is
+        # overridden; only its atexit flag setter is inherited.
+        inherited = [name for name, member in vars(composer.loggers.WandBLogger).items()
+                     if inspect.isfunction(member) and getattr(WandBLogger, name) is member]
+        assert inherited == ["_set_is_in_atexit"]
+    finally:
+        ours.bus.close()
+
+
+# -- images as Composer logs them ------------------------------------------------------------------
+GRID = torch.arange(3 * 4 * 5).reshape(3, 4, 5)
+IMAGE_CASES = {
+    "uint8": (GRID * 4).to(torch.uint8),
+    "int64": GRID * 4,
+    "int32": (GRID * 4).to(torch.int32),
+    "int64_wraps": GRID * 9,  # values above 255 wrap, as numpy's astype(uint8)
+    "bool": GRID % 2 == 0,
+    "float32_0_255": GRID.float() * 4.2,
+    "float64_0_255": GRID.double() * 4.2 + 0.5,
+    "float32_0_1": GRID.float() / 59,
+}
+
+
+def composers_pixels(image: torch.Tensor) -> np.ndarray:
+    """What Composer's WandBLogger stores for ``image``: its own conversion, then wandb.Image."""
+    from composer.loggers.wandb_logger import _convert_to_wandb_image
+
+    return decode(wandb.Image(_convert_to_wandb_image(image, channels_last=False))._path)
+
+
+class LogImageCases(Callback):
+    def batch_end(self, state, logger):
+        for name, image in IMAGE_CASES.items():
+            logger.log_images(image, name=name, use_table=False)
+
+
+def test_every_image_dtype_composer_accepts_is_logged_as_composer_logs_it(wandb_offline):
+    trainer = make_trainer([WandBLogger(project="images")], batches=1, callbacks=[LogImageCases()])
+    trainer.fit()
+    trainer.close()
+
+    run = read_only_run(wandb_offline)
+    for name, image in IMAGE_CASES.items():
+        [(step, [stored])] = run.images(name)
+        ours, theirs = decode(stored["file"]), composers_pixels(image)
+        assert step == 1 and ours.shape == theirs.shape == (4, 5, 3), name  # batch_end of batch 0
+        if name == "float32_0_1":
+            # the one deliberate difference: wandb >= 0.20 casts [0, 1] floats to black
+            assert theirs.max() <= 1  # 1.0 casts to 1
+            np.testing.assert_array_equal(ours, np.rint(image.numpy().transpose(1, 2, 0) * 255))
+        else:
+            np.testing.assert_array_equal(ours, theirs, err_msg=name)
+
+
+# -- step-less direct calls ------------------------------------------------------------------------
+def test_step_less_direct_log_metrics_calls_are_rows_of_their_own_as_with_composer(wandb_offline):
+    wandb_logger = WandBLogger(project="stepless")
+    trainer = make_trainer([wandb_logger], batches=1)
+    trainer.logger.log_metrics({"via_logger": 3.0})  # Composer's Logger: the batch, 0
+    wandb_logger.log_metrics({"direct": 1.0})  # joins row 0 and commits it, as wandb.log(m, None)
+    wandb_logger.log_metrics({"direct": 2.0})  # a row of its own
+    trainer.close()
+
+    run = read_only_run(wandb_offline)
+    assert run.metric("via_logger") == [(0, 3.0)]
+    assert run.metric("direct") == [(0, 1.0), (1, 2.0)]
