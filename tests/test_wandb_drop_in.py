@@ -10,8 +10,10 @@ its ``init`` calls the removed ``wandb.run.get_url()`` and cannot run here.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
+import tempfile
 import threading
 
 import composer.loggers
@@ -255,3 +257,83 @@ def test_step_less_direct_log_metrics_calls_are_rows_of_their_own_as_with_compos
     run = read_only_run(wandb_offline)
     assert run.metric("via_logger") == [(0, 3.0)]
     assert run.metric("direct") == [(0, 1.0), (1, 2.0)]
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+class StagedLinks(Callback):
+    """After each checkpoint, waits for the bus and reads the checkpoint's hard-link count: 2 while logbus
+    still holds a staged link to it, 1 once released."""
+
+    def __init__(self, wandb_logger):
+        self.wandb_logger = wandb_logger
+        self.links: list[tuple[str, int]] = []
+
+    def epoch_end(self, state, logger):
+        # Composer saves and uploads at EPOCH_CHECKPOINT, after EPOCH_END: look at the previous epoch's
+        if state.timestamp.epoch > 1:
+            self._look(state)
+
+    def fit_end(self, state, logger):
+        self._look(state)
+
+    def _look(self, state):
+        self.wandb_logger.bus.flush(30)
+        for path in sorted(os.listdir("checkpoints")):
+            full = os.path.join("checkpoints", path)
+            if not os.path.islink(full):
+                self.links.append((path, os.stat(full).st_nlink))
+
+
+@pytest.mark.parametrize("log_artifacts", [False, True])
+def test_checkpoints_are_staged_only_for_upload_and_released_once_uploaded(wandb_offline, tmp_path, monkeypatch,
+                                                                         log_artifacts):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the staging folder goes
+    (tmp_path / "tmp").mkdir()
+    wandb_logger = WandBLogger(project="ckpt", log_artifacts=log_artifacts)
+    links = StagedLinks(wandb_logger)
+    trainer = make_trainer([wandb_logger], callbacks=[links], run_name="ckpt", max_duration="3ep",
+                           train_subset_num_batches=1, save_folder="checkpoints", save_interval="1ep",
+                           save_num_checkpoints_to_keep=1)
+    trainer.fit()
+    # Composer's rotation kept one checkpoint, and each was released as soon as it was uploaded (or
+    # never linked): the disk a rotated checkpoint held is free during the run, not at its end.
+    assert links.links == [("ep1-ba1-rank0.pt", 1), ("ep2-ba2-rank0.pt", 1), ("ep3-ba3-rank0.pt", 1)]
+    assert [path for path in (tmp_path / "tmp").glob("logbus-upload-*/**/*") if path.is_file()] == []
+    trainer.close()
+
+    models = [artifact for artifact in read_only_run(wandb_offline).user_artifacts() if artifact.type == "model"]
+    if not log_artifacts:
+        assert models == []
+        return
+    assert [(artifact.name, set(artifact.aliases)) for artifact in models] == [
+        (f"checkpoints.ep{epoch}-ba{epoch}-rank0.pt", {"latest", f"ep{epoch}-ba{epoch}"}) for epoch in (1, 2, 3)]
+    for artifact in models:  # the rotated ones too: what was uploaded is each checkpoint as saved
+        [stored] = artifact.files.values()
+        timestamp = torch.load(stored, weights_only=False)["state"]["timestamp"]["Timestamp"]
+        assert timestamp["batch"] == int(artifact.name[14])
+
+
+def test_staging_links_beside_the_file_when_the_temporary_folder_is_on_another_filesystem(tmp_path, monkeypatch):
+    from logbus.staging import Staging
+
+    source = tmp_path / "ckpt.pt"
+    source.write_bytes(b"weights")
+    link = os.link
+
+    def cross_device(src, dst, **kwargs):  # the system temp folder on another filesystem (a tmpfs /tmp)
+        if not str(dst).startswith(str(tmp_path)):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", cross_device)
+    staging = Staging()
+    staged, release = staging.stage(str(source), consumers=2)
+    assert os.path.dirname(os.path.dirname(staged)).startswith(str(tmp_path / ".logbus-staging-"))
+    assert os.path.samefile(staged, source) and source.stat().st_nlink == 2
+    source.unlink()  # Composer's rotation
+    assert open(staged, "rb").read() == b"weights"
+    release()
+    assert os.path.exists(staged)  # one backend still reads it
+    release()
+    assert sorted(os.listdir(tmp_path)) == []  # the last release removes the folder beside the checkpoints
