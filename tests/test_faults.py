@@ -247,6 +247,55 @@ def test_a_hung_backend_cannot_hold_training_or_close_past_the_deadline(logbus_d
     assert_told_nothing(caplog, "healthy", "local")
 
 
+class SlowOnLateMetrics(Recorder):
+    """Healthy, but each ``late/*`` metrics record takes ``seconds`` to deliver."""
+
+    def __init__(self, seconds: float, name: str = "slow-late"):
+        super().__init__(name)
+        self.seconds = seconds
+
+    def log(self, record):
+        if isinstance(record, Metrics) and any(name.startswith("late/") for name in record.values):
+            time.sleep(self.seconds)
+        super().log(record)
+
+
+class EvalAfterFit(Callback):
+    """The ``trainer.eval()`` after ``fit`` takes ``seconds``, then logs three ``late/*`` metrics."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.after_fit = seconds, False
+
+    def fit_end(self, state, logger):
+        self.after_fit = True
+
+    def eval_end(self, state, logger):
+        if self.after_fit:
+            time.sleep(self.seconds)
+            for index in range(3):
+                logger.log_metrics({f"late/{index}": float(index)})
+
+
+def test_an_eval_after_fit_does_not_eat_the_final_closes_deadline(logbus_dir, caplog):
+    # close_timeout 2 s; the eval after fit outlasts it, and its 3 records take 2.7 s to deliver: more
+    # than one wait, less than close's flush and the final close together. A deadline shared from
+    # fit_end on would leave the end of training one grace period and lose the last record.
+    close_timeout = 2.0
+    slow = SlowOnLateMetrics(seconds=0.9)
+    bus_logger = LogBusLogger(backends=[slow], close_timeout=close_timeout, log_stats=False)
+    trainer = make_trainer([bus_logger], callbacks=[EvalAfterFit(seconds=close_timeout + 0.2)], run_name="late",
+                           batches=2, with_eval=True)
+    trainer.fit()
+    trainer.eval()
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        trainer.close()
+
+    assert [record.values for record in slow.records if isinstance(record, Metrics)
+            and any(name.startswith("late/") for name in record.values)] == [{f"late/{i}": float(i)} for i in range(3)]
+    assert slow.finish is not None and slow.finish.exit_code == 0
+    assert_told_nothing(caplog, "slow-late")
+
+
 # -- a slow backend: backpressure ------------------------------------------------------------------
 def test_a_slow_backend_drops_and_counts_sample_tables_and_gets_every_metric(logbus_dir, caplog):
     slow, healthy, truth = StallsOnTables(), Recorder("healthy"), ComposerCalls()
