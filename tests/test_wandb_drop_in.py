@@ -337,3 +337,43 @@ def test_staging_links_beside_the_file_when_the_temporary_folder_is_on_another_f
     assert os.path.exists(staged)  # one backend still reads it
     release()
     assert sorted(os.listdir(tmp_path)) == []  # the last release removes the folder beside the checkpoints
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_users_wandb_log_without_a_run_or_with_bad_arguments_fails_at_the_call(wandb_offline):
+    wandb_logger = WandBLogger(project="bad-input")
+    with pytest.raises(wandb.Error, match=r"call wandb.init\(\) before wandb.log\(\)"):
+        wandb.log({"too_early": 1.0})  # before Event.INIT: wandb's own error, as with Composer's logger
+    trainer = make_trainer([wandb_logger], batches=1)
+    run = wandb.run
+    with pytest.raises(TypeError, match=r"^data: expected a dict of values to log, got list"):
+        wandb.log(["not", "a", "dict"])
+    with pytest.raises(TypeError, match=r"^data: keys must be str, got 1 \(int\)"):
+        run.log({1: 2.0})
+    with pytest.raises(TypeError, match=r"^step: expected a non-negative int or None, got -1"):
+        wandb.log({"x": 1.0}, step=-1)
+    with pytest.raises(TypeError, match=r"^commit: expected a bool or None, got 'yes'"):
+        run.log({"x": 1.0}, commit="yes")
+    wandb.log({"still_fine": 1.0}, step=0)
+    trainer.close()
+    with pytest.raises(wandb.Error, match=r"call wandb.init\(\) before wandb.log\(\)"):
+        wandb.log({"too_late": 1.0})  # after close: wandb's own error again
+    with pytest.raises(wandb.errors.UsageError, match="is finished"):
+        run.log({"too_late": 1.0})  # a kept reference to the finished run: wandb's own error
+
+    back = read_only_run(wandb_offline)
+    assert back.metric("still_fine") == [(0, 1.0)]
+    assert not any(key in item for item in back.history for key in ("x", "too_early", "too_late"))
+
+
+def test_on_a_rank_that_does_not_log_there_is_no_run_as_with_composer(wandb_offline, monkeypatch):
+    trainer = make_trainer([], batches=1)
+    monkeypatch.setenv("RANK", "1")  # rank_zero_only on rank 1 (one process: nothing to broadcast)
+    wandb_logger = WandBLogger(project="rank1")
+    wandb_logger.init(trainer.state, trainer.logger)
+    assert wandb.run is None and wandb_logger.run_dir is None and wandb_logger.project == "rank1"
+    with pytest.raises(wandb.Error, match=r"call wandb.init\(\) before wandb.log\(\)"):
+        wandb.log({"x": 1.0})
+    wandb_logger.log_metrics({"x": 1.0}, step=0)  # Composer's calls are skipped quietly
+    wandb_logger.post_close()
+    assert not (wandb_offline / "wandb").exists()
