@@ -15,6 +15,7 @@ import inspect
 import os
 import tempfile
 import threading
+from pathlib import Path
 
 import composer.loggers
 import numpy as np
@@ -377,3 +378,35 @@ def test_on_a_rank_that_does_not_log_there_is_no_run_as_with_composer(wandb_offl
     wandb_logger.log_metrics({"x": 1.0}, step=0)  # Composer's calls are skipped quietly
     wandb_logger.post_close()
     assert not (wandb_offline / "wandb").exists()
+
+
+# -- download_file ---------------------------------------------------------------------------------
+def test_download_file_waits_for_a_run_still_starting_on_the_writer(wandb_offline, tmp_path, monkeypatch):
+    """``LogBusLogger``'s wandb backend starts its run on its writer thread; Composer may ask for a
+    checkpoint right after ``Event.INIT``. Fetching needs the W&B server, not reachable here: only
+    ``wandb.Api`` is faked; the entity and project must be the started run's (none was given)."""
+    from logbus.composer import LogBusLogger
+
+    requested = []
+
+    class FakeArtifact:
+        def download(self, root):
+            os.makedirs(root)
+            (Path(root) / "ckpt.pt").write_bytes(b"weights")
+
+    class FakeApi:
+        default_entity = "api-key-entity"
+
+        def artifact(self, path):
+            requested.append(path)
+            return FakeArtifact()
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    bus_logger = LogBusLogger(backends=["wandb"])
+    trainer = make_trainer([bus_logger], batches=1)
+    bus_logger.download_file("checkpoints/ep1-ba1-rank0.pt", str(tmp_path / "restored.pt"))
+    trainer.close()
+
+    project = read_only_run(wandb_offline).run["project"]
+    assert requested == [f"api-key-entity/{project}/checkpoints.ep1-ba1-rank0.pt:latest"]
+    assert (tmp_path / "restored.pt").read_bytes() == b"weights"
