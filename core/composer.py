@@ -228,7 +228,7 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
 
     def init(self, state: State, logger: Logger) -> None:
         backend = self.wandb_backend
-        if backend._started:
+        if backend.started:
             # Called again (Composer's own tests do, then hand the logger to a Trainer): as
             # Composer's wandb.init then returns the run already there, keep it; follow the new state.
             self._state = state

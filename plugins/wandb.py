@@ -126,6 +126,11 @@ class WandBBackend:
                           "ranks will not be collected, leading to a loss of information required to restore "
                           "from checkpoints.", stacklevel=3)
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran (successfully or not), on any thread."""
+        return self._started
+
     # -- records ---------------------------------------------------------------------------------
     def log(self, record) -> None:
         if isinstance(record, RunStarted):
