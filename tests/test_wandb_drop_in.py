@@ -410,3 +410,97 @@ def test_download_file_waits_for_a_run_still_starting_on_the_writer(wandb_offlin
     project = read_only_run(wandb_offline).run["project"]
     assert requested == [f"api-key-entity/{project}/checkpoints.ep1-ba1-rank0.pt:latest"]
     assert (tmp_path / "restored.pt").read_bytes() == b"weights"
+
+
+# -- what Composer's own logger tests check, as this project's tests -------------------------------
+class LogImageShapes(Callback):
+    """Every image shape Composer's logger takes, as torch (float32 and bfloat16) and numpy, with masks."""
+
+    shapes = {
+        "grey_2d": (torch.rand(4, 4), False),
+        "batch": (torch.rand(2, 3, 4, 4), False),
+        "batch_bf16": (torch.rand(2, 3, 4, 4, dtype=torch.bfloat16), False),
+        "single": (torch.rand(3, 4, 4), False),
+        "list_channels_last": ([torch.rand(4, 4, 3), torch.rand(4, 4, 3)], True),
+        "batch_channels_last": (torch.rand(2, 4, 4, 3), True),
+        "numpy_batch": (np.random.default_rng(0).random((2, 3, 4, 4), dtype=np.float32), False),
+        "int_channels_last": (torch.randint(0, 256, (4, 4, 3)), True),
+    }
+
+    def batch_end(self, state, logger):
+        for name, (images, channels_last) in self.shapes.items():
+            logger.log_images(images, name=name, channels_last=channels_last, use_table=False)
+        logger.log_images(torch.rand(2, 3, 4, 4), name="masked", masks={"pred": torch.randint(0, 10, (2, 4, 4)),
+                                                                      "truth": torch.randint(0, 10, (2, 4, 4))})
+
+
+def test_every_image_shape_composer_takes_is_stored_with_its_masks(wandb_offline):
+    trainer = make_trainer([WandBLogger(project="shapes")], batches=1, callbacks=[LogImageShapes()])
+    trainer.fit()
+    trainer.close()
+
+    run = read_only_run(wandb_offline)
+    for name, (images, channels_last) in LogImageShapes.shapes.items():
+        [(_, stored)] = run.images(name)
+        expected = list(images) if isinstance(images, list) or images.ndim == 4 else [images]
+        assert len(stored) == len(expected), name
+        for cell, image in zip(stored, expected):
+            theirs = composers_pixels_of(image, channels_last)
+            ours = decode(cell["file"])
+            assert ours.reshape(theirs.shape).shape == theirs.shape, name  # grey: [H, W] or [H, W, 1]
+            if theirs.max() > 1:  # not a [0, 1] float, which Composer stores black (see above)
+                np.testing.assert_array_equal(ours.reshape(theirs.shape), theirs, err_msg=name)
+    [(step, columns, rows)] = run.tables("masked Table")  # Logger.log_images: use_table=True by default
+    assert (step, columns, len(rows)) == (1, ["masked"], 2)
+    assert all(set(row[0]["masks"]) == {"pred", "truth"} for row in rows)
+
+
+def composers_pixels_of(image, channels_last: bool) -> np.ndarray:
+    from composer.loggers.wandb_logger import _convert_to_wandb_image
+
+    array = _convert_to_wandb_image(image, channels_last=channels_last)
+    return decode(wandb.Image(array)._path)
+
+
+@pytest.mark.parametrize("images, channels_last", [
+    (torch.rand(32), False),  # one dimension
+    (torch.rand(32, 0), False),  # an empty dimension
+    (torch.rand(4, 4, 8, 32, 32), False),  # five dimensions
+    ([torch.rand(4, 32, 32, 3)], True),  # a list of batches
+])
+def test_images_composer_refuses_raise_a_value_error_at_the_call(images, channels_last):
+    wandb_logger = WandBLogger(project="refused")
+    try:
+        with pytest.raises(ValueError, match=r"^images?: "):
+            wandb_logger.log_images(images, channels_last=channels_last)
+        assert wandb_logger.bus.stats()["emitted"] == 0
+    finally:
+        wandb_logger.bus.close()
+
+
+def test_init_twice_and_close_twice_keep_one_run_and_finish_it_once(wandb_offline):
+    wandb_logger = WandBLogger(project="twice")
+    trainer = make_trainer([wandb_logger], batches=2)
+    run = wandb.run
+    wandb_logger.init(trainer.state, trainer.logger)  # Composer's own tests call init again
+    assert wandb.run is run and wandb_logger.run_dir == run.dir
+    trainer.fit()
+    trainer.close()
+    wandb_logger.close(trainer.state, trainer.logger)
+    wandb_logger.post_close()
+
+    back = read_only_run(wandb_offline)
+    assert back.exit_code == 0 and [step for step, _ in back.metric(LOSS)] == [0, 1]
+    assert sum(record.get("type") == "exit" for record in back.records) == 1
+
+
+def test_the_logger_pickles_with_wandb_disabled(monkeypatch, tmp_path):
+    import pickle
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    wandb_logger = WandBLogger()
+    trainer = make_trainer([wandb_logger], batches=1)
+    assert pickle.loads(pickle.dumps(wandb_logger.state_dict())) == wandb_logger.state_dict()
+    trainer.close()
+    assert wandb.run is None
