@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from logbus.deferred import Deferred
-from logbus.records import Hyperparameters, Metrics, Record, RunFinished, RunStarted
+from logbus.records import Artifact, Hyperparameters, Metrics, Record, RunFinished, RunStarted
 
 log = logging.getLogger("logbus")
 
@@ -177,8 +177,10 @@ class BackendWorker:
                     continue
             if not self.stats.enabled:
                 self.stats.discarded += 1
-                continue
-            self._deliver(record)
+            else:
+                self._deliver(record)
+            if type(record) is Artifact and record.on_done is not None:
+                self._done_with(record)
 
     def _resolve(self, deferred: Deferred) -> Record | None:
         try:
@@ -200,6 +202,12 @@ class BackendWorker:
             self._in_flight = False
         self.stats.delivered += 1
         self._consecutive_failures = 0
+
+    def _done_with(self, record: Artifact) -> None:
+        try:
+            record.on_done()
+        except Exception:  # noqa: BLE001 - freeing a staged file must not stop this writer
+            log.exception("logbus: releasing the staged file of artifact %r failed", record.name)
 
     def _failed(self, record: Record, error: BaseException) -> None:
         self.stats.failures += 1

@@ -6,20 +6,19 @@ Migrating is one line::
     - from composer.loggers import WandBLogger
     + from logbus.composer import WandBLogger
 
-Every method here runs on the training thread and only validates and enqueues.
+Every method here runs on the training thread and only validates and enqueues; the one exception
+is the drop-in's ``init``, which starts the W&B run there as Composer's logger does.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
-import time
 import warnings
 from typing import Any, Optional, Sequence, Union
 
+import composer.loggers
 import numpy as np
 import torch
 from composer.core import State
@@ -30,6 +29,7 @@ from logbus.bus import Bus
 from logbus.images import images_record
 from logbus.naming import check_key, wandb_artifact_name
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
+from logbus.staging import Staging
 
 __all__ = ["LogBusLogger", "WandBLogger", "SampleLogger", "artifact_type_for"]
 
@@ -49,7 +49,8 @@ class LogBusLogger(LoggerDestination):
         backend objects. Default: the local run folder.
     :param max_pending_bytes: per-backend budget for queued images/tables before they are dropped.
     :param failure_limit: consecutive failures after which a backend is switched off.
-    :param close_timeout: seconds to wait for backends to drain at the end of training.
+    :param close_timeout: seconds to wait for backends to drain, at each of ``fit_end``, ``close`` and
+        ``post_close`` (the final close).
     :param log_stats: log the bus's own ``logbus/*`` counters at the end of ``fit``.
     """
 
@@ -59,15 +60,15 @@ class LogBusLogger(LoggerDestination):
                        close_timeout=close_timeout)
         self.log_stats = log_stats
         # Composer may delete or rotate a checkpoint right after upload_file returns; files are
-        # hard-linked (or copied) here first so the writer thread uploads what was asked for.
-        self._staging: tempfile.TemporaryDirectory | None = None
-        self._deadline: float | None = None
+        # hard-linked first so the writer thread uploads what was asked for (see logbus.staging).
+        self._staging = Staging()
         self._state: State | None = None
 
     def _step(self, step: Optional[int]) -> Optional[int]:
-        # A step-less wandb.log commits wandb's current row, and wandb then silently drops everything
-        # logged later at that same step (Composer logs the loss after the algorithm traces of the
-        # batch): pin step-less calls to the current batch, the step Composer's Logger gives metrics.
+        # Traces come without a step. A step-less wandb.log commits wandb's current row, and wandb then
+        # silently drops everything logged later at that same step (Composer logs the loss after the
+        # algorithm traces of the batch): pin them to the current batch, the step Composer's Logger
+        # gives metrics. Other step-less calls keep None, as Composer's WandBLogger does (a new row).
         if step is None and self._state is not None:
             return int(self._state.timestamp.batch)
         return step
@@ -86,36 +87,27 @@ class LogBusLogger(LoggerDestination):
         self.bus.exit_code_if_interrupted = 0
         if self.log_stats:
             self.bus.emit(Metrics(self.bus.stats_metrics(), step=int(state.timestamp.batch)))
-        self._deadline = time.monotonic() + self.bus.close_timeout
-        self.bus.flush(self._time_left())
+        # Each of fit_end, close and post_close waits close_timeout on its own: whatever ran between
+        # them (a trainer.eval() after fit) cannot eat the final close's time, so a healthy backend
+        # always finishes. A hung one holds the end of training 3 x close_timeout at most.
+        self.bus.flush(self.bus.close_timeout)
 
     def close(self, state: State, logger: Logger) -> None:
-        self.bus.flush(self._time_left())
+        self.bus.flush(self.bus.close_timeout)
 
     def post_close(self) -> None:
         failed = sys.exc_info() != (None, None, None) or self.bus.exit_code_if_interrupted
-        # The flushes may have spent the deadline on a hung backend; the healthy ones still get a grace
-        # period to finish their runs (wandb.finish), so the end of training is bounded by
-        # close_timeout + min(close_timeout, 10 s) in all.
-        grace = min(self.bus.close_timeout, 10.0)
         self.bus.close(1 if failed else 0, reason="training raised" if failed else None,
-                       timeout=max(self._time_left(), grace))
-        if self._staging is not None:
-            self._staging.cleanup()
-
-    def _time_left(self) -> float:
-        """fit_end's and close's flushes and post_close's close share one close_timeout: a hung
-        backend holds the end of training about that long in all, not once per event."""
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self.bus.close_timeout
-        return max(0.0, self._deadline - time.monotonic())
+                       timeout=self.bus.close_timeout)
+        self._staging.cleanup()
 
     # -- LoggerDestination -----------------------------------------------------------------------
     def log_hyperparameters(self, hyperparameters: dict[str, Any]) -> None:
         self.bus.emit(Hyperparameters(hyperparameters))
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
-        self.bus.emit(Metrics(metrics, step if step is not None else self._step(step)))
+        # Composer's Logger always gives the batch; a direct step-less call is a new row in wandb.
+        self.bus.emit(Metrics(metrics, step))
 
     def log_traces(self, traces: dict[str, Any]) -> None:
         # Traces are algorithm events (bools, counts); numbers are kept as metrics, the rest skipped.
@@ -126,7 +118,7 @@ class LogBusLogger(LoggerDestination):
     def log_table(self, columns: list[str], rows: list[list[Any]], name: str = "Table",
                   step: Optional[int] = None) -> None:
         check_key(name, "name")  # Composer calls the key `name`: say so in the error
-        self.bus.emit(Table(name, columns, rows, self._step(step)))
+        self.bus.emit(Table(name, columns, rows, step))
 
     def log_images(
         self,
@@ -141,7 +133,7 @@ class LogBusLogger(LoggerDestination):
         """Checks and snapshots the images on their device here; they are converted to uint8 and
         copied to the host on a backend's writer thread, so a CUDA image costs no sync here."""
         check_key(name, "name")
-        self.bus.emit(images_record(name, images, self._step(step), use_table=use_table, channels_last=channels_last,
+        self.bus.emit(images_record(name, images, step, use_table=use_table, channels_last=channels_last,
                                     masks=masks, mask_class_labels=mask_class_labels))
 
     def can_upload_files(self) -> bool:
@@ -149,6 +141,12 @@ class LogBusLogger(LoggerDestination):
 
     def upload_file(self, state: State, remote_file_name: str, file_path: pathlib.Path, *, overwrite: bool) -> None:
         del overwrite
+        source = os.fspath(file_path)
+        if not os.path.isfile(source):
+            raise ValueError(f"file_path: expected an existing file, got {source!r}")
+        consumers = sum(1 for worker in self.bus.workers if Artifact in worker.supports and worker.stats.enabled)
+        if not consumers:
+            return  # no backend keeps files (wandb with log_artifacts=False): nothing to stage
         name = wandb_artifact_name(remote_file_name)
         if name != remote_file_name:
             warnings.warn(f"Artifact names allow only letters, digits, '.', '-' and '_'. The file "
@@ -157,39 +155,33 @@ class LogBusLogger(LoggerDestination):
         metadata = {f"timestamp/{k}": v for k, v in timestamp.state_dict().items()}
         if state.dataloader is not state.train_dataloader:  # uploaded during eval, as Composer records
             metadata.update({f"eval_timestamp/{k}": v for k, v in state.eval_timestamp.state_dict().items()})
-        self.bus.emit(Artifact(path=self._stage(file_path), name=name, type=artifact_type_for(name),
+        staged, release = self._staging.stage(source, consumers)
+        self.bus.emit(Artifact(path=staged, name=name, type=artifact_type_for(name),
                                aliases=["latest", f"ep{int(timestamp.epoch)}-ba{int(timestamp.batch)}"],
-                               metadata=metadata))
+                               metadata=metadata, on_done=release))
 
     def download_file(self, remote_file_name: str, destination: str, overwrite: bool = False,
                       progress_bar: bool = True) -> None:
+        # A backend may still be starting its run on its writer (the entity and project come from
+        # there): let everything emitted so far, RunStarted included, reach the backends first.
+        self.bus.flush(self.bus.close_timeout)
         for backend in self.bus.backends.values():
             download = getattr(backend, "download_file", None)
             if download is not None:
                 return download(remote_file_name, destination, overwrite=overwrite, progress_bar=progress_bar)
         raise NotImplementedError(f"download_file: none of the backends {list(self.bus.backends)} can give files back")
 
-    def _stage(self, file_path: Union[str, os.PathLike]) -> str:
-        source = os.fspath(file_path)
-        if not os.path.isfile(source):
-            raise ValueError(f"file_path: expected an existing file, got {source!r}")
-        if self._staging is None:
-            self._staging = tempfile.TemporaryDirectory(prefix="logbus-upload-")
-        # One folder per upload, so the staged file keeps its own name: backends (wandb's add_file)
-        # store it under that name, as Composer's WandBLogger does.
-        folder = os.path.join(self._staging.name, str(len(os.listdir(self._staging.name))))
-        os.mkdir(folder)
-        target = os.path.join(folder, os.path.basename(source))
-        try:
-            os.link(source, target)  # O(1), and survives Composer deleting the original
-        except OSError:
-            shutil.copyfile(source, target)
-        return target
 
-
-class WandBLogger(LogBusLogger):
+class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
     """Drop-in for ``composer.loggers.WandBLogger`` (same arguments, defaults and meanings) that works
     on current wandb and never blocks the training loop.
+
+    It is a ``composer.loggers.WandBLogger`` (``isinstance`` holds where Composer checks it: the
+    Trainer's checkpoint loading, ``ActivationMonitor``, ``MosaicMLLogger``), but none of Composer's
+    methods run: every one is overridden here or in ``LogBusLogger``. As with Composer's logger, the
+    run is started at ``Event.INIT`` on the logging ranks and is ``wandb.run`` from then on; user
+    code's ``wandb.log`` / ``wandb.run.log`` on it are enqueued on the bus, in order with logbus's
+    records (see ``WandBBackend.route_user_logs``).
 
     Args:
         project (str, optional): WandB project name.
@@ -219,18 +211,47 @@ class WandBLogger(LogBusLogger):
                                           log_artifacts=log_artifacts, rank_zero_only=rank_zero_only,
                                           init_kwargs=init_kwargs)
         super().__init__(backends=[self.wandb_backend])
+        # Composer's attributes, with Composer's meanings. entity/project are the arguments until
+        # Event.INIT, then the run's own, sent from rank 0 to every rank (download_file needs them).
+        self._enabled = (not rank_zero_only) or dist.get_global_rank() == 0
+        self._rank_zero_only = bool(rank_zero_only)
+        self._log_artifacts = bool(log_artifacts)
+        self._init_kwargs = self.wandb_backend.init_kwargs
+        self._is_in_atexit = False
+        self.entity = entity
+        self.project = project
+        self.run_dir: Optional[str] = None
+        self.run_url: Optional[str] = None
+        self.table_dict: dict = {}
 
-    @property
-    def run_dir(self) -> Optional[str]:
-        return self.wandb_backend.run_dir
+    def init(self, state: State, logger: Logger) -> None:
+        backend = self.wandb_backend
+        if backend.started:
+            # Called again (Composer's own tests do, then hand the logger to a Trainer): as
+            # Composer's wandb.init then returns the run already there, keep it; follow the new state.
+            self._state = state
+        else:
+            # wandb.init here, on the training thread, as Composer does: user code may use wandb.run,
+            # wandb.config, wandb.log from Event.INIT on. A failure is reported by the bus (counted,
+            # the backend switched off), never raised into training.
+            backend.start(RunStarted(run_name=state.run_name or "composer-run", rank=dist.get_global_rank(),
+                                     world_size=dist.get_world_size()), global_run=True)
+            self._state = state
+            backend.route_user_logs(lambda: int(self._state.timestamp.batch), self.bus.emit)
+            super().init(state, logger)
+        entity_and_project = [backend.entity, backend.project] if backend.run is not None else [None, None]
+        # As Composer: rank 0's entity and project on every rank, so that download_file works on ranks
+        # without a run (a collective: every rank calls init). Where rank 0 has no run either (wandb
+        # failed to start), the configured ones stay.
+        dist.broadcast_object_list(entity_and_project)
+        if entity_and_project[1] is not None:
+            backend.entity, backend.project = entity_and_project
+        self.entity, self.project = backend.entity, backend.project
+        self.run_dir, self.run_url = backend.run_dir, backend.run_url
 
-    @property
-    def entity(self) -> Optional[str]:
-        return self.wandb_backend.entity
-
-    @property
-    def project(self) -> Optional[str]:
-        return self.wandb_backend.project
+    def upload_file(self, state: State, remote_file_name: str, file_path: pathlib.Path, *, overwrite: bool) -> None:
+        if self._enabled and self._log_artifacts:  # Composer's condition: nothing else is staged or queued
+            super().upload_file(state, remote_file_name, file_path, overwrite=overwrite)
 
     def can_upload_files(self) -> bool:
         return True

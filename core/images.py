@@ -7,9 +7,13 @@ copy to the host happen later, in ``ImagesSnapshot.records()``, on a backend's w
 ``images_record`` wraps it in a ``Deferred`` that the first writer to reach it resolves, once for
 every backend. A CUDA image therefore never makes the training thread wait for the GPU.
 
-Float images are converted to uint8 (wandb >= 0.20 no longer rescales floats, so a [0, 1] float
-image would otherwise show black). The conversion is ``logbus.kernels.images_to_uint8``, the same
-rounding as the GPU sample pipeline.
+Pixel values follow Composer: it accepts any numeric image (float, int, bool) and hands it to
+``wandb.Image``, which in wandb >= 0.20 casts it with ``astype(uint8)``. logbus gives the same pixels
+for the same array, with one deliberate difference: a float image whose values all lie in [0, 1] is
+scaled to 0..255 (``logbus.kernels.images_to_uint8``, the rounding of the GPU sample pipeline), as
+wandb did before 0.20; the cast alone saves it black. Float images beyond [0, 1] (0..255 data) are
+cast as wandb does, after clipping to 0..255 (a cast of an out-of-range float is undefined); integer
+and bool images are cast exactly as wandb does (bool: 0 and 1).
 """
 
 from __future__ import annotations
@@ -40,11 +44,26 @@ def to_uint8_images(images: Any, *, channels_last: bool | None = None, **options
     return images_to_uint8(_as_tensor(images, "images"), channels_last=channels_last, **options).cpu().numpy()
 
 
+def _as_composer_pixels(tensor: torch.Tensor) -> torch.Tensor:
+    """Composer + wandb's pixel values for any numeric image: uint8, or a float in [0, 1] that the
+    uint8 conversion scales (see the module docstring)."""
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if tensor.is_floating_point():
+        if tensor.numel() and bool(((tensor >= 0) & (tensor <= 1)).all()):
+            return tensor
+        return tensor.float().nan_to_num(0.0).clamp(0, 255).to(torch.uint8)
+    if tensor.is_complex():
+        raise TypeError(f"images: expected real pixel values, got dtype {tensor.dtype}")
+    return tensor.to(torch.uint8)  # ints wrap modulo 256 and bools give 0/1, as numpy's astype(uint8)
+
+
 class ImagesSnapshot:
     """``log_images``'s arguments, checked and copied at the call; ``records()`` converts them later.
 
     :param images: ``[N, C, H, W]``/``[N, H, W, C]``, one 3-D image, one grey ``[H, W]`` image, or a
-        list of 3-D images; float (``[0, 1]``) or uint8; numpy arrays or tensors on any device.
+        list of 3-D images; any real dtype (pixel values as the module docstring says); numpy arrays
+        or tensors on any device.
     :param channels_last: whether the channels are the last dimension.
     :param masks: name -> one ``[H, W]`` class-id mask per image (a ``[N, H, W]`` array or a list).
     :param mask_class_labels: class id -> label, for every mask.
@@ -89,7 +108,7 @@ class ImagesSnapshot:
         for event in self._copied:
             event.synchronize()  # this thread waits for the snapshot copies, never the caller
         pixels = [image for tensor, layout in self._batches
-                  for image in _host(images_to_uint8(tensor, channels_last=layout))]
+                  for image in _host(images_to_uint8(_as_composer_pixels(tensor), channels_last=layout))]
         masks = {name: [_host(mask if _is_integer(mask) else mask.long()) for mask in masks_of_name]
                  for name, masks_of_name in self._masks.items()}
         return [Image(pixels=image, masks={name: Mask(masks_of_name[i], self._labels)
@@ -129,8 +148,12 @@ def _checked_layout(tensor: torch.Tensor, channels_last: bool) -> tuple[int, int
     data read, no sync)."""
     from logbus.kernels.images import _prepare
 
-    view, _, _, _ = _prepare(torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"), None, None, "auto",
-                             channels_last)
+    if tensor.dtype.is_complex:
+        raise TypeError(f"images: expected real pixel values, got dtype {tensor.dtype}")
+    # Any real dtype is accepted (records() casts as Composer + wandb do): check the layout as float.
+    view, _, _, _ = _prepare(torch.empty(tensor.shape, device="meta"), None, None, "auto", channels_last)
+    if 0 in view.shape:
+        raise ValueError(f"images: expected non-empty images, got shape {tuple(tensor.shape)}")
     return tuple(view.shape)
 
 

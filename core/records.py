@@ -12,7 +12,7 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -398,13 +398,17 @@ class Table(Record):
 
 @dataclass(frozen=True, slots=True)
 class Artifact(Record):
-    """A file to keep with the run (a checkpoint, say). ``name`` must be a plain file name."""
+    """A file to keep with the run (a checkpoint, say). ``name`` must be a plain file name.
+
+    ``on_done``, if given, is called once by each backend's writer that takes the record, after the
+    backend is done with the file (delivered, failed or discarded): a staged copy can be freed then."""
 
     path: str
     name: str
     type: str = "file"
     aliases: Sequence[str] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    on_done: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.path, (str, os.PathLike)) or not os.path.isfile(self.path):

@@ -1,19 +1,24 @@
 """The Weights & Biases backend, with the arguments and meanings of Composer's ``WandBLogger``.
 
-Runs entirely on its writer thread: ``wandb.init`` (seconds, network), every ``run.log`` (about
-170 µs a call) and artifact uploads never touch the training thread. Written for current wandb
-(>= 0.19.10, for ``reinit="create_new"``; tested on 0.31 and 0.19.10): it uses the ``Run`` object rather
-than ``run.get_url()``, deprecated in 0.19.10 and removed in 0.29.
+Runs on its writer thread: every ``run.log`` (about 170 µs a call) and artifact uploads never touch
+the training thread. ``wandb.init`` runs there too (``start_run``, ``LogBusLogger``), except for the
+drop-in ``logbus.composer.WandBLogger``, which calls :meth:`WandBBackend.start` at Composer's
+``Event.INIT`` as Composer's logger does, so that ``wandb.run`` is there for user code, and then
+:meth:`WandBBackend.route_user_logs` so that the user's own ``wandb.log`` calls travel on the bus.
+Written for current wandb (>= 0.19.10, for ``reinit="create_new"``; tested on 0.31 and 0.19.10): it
+uses the ``Run`` object rather than ``run.get_url()``, deprecated in 0.19.10 and removed in 0.29.
 """
 
 from __future__ import annotations
 
+import functools
+import numbers
 import os
 import re
 import shutil
 import tempfile
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import logbus
 from logbus.naming import wandb_artifact_name
@@ -23,6 +28,7 @@ from logbus.records import (
     Image,
     Images,
     Metrics,
+    Record,
     RunFinished,
     RunStarted,
     Table,
@@ -35,11 +41,46 @@ _INIT_ARGUMENTS = ("project", "group", "name", "entity")
 _RECORDED_INIT_ARGUMENTS = ("name", "notes", "group", "tags", "job_type")
 
 
+class UserLog(Record):
+    """A ``wandb.log`` / ``run.log`` call made by user code on a run logbus owns (see
+    :meth:`WandBBackend.route_user_logs`), carried on the bus so that wandb receives it in program
+    order with logbus's own records. ``batch`` is the training batch at the call: where a step-less
+    call lands."""
+
+    __slots__ = ("data", "step", "commit", "batch")
+
+    def __init__(self, data: Mapping[str, Any], step: int | None = None, commit: bool | None = None,
+                 batch: int = 0):
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data: expected a dict of values to log, got {type(data).__name__}")
+        for key in data:
+            if not isinstance(key, str):
+                raise TypeError(f"data: keys must be str, got {key!r} ({type(key).__name__})")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0):
+            raise TypeError(f"step: expected a non-negative int or None, got {step!r}")
+        if commit is not None and not isinstance(commit, bool):
+            raise TypeError(f"commit: expected a bool or None, got {commit!r}")
+        # A snapshot: the caller may change its dict, tensors and arrays after the call returns, and
+        # wandb reads them later on the writer thread (a GPU clone is queued, not waited for).
+        self.data = {key: _snapshot(value) for key, value in data.items()}
+        self.step = None if step is None else int(step)
+        self.commit = commit
+        self.batch = batch
+
+
+def _snapshot(value: Any) -> Any:
+    if hasattr(value, "detach") and hasattr(value, "clone"):  # torch.Tensor, without importing torch
+        return value.detach().clone()
+    copy = getattr(value, "copy", None)
+    if type(value).__module__ == "numpy" and copy is not None:
+        return copy()
+    return value
+
+
 class WandBBackend:
     """Logs to one W&B run per process (or one per rank with ``rank_zero_only=False``)."""
 
     name = "wandb"
-    supports = frozenset({Table, Images, Artifact})
 
     def __init__(self, project: str | None = None, group: str | None = None, name: str | None = None,
                  entity: str | None = None, tags: Sequence[str] | None = None, log_artifacts: bool = False,
@@ -58,9 +99,17 @@ class WandBBackend:
                 init_kwargs[key] = list(value) if key == "tags" else value
         self.init_kwargs = init_kwargs
         self.log_artifacts = bool(log_artifacts)
+        # Artifacts are queued for this backend only when it uploads them (the bus asks `supports`), so
+        # nothing is staged or held for a run that would drop them.
+        self.supports = frozenset({Table, Images, UserLog, *((Artifact,) if self.log_artifacts else ())})
         self.rank_zero_only = bool(rank_zero_only)
         self.enabled = True
         self.run = None
+        self.run_url: str | None = None
+        self._started = False  # start() ran (on this thread or the writer's)
+        self._start_error: BaseException | None = None
+        self._run_log: Callable[..., None] | None = None  # wandb's own run.log, never the routed one
+        self._routed_log: Callable[..., None] | None = None
         self.entity = entity
         self.project = project
         self.run_dir: str | None = None
@@ -77,20 +126,30 @@ class WandBBackend:
                           "ranks will not be collected, leading to a loss of information required to restore "
                           "from checkpoints.", stacklevel=3)
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran (successfully or not), on any thread."""
+        return self._started
+
     # -- records ---------------------------------------------------------------------------------
     def log(self, record) -> None:
         if isinstance(record, RunStarted):
-            self._start(record)
+            if not self._started:
+                self.start(record)
+            if self._start_error is not None:  # a synchronous start failed: fail here, where it is counted
+                raise self._start_error
         elif self.run is None:
             return  # not the logging rank
         elif isinstance(record, Metrics):
-            self.run.log({name: as_float(value) for name, value in record.values.items()}, step=record.step)
+            self._run_log({name: as_float(value) for name, value in record.values.items()}, step=record.step)
+        elif isinstance(record, UserLog):
+            self._log_user_call(record)
         elif isinstance(record, Hyperparameters):
             self.run.config.update(record.values, allow_val_change=True)
         elif isinstance(record, Table):
             self._log_table(record)
         elif isinstance(record, Images):
-            self.run.log({record.key: [_to_wandb(image) for image in record.images]}, step=record.step)
+            self._run_log({record.key: [_to_wandb(image) for image in record.images]}, step=record.step)
         elif isinstance(record, Artifact) and self.log_artifacts:
             self._log_artifact(record)
 
@@ -106,16 +165,43 @@ class WandBBackend:
             rows = record.rows[start:start + limit]
             key = record.key if part == 1 else f"{record.key}/part{part}"
             data[key] = wandb.Table(columns=record.columns, data=[[_to_wandb(cell) for cell in row] for row in rows])
-        self.run.log(data, step=record.step)
+        self._run_log(data, step=record.step)
         _forget_table_artifacts(data.values())
+
+    def _log_user_call(self, record: UserLog) -> None:
+        if record.step is not None:
+            self._run_log(record.data, step=record.step, commit=record.commit)
+            return
+        # A step-less call joins the row of the batch it was made in, as Composer's Logger does for
+        # step-less metrics, without committing it: wandb's own default (commit, then step + 1) would
+        # make it drop every later record of that batch as "step less than current step". If the run
+        # is already past that batch (the user logged a later step), it joins the current row.
+        self._run_log(record.data, step=max(record.batch, self.run.step), commit=False)
 
     def close(self, finish: RunFinished) -> None:
         if self.run is not None:
+            self._unroute_user_logs()
             self.run.finish(exit_code=finish.exit_code)
             self.run = None
 
     # -- run lifecycle ---------------------------------------------------------------------------
-    def _start(self, record: RunStarted) -> None:
+    def start(self, record: RunStarted, *, global_run: bool = False) -> None:
+        """Starts the W&B run (``wandb.init``) now, on the calling thread. Called once; a failure is
+        kept and raised again when ``record`` reaches :meth:`log` on the writer thread, where the bus
+        counts it and switches this backend off.
+
+        :param record: who the run is (name, rank, world size).
+        :param global_run: make it wandb's global run (``wandb.run``, ``wandb.log``...), as
+            Composer's ``WandBLogger`` does; otherwise a run of its own (``reinit="create_new"``),
+            so several runs may live in one process.
+        """
+        self._started = True
+        try:
+            self._start(record, global_run)
+        except Exception as error:  # noqa: BLE001 - reported by the writer thread (see log)
+            self._start_error = error
+
+    def _start(self, record: RunStarted, global_run: bool) -> None:
         import wandb
 
         kwargs = dict(self.init_kwargs)
@@ -135,11 +221,54 @@ class WandBBackend:
         for key in _RECORDED_INIT_ARGUMENTS:
             if kwargs.get(key) is not None:
                 kwargs[key] = redact_secrets(kwargs[key])
-        # Several runs may live in one process (tests, sweeps, a bus per rank): never hand back an old one.
-        kwargs.setdefault("reinit", "create_new")
-        self.run = wandb.init(config=config, **kwargs)
-        self.entity, self.project = str(self.run.entity), str(self.run.project)
-        self.run_dir = self.run.dir
+        if not global_run:
+            # Several runs may live in one process (tests, sweeps, a bus per rank): never hand back an old one.
+            kwargs.setdefault("reinit", "create_new")
+        run = wandb.init(config=config, **kwargs)
+        self._run_log = functools.partial(type(run).log, run)
+        self.run = run
+        self.entity, self.project = str(run.entity), str(run.project)
+        self.run_dir = run.dir
+        self.run_url = run.url
+
+    def route_user_logs(self, current_batch: Callable[[], int], emit: Callable[[Record], None]) -> None:
+        """Makes user code's ``run.log`` on this run, and ``wandb.log`` while it is wandb's global run,
+        enqueue a :class:`UserLog` with ``emit`` instead of writing at once: the call returns after an
+        enqueue, and wandb receives it in program order with everything logbus emitted before and
+        after it.
+
+        Only this run object is changed (an instance attribute; ``wandb.Run`` is untouched), and
+        ``wandb.log`` only while this run is the global one: wandb itself points ``wandb.log`` back to
+        its "call wandb.init() first" stub when the run finishes, and :meth:`close` removes both
+        before finishing. Nothing outlives the run.
+
+        :param current_batch: the training batch now (Composer's ``state.timestamp.batch``).
+        :param emit: puts a record on the bus (``Bus.emit``).
+        """
+        import wandb
+
+        run = self.run
+        if run is None:
+            return
+
+        def log(data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
+            emit(UserLog(data, step, commit, batch=current_batch()))
+
+        log.__doc__ = type(run).log.__doc__
+        run.log = log
+        if wandb.run is run:
+            wandb.log = log
+        self._routed_log = log
+
+    def _unroute_user_logs(self) -> None:
+        import wandb
+
+        if self._routed_log is None:
+            return
+        vars(self.run).pop("log", None)
+        if wandb.log is self._routed_log:
+            wandb.log = self.run.log
+        self._routed_log = None
 
     def _log_artifact(self, record: Artifact) -> None:
         import wandb
@@ -178,7 +307,8 @@ class WandBBackend:
             artifact = wandb.Api().artifact("/".join([entity, project, name]))
         except wandb.errors.CommError as error:
             raise FileNotFoundError(f"W&B artifact {name} not found") from error
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as temporary:
+            folder = os.path.join(temporary, "artifact")  # not there yet, as Composer's download leaves it
             artifact.download(root=folder)
             files = os.listdir(folder)
             if len(files) != 1:

@@ -125,8 +125,8 @@ def run_rank(config: dict[str, Any]) -> None:
     evaluation = TensorDataset(*eval_set())
     with warnings.catch_warnings(record=True) as at_construction:
         warnings.simplefilter("always")
-        loggers = [WandBLogger(project="logbus-dist", name=config["name"], rank_zero_only=config["rank_zero_only"],
-                               log_artifacts=True)]
+        loggers = [WandBLogger(project=config.get("project", "logbus-dist"), name=config["name"],
+                               rank_zero_only=config["rank_zero_only"], log_artifacts=True)]
     if config.get("flaky_rank") is not None:
         loggers.append(LogBusLogger(backends=[FailingBackend(config["flaky_rank"]), "local"]))
     torch.manual_seed(0)
@@ -145,9 +145,11 @@ def run_rank(config: dict[str, Any]) -> None:
         save_folder="checkpoints", save_interval="1ep",
         device="cpu", dist_timeout=60, progress_bar=False, seed=0, run_name=config["name"],
     )
+    download = try_download(loggers[0], Path(config["folder"]) / f"downloaded-rank{rank}.pt")
     trainer.fit()
     trainer.close()
     result = {
+        "download": download,
         "rank": rank,
         "world_size": dist.get_world_size(),
         "warnings": seen_warnings,
@@ -158,6 +160,38 @@ def run_rank(config: dict[str, Any]) -> None:
         "local_run_dir": getattr(loggers[-1].bus.backends.get("local"), "run_dir", None),
     }
     Path(config["folder"], f"result-rank{rank}.json").write_text(json.dumps(result))
+
+
+def try_download(wandb_logger, destination: Path) -> dict[str, Any]:
+    """``download_file`` as Composer's checkpoint loading calls it right after ``Event.INIT``, on every
+    rank. Fetching needs the W&B server, which is not reachable here: only ``wandb.Api`` is faked (it
+    records the artifact path asked for); the logger's part (entity, project, name) is real."""
+    import wandb
+
+    requested: list[str] = []
+
+    class FakeArtifact:
+        def __init__(self, path: str):
+            self.path = path
+
+        def download(self, root: str) -> None:
+            os.makedirs(root)
+            Path(root, "ep1-ba2-rank0.pt").write_text(f"checkpoint {self.path}")
+
+    class FakeApi:
+        default_entity = "api-key-entity"
+
+        def artifact(self, path: str) -> FakeArtifact:
+            requested.append(path)
+            return FakeArtifact(path)
+
+    real_api, wandb.Api = wandb.Api, FakeApi
+    try:
+        wandb_logger.download_file("checkpoints/ep1-ba2-rank0.pt", str(destination))
+    finally:
+        wandb.Api = real_api
+    return {"requested": requested, "content": destination.read_text(), "entity": wandb_logger.entity,
+            "project": wandb_logger.project}
 
 
 # -- the test process ------------------------------------------------------------------------------
@@ -253,11 +287,17 @@ def rank_files(rank: int, *, checkpoints: bool) -> list[tuple[str, str, list[str
 def test_rank_zero_only_run_holds_every_ranks_samples_and_a_failing_backend_hangs_no_rank(wandb_offline, tmp_path):
     from wandb_reader import find_run_dirs, read_wandb_run
 
-    results = launch(tmp_path, name="zero", rank_zero_only=True, flaky_rank=1)
+    results = launch(tmp_path, name="zero", rank_zero_only=True, flaky_rank=1, project=None)
 
     (run_dir,) = find_run_dirs(wandb_offline)  # one W&B run: rank 0's
     run = read_wandb_run(run_dir)
     assert run.name == "zero" and not run.run.get("run_group") and run.exit_code == 0
+    # download_file works on every rank: rank 1 has no run, and knows rank 0's project from Event.INIT
+    # (no project was given; W&B chose it). An offline run has no entity: the API key's default is asked.
+    path = f"api-key-entity/{run.run['project']}/checkpoints.ep1-ba2-rank0.pt:latest"
+    for result in results:
+        assert result["download"] == {"requested": [path], "content": f"checkpoint {path}", "entity": "",
+                                      "project": run.run["project"]}
     assert [step for step, _ in run.metric("loss/train/total")] == [0, 1, 2, 3]  # rank 0's data is complete
     tables = run.tables("samples/eval")
     assert [step for step, _, _ in tables] == [2, 4]

@@ -82,3 +82,20 @@ def test_wandb_log_on_the_training_thread(benchmark, wandb_offline):
 def test_bare_queue_put(benchmark):
     q = queue.Queue()
     _per_call(benchmark, lambda metrics, step: q.put((metrics, step)))
+
+
+@pytest.mark.benchmark(group="log_metrics caller cost")
+def test_users_wandb_log_through_the_drop_in(benchmark, wandb_offline):
+    """A user's own ``wandb.log`` on the drop-in ``WandBLogger``'s run: enqueued on the bus."""
+    import wandb
+
+    from logbus.composer import WandBLogger
+
+    destination = WandBLogger(project="bench")
+    trainer = _trainer([destination])
+    try:
+        calls = _per_call(benchmark, lambda metrics, step: wandb.log(metrics, step=step))
+    finally:
+        trainer.close()
+    stats = destination.bus.stats()["backends"]["wandb"]
+    assert stats["failures"] == 0 and stats["delivered"] >= calls
