@@ -183,7 +183,7 @@ class PluginHost:
                     # A class can be checked now, before anyone asks for it; a function only once it
                     # has returned its object (in ``create``).
                     if inspect.isclass(factory) and (missing := hookspecs.missing_members(factory, CONTRACTS[_kind])):
-                        raise TypeError(f"register({name!r}): expected a {_kind} class with {_contract(_kind)}, "
+                        raise TypeError(f"register({name!r}): expected a class with {_contract(_kind)}, "
                                         f"got {factory.__qualname__}, which lacks {', '.join(missing)}")
                     taken = self.registry[_kind].get(name) or next(
                         (r for r in staged if r.kind == _kind and r.name == name), None)
