@@ -3,7 +3,9 @@
 Built-in plugins are listed in ``DEFAULT_PLUGINS`` and go through the same path as third-party ones
 from the ``logbus`` entry-point group. pluggy stops at the first raising hookimpl and does not guard
 ``EntryPoint.load()``, so each plugin is loaded and asked on its own: a broken one is named in a
-warning and skipped (``LOGBUS_STRICT=1`` re-raises instead).
+warning and skipped (``LOGBUS_STRICT=1`` re-raises instead). Broken includes registering a class that
+lacks a method its contract requires (``logbus.hookspecs.Backend``/``Extractor``); what a function
+factory returns is checked when it is called.
 
 User controls, as in pytest and datasette:
 
