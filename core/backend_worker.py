@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from logbus.deferred import Deferred
+from logbus.hookspecs import Backend
 from logbus.records import Artifact, Hyperparameters, Metrics, Record, RunFinished, RunStarted
 
 log = logging.getLogger("logbus")
@@ -63,7 +64,7 @@ class BackendStats:
 class BackendWorker:
     """Delivers records to one backend on its own daemon thread, isolating its failures."""
 
-    def __init__(self, name: str, backend: Any, *, max_pending_bytes: int, failure_limit: int):
+    def __init__(self, name: str, backend: Backend, *, max_pending_bytes: int, failure_limit: int):
         self.name = name
         self.backend = backend
         self.supports = ALWAYS_DELIVERED | frozenset(getattr(backend, "supports", ()))

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any, Iterable, Mapping
 
 from logbus.backend_worker import BackendStats, BackendWorker
+from logbus.hookspecs import Backend
 from logbus.plugin_manager import create_backend
 from logbus.records import Record, RunFinished
 
@@ -25,14 +26,14 @@ _now_ns = time.perf_counter_ns
 
 
 
-def build_backends(specs: Iterable[Any]) -> dict[str, Any]:
+def build_backends(specs: Iterable[Any]) -> dict[str, Backend]:
     """Turns ``["local", ("wandb", {"project": "x"}), MyBackend()]`` into named backend objects.
 
     Unknown names raise on the caller's thread with the list of known backends."""
     if isinstance(specs, (str, bytes)) or not isinstance(specs, Iterable):
         raise TypeError(f"backends: expected a list of backend names, (name, options) pairs or backend objects, "
                         f"got {specs!r}")
-    backends: dict[str, Any] = {}
+    backends: dict[str, Backend] = {}
     for spec in specs:
         if isinstance(spec, str):
             name, backend = spec, create_backend(spec)
@@ -56,7 +57,7 @@ class Bus:
     """Fan-out of records to backends, each on its own ordered writer thread.
 
     :param backends: backend names (see ``logbus plugins``), ``(name, options)`` pairs, or objects with
-        ``log(record)`` and ``close(finish)``.
+        ``log(record)`` and ``close(finish)`` (``logbus.hookspecs.Backend``).
     :param max_pending_bytes: per backend, how many bytes of droppable records (images, tables) may
         wait in its queue before new ones are dropped and counted.
     :param failure_limit: consecutive failures after which a backend is switched off.

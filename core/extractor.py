@@ -1,14 +1,9 @@
-"""What every extractor shares: the contract, and shape checks that never touch device data.
+"""What every extractor shares: shape checks that never touch device data, and option helpers.
 
-An extractor turns a (micro)batch into table rows in two stages:
-
-- ``check(inputs, targets, outputs)`` on the training thread: validates shapes and dtypes from
-  metadata only (no device sync) and returns the tensors to keep;
-- ``device_stage(inputs, targets, outputs) -> dict[str, Tensor]``: tensor ops only, batched, on
-  the inputs' device (a side stream on CUDA); every field has the batch as its first dim;
-- ``host_stage(fields: dict[str, np.ndarray], encode) -> list[row]`` on a worker: builds one row per
-  sample, in ``columns`` order; ``encode(uint8 [H, W, C]) -> Future[path]`` hands images to the
-  encoder pool and rows hold ``PendingImage`` cells.
+The contract an extractor follows is ``logbus.hookspecs.Extractor``: ``columns``, then
+``check(inputs, targets, outputs)`` on the training thread (metadata only, no device sync),
+``device_stage(inputs, targets, outputs) -> dict[str, Tensor]`` on the pipeline's worker (a side
+stream on CUDA) and ``host_stage(fields, encode) -> list[row]`` on the same worker.
 """
 
 from __future__ import annotations

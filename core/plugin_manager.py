@@ -3,7 +3,9 @@
 Built-in plugins are listed in ``DEFAULT_PLUGINS`` and go through the same path as third-party ones
 from the ``logbus`` entry-point group. pluggy stops at the first raising hookimpl and does not guard
 ``EntryPoint.load()``, so each plugin is loaded and asked on its own: a broken one is named in a
-warning and skipped (``LOGBUS_STRICT=1`` re-raises instead).
+warning and skipped (``LOGBUS_STRICT=1`` re-raises instead). Broken includes registering a class that
+lacks a method its contract requires (``logbus.hookspecs.Backend``/``Extractor``); what a function
+factory returns is checked when it is called.
 
 User controls, as in pytest and datasette:
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 import re
 import threading
@@ -36,6 +39,7 @@ DEFAULT_PLUGINS = (
     "logbus.plugins.extractors",
 )
 KINDS = ("backend", "extractor")
+CONTRACTS = {"backend": hookspecs.Backend, "extractor": hookspecs.Extractor}  # what each kind's factory returns
 
 
 class PluginWarning(UserWarning):
@@ -178,6 +182,11 @@ class PluginHost:
                         raise ValueError(f"register: name must match [A-Za-z0-9_.-]+, got {name!r}")
                     if not callable(factory):
                         raise TypeError(f"register({name!r}): factory must be callable, got {factory!r}")
+                    # A class can be checked now, before anyone asks for it; a function only once it
+                    # has returned its object (in ``create``).
+                    if inspect.isclass(factory) and (missing := hookspecs.missing_members(factory, CONTRACTS[_kind])):
+                        raise TypeError(f"register({name!r}): expected a class with {_contract(_kind)}, "
+                                        f"got {factory.__qualname__}, which lacks {', '.join(missing)}")
                     taken = self.registry[_kind].get(name) or next(
                         (r for r in staged if r.kind == _kind and r.name == name), None)
                     if taken is not None:
@@ -207,8 +216,25 @@ class PluginHost:
             raise UnknownPluginError(message) from None
 
     def create(self, kind: str, name: str, /, **options: Any) -> Any:
+        """A new object from the factory registered as ``name``, checked against its kind's contract,
+        so that a factory returning an incomplete object fails here, naming its plugin, rather than
+        on a writer thread later."""
         # Positional-only: ``options`` are the factory's, whatever their names (``name``, ``kind``).
-        return self.get(kind, name).factory(**options)
+        registration = self.get(kind, name)
+        created = registration.factory(**options)
+        missing = hookspecs.missing_members(created, CONTRACTS[kind])
+        if missing:
+            raise TypeError(f"{kind} {name!r} from plugin {registration.plugin!r}: expected its factory to return "
+                            f"an object with {_contract(kind)}, got {type(created).__qualname__}, which lacks "
+                            f"{', '.join(missing)}")
+        return created
+
+
+def _contract(kind: str) -> str:
+    """``log() and close() (logbus.hookspecs.Backend)``: the required members of ``kind``, for messages."""
+    protocol = CONTRACTS[kind]
+    members = [f"{name}()" if is_method else name for name, is_method in hookspecs.protocol_members(protocol).items()]
+    return f"{', '.join(members[:-1])} and {members[-1]} (logbus.hookspecs.{protocol.__name__})"
 
 
 def _version(dist_name: str) -> str | None:
@@ -246,12 +272,12 @@ def reset_plugins() -> None:
         _host = None
 
 
-def create_backend(name: str, /, **options: Any) -> Any:
+def create_backend(name: str, /, **options: Any) -> hookspecs.Backend:
     """A new backend registered as ``name``; every option is passed to its factory (``name``
     included: ``create_backend("wandb", name="run-7")`` names the W&B run)."""
     return get_plugin_host().create("backend", name, **options)
 
 
-def create_extractor(name: str, /, **options: Any) -> Any:
+def create_extractor(name: str, /, **options: Any) -> hookspecs.Extractor:
     """A new extractor registered as ``name``; every option is passed to its factory."""
     return get_plugin_host().create("extractor", name, **options)

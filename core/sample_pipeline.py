@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from logbus.encoder_pool import IMAGE_FORMATS, EncoderPool
+from logbus.hookspecs import Extractor
 from logbus.naming import check_key
 from logbus.pinned_pool import PinnedPool
 from logbus.records import Image, Mask, Table
@@ -80,7 +81,7 @@ _BATCH, _END, _STOP = "batch", "end", "stop"
 class SamplePipeline:
     """Turns batches into one table per pass (per evaluator label).
 
-    :param extractor: an extractor object (see ``logbus.hookspecs.register_extractors``).
+    :param extractor: an extractor object (the contract: ``logbus.hookspecs.Extractor``).
     :param num_samples: rows per pass (``None``: every sample, policy ``first`` only).
     :param policy: ``first``, ``reservoir``, ``per_class`` or ``hardest``.
     :param seed: seed of the ``reservoir`` policy.
@@ -93,7 +94,7 @@ class SamplePipeline:
     :param key_prefix: tables are logged as ``{key_prefix}/{label}``.
     """
 
-    def __init__(self, extractor: Any, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
+    def __init__(self, extractor: Extractor, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
                  hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
                  encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
                  key_prefix: str = "samples"):
@@ -350,7 +351,7 @@ def _record(stream) -> Any:
     return event
 
 
-def pipeline_for(extractor: str | Any, extractor_options: Mapping[str, Any] | None = None,
+def pipeline_for(extractor: str | Extractor, extractor_options: Mapping[str, Any] | None = None,
                  **pipeline_options: Any) -> SamplePipeline:
     """A pipeline for an extractor given by registered name (``logbus plugins`` lists them) or object."""
     if isinstance(extractor, str):

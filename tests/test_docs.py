@@ -106,6 +106,60 @@ def test_the_plugin_docs_name_every_hook(chapter):
     assert not missing, f"README '{chapter}' does not mention {missing}"
 
 
+# hook -> (required protocol, optional protocol) of what its factories return
+CONTRACTS = {"register_backends": (hookspecs.Backend, hookspecs.BackendCapabilities),
+             "register_extractors": (hookspecs.Extractor, hookspecs.ExtractorCapabilities)}
+
+
+def test_every_hook_has_its_contracts():
+    assert set(CONTRACTS) == set(HOOKS)
+    for hook, protocols in CONTRACTS.items():
+        for protocol in protocols:
+            assert protocol.__name__ in inspect.getdoc(HOOKS[hook]), f"{hook}'s docstring does not name {protocol}"
+            assert protocol.__name__ in hookspecs.__all__
+
+
+@pytest.mark.parametrize("protocol", [p for pair in CONTRACTS.values() for p in pair], ids=lambda p: p.__name__)
+def test_every_contract_member_has_a_docstring(protocol):
+    members = hookspecs.protocol_members(protocol)
+    assert members and inspect.getdoc(protocol)
+    for name in members:
+        doc = inspect.getdoc(getattr(protocol, name))
+        assert doc and len(doc) > 30, f"{protocol.__name__}.{name}: its docstring is the contract, and it has none"
+
+
+def _readme_members(text: str) -> dict[str, tuple[bool, list[str] | None]]:
+    """The bullets of a hook's README section: ``- [optional ]`name(args)```` -> (optional, [argument
+    names, defaults left out] or None for an attribute)."""
+    members = {}
+    for optional, name, call in re.findall(r"^- (optional )?`(\w+)(\(.*?\))?`", text, flags=re.M):
+        arguments = [a.split("=")[0].strip() for a in call[1:-1].split(",") if a.strip()] if call else None
+        members[name] = (bool(optional), arguments)
+    return members
+
+
+@pytest.mark.parametrize("hook", sorted(CONTRACTS))
+def test_the_hook_reference_lists_exactly_the_contracts_members(hook):
+    """Each hook's section lists the required members of its protocol and, marked "optional", those of
+    its capabilities protocol, methods with the protocol's argument names: a member added, removed or
+    renamed in the code and not here (or the reverse) fails."""
+    required, optional = CONTRACTS[hook]
+    expected = {}
+    for protocol, is_optional in ((required, False), (optional, True)):
+        for name, is_method in hookspecs.protocol_members(protocol).items():
+            arguments = list(inspect.signature(getattr(protocol, name)).parameters)[1:] if is_method else None
+            expected[name] = (is_optional, arguments)
+    section = sections(CHAPTERS["Hook reference"], 3)[f"`{hook}(register)`"]
+    assert _readme_members(section) == expected
+    for protocol in (required, optional):
+        assert f"`logbus.hookspecs.{protocol.__name__}`" in section
+
+
+def test_the_plugin_guide_refers_to_the_contracts():
+    for protocol in (hookspecs.Backend, hookspecs.Extractor):
+        assert f"`logbus.hookspecs.{protocol.__name__}`" in CHAPTERS["Writing a plugin"]
+
+
 # -- configuration reference -----------------------------------------------------------------------
 
 

@@ -1,9 +1,9 @@
 """Third-party plugins as real installed distributions, no mocks.
 
-Once per session the example package (``examples/logbus-example-plugin``) and three packages written
+Once per session the example package (``examples/logbus-example-plugin``) and four packages written
 here (one whose module fails to import, one that registers the built-in name ``local``, one that looks
-up a backend while it registers) are built into wheels and installed with ``pip install --target``
-into one folder each. Tests run ``logbus`` in
+up a backend while it registers, one whose backend class lacks ``close``) are built into wheels and
+installed with ``pip install --target`` into one folder each. Tests run ``logbus`` in
 subprocesses with ``PYTHONPATH`` pointing at some of those folders, so ``importlib.metadata`` finds
 their ``dist-info`` entry points while the project's venv stays clean.
 """
@@ -30,6 +30,7 @@ EXAMPLE_DIST = "logbus-example-plugin"
 BROKEN_DIST = "logbus-broken-plugin"
 COLLIDING_DIST = "logbus-colliding-plugin"
 REENTRANT_DIST = "logbus-reentrant-plugin"
+INCOMPLETE_DIST = "logbus-incomplete-plugin"
 BUILTINS = set(plugin_manager.DEFAULT_PLUGINS)  # wandb, local, ... : always loaded, whatever the env says
 SECRET = "s3cret"
 
@@ -81,6 +82,21 @@ GENERATED = {
         def register_backends(register):
             local = create_backend("local")
             register("wrapped-local", lambda: local)
+    """),
+    # A plugin whose backend class forgot ``close``: named in a warning when plugins load, not when
+    # a run would first use it (or, worse, when the run closes).
+    INCOMPLETE_DIST: ("incomplete", "logbus_incomplete_plugin", """\
+        import logbus
+
+
+        class HalfBackend:
+            def log(self, record):
+                pass
+
+
+        @logbus.hookimpl
+        def register_backends(register):
+            register("half", HalfBackend)
     """),
 }
 
@@ -233,6 +249,27 @@ def test_plugin_looking_up_backends_while_loading_fails_instead_of_hanging(sites
     assert "'reentrant'" in stderr and "still loading" in stderr
     assert plugins["reentrant"]["error"].startswith("RuntimeError: logbus plugins are still loading")
     assert _loaded(plugins) == BUILTINS
+
+
+def test_a_backend_class_missing_a_required_method_is_named_when_plugins_load(sites, tmp_path):
+    plugins, stderr = _listed(sites, [EXAMPLE_DIST, INCOMPLETE_DIST], tmp_path, "--all")
+    assert stderr.count("warning:") == 1
+    assert "'incomplete'" in stderr and INCOMPLETE_DIST in stderr
+    assert ("register('half'): expected a class with log() and close() (logbus.hookspecs.Backend), "
+            "got HalfBackend, which lacks close()") in stderr
+    incomplete = plugins["incomplete"]
+    assert incomplete["status"] == "failed" and incomplete["registers"] == []
+    assert incomplete["error"].startswith("TypeError: register('half')"), incomplete
+    assert _loaded(plugins) == BUILTINS | {"example"}
+
+    # LOGBUS_STRICT=1: the first lookup raises, as for any other plugin that fails to register.
+    result = _python("""\
+        from logbus.bus import build_backends
+        build_backends(["local"])
+    """, sites=sites, dists=[INCOMPLETE_DIST], tmp_path=tmp_path, LOGBUS_STRICT="1")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("TypeError: register('half')"), result.stderr
+    assert "lacks close()" in result.stderr
 
 
 # -- user controls -------------------------------------------------------------------------------
@@ -477,3 +514,131 @@ def test_backend_options_named_name_or_kind_reach_the_factory(monkeypatch):
         assert bus.backends["options-echo"].given == given
     finally:
         bus.close(timeout=10)
+
+
+# -- the contracts (logbus.hookspecs.Backend, Extractor) -------------------------------------------
+
+
+class _ExtractorWithoutHostStage:
+    columns = ["id"]
+
+    def check(self, inputs, targets, outputs):
+        return inputs, targets, outputs
+
+    def device_stage(self, inputs, targets, outputs):
+        return {}
+
+
+class _IncompletePlugin:
+    """A complete backend next to an extractor class without ``host_stage``."""
+
+    @logbus.hookimpl
+    def register_backends(self, register):
+        register("complete-backend", _OptionsEcho)
+
+    @logbus.hookimpl
+    def register_extractors(self, register):
+        register("no-host-stage", _ExtractorWithoutHostStage)
+
+
+def test_an_extractor_class_missing_a_method_fails_its_plugin_at_load_with_a_warning(monkeypatch):
+    import warnings
+
+    from logbus.plugin_manager import PluginHost, PluginWarning
+
+    monkeypatch.delenv("LOGBUS_STRICT", raising=False)
+    host = PluginHost(load_entry_points=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert host.add_plugin(_IncompletePlugin(), name="incomplete-in-process") is None
+    (warning,) = [w for w in caught if issubclass(w.category, PluginWarning)]
+    assert "logbus plugin 'incomplete-in-process'" in str(warning.message)
+    assert ("register('no-host-stage'): expected a class with columns, check(), device_stage() and host_stage() "
+            "(logbus.hookspecs.Extractor), got _ExtractorWithoutHostStage, which lacks host_stage()"
+            ) in str(warning.message)
+    assert host.skipped[-1].status == "failed"
+    assert "complete-backend" not in host.registry["backend"]  # all or nothing, as for collisions
+
+    monkeypatch.setenv("LOGBUS_STRICT", "1")
+    with pytest.raises(TypeError, match=r"lacks host_stage\(\)"):
+        PluginHost(load_entry_points=False).add_plugin(_IncompletePlugin(), name="incomplete-in-process")
+
+
+class _FunctionFactoryPlugin:
+    @logbus.hookimpl
+    def register_backends(self, register):
+        register("made-by-a-function", lambda **options: _ExtractorWithoutHostStage())
+
+
+def test_an_object_missing_required_members_fails_when_its_factory_returns_it(monkeypatch):
+    from logbus.bus import Bus
+
+    monkeypatch.setenv("LOGBUS_LOAD_PLUGINS", "")
+    host = plugin_manager.get_plugin_host()
+    # A function cannot be checked before it is called: it registers.
+    assert host.add_plugin(_FunctionFactoryPlugin(), name="function-factory").registers == [
+        "backend:made-by-a-function"]
+    with pytest.raises(TypeError) as error:
+        plugin_manager.create_backend("made-by-a-function")
+    assert str(error.value) == (
+        "backend 'made-by-a-function' from plugin 'function-factory': expected its factory to return an object "
+        "with log() and close() (logbus.hookspecs.Backend), got _ExtractorWithoutHostStage, which lacks log(), "
+        "close()")
+    with pytest.raises(TypeError, match="from plugin 'function-factory'"):
+        Bus(["local", "made-by-a-function"])  # on the caller's thread, before any writer thread starts
+
+
+def _contract_problems(candidate: object, required: type, optional: type) -> list[str]:
+    """What ``candidate`` gets wrong about its contract: missing required members, and methods
+    (required, or optional ones it has) that cannot be called with the protocol's arguments."""
+    import inspect
+
+    from logbus.hookspecs import missing_members, protocol_members
+
+    problems = missing_members(candidate, required)
+    for protocol in (required, optional):
+        for name, is_method in protocol_members(protocol).items():
+            if not is_method or not callable(getattr(candidate, name, None)):
+                continue
+            arguments = list(inspect.signature(getattr(protocol, name)).parameters)[1:]
+            try:
+                inspect.signature(getattr(candidate, name)).bind(*arguments)
+            except TypeError as error:
+                problems.append(f"{name}{tuple(arguments)}: {error}")
+    return problems
+
+
+def test_every_builtin_backend_and_extractor_keeps_its_contract(sites, monkeypatch, tmp_path):
+    """Built-ins, the testing kit's recorder and the example plugin, as objects their factories make
+    (the factories are lazy: nothing starts before the first record)."""
+    from logbus.hookspecs import Backend, BackendCapabilities, Extractor, ExtractorCapabilities
+    from logbus.records import Artifact, Images, Record, Table
+    from logbus.testing import RecordingBackend
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOGBUS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("LOGBUS_EXAMPLE_RECORDER_PATH", str(tmp_path / "recorder.jsonl"))
+    monkeypatch.setenv("LOGBUS_LOAD_PLUGINS", EXAMPLE_DIST)
+    monkeypatch.syspath_prepend(str(sites[EXAMPLE_DIST]))
+    try:
+        host = plugin_manager.get_plugin_host()
+        assert {"wandb", "local", "tensorboard", "jsonl-recorder"} <= set(host.registry["backend"])
+        assert {"classification", "segmentation", "tokens", "regression"} <= set(host.registry["extractor"])
+        backends = {name: host.create("backend", name) for name in host.registry["backend"]}
+        backends["recording"] = RecordingBackend()
+        for name, backend in backends.items():
+            assert not _contract_problems(backend, Backend, BackendCapabilities), name
+            # logbus's optional records, or a record type of the backend's own (wandb's UserLog).
+            own = {t for t in getattr(backend, "supports", ()) if t.__module__ == type(backend).__module__}
+            assert set(getattr(backend, "supports", ())) - own <= {Table, Images, Artifact}, name
+            assert all(issubclass(t, Record) for t in own), name
+        for name in host.registry["extractor"]:
+            extractor = host.create("extractor", name)
+            assert not _contract_problems(extractor, Extractor, ExtractorCapabilities), name
+            assert all(isinstance(column, str) for column in extractor.columns), name
+    finally:
+        plugin_manager.reset_plugins()
+        sys.modules.pop("logbus_example_plugin", None)
+        sys.modules.pop("logbus_example_plugin.regression", None)
+    assert not (tmp_path / "runs").exists()  # made, never started

@@ -3,7 +3,7 @@
 Rows ``id, target, prediction, abs_error``. With ``policy="hardest"`` the table holds the samples
 with the largest absolute error of the whole eval pass (the pipeline ranks by the ``loss`` field).
 
-It follows the extractor contract of ``logbus.extractor``:
+It follows the extractor contract, ``logbus.hookspecs.Extractor``:
 
 - ``check`` runs on the training thread, before anything is queued: it looks at shapes and dtypes
   only (never at values, which could wait on the GPU) and names the argument that is wrong;
