@@ -41,8 +41,8 @@ class SampleLogger(Callback):
     :param extractor: registered extractor name (``classification``, ``segmentation``, ``tokens``; see
         ``logbus plugins``) or an extractor object.
     :param num_samples: rows per table (``None``: every eval sample; policy ``first``).
-    :param policy: ``first``, ``reservoir`` (uniform over the pass, seeded), ``per_class`` (quota per
-        true class) or ``hardest`` (highest loss / lowest confidence over the pass).
+    :param policy: ``first``, ``reservoir`` (uniform over the pass, seeded), ``per_class`` (``num_samples``
+        rows balanced over the true classes) or ``hardest`` (highest loss / lowest confidence over the pass).
     :param input_key: where the inputs are in the batch (index or dict key), as in Composer's
         ``ImageVisualizer``.
     :param target_key: where the targets are in the batch.

@@ -121,22 +121,30 @@ class SamplePipeline:
         """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once."""
         inputs, targets, outputs = self.extractor.check(inputs, targets, outputs)
         batch_size = int(outputs.shape[0])
-        state = self._pass(label)
-        first_id = state.policy.seen
-        chosen = None if state.policy.on_device else state.policy.choose(batch_size)
-        if state.policy.on_device:
-            state.policy.seen += batch_size
+        policy = self._pass(label).policy
+        if not policy.wants(batch_size):
+            policy.skip(batch_size)
+            return
+        # The slot first, the choice after: a dropped batch must leave the policy as if it had not
+        # been offered (no quota used, no winner evicted), or the table comes out short.
+        if not self._slots.acquire(blocking=False):
+            self.stats.batches_submitted += 1
+            self.stats.batches_dropped += 1
+            policy.skip(batch_size)
+            return
+        first_id = policy.seen
+        chosen = None if policy.on_device else policy.choose(batch_size)
+        if policy.on_device:
+            policy.seen += batch_size
         elif not chosen:
+            self._slots.release()
             return
         self.stats.batches_submitted += 1
         ready = None
         if outputs.is_cuda:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(outputs.device))
-        if not self._slots.acquire(blocking=False):
-            self.stats.batches_dropped += 1
-            return
-        self._queue.put((_BATCH, state, ready, inputs, targets, outputs, chosen, first_id))
+        self._queue.put((_BATCH, self._passes[label], ready, inputs, targets, outputs, chosen, first_id))
 
     def end_pass(self, label: str = "eval", step: int | None = None) -> Future:
         """Closes the pass for ``label``; the future gets its ``Table`` (or None if it was dropped)."""

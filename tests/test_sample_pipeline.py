@@ -131,7 +131,7 @@ def test_reservoir_chooses_every_position_about_uniformly(make_pipeline):
     assert counts.min() > 0
 
 
-def test_per_class_keeps_the_earliest_samples_of_each_class(make_pipeline):
+def per_class_batches():
     generator = torch.Generator().manual_seed(3)
     labels = torch.tensor([0, 0, 1, 0, 2, 0, 1, 1, 0, 1, 2, 1, 0, 0, 1, 2, 2, 0, 1, 0, 2])  # class 3 absent
     batches = []
@@ -139,13 +139,33 @@ def test_per_class_keeps_the_earliest_samples_of_each_class(make_pipeline):
         chunk = labels[start:start + 6]
         batches.append((torch.rand(len(chunk), 1, 2, 2, generator=generator), chunk,
                         torch.randn(len(chunk), NUM_CLASSES, generator=generator)))
+    return labels, batches
+
+
+def test_per_class_keeps_the_earliest_samples_of_each_class(make_pipeline):
+    labels, batches = per_class_batches()
     pipeline = make_pipeline(num_samples=3, policy="per_class")
     for _ in range(2):
         table = run_pass(pipeline, batches)
-        expected = sorted(i for c in range(NUM_CLASSES) for i in torch.nonzero(labels == c).flatten().tolist()[:3])
-        assert column(table, "id") == expected
+        expected = sorted(torch.nonzero(labels == c).flatten().tolist()[0] for c in range(3))
+        assert column(table, "id") == expected  # one of each class present: 0, 1 and 2
         assert column(table, "truth") == labels[expected].tolist()
-        assert len(expected) == 9  # 3 of classes 0, 1, 2; none of class 3
+
+
+def test_per_class_keeps_num_samples_rows_balanced_over_the_classes(make_pipeline):
+    """``num_samples`` rows in all, not per class: round by round, the earliest sample of each class."""
+    labels, batches = per_class_batches()
+    by_class = [torch.nonzero(labels == c).flatten().tolist() for c in range(NUM_CLASSES)]
+    for num_samples in (7, 12, 30):
+        pipeline = make_pipeline(num_samples=num_samples, policy="per_class")
+        table = run_pass(pipeline, batches)
+        # Rounds: (rank in class, position); class 3 is absent, so the others fill its share.
+        ranked = sorted((rank, i) for ids in by_class for rank, i in enumerate(ids))
+        expected = sorted(i for _, i in ranked[:num_samples])
+        assert column(table, "id") == expected
+        assert len(expected) == min(num_samples, len(labels))
+        counts = [sum(labels[i].item() == c for i in expected) for c in range(3)]
+        assert max(counts) - min(counts) <= 1 or num_samples >= len(labels), counts
 
 
 def test_hardest_by_loss_gives_the_highest_cross_entropy_first(make_pipeline):
@@ -241,6 +261,52 @@ def test_submit_never_blocks_when_the_worker_is_behind(make_pipeline):
     table = pipeline.end_pass("eval", step=2).result(timeout=60)
     assert column(table, "id") == list(range(12))
     assert pipeline.stats.batches_dropped == 29
+
+
+def sync(pipeline: SamplePipeline) -> int:
+    """Returns once the worker has handled everything queued before, and how many tries of its own it
+    had dropped on the way. It waits for a tiny pass of its own: the worker is a single FIFO, so that
+    table exists only after every earlier batch let go of its slot."""
+    images, labels, logits = make_batches(1, 1, seed=99)[0]
+    for tries in range(6000):
+        dropped = pipeline.stats.batches_dropped
+        pipeline.submit(images, labels, logits, label="sync")
+        table = pipeline.end_pass("sync").result(timeout=60)
+        if pipeline.stats.batches_dropped == dropped:
+            assert len(table.rows) == 1
+            return tries
+        time.sleep(0.01)  # the worker still holds the slot: a wait, not a timing
+    raise AssertionError("the worker never caught up")
+
+
+@pytest.mark.parametrize("policy", ["first", "reservoir", "per_class", "hardest"])
+def test_dropped_batches_leave_the_policy_as_if_never_offered(make_pipeline, policy):
+    """A batch dropped while the worker is behind uses up no quota and evicts no winner: the table
+    still gets ``num_samples`` rows from the batches that went through, with their own values."""
+    gate = threading.Event()
+    pipeline = make_pipeline(GatedClassification(gate, class_names=CLASS_NAMES), num_samples=8, policy=policy,
+                             max_pending_batches=1, seed=3)
+    batches = make_batches(12, 4, seed=4)
+    try:
+        for images, labels, logits in batches[:6]:  # batch 0 holds the only slot; 1-5 are dropped
+            pipeline.submit(images, labels, logits)
+        assert pipeline.stats.batches_dropped == 5
+    finally:
+        gate.set()
+    sync_drops = sync(pipeline)
+    for images, labels, logits in batches[6:]:
+        pipeline.submit(images, labels, logits)
+        sync_drops += sync(pipeline)
+    table = pipeline.end_pass("eval", step=1).result(timeout=60)
+    assert pipeline.stats.batches_dropped - sync_drops == 5
+    went_through = list(range(0, 4)) + list(range(24, 48))
+    ids = column(table, "id")
+    assert len(ids) == 8, ids
+    assert set(ids) <= set(went_through)
+    labels = torch.cat([b[1] for b in batches])
+    assert column(table, "truth") == labels[ids].tolist()
+    if policy == "first":
+        assert ids == [0, 1, 2, 3, 24, 25, 26, 27]
 
 
 # -- W&B -------------------------------------------------------------------------------------------
