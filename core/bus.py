@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any, Iterable, Mapping
 
 from logbus.backend_worker import BackendStats, BackendWorker
+from logbus.deferred import Deferred
 from logbus.plugin_manager import create_backend
 from logbus.records import Record, RunFinished
 
@@ -92,11 +93,18 @@ class Bus:
     def emit(self, record: Record) -> None:
         """Enqueues ``record`` for every backend that supports its type and returns at once."""
         started = _now_ns()
-        if self.closed:
-            self._emitted_after_close(record)
-            return
-        for worker in self.workers:
-            worker.offer(record)
+        deferred = type(record) is Deferred
+        if deferred:
+            record.hold()  # until every backend has been offered it: one that is done early cannot release it
+        try:
+            if self.closed:
+                self._emitted_after_close(record)
+                return
+            for worker in self.workers:
+                worker.offer(record)
+        finally:
+            if deferred:
+                record.release()
         self._emitted += 1
         self._caller_ns += _now_ns() - started
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from logbus.bus import Bus
-from logbus.deferred import Deferred
 from logbus.images import images_from_composer
 from logbus.records import Artifact, Hyperparameters, Images, Metrics, RunStarted, Table
 from logbus.sample_pipeline import SamplePipeline, pipeline_for
@@ -33,7 +32,7 @@ class SampleStream:
 
     def log(self, label: str = "eval", step: int | None = None) -> None:
         """Logs the table ``samples/{label}`` for the pass so far, in order with everything else."""
-        self.bus.emit(Deferred(Table, self.pipeline.end_pass(label, step=step)))
+        self.bus.emit(self.pipeline.table_record(label, step=step))
 
 
 class Run:

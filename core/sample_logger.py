@@ -19,8 +19,6 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from logbus.deferred import Deferred
-from logbus.records import Table
 from logbus.sample_gather import gather_table
 from logbus.sample_options import split_options
 from logbus.sample_pipeline import SamplePipeline, pipeline_for
@@ -107,8 +105,7 @@ class SampleLogger(Callback):
                              state.outputs, label=label)
 
     def _log(self, label: str, step: int) -> None:
-        future = self.pipeline.end_pass(label, step=step)
-        self.bus.emit(Deferred(Table, future))
+        self.bus.emit(self.pipeline.table_record(label, step=step))
 
     def _log_gathered(self, label: str, step: int) -> None:
         """Every rank calls this once per logged eval (the same evals everywhere: the interval counts

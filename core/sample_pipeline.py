@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from logbus.encoder_pool import EncoderPool
+from logbus.deferred import Deferred
+from logbus.encoder_pool import SCRATCH_CACHE_BYTES, EncoderPool
 from logbus.pinned_pool import PinnedPool
 from logbus.records import Image, Mask, Table
 from logbus.sampling import SamplingPolicy, make_policy
@@ -83,12 +84,14 @@ class SamplePipeline:
     :param policy: ``first``, ``reservoir``, ``per_class`` or ``hardest``.
     :param max_pending_batches: batches the worker may be behind before new ones are dropped.
     :param pinned_pool_bytes: cap on pinned host memory for device-to-host copies.
+    :param scratch_cache_bytes: encoded files no table refers to any more are kept (for a later eval
+        to reuse) up to this many bytes; beyond that they are deleted.
     """
 
     def __init__(self, extractor: Any, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
                  hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
                  encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
-                 key_prefix: str = "samples"):
+                 key_prefix: str = "samples", scratch_cache_bytes: int = SCRATCH_CACHE_BYTES):
         if policy == "per_class" and not getattr(extractor, "has_class_per_sample", False):
             raise ValueError(f"policy: 'per_class' needs an extractor with one class per sample (classification), "
                              f"got {getattr(extractor, 'name', type(extractor).__name__)!r}")
@@ -104,7 +107,8 @@ class SamplePipeline:
             raise ValueError(f"max_pending_batches: expected an int >= 1, got {max_pending_batches!r}")
         self.stats = PipelineStats()
         self.pinned = PinnedPool(pinned_pool_bytes)
-        self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level)
+        self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level,
+                                   cache_bytes=scratch_cache_bytes)
         self._passes: dict[str, _Pass] = {}
         self._pass_counts: dict[str, int] = {}  # passes started per label: reservoir draws anew each pass
         # Unbounded queue, bounded batch count: a batch takes a slot or is dropped, while END and
@@ -155,6 +159,27 @@ class SamplePipeline:
             return future
         self._queue.put((_END, label, state, step, future))
         return future
+
+    def table_record(self, label: str = "eval", step: int | None = None) -> Deferred:
+        """``end_pass`` as a record to emit on the bus: once every backend has taken the table, its
+        scratch files are released (deleted, past ``scratch_cache_bytes``), not kept until close."""
+        future = self.end_pass(label, step=step)
+        record = Deferred(Table, future)
+        record.on_released(lambda: future.add_done_callback(self._release_table))
+        return record
+
+    def _release_table(self, future: Future) -> None:
+        table = future.result() if not future.cancelled() and future.exception() is None else None
+        if table is not None:
+            self.release_rows(table.rows)
+
+    def release_rows(self, rows) -> None:
+        """Gives back the scratch files of ``rows`` (image cells of this pipeline's tables)."""
+        for row in rows:
+            for cell in row:
+                path = getattr(cell, "path", None)
+                if isinstance(cell, (Image, PendingImage)) and path is not None:
+                    self.encoder.release(path if isinstance(path, str) else path.path)
 
     def discard_pass(self, label: str = "eval") -> None:
         """Forgets the unfinished pass of ``label`` (an eval that raised half-way), so that the next
@@ -307,6 +332,8 @@ class SamplePipeline:
                 self.pinned.release(buffer)
         kept = policy.kept()
         ids = [i for i in rows if kept is None or i in kept]
+        if kept is not None:  # converted, then evicted by a later winner: their files are not needed
+            self.release_rows([rows[i] for i in rows if i not in kept])
         if policy.rows_in_pass_order:
             ids.sort()
         table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]

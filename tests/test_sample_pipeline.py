@@ -377,3 +377,72 @@ def test_a_late_table_lands_at_its_step_before_later_metrics(wandb_offline):
     assert run.tables("samples/eval") == [(5, ["id", "name"], [[0, "zero"], [1, "one"]])]
     assert run.metric("loss") == [(step, float(step)) for step in (4, *range(6, 21))]
     assert bus.stats()["backends"]["wandb"]["dropped"] == 0
+
+
+# -- scratch files ---------------------------------------------------------------------------------
+def scratch_files(pipeline: SamplePipeline) -> list[str]:
+    import os
+
+    return sorted(os.listdir(pipeline.encoder.folder))
+
+
+def test_scratch_files_are_deleted_once_every_backend_has_taken_the_table(wandb_offline, logbus_dir):
+    """Local and W&B both take each table (the local run copies, W&B reads the file at log time); then
+    the encoded files go at once (``scratch_cache_bytes=0``), while the run is still open, and what
+    both backends stored stays readable."""
+    import json
+
+    import logbus
+
+    run = logbus.start_run("scratch", backends=["local", wandb_spec()])
+    stream = run.samples(num_samples=None, class_names=CLASS_NAMES, scratch_cache_bytes=0)
+    images_per_eval = []
+    for step in range(3):
+        batches = make_batches(2, 5, seed=100 + step)  # new images at every eval
+        images_per_eval.append(torch.cat([b[0] for b in batches]))
+        for images, labels, logits in batches:
+            stream.add(images, labels, logits)
+        stream.log(step=step)
+        assert run.flush(60)
+        assert scratch_files(stream.pipeline) == [], f"eval {step}: files left after every backend took the table"
+    assert stream.pipeline.encoder.deleted == 30
+    assert run.finish()
+
+    tables = [json.loads(line) for line in (logbus_dir / "scratch" / "tables" / "samples" / "eval.jsonl").open()]
+    wandb_tables = read_only_run(wandb_offline).tables("samples/eval")
+    assert len(tables) == len(wandb_tables) == 3
+    for local, (_, columns, rows), images in zip(tables, wandb_tables, images_per_eval):
+        expected = images_to_uint8_reference(images).numpy()[:, :, :, 0]
+        image = columns.index("image")
+        for i, (local_row, wandb_row) in enumerate(zip(local["rows"], rows)):
+            np.testing.assert_array_equal(decode(logbus_dir / "scratch" / local_row[image]["path"]), expected[i])
+            np.testing.assert_array_equal(decode(wandb_row[image]["file"]), expected[i])
+
+
+def test_scratch_space_stays_within_its_cache_across_many_evals(logbus_dir):
+    """Evals of new images: files nobody refers to are kept for reuse only up to
+    ``scratch_cache_bytes``; the same images again are reused while they are kept."""
+    import os
+
+    import logbus
+
+    cache = 4096
+    run = logbus.start_run("bounded", backends=["local"])
+    stream = run.samples(num_samples=None, class_names=CLASS_NAMES, scratch_cache_bytes=cache)
+    pipeline = stream.pipeline
+    for step in range(8):
+        for images, labels, logits in make_batches(2, 8, seed=200 + step):
+            stream.add(images, labels, logits)
+        stream.log(step=step)
+        assert run.flush(60)
+        held = sum(os.path.getsize(os.path.join(pipeline.encoder.folder, name)) for name in scratch_files(pipeline))
+        assert held <= cache, (step, held)
+    assert pipeline.encoder.deleted > 0
+    # The last eval's images are still in the cache: the same eval again encodes nothing.
+    encoded = pipeline.encoder.encoded
+    for images, labels, logits in make_batches(2, 8, seed=207)[:1]:
+        stream.add(images, labels, logits)
+    stream.log(step=9)
+    assert run.flush(60)
+    assert pipeline.encoder.encoded == encoded and pipeline.encoder.reused >= 8
+    assert run.finish()
