@@ -173,7 +173,11 @@ class BackendWorker:
             if type(record) is Deferred:
                 deferred = record
                 try:
-                    record = self._resolve(deferred)
+                    self._in_flight = True  # waiting for the record counts as holding it (undelivered)
+                    try:
+                        record = self._resolve(deferred)
+                    finally:
+                        self._in_flight = False
                     if record is not None:
                         self._deliver_or_discard(record)
                 finally:

@@ -87,6 +87,7 @@ class Bus:
         # (1 while a Composer fit is running, so SIGTERM or a crash marks the run failed).
         self.exit_code_if_interrupted = 0
         self._on_close: list = []
+        self._close_deadline: float | None = None
         _close_before_interpreter_exit(self)
 
     # -- caller side -----------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Bus:
             if self.closed:
                 return True
             self.closed = True
-        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        deadline = self._close_deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         finish = RunFinished(exit_code=exit_code, reason=reason)
         for worker in self.workers:
             worker.request_close(finish)
@@ -148,8 +149,15 @@ class Bus:
         return clean
 
     def on_close(self, callback) -> None:
-        """Runs ``callback()`` once the bus has closed (e.g. to delete files backends have copied)."""
+        """Runs ``callback()`` once the bus has closed (e.g. to delete files backends have copied);
+        ``time_left()`` tells it what is left of the close deadline."""
         self._on_close.append(callback)
+
+    def time_left(self) -> float | None:
+        """Seconds left until the deadline of ``close()`` (``None`` before it was called)."""
+        if self._close_deadline is None:
+            return None
+        return max(0.0, self._close_deadline - time.monotonic())
 
     # -- stats -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 from collections import OrderedDict
@@ -84,6 +85,7 @@ class EncoderPool:
         self.encoded = 0
         self.reused = 0
         self.deleted = 0
+        self._giving_up = False
 
     def encode(self, pixels: np.ndarray) -> "EncodedFile":
         """A handle whose ``result()`` is the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file.
@@ -162,6 +164,8 @@ class EncoderPool:
 
     def _write_chunk(self, chunk: "_Chunk") -> None:
         try:
+            if self._giving_up:
+                raise RuntimeError("the encoder pool was closed before this image was encoded")
             chunk.future.set_result([self._write(pixels, name) for pixels, name in chunk.items])
         except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the result
             chunk.future.set_exception(error)
@@ -175,7 +179,11 @@ class EncoderPool:
         self._sizes[path] = len(data)
         return path
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Deletes the scratch folder, after the queued encodes (``wait``) or at once: queued chunks
+        then fail instead of running, and a chunk being written fails on the missing folder."""
+        if not wait:
+            self._giving_up = True
+        self._executor.shutdown(wait=wait)
         if self._owned is not None:
-            self._owned.cleanup()
+            shutil.rmtree(self._owned.name, ignore_errors=True)

@@ -13,6 +13,7 @@ and at ``eval_end`` the tables are gathered to rank 0 in one collective per tabl
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 from composer.core import Callback, State
@@ -21,7 +22,7 @@ from composer.utils import dist
 
 from logbus.sample_gather import gather_table
 from logbus.sample_options import split_options
-from logbus.sample_pipeline import SamplePipeline, pipeline_for
+from logbus.sample_pipeline import CLOSE_TIMEOUT, SamplePipeline, cleanup_within_close, pipeline_for
 
 
 def item_of(batch: Any, key: Any, argument: str) -> Any:
@@ -97,7 +98,7 @@ class SampleLogger(Callback):
             raise ValueError("SampleLogger: the Trainer needs a logbus logger in `loggers` "
                              "(logbus.composer.WandBLogger or LogBusLogger) to send samples to")
         self.bus = buses[0]
-        self.bus.on_close(self.pipeline.cleanup)
+        self.bus.on_close(functools.partial(cleanup_within_close, self.bus, self.pipeline))
 
     def _submit(self, state: State, label: str) -> None:
         batch = state.batch
@@ -155,4 +156,7 @@ class SampleLogger(Callback):
             self._train_active = False
 
     def post_close(self) -> None:
-        self.pipeline.close()
+        # Composer runs the loggers' post_close first: the bus has closed the pipeline within what was
+        # left of its deadline (cleanup_within_close). This covers a bus that was not closed.
+        left = self.bus.time_left() if self.bus is not None else None
+        self.pipeline.close(CLOSE_TIMEOUT if left is None else left)

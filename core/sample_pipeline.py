@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class _Pass:
 
 
 _BATCH, _END, _STOP = "batch", "end", "stop"
+CLOSE_TIMEOUT = 60.0  # seconds close() waits for queued work by default
 
 
 class SamplePipeline:
@@ -117,6 +119,10 @@ class SamplePipeline:
         self._slots = threading.BoundedSemaphore(max_pending_batches)
         self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
         self._closed = False
+        self._abandon = threading.Event()  # set at the close deadline: the worker gives up what is left
+        # Queued by the training thread, done (or given up) by the worker, each written by one thread
+        # only: the difference is what close reports as left.
+        self._batches_queued = self._batches_done = self._passes_queued = self._passes_done = 0
         self._worker = threading.Thread(target=self._run, name="logbus-samples", daemon=True)
         self._worker.start()
 
@@ -148,6 +154,7 @@ class SamplePipeline:
         if outputs.is_cuda:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(outputs.device))
+        self._batches_queued += 1
         self._queue.put((_BATCH, self._passes[label], ready, inputs, targets, outputs, chosen, first_id))
 
     def end_pass(self, label: str = "eval", step: int | None = None) -> Future:
@@ -157,6 +164,7 @@ class SamplePipeline:
         if state is None:
             future.set_result(None)
             return future
+        self._passes_queued += 1
         self._queue.put((_END, label, state, step, future))
         return future
 
@@ -194,27 +202,38 @@ class SamplePipeline:
             state.policy.start_pass()
         return state
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Finishes queued work and stops the worker. Encoded files stay until ``cleanup``."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Finishes queued work within ``timeout`` seconds and stops the worker; what is not done by
+        then is given up (its tables resolve to ``None``) and reported. Encoded files stay until
+        ``cleanup``. Returns whether everything queued was done."""
         if self._closed:
-            return
+            return not self._worker.is_alive()
         self._closed = True
         self._queue.put((_STOP,))
-        self._worker.join(timeout)
+        self._worker.join(max(0.0, timeout))
+        finished = not self._worker.is_alive()
+        if not finished:
+            # The worker may be inside a long host stage: from its next item on it only gives up.
+            self._abandon.set()
         self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
         self.stats.pinned_peak_bytes = self.pinned.peak_bytes
         stats = self.stats
-        if stats.batches_dropped or stats.tables_dropped or stats.errors or self._worker.is_alive():
+        if stats.batches_dropped or stats.tables_dropped or stats.errors or not finished:
             # Drops are by design (training never waits for samples), but never silent: said once, here.
             log.warning("logbus: sample pipeline: %d of %d batches dropped because the worker was behind "
                         "(max_pending_batches), %d table(s) lost to %d error(s)%s",
                         stats.batches_dropped, stats.batches_submitted, stats.tables_dropped, stats.errors,
-                        "; its worker did not finish within the close deadline" if self._worker.is_alive() else "")
+                        "" if finished else "; not done by the close deadline: "
+                        f"{self._batches_queued - self._batches_done} batch(es) and "
+                        f"{self._passes_queued - self._passes_done} table(s) were left")
+        return finished
 
-    def cleanup(self) -> None:
-        """Deletes encoded files; call once every backend has taken the tables (after the bus closed)."""
-        self.close()
-        self.encoder.close()
+    def cleanup(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Closes (within ``timeout``) and deletes encoded files; call once every backend has taken the
+        tables (after the bus closed)."""
+        started = time.monotonic()
+        finished = self.close(timeout)
+        self.encoder.close(wait=finished and time.monotonic() - started < timeout)
 
     # -- worker ----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -223,23 +242,41 @@ class SamplePipeline:
             kind = item[0]
             if kind == _STOP:
                 return
+            if self._abandon.is_set():
+                self._give_up(item)
+                continue
             try:
                 if kind == _BATCH:
                     try:
                         self._process_batch(*item[1:])
                     finally:
+                        self._batches_done += 1
                         self._slots.release()
                         item = None  # drop the batch tensors now, not at the next get()
                 else:
-                    self._finish_pass(*item[1:])
+                    try:
+                        self._finish_pass(*item[1:])
+                    finally:
+                        self._passes_done += 1
             except Exception:  # noqa: BLE001 - a broken extractor must not kill training
                 self.stats.errors += 1
-                if self.stats.errors == 1:
+                if self.stats.errors == 1 and not self._abandon.is_set():
                     log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s",
                               traceback.format_exc())
                 if kind == _END and not item[4].done():
                     self.stats.tables_dropped += 1
                     item[4].set_result(None)
+
+    def _give_up(self, item: tuple) -> None:
+        """After the close deadline: nothing more is processed; tables resolve to ``None``."""
+        if item[0] == _BATCH:
+            self._batches_done += 1
+            self._slots.release()
+        else:
+            self._passes_done += 1
+            self.stats.tables_dropped += 1
+            if not item[4].done():
+                item[4].set_result(None)
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
         if device not in self._side_streams:
@@ -356,6 +393,13 @@ def _record(stream) -> Any:
     event = torch.cuda.Event()
     event.record(stream)
     return event
+
+
+def cleanup_within_close(bus: Any, pipeline: SamplePipeline) -> None:
+    """The bus's close callback for a pipeline: its cleanup gets what is left of the close deadline,
+    so ``close(timeout)`` with a sample stream returns within its timeout."""
+    left = bus.time_left()
+    pipeline.cleanup(CLOSE_TIMEOUT if left is None else left)
 
 
 def pipeline_for(extractor: str | Any, extractor_options: Mapping[str, Any] | None = None,

@@ -446,3 +446,41 @@ def test_scratch_space_stays_within_its_cache_across_many_evals(logbus_dir):
     assert run.flush(60)
     assert pipeline.encoder.encoded == encoded and pipeline.encoder.reused >= 8
     assert run.finish()
+
+
+# -- close -----------------------------------------------------------------------------------------
+def test_close_with_a_sample_stream_returns_within_its_timeout_and_says_what_was_left(logbus_dir, caplog):
+    """The pipeline's worker is stuck in a host stage (a gate the test holds shut); ``finish(timeout=1)``
+    still returns about then, says how many batches and tables were left, and the worker gives up the
+    rest once it is free instead of working on after the run has closed."""
+    import logging
+
+    import logbus
+
+    gate = threading.Event()
+    run = logbus.start_run("bounded-close", backends=["local"])
+    stream = run.samples(GatedClassification(gate, class_names=CLASS_NAMES), num_samples=None)
+    pipeline = stream.pipeline
+    for images, labels, logits in make_batches(5, 4, seed=8):
+        stream.add(images, labels, logits)
+    stream.log(step=1)
+    for images, labels, logits in make_batches(3, 4, seed=9):
+        stream.add(images, labels, logits, label="other")
+    try:
+        with caplog.at_level(logging.WARNING, logger="logbus"):
+            started = time.monotonic()
+            clean = run.finish(timeout=1.0)
+            elapsed = time.monotonic() - started
+    finally:
+        gate.set()
+    assert not clean  # the local backend was still waiting for the table
+    assert elapsed < 1.0 + 5, elapsed  # bounded by the timeout (the slack is for a loaded machine), not by the work
+    [said] = [r.getMessage() for r in caplog.records if "sample pipeline" in r.getMessage()]
+    # Batch 0 is inside its host stage; batches 1-4 of "eval", 3 of "other" and the "eval" table wait.
+    assert "not done by the close deadline: 8 batch(es) and 1 table(s) were left" in said, said
+    [local] = [r.getMessage() for r in caplog.records if "backend 'local'" in r.getMessage()]
+    assert "1 record(s) were not delivered" in local, local  # the table it was waiting for
+    pipeline._worker.join(60)
+    assert not pipeline._worker.is_alive()
+    # Batch 0's host stage ran into the closed encoder; nothing after it ran.
+    assert pipeline.stats.samples_processed == 0 and pipeline.stats.tables_logged == 0
