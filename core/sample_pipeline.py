@@ -17,6 +17,7 @@ bus as a ``Deferred`` so that it lands in order with the metrics logged around i
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -31,6 +32,7 @@ import torch
 
 from logbus.deferred import Deferred
 from logbus.encoder_pool import SCRATCH_CACHE_BYTES, EncoderPool
+from logbus.host_process import HostStage
 from logbus.pinned_pool import PinnedPool
 from logbus.records import Image, Mask, Table
 from logbus.sampling import SamplingPolicy, make_policy
@@ -63,6 +65,8 @@ class PipelineStats:
     encoded: int = 0
     reused: int = 0
     pinned_peak_bytes: int = 0
+    batches_lost: int = 0  # held by a worker process that died
+    in_process: bool = False  # per-sample work ran in the training process (no worker process)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class _Pass:
 
     policy: SamplingPolicy
     rows: dict[int, list] = field(default_factory=dict)
+    outstanding: int = 0  # batches handed to the worker process whose rows have not come back
 
 
 _BATCH, _END, _STOP = "batch", "end", "stop"
@@ -88,12 +93,17 @@ class SamplePipeline:
     :param pinned_pool_bytes: cap on pinned host memory for device-to-host copies.
     :param scratch_cache_bytes: encoded files no table refers to any more are kept (for a later eval
         to reuse) up to this many bytes; beyond that they are deleted.
+    :param worker_process: run the per-sample work (rows, hashing, encoding, file writes) in a worker
+        process fed through shared memory (``logbus.host_process``), so that it never holds the
+        training process's GIL; ``False``: on threads of the training process. Falls back to threads,
+        with a warning, when the extractor does not pickle or shared memory cannot be had.
     """
 
     def __init__(self, extractor: Any, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
                  hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
                  encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
-                 key_prefix: str = "samples", scratch_cache_bytes: int = SCRATCH_CACHE_BYTES):
+                 key_prefix: str = "samples", scratch_cache_bytes: int = SCRATCH_CACHE_BYTES,
+                 worker_process: bool = True):
         if policy == "per_class" and not getattr(extractor, "has_class_per_sample", False):
             raise ValueError(f"policy: 'per_class' needs an extractor with one class per sample (classification), "
                              f"got {getattr(extractor, 'name', type(extractor).__name__)!r}")
@@ -109,8 +119,20 @@ class SamplePipeline:
             raise ValueError(f"max_pending_batches: expected an int >= 1, got {max_pending_batches!r}")
         self.stats = PipelineStats()
         self.pinned = PinnedPool(pinned_pool_bytes)
+        if not isinstance(worker_process, bool):
+            raise TypeError(f"worker_process: expected a bool, got {type(worker_process).__name__}")
         self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level,
                                    cache_bytes=scratch_cache_bytes)
+        self._process_options = dict(folder=self.encoder.folder, workers=encode_workers, image_format=image_format,
+                                     compress_level=compress_level, cache_bytes=scratch_cache_bytes)
+        self._host: HostStage | None = None
+        if worker_process:
+            try:  # starts the shared worker process now (not waiting for it), so it is up by the first eval
+                self._host = HostStage(extractor, self._process_options, shared_bytes=pinned_pool_bytes)
+            except Exception as error:  # noqa: BLE001 - e.g. an extractor holding a lock does not pickle
+                log.warning("logbus: sample pipeline: the extractor cannot go to the worker process (%s: %s); "
+                            "samples are processed on threads of the training process", type(error).__name__, error)
+        self._arrived = threading.Condition()  # rows back from the worker process
         self._passes: dict[str, _Pass] = {}
         self._pass_counts: dict[str, int] = {}  # passes started per label: reservoir draws anew each pass
         # Unbounded queue, bounded batch count: a batch takes a slot or is dropped, while END and
@@ -168,6 +190,11 @@ class SamplePipeline:
         self._queue.put((_END, label, state, step, future))
         return future
 
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the worker process doing this pipeline's per-sample work (None: in-process)."""
+        return self._host.process.pid if self._host is not None and self._host.error is None else None
+
     def table_record(self, label: str = "eval", step: int | None = None) -> Deferred:
         """``end_pass`` as a record to emit on the bus: once every backend has taken the table, its
         scratch files are released (deleted, past ``scratch_cache_bytes``), not kept until close."""
@@ -183,11 +210,12 @@ class SamplePipeline:
 
     def release_rows(self, rows) -> None:
         """Gives back the scratch files of ``rows`` (image cells of this pipeline's tables)."""
-        for row in rows:
-            for cell in row:
-                path = getattr(cell, "path", None)
-                if isinstance(cell, (Image, PendingImage)) and path is not None:
-                    self.encoder.release(path if isinstance(path, str) else path.path)
+        paths = [path if isinstance(path, str) else path.path for row in rows for cell in row
+                 if isinstance(cell, (Image, PendingImage)) and (path := cell.path) is not None]
+        if self._host is not None:
+            self._host.release(paths)  # the worker process's encoder counts the files it wrote
+        for path in paths:  # and the in-process one its own (a path it does not know is left alone)
+            self.encoder.release(path)
 
     def discard_pass(self, label: str = "eval") -> None:
         """Forgets the unfinished pass of ``label`` (an eval that raised half-way), so that the next
@@ -216,8 +244,14 @@ class SamplePipeline:
             # The worker may be inside a long host stage: from its next item on it only gives up.
             self._abandon.set()
         self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
+        if self._host is not None:
+            self.stats.encoded += self._host.counters[0]
+            self.stats.reused += self._host.counters[1]
         self.stats.pinned_peak_bytes = self.pinned.peak_bytes
         stats = self.stats
+        if stats.batches_lost:
+            log.warning("logbus: sample pipeline: %d batch(es) were lost with a worker process that died",
+                        stats.batches_lost)
         if stats.batches_dropped or stats.tables_dropped or stats.errors or not finished:
             # Drops are by design (training never waits for samples), but never silent: said once, here.
             log.warning("logbus: sample pipeline: %d of %d batches dropped because the worker was behind "
@@ -233,6 +267,8 @@ class SamplePipeline:
         tables (after the bus closed)."""
         started = time.monotonic()
         finished = self.close(timeout)
+        if self._host is not None:
+            self._host.close()
         self.encoder.close(wait=finished and time.monotonic() - started < timeout)
 
     # -- worker ----------------------------------------------------------------------------------
@@ -292,7 +328,7 @@ class SamplePipeline:
         else:
             host, buffer = self._device_stage(state, inputs, targets, outputs, chosen, first_id, None)
         if host is not None:
-            self._host_stage(host, state.rows)
+            self._host_stage(host, state)
         if buffer is not None:
             self.pinned.release(buffer)
 
@@ -344,12 +380,57 @@ class SamplePipeline:
             host[name] = view
         return {k: v.numpy() for k, v in host.items()}, buffer, _record(stream)
 
-    def _host_stage(self, host: dict[str, np.ndarray], rows: dict[int, list]) -> None:
+    def _host_process(self) -> HostStage | None:
+        """The worker process with this pipeline's extractor loaded; None where there is none."""
+        host = self._host
+        if host is not None and host.error is None and not host.ready():
+            log.warning("logbus: sample pipeline: the worker process cannot run the extractor (%s); samples are "
+                        "processed on threads of the training process", host.error)
+        if host is None or host.error is not None:
+            self.stats.in_process = True
+            return None
+        return host
+
+    def _host_stage(self, host: dict[str, np.ndarray], state: _Pass) -> None:
+        process = self._host_process()
+        if process is not None:
+            ids = host["sample_id"].tolist()
+            with self._arrived:
+                state.outstanding += 1
+            try:
+                sent = process.submit(host, functools.partial(self._rows_arrived, state, ids))
+            except OSError as error:  # shared memory could not be created: do it here from now on
+                log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
+                            "processed on threads of the training process", error)
+                process.error, sent = f"{type(error).__name__}: {error}", "broken"
+            if sent == "sent":
+                return
+            with self._arrived:
+                state.outstanding -= 1
+            if sent == "full":  # the shared-memory budget is exhausted: the only reason to drop here
+                self.stats.batches_dropped += 1
+                return
+        rows = state.rows
         new_rows = self.extractor.host_stage(host, self.encoder.encode)
         self.encoder.flush()
         for sample_id, row in zip(host["sample_id"].tolist(), new_rows):
             rows[sample_id] = row
         self.stats.samples_processed += len(new_rows)
+
+    def _rows_arrived(self, state: _Pass, ids: list[int], rows: list | None, error: str | None) -> None:
+        """From the worker process's receiver thread: one batch's rows, its error, or its loss."""
+        with self._arrived:
+            if rows is not None:
+                state.rows.update(zip(ids, rows))
+                self.stats.samples_processed += len(rows)
+            elif error is not None:
+                self.stats.errors += 1
+                if self.stats.errors == 1:
+                    log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s", error)
+            else:
+                self.stats.batches_lost += 1
+            state.outstanding -= 1
+            self._arrived.notify_all()
 
     def _finish_pass(self, label: str, state: _Pass, step: int | None, future: Future) -> None:
         policy, rows = state.policy, state.rows
@@ -364,9 +445,14 @@ class SamplePipeline:
                 host, buffer = {k: v.numpy() for k, v in fields.items()}, None
             keep = policy.keeps(host.pop("_score"))
             host = {k: v[keep] for k, v in host.items()}
-            self._host_stage(host, rows)
+            self._host_stage(host, state)
             if buffer is not None:
                 self.pinned.release(buffer)
+        with self._arrived:
+            while state.outstanding and not self._abandon.is_set():
+                self._arrived.wait(0.1)
+            if state.outstanding:
+                raise RuntimeError("the sample pipeline was closed before the worker process sent this table's rows")
         kept = policy.kept()
         ids = [i for i in rows if kept is None or i in kept]
         if kept is not None:  # converted, then evicted by a later winner: their files are not needed
