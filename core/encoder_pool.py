@@ -59,7 +59,8 @@ class EncodedFile:
 
 class EncoderPool:
     def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
-                 quality: int = 90, folder: str | None = None, cache_bytes: int = SCRATCH_CACHE_BYTES):
+                 quality: int = 90, folder: str | None = None, cache_bytes: int = SCRATCH_CACHE_BYTES,
+                 prefix: str = ""):
         if image_format not in ("png", "jpeg"):
             raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
         if not isinstance(workers, int) or workers < 1:
@@ -67,6 +68,9 @@ class EncoderPool:
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
             raise ValueError(f"scratch_cache_bytes: expected an int >= 0, got {cache_bytes!r}")
         self.cache_bytes = cache_bytes
+        # Pools sharing a folder (the training process's and the worker process's) each count only
+        # their own files: a prefix keeps one from deleting a file the other's tables refer to.
+        self.prefix = prefix
         self.image_format = image_format
         self.options = {"compress_level": compress_level, "quality": quality}
         # Scratch space for encoded files until backends copy them: RAM-backed /dev/shm when there is
@@ -93,7 +97,7 @@ class EncoderPool:
         Images are encoded in chunks (one task per ``CHUNK`` images, not one per image): a task per
         image costs more Python, under the GIL, than a small PNG costs to encode."""
         digest = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
-        path = os.path.join(self.folder, digest.hex() + (".png" if self.image_format == "png" else ".jpg"))
+        path = os.path.join(self.folder, self.prefix + digest.hex() + (".png" if self.image_format == "png" else ".jpg"))
         with self._lock:
             self._refs[path] = self._refs.get(path, 0) + 1
             handle = self._files.get(path)
@@ -173,9 +177,12 @@ class EncoderPool:
 
     def _write(self, pixels: np.ndarray, path: str) -> str:
         data = encode_image(pixels, self.image_format, **self.options)
-        # A private temp folder, read only after this future completes: no temp+rename needed.
-        with open(path, "wb") as file:
+        # Written whole, then renamed: a file deleted and written again later (same content, same
+        # name) may be read by a backend meanwhile.
+        temporary = f"{path}.{threading.get_ident()}.tmp"
+        with open(temporary, "wb") as file:
             file.write(data)
+        os.replace(temporary, path)
         self._sizes[path] = len(data)
         return path
 

@@ -43,7 +43,6 @@ log = logging.getLogger("logbus")
 
 MAX_RESTARTS = 3
 MAX_ATTACHED = 16  # shared buffers the process keeps mapped
-OPEN_TIMEOUT = 120.0  # seconds a pipeline waits for the process to start and load its extractor
 SHARED_WAIT_SECONDS = 60.0  # how long a batch waits for a free shared buffer before it is dropped
 
 # on_done(rows, error text): rows on success; error text on failure; both None: lost with the process.
@@ -92,20 +91,20 @@ class _Process:
         except OSError:
             return False
 
-    def open(self, key: int, extractor: bytes, options: dict[str, Any]) -> tuple[int, str | None]:
-        """Loads a pipeline's extractor in the process; (generation, error or None)."""
+    def open(self, key: int, extractor: bytes, options: dict[str, Any]) -> tuple[int, threading.Event, list]:
+        """Sends a pipeline's extractor to the process without waiting: (generation, event, answer);
+        once ``event`` is set, ``answer[0]`` is the error (None: loaded)."""
         done, answer = threading.Event(), []
         with self._lock:
             if self.broken:
-                return self.generation, "the worker process could not be restarted"
-            self._opening[key] = (done, answer)
-            generation = self.generation
-            self._send_locked(("open", key, extractor, options))
-        if not done.wait(OPEN_TIMEOUT):
-            with self._lock:
-                self._opening.pop(key, None)
-            return generation, f"the worker process did not answer within {OPEN_TIMEOUT:.0f} s"
-        return generation, answer[0]
+                answer.append("the worker process could not be restarted")
+                done.set()
+            else:
+                self._opening[key] = (done, answer)
+                # Files of a process that died are left to their tables; the new one names its own apart.
+                options = dict(options, prefix=f"w{self.generation}-")
+                self._send_locked(("open", key, extractor, options))
+            return self.generation, done, answer
 
     def submit(self, key: int, generation: int, pool: SharedPool, buffer: Any, layout: list, on_done: Done) -> str:
         with self._lock:
@@ -206,9 +205,10 @@ class HostStage:
     :param encoder_options: ``EncoderPool`` keywords for the pipeline's pool there (``folder`` included).
     :param shared_bytes: cap on this pipeline's shared memory for batches in flight.
 
-    Construction starts the process if needed and does not wait for it; ``ready()`` (on the
-    pipeline's worker thread) waits until the extractor is loaded there. Raises ``TypeError`` or
-    ``pickle.PicklingError`` at once if the extractor does not pickle.
+    Construction starts the process if needed and does not wait for it: until the process has
+    loaded the extractor (``ready``), the pipeline does the work on its own threads rather than let
+    batches wait. Raises ``TypeError`` or ``pickle.PicklingError`` at once if the extractor does not
+    pickle.
     """
 
     def __init__(self, extractor: Any, encoder_options: dict[str, Any], *, shared_bytes: int):
@@ -218,6 +218,7 @@ class HostStage:
         self.shared = SharedPool(shared_bytes)
         self.process = _process()
         self._generation: int | None = None
+        self._opening: list | None = None  # [event, answer] of the last open
         self.error: str | None = None
 
     @property
@@ -229,18 +230,27 @@ class HostStage:
         """True once the process this pipeline was loaded in has died (batches then go to a new one)."""
         return self._generation is not None and self._generation != self.process.generation
 
-    def ready(self) -> bool:
-        """Loads the extractor in the (current) process; False, with ``error`` set, where it cannot."""
-        if self.error is None and (self._generation is None or self.lost):
-            self._generation, self.error = self.process.open(self.key, self._extractor, self._options)
-        return self.error is None
+    def ready(self, timeout: float = 0.0) -> bool | None:
+        """Whether the extractor is loaded in the (current) process: True; False, with ``error`` set,
+        where it cannot be; None while the process is still starting (after ``timeout`` seconds)."""
+        if self.error is not None:
+            return False
+        if self._opening is None or self.lost:
+            self._generation, *self._opening = self.process.open(self.key, self._extractor, self._options)
+        done, answer = self._opening
+        if not done.wait(timeout):
+            return None
+        if answer[0] is not None:
+            self.error = answer[0]
+            return False
+        return True
 
     def submit(self, fields: dict[str, np.ndarray], on_done: Done) -> str:
         """Copies ``fields`` into a shared buffer and hands them over; ``on_done`` is called from the
         receiver thread. Returns ``"sent"``; ``"full"`` when no buffer was free within
         ``SHARED_WAIT_SECONDS`` (the caller drops the batch); ``"broken"`` when the extractor is not
-        loaded in a live process (the caller does the work itself). Raises ``OSError`` when shared
-        memory cannot be created."""
+        loaded in a live process, or not yet (the caller does the work itself). Raises ``OSError`` when
+        shared memory cannot be created."""
         if not self.ready():
             return "broken"
         layout, offset = [], 0

@@ -66,7 +66,7 @@ class PipelineStats:
     reused: int = 0
     pinned_peak_bytes: int = 0
     batches_lost: int = 0  # held by a worker process that died
-    in_process: bool = False  # per-sample work ran in the training process (no worker process)
+    batches_in_process: int = 0  # per-sample work done in the training process (no worker process, or not yet)
 
 
 @dataclass
@@ -133,6 +133,7 @@ class SamplePipeline:
                 log.warning("logbus: sample pipeline: the extractor cannot go to the worker process (%s: %s); "
                             "samples are processed on threads of the training process", type(error).__name__, error)
         self._arrived = threading.Condition()  # rows back from the worker process
+        self._warned_in_process = False
         self._passes: dict[str, _Pass] = {}
         self._pass_counts: dict[str, int] = {}  # passes started per label: reservoir draws anew each pass
         # Unbounded queue, bounded batch count: a batch takes a slot or is dropped, while END and
@@ -193,7 +194,7 @@ class SamplePipeline:
     @property
     def worker_pid(self) -> int | None:
         """The pid of the worker process doing this pipeline's per-sample work (None: in-process)."""
-        return self._host.process.pid if self._host is not None and self._host.error is None else None
+        return self._host.process.pid if self._host is not None and self._host.ready() else None
 
     def table_record(self, label: str = "eval", step: int | None = None) -> Deferred:
         """``end_pass`` as a record to emit on the bus: once every backend has taken the table, its
@@ -381,15 +382,22 @@ class SamplePipeline:
         return {k: v.numpy() for k, v in host.items()}, buffer, _record(stream)
 
     def _host_process(self) -> HostStage | None:
-        """The worker process with this pipeline's extractor loaded; None where there is none."""
+        """The worker process with this pipeline's extractor loaded; None where there is none (yet)."""
         host = self._host
-        if host is not None and host.error is None and not host.ready():
+        if host is None:
+            return None
+        ready = host.ready()
+        if ready is False and not self._warned_in_process:
+            self._warned_in_process = True
             log.warning("logbus: sample pipeline: the worker process cannot run the extractor (%s); samples are "
                         "processed on threads of the training process", host.error)
-        if host is None or host.error is not None:
-            self.stats.in_process = True
-            return None
-        return host
+        return host if ready else None
+
+    def worker_ready(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for the worker process to be up with this pipeline's
+        extractor (a benchmark's warm-up; batches never wait for it: until then they are processed on
+        threads of the training process). False where there is no worker process."""
+        return self._host is not None and bool(self._host.ready(timeout))
 
     def _host_stage(self, host: dict[str, np.ndarray], state: _Pass) -> None:
         process = self._host_process()
@@ -410,6 +418,7 @@ class SamplePipeline:
             if sent == "full":  # the shared-memory budget is exhausted: the only reason to drop here
                 self.stats.batches_dropped += 1
                 return
+        self.stats.batches_in_process += 1
         rows = state.rows
         new_rows = self.extractor.host_stage(host, self.encoder.encode)
         self.encoder.flush()

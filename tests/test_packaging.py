@@ -1,5 +1,6 @@
 """A built wheel imports exactly as the editable install does: the three source folders map into one
-``logbus`` namespace, and the package data (digits, viewer template) ships inside it."""
+``logbus`` namespace, and the package data (digits, viewer template, the PEP 561 ``py.typed``
+marker) ships inside it."""
 
 from __future__ import annotations
 
@@ -36,16 +37,18 @@ print(logbus.plugins.local.__file__)
 print(logbus.kernels.__file__)
 print(importlib.resources.files("logbus").joinpath("data/digits.csv.gz").is_file())
 print(importlib.resources.files("logbus").joinpath("viewer_template.html").is_file())
+print(importlib.resources.files("logbus").joinpath("py.typed").is_file())
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(installed_wheel)})
     assert result.returncode == 0, result.stderr
-    core, local, kernels, digits, template = result.stdout.split()
+    core, local, kernels, digits, template, typed = result.stdout.split()
     site = str(installed_wheel)
     assert core == os.path.join(site, "logbus", "__init__.py")  # the wheel, not the editable checkout
     assert local == os.path.join(site, "logbus", "plugins", "local.py")
     assert kernels == os.path.join(site, "logbus", "kernels", "__init__.py")
     assert digits == "True" and template == "True"
+    assert typed == "True"  # PEP 561: type checkers read logbus's annotations from the installed package
 
 
 def test_the_editable_install_maps_the_same_way():
@@ -56,3 +59,4 @@ def test_the_editable_install_maps_the_same_way():
     assert Path(logbus.__file__).parent == ROOT / "core"
     assert Path(logbus.plugins.local.__file__).parent == ROOT / "plugins"
     assert Path(logbus.kernels.__file__).parent == ROOT / "kernels"
+    assert (ROOT / "core" / "py.typed").is_file()  # declared as package data in pyproject.toml

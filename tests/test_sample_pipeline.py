@@ -435,6 +435,9 @@ def test_scratch_space_stays_within_its_cache_across_many_evals(logbus_dir):
     run = logbus.start_run("bounded", backends=["local"])
     stream = run.samples(num_samples=None, class_names=CLASS_NAMES, scratch_cache_bytes=cache)
     pipeline = stream.pipeline
+    # The bound is per encoder pool: wait for the worker process's, or the first batches use the
+    # training process's own (its files counted against a cache of their own).
+    assert pipeline.worker_ready(120)
     for step in range(8):
         for images, labels, logits in make_batches(2, 8, seed=200 + step):
             stream.add(images, labels, logits)
@@ -502,8 +505,9 @@ def test_per_sample_work_runs_in_a_worker_process(make_pipeline):
 
     batches = make_batches(3, 4, seed=20)
     pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)  # until then batches would be processed here rather than wait
     table = run_pass(pipeline, batches)
-    assert not pipeline.stats.in_process
+    assert pipeline.stats.batches_in_process == 0
     assert pipeline.worker_pid not in (None, os.getpid())
     expected = images_to_uint8_reference(torch.cat([b[0] for b in batches])).numpy()
     for i, cell in enumerate(column(table, "image")):
@@ -520,7 +524,8 @@ def test_a_killed_worker_process_loses_only_its_batches_and_is_replaced(make_pip
 
     batches = make_batches(4, 4, seed=21)
     pipeline = make_pipeline(num_samples=None)
-    assert len(run_pass(pipeline, batches).rows) == 16  # the process is up and has the extractor
+    assert pipeline.worker_ready(120)
+    assert len(run_pass(pipeline, batches).rows) == 16
     pid = pipeline.worker_pid
     os.kill(pid, signal.SIGSTOP)  # it cannot answer: whatever is sent now stays in flight
     with caplog.at_level(logging.WARNING, logger="logbus"):
@@ -533,6 +538,7 @@ def test_a_killed_worker_process_loses_only_its_batches_and_is_replaced(make_pip
     assert table.rows == [] and pipeline.stats.batches_lost == 4
     [said] = [r.getMessage() for r in caplog.records if "worker process" in r.getMessage()]
     assert f"(pid {pid}) ended with exit code -9; 4 batch(es) it held are lost; starting a new one" in said
+    assert pipeline.worker_ready(120)
     table = run_pass(pipeline, batches, step=2)
     assert column(table, "id") == list(range(16))
-    assert pipeline.worker_pid not in (None, pid) and not pipeline.stats.in_process
+    assert pipeline.worker_pid not in (None, pid) and pipeline.stats.batches_in_process == 0
