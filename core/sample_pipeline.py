@@ -325,17 +325,13 @@ class SamplePipeline:
             stream = self._side_stream(outputs.device)
             with torch.cuda.stream(stream):
                 stream.wait_event(ready)  # everything below reads the batch only after it is ready
-                host, buffer = self._device_stage(state, inputs, targets, outputs, chosen, first_id, stream)
+                self._device_stage(state, inputs, targets, outputs, chosen, first_id, stream)
         else:
-            host, buffer = self._device_stage(state, inputs, targets, outputs, chosen, first_id, None)
-        if host is not None:
-            self._host_stage(host, state)
-        if buffer is not None:
-            self.pinned.release(buffer)
+            self._device_stage(state, inputs, targets, outputs, chosen, first_id, None)
 
     def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id, stream):
         """Selection, the extractor's device stage, then either the device policy's running top-k or
-        a copy to the host. On CUDA this runs on the side stream and returns only once the stream's
+        the copy to the host and the host stage. On CUDA this runs on the side stream and returns only once the stream's
         work is done, so the worker holds the batch tensors until nothing reads them any more (once
         dropped, the caching allocator may hand their memory to the training stream's next batch)."""
         device = outputs.device
@@ -351,18 +347,35 @@ class SamplePipeline:
             sample_ids = np.arange(first_id, first_id + outputs.shape[0], dtype=np.int64)
         fields = self.extractor.device_stage(inputs, targets, outputs)
         fields["sample_id"] = _to_device(torch.from_numpy(sample_ids), device)
-        if state.policy.on_device:
-            state.policy.top.update(fields, state.policy.scores(fields))
-            host = buffer = None
-            done = _record(stream)
-        elif stream is not None:
-            host, buffer, done = self._copy_to_host(fields, stream)
-        else:
-            host, buffer, done = {k: v.numpy() for k, v in fields.items()}, None, None
+        if not state.policy.on_device:
+            self._to_host_stage(fields, stream, state)
+            return
+        state.policy.top.update(fields, state.policy.scores(fields))
+        done = _record(stream)
         if done is not None:
             # An event, not stream.synchronize(), which sync-debug mode reports as a stall.
             done.synchronize()
-        return host, buffer
+
+    def _to_host_stage(self, fields: dict[str, torch.Tensor], stream, state: _Pass, keeps=None) -> None:
+        """Copies ``fields`` to the host (pinned buffers, on the side stream) and runs the host stage,
+        in row chunks that each fit the pinned budget: a batch or a pass's top-k larger than the budget
+        is split, never lost. ``keeps(scores)``: the device policy's mask of real rows."""
+        parts = [fields] if stream is None else _row_chunks(fields, self.pinned.max_bytes)
+        for part in parts:
+            buffer = None
+            if stream is None:
+                host = {k: v.numpy() for k, v in part.items()}
+            else:
+                host, buffer, done = self._copy_to_host(part, stream)
+                done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
+            try:
+                if keeps is not None:
+                    keep = keeps(host.pop("_score"))
+                    host = {k: v[keep] for k, v in host.items()}
+                self._host_stage(host, state)
+            finally:
+                if buffer is not None:
+                    self.pinned.release(buffer)
 
     def _copy_to_host(self, fields: dict[str, torch.Tensor], stream) -> tuple[dict[str, np.ndarray], Any, Any]:
         layout, offset = [], 0
@@ -401,6 +414,10 @@ class SamplePipeline:
 
     def _host_stage(self, host: dict[str, np.ndarray], state: _Pass) -> None:
         process = self._host_process()
+        if process is not None and sum(a.nbytes for a in host.values()) > process.shared.max_bytes:
+            for part in _row_chunks(host, process.shared.max_bytes):  # larger than the budget: in parts
+                self._host_stage(part, state)
+            return
         if process is not None:
             ids = host["sample_id"].tolist()
             with self._arrived:
@@ -448,15 +465,9 @@ class SamplePipeline:
             if next(iter(fields.values())).is_cuda:
                 stream = self._side_stream(next(iter(fields.values())).device)
                 with torch.cuda.stream(stream):
-                    host, buffer, done = self._copy_to_host(fields, stream)
-                done.synchronize()
+                    self._to_host_stage(fields, stream, state, keeps=policy.keeps)
             else:
-                host, buffer = {k: v.numpy() for k, v in fields.items()}, None
-            keep = policy.keeps(host.pop("_score"))
-            host = {k: v[keep] for k, v in host.items()}
-            self._host_stage(host, state)
-            if buffer is not None:
-                self.pinned.release(buffer)
+                self._to_host_stage(fields, None, state, keeps=policy.keeps)
         with self._arrived:
             while state.outstanding and not self._abandon.is_set():
                 self._arrived.wait(0.1)
@@ -473,6 +484,19 @@ class SamplePipeline:
         self.stats.rows_logged += len(table_rows)
         self.stats.tables_logged += 1
         future.set_result(table)
+
+
+def _row_chunks(fields: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+    """``fields`` (tensors or arrays, batch first) split by rows into parts of at most ``max_bytes``
+    each, counting the 16-byte alignment of every field; a single row is never split."""
+    rows = len(next(iter(fields.values())))
+    row_bytes = sum((value.nbytes if isinstance(value, np.ndarray) else value.numel() * value.element_size())
+                    // max(1, rows) + 16 for value in fields.values())
+    per_part = max(1, max_bytes // max(1, row_bytes))
+    if per_part >= rows:
+        return [fields]
+    return [{name: value[start:start + per_part] for name, value in fields.items()}
+            for start in range(0, rows, per_part)]
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

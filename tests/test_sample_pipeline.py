@@ -542,3 +542,19 @@ def test_a_killed_worker_process_loses_only_its_batches_and_is_replaced(make_pip
     table = run_pass(pipeline, batches, step=2)
     assert column(table, "id") == list(range(16))
     assert pipeline.worker_pid not in (None, pid) and pipeline.stats.batches_in_process == 0
+
+
+@pytest.mark.parametrize("policy", ["first", "hardest"])
+def test_a_batch_larger_than_the_memory_budget_goes_through_in_parts(make_pipeline, policy):
+    """With ``pinned_pool_bytes`` far below one batch (or one pass's top-k), every row still arrives,
+    copied in parts that fit; nothing is dropped."""
+    batches = make_batches(2, 96, seed=30)  # about 3.6 KB of fields a batch
+    pipeline = make_pipeline(num_samples=None if policy == "first" else 192, policy=policy, pinned_pool_bytes=2048)
+    assert pipeline.worker_ready(120)
+    table = run_pass(pipeline, batches)
+    assert sorted(column(table, "id")) == list(range(192))
+    labels = torch.cat([b[1] for b in batches])
+    assert column(table, "truth") == labels[column(table, "id")].tolist()
+    assert pipeline.stats.batches_dropped == 0 and pipeline.stats.errors == 0
+    assert pipeline.stats.batches_in_process == 0
+    assert pipeline._host.shared.peak_bytes <= 2048
