@@ -97,3 +97,64 @@ def test_two_evals_and_close(benchmark, wandb_offline, variant, size):
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
     for trainer in trainers:
         check_nothing_lost(trainer)
+
+
+class _TakesTables:
+    """A backend that takes tables and does nothing with them: the pipeline's own cost, no backend's."""
+
+    name = "null"
+
+    def __init__(self):
+        from logbus.records import Table
+
+        self.supports = frozenset({Table})
+
+    def log(self, record) -> None:
+        pass
+
+    def close(self, finish) -> None:
+        pass
+
+
+@pytest.mark.parametrize("variant", ["sample_logger", "sample_logger_threads"])
+def test_training_process_cpu_per_sample(benchmark, wandb_offline, variant):
+    """The per-sample cost left on the training process: CPU time of all its threads (not the worker
+    process's) from the first batch to the end of ``finish``, over the samples logged, with a
+    backend that does nothing. Includes the CPU device stage (uint8 conversion, softmax: torch ops,
+    per batch), which runs on the GPU where there is one."""
+    import time
+
+    import logbus
+
+    count = SIZES[32]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(count, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    logits = torch.randn(count, 10, generator=generator)
+    costs = []
+
+    def setup():
+        run = logbus.start_run(f"bench-cost-{variant}", backends=[_TakesTables()])
+        stream = run.samples(num_samples=None, class_names=[str(c) for c in range(10)],
+                             worker_process=variant == "sample_logger", max_pending_batches=count)
+        if variant == "sample_logger":
+            assert stream.pipeline.worker_ready(300)
+        return (run, stream), {}
+
+    def feed(run, stream):
+        started = time.process_time()
+        for start in range(0, count, BATCH):
+            stream.add(images[start:start + BATCH], labels[start:start + BATCH], logits[start:start + BATCH])
+        stream.log(step=0)
+        run.finish()
+        costs.append((time.process_time() - started) / count * 1e6)
+        stats = stream.pipeline.stats
+        assert stats.rows_logged == count and stats.batches_dropped == stats.batches_lost == 0, stats
+
+    benchmark.group = f"training-process CPU per logged sample, {count} images 32x32"
+    benchmark.pedantic(feed, setup=setup, rounds=ROUNDS)
+    costs.sort()
+    benchmark.extra_info.update(variant=variant, measure="cpu_us_per_sample", median_us=costs[len(costs) // 2],
+                                min_us=costs[0], max_us=costs[-1])
+    print(f"\n{variant}: training-process CPU per sample median {costs[len(costs) // 2]:.1f} µs "
+          f"(min {costs[0]:.1f}, max {costs[-1]:.1f}, {len(costs)} rounds)")
