@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import pickle
+import queue
 import socket
 import subprocess
 import sys
@@ -287,6 +288,35 @@ def serve(fd: int) -> None:
     from logbus.sample_pipeline import PendingImage
 
     connection = Connection(fd)
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            connection.send(message)
+
+    # Rows go back once their images are written, from a thread of their own, in order: meanwhile
+    # this loop goes on with the next batch's rows and hashes while the encoder threads compress.
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def send_when_encoded() -> None:
+        while True:
+            item = outbox.get()
+            if item is None:
+                return
+            number, key, rows, error = item
+            if error is None:
+                try:
+                    rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in row] for row in rows]
+                except Exception:  # noqa: BLE001 - an encode failed: the batch is reported as an error
+                    error = traceback.format_exc()
+            try:
+                send(("rows", number, rows, key, counters(key)) if error is None
+                     else ("error", number, error, key, counters(key)))
+            except OSError:  # the training process is gone
+                return
+
+    sender = threading.Thread(target=send_when_encoded, name="logbus-host-sender", daemon=True)
+    sender.start()
     # This process only maps segments the training process made and will unlink. Python < 3.13 would
     # have it register them with a resource tracker of its own, which unlinks them when this process
     # ends, under the training process's feet: attach untracked.
@@ -317,9 +347,9 @@ def serve(fd: int) -> None:
             if kind == "open":
                 try:
                     pipelines[key] = (pickle.loads(message[2]), EncoderPool(**message[3]))
-                    connection.send(("opened", key, None))
+                    send(("opened", key, None))
                 except Exception as error:  # noqa: BLE001 - e.g. a class defined in the training script
-                    connection.send(("opened", key, f"{type(error).__name__}: {error}"))
+                    send(("opened", key, f"{type(error).__name__}: {error}"))
             elif kind == "release":
                 if key in pipelines:
                     for path in message[2]:
@@ -340,15 +370,16 @@ def serve(fd: int) -> None:
                     fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
                               for field, dtype, shape, offset in layout}
                     rows = extractor.host_stage(fields, encoder.encode)
-                    del fields  # host stages copy what they keep: the buffer is reused once this answer is sent
+                    # Host stages copy what they keep (encode copies the pixels): the training process
+                    # reuses the buffer once the answer is sent, maybe before the files are written.
+                    del fields
                     encoder.flush()
-                    rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in row]
-                            for row in rows]
-                    answer = ("rows", number, rows)
+                    outbox.put((number, key, rows, None))
                 except Exception:  # noqa: BLE001 - reported by the pipeline, which counts the batch as an error
-                    answer = ("error", number, traceback.format_exc())
-                connection.send((*answer, key, counters(key)))
+                    outbox.put((number, key, None, traceback.format_exc()))
     finally:
+        outbox.put(None)
+        sender.join(60)
         for _, encoder in pipelines.values():
             encoder.close(wait=False)
         for buffer in attached.values():
