@@ -428,6 +428,7 @@ class SamplePipeline:
                 log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
                             "processed on threads of the training process", error)
                 process.error, sent = f"{type(error).__name__}: {error}", "broken"
+                self._warned_in_process = True  # said once, here
             if sent == "sent":
                 return
             with self._arrived:

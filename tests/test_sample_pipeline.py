@@ -558,3 +558,30 @@ def test_a_batch_larger_than_the_memory_budget_goes_through_in_parts(make_pipeli
     assert pipeline.stats.batches_dropped == 0 and pipeline.stats.errors == 0
     assert pipeline.stats.batches_in_process == 0
     assert pipeline._host.shared.peak_bytes <= 2048
+
+
+def test_no_shared_memory_falls_back_to_threads_with_one_warning(make_pipeline, monkeypatch, caplog):
+    """Creating shared memory fails (``/dev/shm`` full): the batches are processed on threads of the
+    training process instead, every row arrives, and one warning says why.
+
+    A fake here, on purpose: the real failure needs ``/dev/shm`` full, which on this shared machine
+    would fail every other process that uses it."""
+    import logging
+    from multiprocessing import shared_memory
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    batches = make_batches(3, 4, seed=40)
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)
+    monkeypatch.setattr(shared_memory, "SharedMemory", no_room)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        first = run_pass(pipeline, batches)
+        second = run_pass(pipeline, batches, step=1)
+    for table in (first, second):
+        assert column(table, "id") == list(range(12))
+        assert column(table, "truth") == torch.cat([b[1] for b in batches]).tolist()
+    assert pipeline.stats.batches_in_process == 6 and pipeline.stats.batches_dropped == 0
+    [said] = [r.getMessage() for r in caplog.records if "sample pipeline" in r.getMessage()]
+    assert "No space left on device" in said and "threads of the training process" in said
