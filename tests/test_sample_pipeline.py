@@ -445,7 +445,13 @@ def test_scratch_space_stays_within_its_cache_across_many_evals(logbus_dir):
         assert run.flush(60)
 
         def held():
-            return sum(os.path.getsize(os.path.join(pipeline.encoder.folder, name)) for name in scratch_files(pipeline))
+            total = 0
+            for name in scratch_files(pipeline):
+                try:
+                    total += os.path.getsize(os.path.join(pipeline.encoder.folder, name))
+                except FileNotFoundError:  # deleted by the worker process between the listing and here
+                    pass
+            return total
 
         eventually(lambda: held() <= cache, f"eval {step}: {held()} bytes of scratch files held")
     # The last eval's images are still in the cache: the same eval again encodes nothing.
