@@ -93,6 +93,7 @@ class BackendWorker:
                     return
                 self._pending_bytes += size
             if type(record) is Deferred:
+                record.hold()  # released by the writer once it is done with it, whatever happens
                 charged = _Charged(record)
                 self._put(charged)
                 record.future.add_done_callback(functools.partial(self._charge_resolved, charged))
@@ -173,15 +174,27 @@ class BackendWorker:
                 self._close_backend(record)
                 return
             if type(record) is Deferred:
-                record = self._resolve(record)
-                if record is None:
-                    continue
-            if not self.stats.enabled:
-                self.stats.discarded += 1
-            else:
-                self._deliver(record)
+                deferred = record
+                try:
+                    self._in_flight = True  # waiting for the record counts as holding it (undelivered)
+                    try:
+                        record = self._resolve(deferred)
+                    finally:
+                        self._in_flight = False
+                    if record is not None:
+                        self._deliver_or_discard(record)
+                finally:
+                    deferred.release()
+                continue
+            self._deliver_or_discard(record)
             if type(record) is Artifact and record.on_done is not None:
                 self._done_with(record)
+
+    def _deliver_or_discard(self, record: Record) -> None:
+        if not self.stats.enabled:
+            self.stats.discarded += 1
+            return
+        self._deliver(record)
 
     def _resolve(self, deferred: Deferred) -> Record | None:
         try:

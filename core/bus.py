@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any, Iterable, Mapping
 
 from logbus.backend_worker import BackendStats, BackendWorker
+from logbus.deferred import Deferred
 from logbus.hookspecs import Backend
 from logbus.plugin_manager import create_backend
 from logbus.records import Record, RunFinished
@@ -87,17 +88,25 @@ class Bus:
         # (1 while a Composer fit is running, so SIGTERM or a crash marks the run failed).
         self.exit_code_if_interrupted = 0
         self._on_close: list = []
+        self._close_deadline: float | None = None
         _close_before_interpreter_exit(self)
 
     # -- caller side -----------------------------------------------------------------------------
     def emit(self, record: Record) -> None:
         """Enqueues ``record`` for every backend that supports its type and returns at once."""
         started = _now_ns()
-        if self.closed:
-            self._emitted_after_close(record)
-            return
-        for worker in self.workers:
-            worker.offer(record)
+        deferred = type(record) is Deferred
+        if deferred:
+            record.hold()  # until every backend has been offered it: one that is done early cannot release it
+        try:
+            if self.closed:
+                self._emitted_after_close(record)
+                return
+            for worker in self.workers:
+                worker.offer(record)
+        finally:
+            if deferred:
+                record.release()
         self._emitted += 1
         self._caller_ns += _now_ns() - started
 
@@ -119,7 +128,7 @@ class Bus:
             if self.closed:
                 return True
             self.closed = True
-        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        deadline = self._close_deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         finish = RunFinished(exit_code=exit_code, reason=reason)
         for worker in self.workers:
             worker.request_close(finish)
@@ -141,8 +150,15 @@ class Bus:
         return clean
 
     def on_close(self, callback) -> None:
-        """Runs ``callback()`` once the bus has closed (e.g. to delete files backends have copied)."""
+        """Runs ``callback()`` once the bus has closed (e.g. to delete files backends have copied);
+        ``time_left()`` tells it what is left of the close deadline."""
         self._on_close.append(callback)
+
+    def time_left(self) -> float | None:
+        """Seconds left until the deadline of ``close()`` (``None`` before it was called)."""
+        if self._close_deadline is None:
+            return None
+        return max(0.0, self._close_deadline - time.monotonic())
 
     # -- stats -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

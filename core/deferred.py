@@ -9,6 +9,7 @@ sees one ordered stream.
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -18,9 +19,14 @@ from logbus.records import Record
 
 class Deferred(Record):
     """Placeholder for a record of type ``record_type`` that ``future`` will produce (or ``None`` if
-    it was dropped). ``timeout`` bounds how long a writer waits for it."""
+    it was dropped). ``timeout`` bounds how long a writer waits for it.
 
-    __slots__ = ("record_type", "future", "timeout", "nbytes")
+    Every backend writer that accepts it holds it until it is done with it (delivered, failed,
+    dropped or discarded); ``on_released`` callbacks run once the last holder lets go, so that what
+    the record points to (a sample table's scratch files) can be deleted as soon as every backend
+    has taken it, not at the end of the run."""
+
+    __slots__ = ("record_type", "future", "timeout", "nbytes", "_holders", "_on_released", "_lock")
     droppable = True
 
     def __init__(self, record_type: type, future: Future, *, timeout: float = 600.0, nbytes: int = 0):
@@ -28,6 +34,30 @@ class Deferred(Record):
         self.future = future
         self.timeout = timeout
         self.nbytes = nbytes
+        self._holders = 0
+        self._on_released: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def on_released(self, callback: Callable[[], None]) -> None:
+        """Runs ``callback()`` once every holder has let go (at once if none holds it)."""
+        with self._lock:
+            self._on_released.append(callback)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders > 0:
+                return
+            callbacks, self._on_released = self._on_released, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - runs on a backend's writer thread: report, never raise
+                logging.getLogger("logbus").exception("logbus: a release callback of a deferred record failed")
 
 
 class LazyFuture(Future):

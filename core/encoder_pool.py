@@ -3,14 +3,22 @@
 Pillow's PNG encoder releases the GIL, so threads scale. Images are keyed by a hash of their pixels:
 the same ground-truth image seen again in a later eval reuses its file, so it is neither encoded
 again nor, since the bytes are identical, uploaded again (W&B deduplicates artifact files by digest).
+
+Scratch space is bounded: each file counts the table rows that refer to it (``encode`` adds one,
+``release`` takes one away once every backend has taken the table). A file nobody refers to is
+kept, for the next eval to reuse, only while such files take at most ``cache_bytes``; beyond that
+the least recently released go. Files are named by their content, so a file written again later
+has the same path, which backends that remember what they copied (the local backend) reuse as is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +27,7 @@ from logbus.encoding import encode_image
 
 CHUNK = 32
 IMAGE_FORMATS = ("png", "jpeg")
+SCRATCH_CACHE_BYTES = 64 * 2**20
 
 
 class _Chunk:
@@ -33,10 +42,10 @@ class _Chunk:
 class EncodedFile:
     """The future path of one encoded image (a slot in a chunk)."""
 
-    __slots__ = ("_pool", "_chunk", "_index")
+    __slots__ = ("_pool", "_chunk", "_index", "path")
 
-    def __init__(self, pool: "EncoderPool", chunk: _Chunk, index: int):
-        self._pool, self._chunk, self._index = pool, chunk, index
+    def __init__(self, pool: "EncoderPool", chunk: _Chunk, index: int, path: str):
+        self._pool, self._chunk, self._index, self.path = pool, chunk, index, path
 
     def result(self, timeout: float | None = None) -> str:
         if not self._chunk.submitted:
@@ -51,11 +60,18 @@ class EncodedFile:
 
 class EncoderPool:
     def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
-                 quality: int = 90, folder: str | None = None):
+                 quality: int = 90, folder: str | None = None, cache_bytes: int = SCRATCH_CACHE_BYTES,
+                 prefix: str = ""):
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"encode_workers: expected an int >= 1, got {workers!r}")
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"scratch_cache_bytes: expected an int >= 0, got {cache_bytes!r}")
+        self.cache_bytes = cache_bytes
+        # Pools sharing a folder (the training process's and the worker process's) each count only
+        # their own files: a prefix keeps one from deleting a file the other's tables refer to.
+        self.prefix = prefix
         self.image_format = image_format
         self.options = {"compress_level": compress_level, "quality": quality}
         # Scratch space for encoded files until backends copy them: RAM-backed /dev/shm when there is
@@ -64,11 +80,17 @@ class EncoderPool:
         self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch) if folder is None else None
         self.folder = folder or self._owned.name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logbus-encode")
-        self._files: dict[bytes, EncodedFile] = {}
+        self._files: dict[str, EncodedFile] = {}  # path -> handle, for every file on disk or on its way
+        self._refs: dict[str, int] = {}  # path -> rows referring to it (absent: none)
+        self._sizes: dict[str, int] = {}  # path -> bytes, once written
+        self._unreferenced: OrderedDict[str, int] = OrderedDict()  # path -> bytes, least recently released first
+        self._unreferenced_bytes = 0
         self._chunk: _Chunk | None = None
         self._lock = threading.Lock()
         self.encoded = 0
         self.reused = 0
+        self.deleted = 0
+        self._giving_up = False
 
     def encode(self, pixels: np.ndarray) -> "EncodedFile":
         """A handle whose ``result()`` is the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file.
@@ -76,21 +98,63 @@ class EncoderPool:
         Images are encoded in chunks (one task per ``CHUNK`` images, not one per image): a task per
         image costs more Python, under the GIL, than a small PNG costs to encode."""
         digest = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
+        path = os.path.join(self.folder, self.prefix + digest.hex() + (".png" if self.image_format == "png" else ".jpg"))
         with self._lock:
-            handle = self._files.get(digest)
+            self._refs[path] = self._refs.get(path, 0) + 1
+            handle = self._files.get(path)
             # A failed write (a full scratch disk, say) is tried again, not handed to every later eval.
             if handle is not None and not handle.failed:
                 self.reused += 1
+                size = self._unreferenced.pop(path, None)
+                if size is not None:
+                    self._unreferenced_bytes -= size
                 return handle
             self.encoded += 1
             if self._chunk is None:
                 self._chunk = _Chunk()
             # The pixels may live in a reused pinned buffer: encode from a private copy.
-            self._chunk.items.append((np.array(pixels), digest.hex()))
-            handle = self._files[digest] = EncodedFile(self, self._chunk, len(self._chunk.items) - 1)
+            self._chunk.items.append((np.array(pixels), path))
+            handle = self._files[path] = EncodedFile(self, self._chunk, len(self._chunk.items) - 1, path)
             if len(self._chunk.items) >= CHUNK:
                 self._submit_locked()
             return handle
+
+    def release(self, path: str) -> None:
+        """One row that referred to ``path`` is gone (its table was taken by every backend, or the
+        sampling policy left it out); the file goes once nothing refers to it, past the cache."""
+        with self._lock:
+            count = self._refs.get(path)
+            if count is None:
+                return  # not one of this pool's files (a gathered one), or released already
+            if count > 1:
+                self._refs[path] = count - 1
+                return
+            del self._refs[path]
+            handle = self._files.get(path)
+        if handle is not None:
+            # Once it is written (at once if it is): deleting it earlier would let the write recreate it.
+            if not handle._chunk.submitted:
+                self.flush()
+            handle._chunk.future.add_done_callback(lambda _: self._unreferenced_now(path))
+
+    def _unreferenced_now(self, path: str) -> None:
+        with self._lock:
+            if path in self._refs or path not in self._files or path in self._unreferenced:
+                return  # referred to again meanwhile, or already gone
+            size = self._sizes.get(path, 0)
+            self._unreferenced[path] = size
+            self._unreferenced_bytes += size
+            while self._unreferenced and self._unreferenced_bytes > self.cache_bytes:
+                oldest, size = self._unreferenced.popitem(last=False)
+                self._unreferenced_bytes -= size
+                self._files.pop(oldest, None)
+                self._sizes.pop(oldest, None)
+                # Under the lock: an encode of the same image from now on writes a new file after this.
+                try:
+                    os.remove(oldest)
+                except OSError:
+                    pass  # never written (a failed encode) or the folder is gone: nothing to free
+                self.deleted += 1
 
     def flush(self) -> None:
         """Starts encoding whatever is waiting for a full chunk."""
@@ -105,21 +169,29 @@ class EncoderPool:
 
     def _write_chunk(self, chunk: "_Chunk") -> None:
         try:
+            if self._giving_up:
+                raise RuntimeError("the encoder pool was closed before this image was encoded")
             chunk.future.set_result([self._write(pixels, name) for pixels, name in chunk.items])
         except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the result
             chunk.future.set_exception(error)
         chunk.items = []
 
-    def _write(self, pixels: np.ndarray, name: str) -> str:
-        suffix = ".png" if self.image_format == "png" else ".jpg"
-        path = os.path.join(self.folder, name + suffix)
+    def _write(self, pixels: np.ndarray, path: str) -> str:
         data = encode_image(pixels, self.image_format, **self.options)
-        # A private temp folder, read only after this future completes: no temp+rename needed.
-        with open(path, "wb") as file:
+        # Written whole, then renamed: a file deleted and written again later (same content, same
+        # name) may be read by a backend meanwhile.
+        temporary = f"{path}.{threading.get_ident()}.tmp"
+        with open(temporary, "wb") as file:
             file.write(data)
+        os.replace(temporary, path)
+        self._sizes[path] = len(data)
         return path
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Deletes the scratch folder, after the queued encodes (``wait``) or at once: queued chunks
+        then fail instead of running, and a chunk being written fails on the missing folder."""
+        if not wait:
+            self._giving_up = True
+        self._executor.shutdown(wait=wait)
         if self._owned is not None:
-            self._owned.cleanup()
+            shutil.rmtree(self._owned.name, ignore_errors=True)

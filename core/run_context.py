@@ -10,13 +10,13 @@ Leaving the block drains and closes every backend; an exception inside it marks 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 from logbus.bus import Bus
-from logbus.deferred import Deferred
 from logbus.images import images_record
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
-from logbus.sample_pipeline import SamplePipeline, pipeline_for
+from logbus.sample_pipeline import SamplePipeline, cleanup_within_close, pipeline_for
 
 
 class SampleStream:
@@ -26,14 +26,14 @@ class SampleStream:
 
     def __init__(self, bus: Bus, pipeline: SamplePipeline):
         self.bus, self.pipeline = bus, pipeline
-        bus.on_close(pipeline.cleanup)
+        bus.on_close(functools.partial(cleanup_within_close, bus, pipeline))
 
     def add(self, inputs: Any, targets: Any, outputs: Any, *, label: str = "eval") -> None:
         self.pipeline.submit(inputs, targets, outputs, label=label)
 
     def log(self, label: str = "eval", step: int | None = None) -> None:
         """Logs the table ``samples/{label}`` for the pass so far, in order with everything else."""
-        self.bus.emit(Deferred(Table, self.pipeline.end_pass(label, step=step)))
+        self.bus.emit(self.pipeline.table_record(label, step=step))
 
 
 class Run:

@@ -22,10 +22,9 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from logbus.deferred import Deferred
-from logbus.records import Table
 from logbus.sample_gather import gather_table
 from logbus.sample_options import check_int, split_options
-from logbus.sample_pipeline import SamplePipeline, pipeline_for
+from logbus.sample_pipeline import CLOSE_TIMEOUT, SamplePipeline, cleanup_within_close, pipeline_for
 
 
 def item_of(batch: Any, key: Any, argument: str) -> Any:
@@ -43,8 +42,8 @@ class SampleLogger(Callback):
     :param extractor: registered extractor name (``classification``, ``segmentation``, ``tokens``; see
         ``logbus plugins``) or an extractor object.
     :param num_samples: rows per table (``None``: every eval sample; policy ``first``).
-    :param policy: ``first``, ``reservoir`` (uniform over the pass, seeded), ``per_class`` (quota per
-        true class) or ``hardest`` (highest loss / lowest confidence over the pass).
+    :param policy: ``first``, ``reservoir`` (uniform over the pass, seeded), ``per_class`` (``num_samples``
+        rows balanced over the true classes) or ``hardest`` (highest loss / lowest confidence over the pass).
     :param input_key: where the inputs are in the batch (index or dict key), as in Composer's
         ``ImageVisualizer``.
     :param target_key: where the targets are in the batch.
@@ -102,24 +101,33 @@ class SampleLogger(Callback):
         if not self.buses:
             raise ValueError("SampleLogger: the Trainer needs a logbus logger in `loggers` "
                              "(logbus.composer.WandBLogger or LogBusLogger) to send samples to")
-        # Every bus's backends read the same encoded files: delete them once the last bus has closed.
+        # Every bus's backends read the same encoded files: the pipeline is cleaned up once the last
+        # bus has closed, within what is left of that bus's close deadline.
         open_buses = len(self.buses)
         lock = threading.Lock()
 
-        def bus_closed() -> None:
+        def bus_closed(bus) -> None:
             nonlocal open_buses
             with lock:
                 open_buses -= 1
                 last = open_buses == 0
             if last:
-                self.pipeline.cleanup()
+                cleanup_within_close(bus, self.pipeline)
 
         for bus in self.buses:
-            bus.on_close(bus_closed)
+            bus.on_close(lambda bus=bus: bus_closed(bus))
 
     def _emit(self, record) -> None:
-        for bus in self.buses:
-            bus.emit(record)
+        if not isinstance(record, Deferred):
+            for bus in self.buses:
+                bus.emit(record)
+            return
+        record.hold()  # until every bus has been offered it: one bus done early cannot release its files
+        try:
+            for bus in self.buses:
+                bus.emit(record)
+        finally:
+            record.release()
 
     def _submit(self, state: State, label: str) -> None:
         batch = state.batch
@@ -127,8 +135,7 @@ class SampleLogger(Callback):
                              state.outputs, label=label)
 
     def _log(self, label: str, step: int) -> None:
-        future = self.pipeline.end_pass(label, step=step)
-        self._emit(Deferred(Table, future))
+        self._emit(self.pipeline.table_record(label, step=step))
 
     def _log_gathered(self, label: str, step: int) -> None:
         """Every rank calls this once per logged eval (the same evals everywhere: the interval counts
@@ -178,4 +185,7 @@ class SampleLogger(Callback):
             self._train_active = False
 
     def post_close(self) -> None:
-        self.pipeline.close()
+        # Composer runs the loggers' post_close first: the bus has closed the pipeline within what was
+        # left of its deadline (cleanup_within_close). This covers a bus that was not closed.
+        lefts = [left for bus in self.buses if (left := bus.time_left()) is not None]
+        self.pipeline.close(min(lefts) if lefts else CLOSE_TIMEOUT)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 PIPELINE_OPTIONS = ("seed", "hardest_by", "max_pending_batches", "pinned_pool_bytes", "encode_workers",
-                    "image_format", "compress_level", "key_prefix")
+                    "image_format", "compress_level", "key_prefix", "scratch_cache_bytes",
+                    "worker_process")
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:

@@ -17,9 +17,11 @@ bus as a ``Deferred`` so that it lands in order with the metrics logged around i
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
+import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,8 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from logbus.encoder_pool import IMAGE_FORMATS, EncoderPool
+from logbus.deferred import Deferred
+from logbus.encoder_pool import IMAGE_FORMATS, SCRATCH_CACHE_BYTES, EncoderPool
 from logbus.hookspecs import Extractor
+from logbus.host_process import HostStage
 from logbus.naming import check_key
 from logbus.pinned_pool import PinnedPool
 from logbus.records import Image, Mask, Table
@@ -64,6 +68,8 @@ class PipelineStats:
     encoded: int = 0
     reused: int = 0
     pinned_peak_bytes: int = 0
+    batches_lost: int = 0  # held by a worker process that died
+    batches_in_process: int = 0  # per-sample work done in the training process (no worker process, or not yet)
 
 
 @dataclass
@@ -73,9 +79,11 @@ class _Pass:
 
     policy: SamplingPolicy
     rows: dict[int, list] = field(default_factory=dict)
+    outstanding: int = 0  # batches handed to the worker process whose rows have not come back
 
 
 _BATCH, _END, _STOP = "batch", "end", "stop"
+CLOSE_TIMEOUT = 60.0  # seconds close() waits for queued work by default
 
 
 class SamplePipeline:
@@ -92,12 +100,19 @@ class SamplePipeline:
     :param image_format: ``png`` or ``jpeg``.
     :param compress_level: PNG compression level, 0-9.
     :param key_prefix: tables are logged as ``{key_prefix}/{label}``.
+    :param scratch_cache_bytes: encoded files no table refers to any more are kept (for a later eval
+        to reuse) up to this many bytes; beyond that they are deleted.
+    :param worker_process: run the per-sample work (rows, hashing, encoding, file writes) in a worker
+        process fed through shared memory (``logbus.host_process``), so that it never holds the
+        training process's GIL; ``False``: on threads of the training process. Falls back to threads,
+        with a warning, when the extractor does not pickle or shared memory cannot be had.
     """
 
     def __init__(self, extractor: Extractor, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
                  hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
                  encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
-                 key_prefix: str = "samples"):
+                 key_prefix: str = "samples", scratch_cache_bytes: int = SCRATCH_CACHE_BYTES,
+                 worker_process: bool = True):
         # Every option is checked before any thread or folder exists: a bad one raises here, on the
         # caller's thread, instead of failing every table later on the worker.
         if not (all(callable(getattr(extractor, method, None)) for method in ("check", "device_stage", "host_stage"))
@@ -119,6 +134,9 @@ class SamplePipeline:
         if key_prefix == "":
             raise ValueError("key_prefix: expected a relative key like 'samples', got ''")
         check_key(key_prefix, "key_prefix")
+        check_int("scratch_cache_bytes", scratch_cache_bytes, minimum=0)
+        if not isinstance(worker_process, bool):
+            raise TypeError(f"worker_process: expected a bool, got {type(worker_process).__name__}")
         if policy == "per_class" and not getattr(extractor, "has_class_per_sample", False):
             raise ValueError(f"policy: 'per_class' needs an extractor with one class per sample (classification), "
                              f"got {getattr(extractor, 'name', type(extractor).__name__)!r}")
@@ -132,7 +150,19 @@ class SamplePipeline:
         make_policy(**self._policy_args)  # validate now, on the caller's thread
         self.stats = PipelineStats()
         self.pinned = PinnedPool(pinned_pool_bytes)
-        self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level)
+        self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level,
+                                   cache_bytes=scratch_cache_bytes)
+        self._process_options = dict(folder=self.encoder.folder, workers=encode_workers, image_format=image_format,
+                                     compress_level=compress_level, cache_bytes=scratch_cache_bytes)
+        self._host: HostStage | None = None
+        if worker_process:
+            try:  # starts the shared worker process now (not waiting for it), so it is up by the first eval
+                self._host = HostStage(extractor, self._process_options, shared_bytes=pinned_pool_bytes)
+            except Exception as error:  # noqa: BLE001 - e.g. an extractor holding a lock does not pickle
+                log.warning("logbus: sample pipeline: the extractor cannot go to the worker process (%s: %s); "
+                            "samples are processed on threads of the training process", type(error).__name__, error)
+        self._arrived = threading.Condition()  # rows back from the worker process
+        self._warned_in_process = False
         self._passes: dict[str, _Pass] = {}
         self._pass_counts: dict[str, int] = {}  # passes started per label: reservoir draws anew each pass
         # Unbounded queue, bounded batch count: a batch takes a slot or is dropped, while END and
@@ -141,6 +171,10 @@ class SamplePipeline:
         self._slots = threading.BoundedSemaphore(max_pending_batches)
         self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
         self._closed = False
+        self._abandon = threading.Event()  # set at the close deadline: the worker gives up what is left
+        # Queued by the training thread, done (or given up) by the worker, each written by one thread
+        # only: the difference is what close reports as left.
+        self._batches_queued = self._batches_done = self._passes_queued = self._passes_done = 0
         self._worker = threading.Thread(target=self._run, name="logbus-samples", daemon=True)
         self._worker.start()
 
@@ -149,22 +183,31 @@ class SamplePipeline:
         """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once."""
         inputs, targets, outputs = self.extractor.check(inputs, targets, outputs)
         batch_size = int(outputs.shape[0])
-        state = self._pass(label)
-        first_id = state.policy.seen
-        chosen = None if state.policy.on_device else state.policy.choose(batch_size)
-        if state.policy.on_device:
-            state.policy.seen += batch_size
+        policy = self._pass(label).policy
+        if not policy.wants(batch_size):
+            policy.skip(batch_size)
+            return
+        # The slot first, the choice after: a dropped batch must leave the policy as if it had not
+        # been offered (no quota used, no winner evicted), or the table comes out short.
+        if not self._slots.acquire(blocking=False):
+            self.stats.batches_submitted += 1
+            self.stats.batches_dropped += 1
+            policy.skip(batch_size)
+            return
+        first_id = policy.seen
+        chosen = None if policy.on_device else policy.choose(batch_size)
+        if policy.on_device:
+            policy.seen += batch_size
         elif not chosen:
+            self._slots.release()
             return
         self.stats.batches_submitted += 1
         ready = None
         if outputs.is_cuda:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(outputs.device))
-        if not self._slots.acquire(blocking=False):
-            self.stats.batches_dropped += 1
-            return
-        self._queue.put((_BATCH, state, ready, inputs, targets, outputs, chosen, first_id))
+        self._batches_queued += 1
+        self._queue.put((_BATCH, self._passes[label], ready, inputs, targets, outputs, chosen, first_id))
 
     def end_pass(self, label: str = "eval", step: int | None = None) -> Future:
         """Closes the pass for ``label``; the future gets its ``Table`` (or None if it was dropped)."""
@@ -173,8 +216,36 @@ class SamplePipeline:
         if state is None:
             future.set_result(None)
             return future
+        self._passes_queued += 1
         self._queue.put((_END, label, state, step, future))
         return future
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the worker process doing this pipeline's per-sample work (None: in-process)."""
+        return self._host.process.pid if self._host is not None and self._host.ready() else None
+
+    def table_record(self, label: str = "eval", step: int | None = None) -> Deferred:
+        """``end_pass`` as a record to emit on the bus: once every backend has taken the table, its
+        scratch files are released (deleted, past ``scratch_cache_bytes``), not kept until close."""
+        future = self.end_pass(label, step=step)
+        record = Deferred(Table, future)
+        record.on_released(lambda: future.add_done_callback(self._release_table))
+        return record
+
+    def _release_table(self, future: Future) -> None:
+        table = future.result() if not future.cancelled() and future.exception() is None else None
+        if table is not None:
+            self.release_rows(table.rows)
+
+    def release_rows(self, rows) -> None:
+        """Gives back the scratch files of ``rows`` (image cells of this pipeline's tables)."""
+        paths = [path if isinstance(path, str) else path.path for row in rows for cell in row
+                 if isinstance(cell, (Image, PendingImage)) and (path := cell.path) is not None]
+        if self._host is not None:
+            self._host.release(paths)  # the worker process's encoder counts the files it wrote
+        for path in paths:  # and the in-process one its own (a path it does not know is left alone)
+            self.encoder.release(path)
 
     def discard_pass(self, label: str = "eval") -> None:
         """Forgets the unfinished pass of ``label`` (an eval that raised half-way), so that the next
@@ -189,27 +260,46 @@ class SamplePipeline:
             state.policy.start_pass()
         return state
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Finishes queued work and stops the worker. Encoded files stay until ``cleanup``."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Finishes queued work within ``timeout`` seconds and stops the worker; what is not done by
+        then is given up (its tables resolve to ``None``) and reported. Encoded files stay until
+        ``cleanup``. Returns whether everything queued was done."""
         if self._closed:
-            return
+            return not self._worker.is_alive()
         self._closed = True
         self._queue.put((_STOP,))
-        self._worker.join(timeout)
+        self._worker.join(max(0.0, timeout))
+        finished = not self._worker.is_alive()
+        if not finished:
+            # The worker may be inside a long host stage: from its next item on it only gives up.
+            self._abandon.set()
         self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
+        if self._host is not None:
+            self.stats.encoded += self._host.counters[0]
+            self.stats.reused += self._host.counters[1]
         self.stats.pinned_peak_bytes = self.pinned.peak_bytes
         stats = self.stats
-        if stats.batches_dropped or stats.tables_dropped or stats.errors or self._worker.is_alive():
+        if stats.batches_lost:
+            log.warning("logbus: sample pipeline: %d batch(es) were lost with a worker process that died",
+                        stats.batches_lost)
+        if stats.batches_dropped or stats.tables_dropped or stats.errors or not finished:
             # Drops are by design (training never waits for samples), but never silent: said once, here.
             log.warning("logbus: sample pipeline: %d of %d batches dropped because the worker was behind "
                         "(max_pending_batches), %d table(s) lost to %d error(s)%s",
                         stats.batches_dropped, stats.batches_submitted, stats.tables_dropped, stats.errors,
-                        "; its worker did not finish within the close deadline" if self._worker.is_alive() else "")
+                        "" if finished else "; not done by the close deadline: "
+                        f"{self._batches_queued - self._batches_done} batch(es) and "
+                        f"{self._passes_queued - self._passes_done} table(s) were left")
+        return finished
 
-    def cleanup(self) -> None:
-        """Deletes encoded files; call once every backend has taken the tables (after the bus closed)."""
-        self.close()
-        self.encoder.close()
+    def cleanup(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Closes (within ``timeout``) and deletes encoded files; call once every backend has taken the
+        tables (after the bus closed)."""
+        started = time.monotonic()
+        finished = self.close(timeout)
+        if self._host is not None:
+            self._host.close()
+        self.encoder.close(wait=finished and time.monotonic() - started < timeout)
 
     # -- worker ----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -218,23 +308,41 @@ class SamplePipeline:
             kind = item[0]
             if kind == _STOP:
                 return
+            if self._abandon.is_set():
+                self._give_up(item)
+                continue
             try:
                 if kind == _BATCH:
                     try:
                         self._process_batch(*item[1:])
                     finally:
+                        self._batches_done += 1
                         self._slots.release()
                         item = None  # drop the batch tensors now, not at the next get()
                 else:
-                    self._finish_pass(*item[1:])
+                    try:
+                        self._finish_pass(*item[1:])
+                    finally:
+                        self._passes_done += 1
             except Exception:  # noqa: BLE001 - a broken extractor must not kill training
                 self.stats.errors += 1
-                if self.stats.errors == 1:
+                if self.stats.errors == 1 and not self._abandon.is_set():
                     log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s",
                               traceback.format_exc())
                 if kind == _END and not item[4].done():
                     self.stats.tables_dropped += 1
                     item[4].set_result(None)
+
+    def _give_up(self, item: tuple) -> None:
+        """After the close deadline: nothing more is processed; tables resolve to ``None``."""
+        if item[0] == _BATCH:
+            self._batches_done += 1
+            self._slots.release()
+        else:
+            self._passes_done += 1
+            self.stats.tables_dropped += 1
+            if not item[4].done():
+                item[4].set_result(None)
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
         if device not in self._side_streams:
@@ -246,17 +354,13 @@ class SamplePipeline:
             stream = self._side_stream(outputs.device)
             with torch.cuda.stream(stream):
                 stream.wait_event(ready)  # everything below reads the batch only after it is ready
-                host, buffer = self._device_stage(state, inputs, targets, outputs, chosen, first_id, stream)
+                self._device_stage(state, inputs, targets, outputs, chosen, first_id, stream)
         else:
-            host, buffer = self._device_stage(state, inputs, targets, outputs, chosen, first_id, None)
-        if host is not None:
-            self._host_stage(host, state.rows)
-        if buffer is not None:
-            self.pinned.release(buffer)
+            self._device_stage(state, inputs, targets, outputs, chosen, first_id, None)
 
     def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id, stream):
         """Selection, the extractor's device stage, then either the device policy's running top-k or
-        a copy to the host. On CUDA this runs on the side stream and returns only once the stream's
+        the copy to the host and the host stage. On CUDA this runs on the side stream and returns only once the stream's
         work is done, so the worker holds the batch tensors until nothing reads them any more (once
         dropped, the caching allocator may hand their memory to the training stream's next batch)."""
         device = outputs.device
@@ -272,18 +376,35 @@ class SamplePipeline:
             sample_ids = np.arange(first_id, first_id + outputs.shape[0], dtype=np.int64)
         fields = self.extractor.device_stage(inputs, targets, outputs)
         fields["sample_id"] = _to_device(torch.from_numpy(sample_ids), device)
-        if state.policy.on_device:
-            state.policy.top.update(fields, state.policy.scores(fields))
-            host = buffer = None
-            done = _record(stream)
-        elif stream is not None:
-            host, buffer, done = self._copy_to_host(fields, stream)
-        else:
-            host, buffer, done = {k: v.numpy() for k, v in fields.items()}, None, None
+        if not state.policy.on_device:
+            self._to_host_stage(fields, stream, state)
+            return
+        state.policy.top.update(fields, state.policy.scores(fields))
+        done = _record(stream)
         if done is not None:
             # An event, not stream.synchronize(), which sync-debug mode reports as a stall.
             done.synchronize()
-        return host, buffer
+
+    def _to_host_stage(self, fields: dict[str, torch.Tensor], stream, state: _Pass, keeps=None) -> None:
+        """Copies ``fields`` to the host (pinned buffers, on the side stream) and runs the host stage,
+        in row chunks that each fit the pinned budget: a batch or a pass's top-k larger than the budget
+        is split, never lost. ``keeps(scores)``: the device policy's mask of real rows."""
+        parts = [fields] if stream is None else _row_chunks(fields, self.pinned.max_bytes)
+        for part in parts:
+            buffer = None
+            if stream is None:
+                host = {k: v.numpy() for k, v in part.items()}
+            else:
+                host, buffer, done = self._copy_to_host(part, stream)
+                done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
+            try:
+                if keeps is not None:
+                    keep = keeps(host.pop("_score"))
+                    host = {k: v[keep] for k, v in host.items()}
+                self._host_stage(host, state)
+            finally:
+                if buffer is not None:
+                    self.pinned.release(buffer)
 
     def _copy_to_host(self, fields: dict[str, torch.Tensor], stream) -> tuple[dict[str, np.ndarray], Any, Any]:
         layout, offset = [], 0
@@ -302,12 +423,70 @@ class SamplePipeline:
             host[name] = view
         return {k: v.numpy() for k, v in host.items()}, buffer, _record(stream)
 
-    def _host_stage(self, host: dict[str, np.ndarray], rows: dict[int, list]) -> None:
+    def _host_process(self) -> HostStage | None:
+        """The worker process with this pipeline's extractor loaded; None where there is none (yet)."""
+        host = self._host
+        if host is None:
+            return None
+        ready = host.ready()
+        if ready is False and not self._warned_in_process:
+            self._warned_in_process = True
+            log.warning("logbus: sample pipeline: the worker process cannot run the extractor (%s); samples are "
+                        "processed on threads of the training process", host.error)
+        return host if ready else None
+
+    def worker_ready(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for the worker process to be up with this pipeline's
+        extractor (a benchmark's warm-up; batches never wait for it: until then they are processed on
+        threads of the training process). False where there is no worker process."""
+        return self._host is not None and bool(self._host.ready(timeout))
+
+    def _host_stage(self, host: dict[str, np.ndarray], state: _Pass) -> None:
+        process = self._host_process()
+        if process is not None and sum(a.nbytes for a in host.values()) > process.shared.max_bytes:
+            for part in _row_chunks(host, process.shared.max_bytes):  # larger than the budget: in parts
+                self._host_stage(part, state)
+            return
+        if process is not None:
+            ids = host["sample_id"].tolist()
+            with self._arrived:
+                state.outstanding += 1
+            try:
+                sent = process.submit(host, functools.partial(self._rows_arrived, state, ids))
+            except OSError as error:  # shared memory could not be created: do it here from now on
+                log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
+                            "processed on threads of the training process", error)
+                process.error, sent = f"{type(error).__name__}: {error}", "broken"
+                self._warned_in_process = True  # said once, here
+            if sent == "sent":
+                return
+            with self._arrived:
+                state.outstanding -= 1
+            if sent == "full":  # the shared-memory budget is exhausted: the only reason to drop here
+                self.stats.batches_dropped += 1
+                return
+        self.stats.batches_in_process += 1
+        rows = state.rows
         new_rows = self.extractor.host_stage(host, self.encoder.encode)
         self.encoder.flush()
         for sample_id, row in zip(host["sample_id"].tolist(), new_rows):
             rows[sample_id] = row
         self.stats.samples_processed += len(new_rows)
+
+    def _rows_arrived(self, state: _Pass, ids: list[int], rows: list | None, error: str | None) -> None:
+        """From the worker process's receiver thread: one batch's rows, its error, or its loss."""
+        with self._arrived:
+            if rows is not None:
+                state.rows.update(zip(ids, rows))
+                self.stats.samples_processed += len(rows)
+            elif error is not None:
+                self.stats.errors += 1
+                if self.stats.errors == 1:
+                    log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s", error)
+            else:
+                self.stats.batches_lost += 1
+            state.outstanding -= 1
+            self._arrived.notify_all()
 
     def _finish_pass(self, label: str, state: _Pass, step: int | None, future: Future) -> None:
         policy, rows = state.policy, state.rows
@@ -316,17 +495,18 @@ class SamplePipeline:
             if next(iter(fields.values())).is_cuda:
                 stream = self._side_stream(next(iter(fields.values())).device)
                 with torch.cuda.stream(stream):
-                    host, buffer, done = self._copy_to_host(fields, stream)
-                done.synchronize()
+                    self._to_host_stage(fields, stream, state, keeps=policy.keeps)
             else:
-                host, buffer = {k: v.numpy() for k, v in fields.items()}, None
-            keep = policy.keeps(host.pop("_score"))
-            host = {k: v[keep] for k, v in host.items()}
-            self._host_stage(host, rows)
-            if buffer is not None:
-                self.pinned.release(buffer)
+                self._to_host_stage(fields, None, state, keeps=policy.keeps)
+        with self._arrived:
+            while state.outstanding and not self._abandon.is_set():
+                self._arrived.wait(0.1)
+            if state.outstanding:
+                raise RuntimeError("the sample pipeline was closed before the worker process sent this table's rows")
         kept = policy.kept()
         ids = [i for i in rows if kept is None or i in kept]
+        if kept is not None:  # converted, then evicted by a later winner: their files are not needed
+            self.release_rows([rows[i] for i in rows if i not in kept])
         if policy.rows_in_pass_order:
             ids.sort()
         table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]
@@ -334,6 +514,19 @@ class SamplePipeline:
         self.stats.rows_logged += len(table_rows)
         self.stats.tables_logged += 1
         future.set_result(table)
+
+
+def _row_chunks(fields: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+    """``fields`` (tensors or arrays, batch first) split by rows into parts of at most ``max_bytes``
+    each, counting the 16-byte alignment of every field; a single row is never split."""
+    rows = len(next(iter(fields.values())))
+    row_bytes = sum((value.nbytes if isinstance(value, np.ndarray) else value.numel() * value.element_size())
+                    // max(1, rows) + 16 for value in fields.values())
+    per_part = max(1, max_bytes // max(1, row_bytes))
+    if per_part >= rows:
+        return [fields]
+    return [{name: value[start:start + per_part] for name, value in fields.items()}
+            for start in range(0, rows, per_part)]
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -349,6 +542,13 @@ def _record(stream) -> Any:
     event = torch.cuda.Event()
     event.record(stream)
     return event
+
+
+def cleanup_within_close(bus: Any, pipeline: SamplePipeline) -> None:
+    """The bus's close callback for a pipeline: its cleanup gets what is left of the close deadline,
+    so ``close(timeout)`` with a sample stream returns within its timeout."""
+    left = bus.time_left()
+    pipeline.cleanup(CLOSE_TIMEOUT if left is None else left)
 
 
 def pipeline_for(extractor: str | Extractor, extractor_options: Mapping[str, Any] | None = None,

@@ -31,6 +31,16 @@ class SamplingPolicy:
     def start_pass(self) -> None:
         self.seen = 0
 
+    def wants(self, batch_size: int) -> bool:
+        """Whether a batch may give this pass a row at all; ``False`` lets the pipeline skip it without
+        taking a slot (``first`` once its quota is filled)."""
+        return True
+
+    def skip(self, batch_size: int) -> None:
+        """A batch the pipeline dropped: its samples keep their ids but take no part in the choice, so
+        a dropped batch neither uses up ``first``'s quota nor evicts ``reservoir``'s winners."""
+        self.seen += batch_size
+
     def choose(self, batch_size: int) -> list[int]:
         """Batch-local indices to process. Sample ids are ``seen + index``."""
         raise NotImplementedError
@@ -47,11 +57,19 @@ class SamplingPolicy:
 
 
 class First(SamplingPolicy):
-    """The first ``num_samples`` samples of each pass."""
+    """The first ``num_samples`` samples of each pass (of the batches that were not dropped)."""
+
+    def start_pass(self) -> None:
+        super().start_pass()
+        self.taken = 0  # not ``seen``: samples of a dropped batch are seen but not taken
+
+    def wants(self, batch_size: int) -> bool:
+        return self.taken < self.num_samples
 
     def choose(self, batch_size: int) -> list[int]:
-        take = max(0, min(batch_size, self.num_samples - self.seen))
+        take = max(0, min(batch_size, self.num_samples - self.taken))
         self.seen += batch_size
+        self.taken += take
         return list(range(take))
 
 
@@ -137,7 +155,9 @@ class Hardest(SamplingPolicy):
 
 
 class PerClass(SamplingPolicy):
-    """Up to ``num_samples`` samples for each true class, the earliest in the pass first."""
+    """``num_samples`` samples in all, balanced over the true classes: the earliest sample of each
+    class first, then the second of each class, and so on (a class with fewer samples leaves its
+    share to the others). Ties within a round go to the earlier sample."""
 
     on_device = True
 
@@ -150,7 +170,7 @@ class PerClass(SamplingPolicy):
 
     def start_pass(self) -> None:
         super().start_pass()
-        self.top = DeviceTopK(self.num_samples * self.num_classes)
+        self.top = DeviceTopK(self.num_samples)
         self._counts: torch.Tensor | None = None
 
     def scores(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -160,9 +180,11 @@ class PerClass(SamplingPolicy):
         one_hot = torch.nn.functional.one_hot(labels, self.num_classes)
         rank_in_class = (one_hot.cumsum(0) * one_hot).sum(1) - 1 + self._counts[labels]
         self._counts += one_hot.sum(0)
-        order = fields["sample_id"].double()
-        # Within quota: score decreasing with position, so earlier samples win; over quota: -inf.
-        return torch.where(rank_in_class < self.num_samples, -order, torch.full_like(order, float("-inf")))
+        # One int64 key per sample, higher wins: the round (rank within its class) first, then the
+        # position in the pass. A rank past num_samples can never win, so it is clamped there, which
+        # keeps the key exact for sample ids below 2**32.
+        key = rank_in_class.clamp_max(self.num_samples) * 2**32 + fields["sample_id"].long()
+        return -key
 
 
 def make_policy(policy: str, num_samples: int, *, seed: int = 0, hardest_by: str = "loss",

@@ -205,11 +205,12 @@ def test_ground_truth_images_are_encoded_once_across_evals(wandb_offline):
     train, val = digits_loaders(batch_size=32)
     images = val.dataset.tensors[0][:30]
     sample_logger = SampleLogger("classification", num_samples=30)
+    assert sample_logger.pipeline.worker_ready(120)  # one encoder pool for both evals (see the scratch tests)
     fit(digits_classifier(), train, val, [sample_logger], [wandb_spec()])
-    encoder = sample_logger.pipeline.encoder
+    stats = sample_logger.pipeline.stats  # the counts of the worker process's encoder, taken at close
     distinct = len({bytes(pixels) for pixels in images_to_uint8_reference(images).numpy()})
-    assert (encoder.encoded, encoder.reused) == (distinct, 60 - distinct)
-    assert encoder.reused >= 30
+    assert (stats.encoded, stats.reused) == (distinct, 60 - distinct)
+    assert stats.reused >= 30
 
     wandb_run = read_only_run(wandb_offline)
     digests = table_image_digests(wandb_run, "samples/eval")
@@ -306,7 +307,10 @@ def test_segmentation_masks_are_the_targets_and_the_model_argmax(wandb_offline):
 
 
 # -- the training thread stays free ----------------------------------------------------------------
-def test_images_are_never_encoded_on_the_training_thread(logbus_dir, monkeypatch):
+@pytest.mark.parametrize("worker_process", [True, False])
+def test_images_are_never_encoded_on_the_training_thread(logbus_dir, monkeypatch, worker_process):
+    """Default: not even in the training process (the worker process encodes them); with
+    ``worker_process=False``: on the encoder threads, never on the training thread."""
     import logbus.encoding
 
     original = logbus.encoding.encode_image
@@ -325,9 +329,17 @@ def test_images_are_never_encoded_on_the_training_thread(logbus_dir, monkeypatch
 
     assert threading.current_thread() is threading.main_thread()
     train, val = digits_loaders(batch_size=64)
-    sample_logger = SampleLogger("classification", num_samples=None)
+    sample_logger = SampleLogger("classification", num_samples=None, worker_process=worker_process)
+    # Until the worker process is up, batches are processed on threads here rather than wait for it.
+    assert sample_logger.pipeline.worker_ready(120) is worker_process
     fit(digits_classifier(), train, val, [sample_logger], max_duration="2ba", eval_interval="2ba")
-    assert len(threads) == sample_logger.pipeline.encoder.encoded > 250
+    stats = sample_logger.pipeline.stats
+    assert (stats.batches_in_process == 0) is worker_process
+    assert stats.encoded > 250
+    if worker_process:
+        assert threads == []
+        return
+    assert len(threads) == stats.encoded
     assert threading.main_thread() not in threads
     assert {thread.name.split("_")[0] for thread in threads} == {"logbus-encode"}
 

@@ -131,7 +131,7 @@ def test_reservoir_chooses_every_position_about_uniformly(make_pipeline):
     assert counts.min() > 0
 
 
-def test_per_class_keeps_the_earliest_samples_of_each_class(make_pipeline):
+def per_class_batches():
     generator = torch.Generator().manual_seed(3)
     labels = torch.tensor([0, 0, 1, 0, 2, 0, 1, 1, 0, 1, 2, 1, 0, 0, 1, 2, 2, 0, 1, 0, 2])  # class 3 absent
     batches = []
@@ -139,13 +139,33 @@ def test_per_class_keeps_the_earliest_samples_of_each_class(make_pipeline):
         chunk = labels[start:start + 6]
         batches.append((torch.rand(len(chunk), 1, 2, 2, generator=generator), chunk,
                         torch.randn(len(chunk), NUM_CLASSES, generator=generator)))
+    return labels, batches
+
+
+def test_per_class_keeps_the_earliest_samples_of_each_class(make_pipeline):
+    labels, batches = per_class_batches()
     pipeline = make_pipeline(num_samples=3, policy="per_class")
     for _ in range(2):
         table = run_pass(pipeline, batches)
-        expected = sorted(i for c in range(NUM_CLASSES) for i in torch.nonzero(labels == c).flatten().tolist()[:3])
-        assert column(table, "id") == expected
+        expected = sorted(torch.nonzero(labels == c).flatten().tolist()[0] for c in range(3))
+        assert column(table, "id") == expected  # one of each class present: 0, 1 and 2
         assert column(table, "truth") == labels[expected].tolist()
-        assert len(expected) == 9  # 3 of classes 0, 1, 2; none of class 3
+
+
+def test_per_class_keeps_num_samples_rows_balanced_over_the_classes(make_pipeline):
+    """``num_samples`` rows in all, not per class: round by round, the earliest sample of each class."""
+    labels, batches = per_class_batches()
+    by_class = [torch.nonzero(labels == c).flatten().tolist() for c in range(NUM_CLASSES)]
+    for num_samples in (7, 12, 30):
+        pipeline = make_pipeline(num_samples=num_samples, policy="per_class")
+        table = run_pass(pipeline, batches)
+        # Rounds: (rank in class, position); class 3 is absent, so the others fill its share.
+        ranked = sorted((rank, i) for ids in by_class for rank, i in enumerate(ids))
+        expected = sorted(i for _, i in ranked[:num_samples])
+        assert column(table, "id") == expected
+        assert len(expected) == min(num_samples, len(labels))
+        counts = [sum(labels[i].item() == c for i in expected) for c in range(3)]
+        assert max(counts) - min(counts) <= 1 or num_samples >= len(labels), counts
 
 
 def test_hardest_by_loss_gives_the_highest_cross_entropy_first(make_pipeline):
@@ -214,7 +234,7 @@ class GatedClassification(ClassificationExtractor):
 
 def test_submit_never_blocks_when_the_worker_is_behind(make_pipeline):
     gate = threading.Event()
-    pipeline = make_pipeline(GatedClassification(gate), num_samples=None, max_pending_batches=1)
+    pipeline = make_pipeline(GatedClassification(gate), num_samples=None, max_pending_batches=1, worker_process=False)
     batches = make_batches(30, 4, seed=2)
     try:
         for images, labels, logits in batches:  # the worker is stuck on batch 0: nothing here may wait
@@ -231,16 +251,59 @@ def test_submit_never_blocks_when_the_worker_is_behind(make_pipeline):
     assert column(table, "truth") == batches[0][1].tolist()
 
     # Once the worker has caught up, batches flow again.
-    for index, (images, labels, logits) in enumerate(batches[:3]):
+    sync_drops = sync(pipeline)
+    for images, labels, logits in batches[:3]:
         pipeline.submit(images, labels, logits)
-        processed = stats.samples_processed
-        deadline = time.monotonic() + 60
-        while stats.samples_processed < 4 * (index + 2) and time.monotonic() < deadline:  # a wait, not a timing
-            time.sleep(0.001)
-        assert stats.samples_processed > processed
+        sync_drops += sync(pipeline)
     table = pipeline.end_pass("eval", step=2).result(timeout=60)
     assert column(table, "id") == list(range(12))
-    assert pipeline.stats.batches_dropped == 29
+    assert pipeline.stats.batches_dropped - sync_drops == 29
+
+
+def sync(pipeline: SamplePipeline) -> int:
+    """Returns once the worker has handled everything queued before, and how many tries of its own it
+    had dropped on the way. It waits for a tiny pass of its own: the worker is a single FIFO, so that
+    table exists only after every earlier batch let go of its slot."""
+    images, labels, logits = make_batches(1, 1, seed=99)[0]
+    for tries in range(6000):
+        dropped = pipeline.stats.batches_dropped
+        pipeline.submit(images, labels, logits, label="sync")
+        table = pipeline.end_pass("sync").result(timeout=60)
+        if pipeline.stats.batches_dropped == dropped:
+            assert len(table.rows) == 1
+            return tries
+        time.sleep(0.01)  # the worker still holds the slot: a wait, not a timing
+    raise AssertionError("the worker never caught up")
+
+
+@pytest.mark.parametrize("policy", ["first", "reservoir", "per_class", "hardest"])
+def test_dropped_batches_leave_the_policy_as_if_never_offered(make_pipeline, policy):
+    """A batch dropped while the worker is behind uses up no quota and evicts no winner: the table
+    still gets ``num_samples`` rows from the batches that went through, with their own values."""
+    gate = threading.Event()
+    pipeline = make_pipeline(GatedClassification(gate, class_names=CLASS_NAMES), num_samples=8, policy=policy,
+                             max_pending_batches=1, seed=3, worker_process=False)
+    batches = make_batches(12, 4, seed=4)
+    try:
+        for images, labels, logits in batches[:6]:  # batch 0 holds the only slot; 1-5 are dropped
+            pipeline.submit(images, labels, logits)
+        assert pipeline.stats.batches_dropped == 5
+    finally:
+        gate.set()
+    sync_drops = sync(pipeline)
+    for images, labels, logits in batches[6:]:
+        pipeline.submit(images, labels, logits)
+        sync_drops += sync(pipeline)
+    table = pipeline.end_pass("eval", step=1).result(timeout=60)
+    assert pipeline.stats.batches_dropped - sync_drops == 5
+    went_through = list(range(0, 4)) + list(range(24, 48))
+    ids = column(table, "id")
+    assert len(ids) == 8, ids
+    assert set(ids) <= set(went_through)
+    labels = torch.cat([b[1] for b in batches])
+    assert column(table, "truth") == labels[ids].tolist()
+    if policy == "first":
+        assert ids == [0, 1, 2, 3, 24, 25, 26, 27]
 
 
 # -- W&B -------------------------------------------------------------------------------------------
@@ -311,3 +374,220 @@ def test_a_late_table_lands_at_its_step_before_later_metrics(wandb_offline):
     assert run.tables("samples/eval") == [(5, ["id", "name"], [[0, "zero"], [1, "one"]])]
     assert run.metric("loss") == [(step, float(step)) for step in (4, *range(6, 21))]
     assert bus.stats()["backends"]["wandb"]["dropped"] == 0
+
+
+# -- scratch files ---------------------------------------------------------------------------------
+def scratch_files(pipeline: SamplePipeline) -> list[str]:
+    import os
+
+    return sorted(os.listdir(pipeline.encoder.folder))
+
+
+def eventually(condition, what: str):
+    """Waits (a wait, not a timing) for ``condition()``: releases reach the worker process by message."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_scratch_files_are_deleted_once_every_backend_has_taken_the_table(wandb_offline, logbus_dir):
+    """Local and W&B both take each table (the local run copies, W&B reads the file at log time); then
+    the encoded files go at once (``scratch_cache_bytes=0``), while the run is still open, and what
+    both backends stored stays readable."""
+    import json
+
+    import logbus
+
+    run = logbus.start_run("scratch", backends=["local", wandb_spec()])
+    stream = run.samples(num_samples=None, class_names=CLASS_NAMES, scratch_cache_bytes=0)
+    images_per_eval = []
+    for step in range(3):
+        batches = make_batches(2, 5, seed=100 + step)  # new images at every eval
+        images_per_eval.append(torch.cat([b[0] for b in batches]))
+        for images, labels, logits in batches:
+            stream.add(images, labels, logits)
+        stream.log(step=step)
+        assert run.flush(60)
+        eventually(lambda: scratch_files(stream.pipeline) == [], f"eval {step}: files left after every backend took "
+                                                                  f"the table: {scratch_files(stream.pipeline)}")
+    assert run.finish()
+
+    tables = [json.loads(line) for line in (logbus_dir / "scratch" / "tables" / "samples" / "eval.jsonl").open()]
+    wandb_tables = read_only_run(wandb_offline).tables("samples/eval")
+    assert len(tables) == len(wandb_tables) == 3
+    for local, (_, columns, rows), images in zip(tables, wandb_tables, images_per_eval):
+        expected = images_to_uint8_reference(images).numpy()[:, :, :, 0]
+        image = columns.index("image")
+        for i, (local_row, wandb_row) in enumerate(zip(local["rows"], rows)):
+            np.testing.assert_array_equal(decode(logbus_dir / "scratch" / local_row[image]["path"]), expected[i])
+            np.testing.assert_array_equal(decode(wandb_row[image]["file"]), expected[i])
+
+
+def test_scratch_space_stays_within_its_cache_across_many_evals(logbus_dir):
+    """Evals of new images: files nobody refers to are kept for reuse only up to
+    ``scratch_cache_bytes``; the same images again are reused while they are kept."""
+    import os
+
+    import logbus
+
+    cache = 4096
+    run = logbus.start_run("bounded", backends=["local"])
+    stream = run.samples(num_samples=None, class_names=CLASS_NAMES, scratch_cache_bytes=cache)
+    pipeline = stream.pipeline
+    # The bound is per encoder pool: wait for the worker process's, or the first batches use the
+    # training process's own (its files counted against a cache of their own).
+    assert pipeline.worker_ready(120)
+    for step in range(8):
+        for images, labels, logits in make_batches(2, 8, seed=200 + step):
+            stream.add(images, labels, logits)
+        stream.log(step=step)
+        assert run.flush(60)
+
+        def held():
+            total = 0
+            for name in scratch_files(pipeline):
+                try:
+                    total += os.path.getsize(os.path.join(pipeline.encoder.folder, name))
+                except FileNotFoundError:  # deleted by the worker process between the listing and here
+                    pass
+            return total
+
+        eventually(lambda: held() <= cache, f"eval {step}: {held()} bytes of scratch files held")
+    # The last eval's images are still in the cache: the same eval again encodes nothing.
+    files = scratch_files(pipeline)
+    for images, labels, logits in make_batches(2, 8, seed=207)[:1]:
+        stream.add(images, labels, logits)
+    stream.log(step=9)
+    assert run.flush(60)
+    assert scratch_files(pipeline) == files
+    assert run.finish()
+    assert pipeline.stats.reused >= 8
+
+
+# -- close -----------------------------------------------------------------------------------------
+def test_close_with_a_sample_stream_returns_within_its_timeout_and_says_what_was_left(logbus_dir, caplog):
+    """The pipeline's worker is stuck in a host stage (a gate the test holds shut); ``finish(timeout=1)``
+    still returns about then, says how many batches and tables were left, and the worker gives up the
+    rest once it is free instead of working on after the run has closed."""
+    import logging
+
+    import logbus
+
+    gate = threading.Event()
+    run = logbus.start_run("bounded-close", backends=["local"])
+    stream = run.samples(GatedClassification(gate, class_names=CLASS_NAMES), num_samples=None, worker_process=False)
+    pipeline = stream.pipeline
+    for images, labels, logits in make_batches(5, 4, seed=8):
+        stream.add(images, labels, logits)
+    stream.log(step=1)
+    for images, labels, logits in make_batches(3, 4, seed=9):
+        stream.add(images, labels, logits, label="other")
+    try:
+        with caplog.at_level(logging.WARNING, logger="logbus"):
+            started = time.monotonic()
+            clean = run.finish(timeout=1.0)
+            elapsed = time.monotonic() - started
+    finally:
+        gate.set()
+    assert not clean  # the local backend was still waiting for the table
+    assert elapsed < 1.0 + 5, elapsed  # bounded by the timeout (the slack is for a loaded machine), not by the work
+    [said] = [r.getMessage() for r in caplog.records if "sample pipeline" in r.getMessage()]
+    # Batch 0 is inside its host stage; batches 1-4 of "eval", 3 of "other" and the "eval" table wait.
+    assert "not done by the close deadline: 8 batch(es) and 1 table(s) were left" in said, said
+    [local] = [r.getMessage() for r in caplog.records if "backend 'local'" in r.getMessage()]
+    assert "1 record(s) were not delivered" in local, local  # the table it was waiting for
+    pipeline._worker.join(60)
+    assert not pipeline._worker.is_alive()
+    # Batch 0's host stage ran into the closed encoder; nothing after it ran.
+    assert pipeline.stats.samples_processed == 0 and pipeline.stats.tables_logged == 0
+
+
+# -- the worker process ----------------------------------------------------------------------------
+def test_per_sample_work_runs_in_a_worker_process(make_pipeline):
+    """Rows are built and images encoded in another process: the training process only copies each
+    batch into shared memory. The files are there, named by content, with the right pixels."""
+    import os
+
+    batches = make_batches(3, 4, seed=20)
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)  # until then batches would be processed here rather than wait
+    table = run_pass(pipeline, batches)
+    assert pipeline.stats.batches_in_process == 0
+    assert pipeline.worker_pid not in (None, os.getpid())
+    expected = images_to_uint8_reference(torch.cat([b[0] for b in batches])).numpy()
+    for i, cell in enumerate(column(table, "image")):
+        assert os.path.dirname(cell.path) == pipeline.encoder.folder
+        np.testing.assert_array_equal(decode(cell.path), expected[i, :, :, 0])
+
+
+def test_a_killed_worker_process_loses_only_its_batches_and_is_replaced(make_pipeline, caplog):
+    """The process is stopped with batches in flight, then killed: those batches are counted as lost
+    with one warning, the pass still ends (no hang), and the next pass runs in a new process."""
+    import logging
+    import os
+    import signal
+
+    batches = make_batches(4, 4, seed=21)
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)
+    assert len(run_pass(pipeline, batches).rows) == 16
+    pid = pipeline.worker_pid
+    os.kill(pid, signal.SIGSTOP)  # it cannot answer: whatever is sent now stays in flight
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        for images, labels, logits in batches:
+            pipeline.submit(images, labels, logits)
+        future = pipeline.end_pass("eval", step=1)
+        eventually(lambda: pipeline._host.shared.lent == 4, "the batches were not all sent")
+        os.kill(pid, signal.SIGKILL)
+        table = future.result(timeout=60)
+    assert table.rows == [] and pipeline.stats.batches_lost == 4
+    [said] = [r.getMessage() for r in caplog.records if "worker process" in r.getMessage()]
+    assert f"(pid {pid}) ended with exit code -9; 4 batch(es) it held are lost; starting a new one" in said
+    assert pipeline.worker_ready(120)
+    table = run_pass(pipeline, batches, step=2)
+    assert column(table, "id") == list(range(16))
+    assert pipeline.worker_pid not in (None, pid) and pipeline.stats.batches_in_process == 0
+
+
+@pytest.mark.parametrize("policy", ["first", "hardest"])
+def test_a_batch_larger_than_the_memory_budget_goes_through_in_parts(make_pipeline, policy):
+    """With ``pinned_pool_bytes`` far below one batch (or one pass's top-k), every row still arrives,
+    copied in parts that fit; nothing is dropped."""
+    batches = make_batches(2, 96, seed=30)  # about 3.6 KB of fields a batch
+    pipeline = make_pipeline(num_samples=None if policy == "first" else 192, policy=policy, pinned_pool_bytes=2048)
+    assert pipeline.worker_ready(120)
+    table = run_pass(pipeline, batches)
+    assert sorted(column(table, "id")) == list(range(192))
+    labels = torch.cat([b[1] for b in batches])
+    assert column(table, "truth") == labels[column(table, "id")].tolist()
+    assert pipeline.stats.batches_dropped == 0 and pipeline.stats.errors == 0
+    assert pipeline.stats.batches_in_process == 0
+    assert pipeline._host.shared.peak_bytes <= 2048
+
+
+def test_no_shared_memory_falls_back_to_threads_with_one_warning(make_pipeline, monkeypatch, caplog):
+    """Creating shared memory fails (``/dev/shm`` full): the batches are processed on threads of the
+    training process instead, every row arrives, and one warning says why.
+
+    A fake here, on purpose: the real failure needs ``/dev/shm`` full, which on this shared machine
+    would fail every other process that uses it."""
+    import logging
+    from multiprocessing import shared_memory
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    batches = make_batches(3, 4, seed=40)
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)
+    monkeypatch.setattr(shared_memory, "SharedMemory", no_room)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        first = run_pass(pipeline, batches)
+        second = run_pass(pipeline, batches, step=1)
+    for table in (first, second):
+        assert column(table, "id") == list(range(12))
+        assert column(table, "truth") == torch.cat([b[1] for b in batches]).tolist()
+    assert pipeline.stats.batches_in_process == 6 and pipeline.stats.batches_dropped == 0
+    [said] = [r.getMessage() for r in caplog.records if "sample pipeline" in r.getMessage()]
+    assert "No space left on device" in said and "threads of the training process" in said

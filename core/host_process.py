@@ -1,0 +1,393 @@
+"""The per-sample half of the sample pipeline, in a worker process: the training process's GIL stays free.
+
+Building rows, hashing, encoding and writing image files cost tens of µs a sample in Python. In the
+training process that time holds the GIL the training thread needs, whichever thread spends it.
+So each pipeline's worker thread hands a batch's host fields to a worker process: one copy into a
+shared-memory buffer and one small message per batch. The process runs the extractor's host stage
+with an encoder pool of its own per pipeline (threads: Pillow's PNG encoder releases the GIL
+there), waits for the batch's files, and sends back finished rows whose image cells are paths in the
+pipeline's scratch folder. Releases of scratch files go there too: its encoder pool counts who
+refers to them.
+
+One process serves every pipeline of the training process. It is started once, at the first
+pipeline, as a fresh interpreter (``python -c``; neither fork, which is unsafe once CUDA is
+initialised, nor multiprocessing's spawn, which would re-run a user's unguarded training script in
+the child), and talks over a socket pair. Extractors are sent pickled: one whose class cannot be
+imported there (defined in ``__main__``, say) or that does not pickle (holds a lock) is run on
+threads of the training process instead, with a warning. If the process dies (killed, out of
+memory), the batches it held are counted as lost, one warning says so, and a new one is started
+(at most ``MAX_RESTARTS`` times; after that pipelines do their work in the training process).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import logging
+import os
+import pickle
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+import numpy as np
+
+from logbus.shared_pool import SharedPool
+
+log = logging.getLogger("logbus")
+
+MAX_RESTARTS = 3
+MAX_ATTACHED = 16  # shared buffers the process keeps mapped
+SHARED_WAIT_SECONDS = 60.0  # how long a batch waits for a free shared buffer before it is dropped
+
+# on_done(rows, error text): rows on success; error text on failure; both None: lost with the process.
+Done = Callable[[list | None, str | None], None]
+
+
+class _Process:
+    """The worker process shared by every pipeline, and the thread that reads its answers."""
+
+    def __init__(self):
+        self._lock = threading.Lock()  # the socket's send side, the in-flight table, restarts
+        self._in_flight: dict[int, tuple[SharedPool, Any, Done]] = {}
+        self._opening: dict[int, tuple[threading.Event, list]] = {}
+        self._numbers = itertools.count()
+        self.counters: dict[int, tuple[int, int, int]] = {}  # pipeline key -> encoded, reused, deleted
+        self.restarts = 0
+        self.generation = 0  # bumped at each restart: pipelines opened before must open again
+        self.broken = False
+        self._start()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        command = [sys.executable, "-c", f"from logbus.host_process import serve; serve({theirs.fileno()})"]
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+        # Its own session: a Ctrl-C in the terminal goes to training, which then closes the pipeline.
+        self.popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=environment, start_new_session=True)
+        theirs.close()
+        self._connection = Connection(ours.detach())
+        self._receiver = threading.Thread(target=self._receive, args=(self._connection, self.popen),
+                                          name="logbus-host-receiver", daemon=True)
+        self._receiver.start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def send(self, message: tuple) -> bool:
+        """Sends under the lock; False if the process is gone (its receiver deals with the rest)."""
+        with self._lock:
+            return self._send_locked(message)
+
+    def _send_locked(self, message: tuple) -> bool:
+        try:
+            self._connection.send(message)
+            return True
+        except OSError:
+            return False
+
+    def open(self, key: int, extractor: bytes, options: dict[str, Any]) -> tuple[int, threading.Event, list]:
+        """Sends a pipeline's extractor to the process without waiting: (generation, event, answer);
+        once ``event`` is set, ``answer[0]`` is the error (None: loaded)."""
+        done, answer = threading.Event(), []
+        with self._lock:
+            if self.broken:
+                answer.append("the worker process could not be restarted")
+                done.set()
+            else:
+                self._opening[key] = (done, answer)
+                # Files of a process that died are left to their tables; the new one names its own apart.
+                options = dict(options, prefix=f"w{self.generation}-")
+                self._send_locked(("open", key, extractor, options))
+            return self.generation, done, answer
+
+    def submit(self, key: int, generation: int, pool: SharedPool, buffer: Any, layout: list, on_done: Done) -> str:
+        with self._lock:
+            if self.broken or generation != self.generation:
+                return "broken"
+            number = next(self._numbers)
+            self._in_flight[number] = (pool, buffer, on_done)
+            self._send_locked(("batch", key, number, buffer.name, layout))
+        return "sent"
+
+    # -- receiver thread -------------------------------------------------------------------------
+    def _receive(self, connection: Connection, popen: subprocess.Popen) -> None:
+        while True:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "opened":
+                _, key, error = message
+                with self._lock:
+                    waiting = self._opening.pop(key, None)
+                if waiting is not None:
+                    waiting[1].append(error)
+                    waiting[0].set()
+                continue
+            _, number, payload, key, counters = message
+            self.counters[key] = counters
+            with self._lock:
+                entry = self._in_flight.pop(number, None)
+            if entry is None:
+                continue
+            pool, buffer, on_done = entry
+            pool.release(buffer)
+            on_done(payload, None) if kind == "rows" else on_done(None, payload)
+        self._lost(popen)
+
+    def _lost(self, popen: subprocess.Popen) -> None:
+        """The process ended: every batch it held is lost; a new one is started. Under the lock
+        throughout, so that nothing is sent to the dead one's socket meanwhile."""
+        try:
+            exit_code = popen.wait(5.0)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            exit_code = popen.wait()
+        with self._lock:
+            lost, self._in_flight = self._in_flight, {}
+            opening, self._opening = self._opening, {}
+            if _exiting:
+                return
+            restart = self.restarts < MAX_RESTARTS
+            log.warning("logbus: the sample pipelines' worker process (pid %s) ended with exit code %s; %d batch(es) "
+                        "it held are lost; %s", popen.pid, exit_code, len(lost),
+                        "starting a new one" if restart else "from now on samples are processed in the training process")
+            started = False
+            if restart:
+                self.restarts += 1
+                try:
+                    self._start()
+                    started = True
+                except Exception:  # noqa: BLE001 - no new process: the pipelines do the work themselves
+                    log.exception("logbus: could not start a new worker process for the sample pipelines")
+            self.generation += 1
+            self.broken = not started
+        for done, answer in opening.values():
+            answer.append("the worker process ended while loading the extractor")
+            done.set()
+        for pool, buffer, on_done in lost.values():
+            pool.release(buffer)
+            on_done(None, None)
+
+
+_shared: _Process | None = None
+_shared_lock = threading.Lock()
+_keys = itertools.count()
+_exiting = False
+
+
+def _process() -> _Process:
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = _Process()
+        return _shared
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    # The process sees its socket close and ends by itself; this keeps that expected end quiet.
+    global _exiting
+    _exiting = True
+
+
+class HostStage:
+    """One pipeline's handle on the worker process.
+
+    :param extractor: the pipeline's extractor (sent pickled).
+    :param encoder_options: ``EncoderPool`` keywords for the pipeline's pool there (``folder`` included).
+    :param shared_bytes: cap on this pipeline's shared memory for batches in flight.
+
+    Construction starts the process if needed and does not wait for it: until the process has
+    loaded the extractor (``ready``), the pipeline does the work on its own threads rather than let
+    batches wait. Raises ``TypeError`` or ``pickle.PicklingError`` at once if the extractor does not
+    pickle.
+    """
+
+    def __init__(self, extractor: Any, encoder_options: dict[str, Any], *, shared_bytes: int):
+        self._extractor = pickle.dumps(extractor)
+        self._options = encoder_options
+        self.key = next(_keys)
+        self.shared = SharedPool(shared_bytes)
+        self.process = _process()
+        self._generation: int | None = None
+        self._opening: list | None = None  # [event, answer] of the last open
+        self.error: str | None = None
+
+    @property
+    def counters(self) -> tuple[int, int, int]:
+        return self.process.counters.get(self.key, (0, 0, 0))
+
+    @property
+    def lost(self) -> bool:
+        """True once the process this pipeline was loaded in has died (batches then go to a new one)."""
+        return self._generation is not None and self._generation != self.process.generation
+
+    def ready(self, timeout: float = 0.0) -> bool | None:
+        """Whether the extractor is loaded in the (current) process: True; False, with ``error`` set,
+        where it cannot be; None while the process is still starting (after ``timeout`` seconds)."""
+        if self.error is not None:
+            return False
+        if self._opening is None or self.lost:
+            self._generation, *self._opening = self.process.open(self.key, self._extractor, self._options)
+        done, answer = self._opening
+        if not done.wait(timeout):
+            return None
+        if answer[0] is not None:
+            self.error = answer[0]
+            return False
+        return True
+
+    def submit(self, fields: dict[str, np.ndarray], on_done: Done) -> str:
+        """Copies ``fields`` into a shared buffer and hands them over; ``on_done`` is called from the
+        receiver thread. Returns ``"sent"``; ``"full"`` when no buffer was free within
+        ``SHARED_WAIT_SECONDS`` (the caller drops the batch); ``"broken"`` when the extractor is not
+        loaded in a live process, or not yet (the caller does the work itself). Raises ``OSError`` when
+        shared memory cannot be created."""
+        if not self.ready():
+            return "broken"
+        layout, offset = [], 0
+        for name, array in fields.items():
+            layout.append((name, array.dtype.str, array.shape, offset))
+            offset += (array.nbytes + 15) // 16 * 16  # every field aligned for its dtype view
+        buffer = self.shared.acquire(offset, timeout=SHARED_WAIT_SECONDS)
+        if buffer is None:
+            return "full"
+        for (_, dtype, shape, start), array in zip(layout, fields.values()):
+            np.copyto(np.ndarray(shape, dtype, buffer=buffer.buf, offset=start), array)
+        sent = self.process.submit(self.key, self._generation, self.shared, buffer, layout, on_done)
+        if sent != "sent":
+            self.shared.release(buffer)
+        return sent
+
+    def release(self, paths: list[str]) -> None:
+        """Scratch files no longer referred to by ``paths``' rows (see ``EncoderPool.release``)."""
+        if paths and self._generation is not None and not self.lost:
+            self.process.send(("release", self.key, paths))
+
+    def close(self) -> None:
+        """Forgets this pipeline in the process and frees its shared memory; the process stays for others."""
+        if self._generation is not None and not self.lost:
+            self.process.send(("close", self.key))
+        self.shared.close()
+
+
+def serve(fd: int) -> None:
+    """The worker process's loop: host stages of batches in shared memory, and scratch-file releases."""
+    from multiprocessing import shared_memory
+
+    from logbus.encoder_pool import EncoderPool
+    from logbus.sample_pipeline import PendingImage
+
+    connection = Connection(fd)
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            connection.send(message)
+
+    # Rows go back once their images are written, from a thread of their own, in order: meanwhile
+    # this loop goes on with the next batch's rows and hashes while the encoder threads compress.
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def send_when_encoded() -> None:
+        while True:
+            item = outbox.get()
+            if item is None:
+                return
+            number, key, rows, error = item
+            if error is None:
+                try:
+                    rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in row] for row in rows]
+                except Exception:  # noqa: BLE001 - an encode failed: the batch is reported as an error
+                    error = traceback.format_exc()
+            try:
+                send(("rows", number, rows, key, counters(key)) if error is None
+                     else ("error", number, error, key, counters(key)))
+            except OSError:  # the training process is gone
+                return
+
+    sender = threading.Thread(target=send_when_encoded, name="logbus-host-sender", daemon=True)
+    sender.start()
+    # This process only maps segments the training process made and will unlink. Python < 3.13 would
+    # have it register them with a resource tracker of its own, which unlinks them when this process
+    # ends, under the training process's feet: attach untracked.
+    attach = functools.partial(shared_memory.SharedMemory, track=False) if sys.version_info >= (3, 13) else None
+    if attach is None:
+        from multiprocessing import resource_tracker
+
+        def attach(name):
+            register, resource_tracker.register = resource_tracker.register, lambda *args: None
+            try:
+                return shared_memory.SharedMemory(name=name)
+            finally:
+                resource_tracker.register = register
+    pipelines: dict[int, tuple[Any, EncoderPool]] = {}
+    attached: dict[str, shared_memory.SharedMemory] = {}
+
+    def counters(key):
+        encoder = pipelines[key][1] if key in pipelines else None
+        return (encoder.encoded, encoder.reused, encoder.deleted) if encoder is not None else (0, 0, 0)
+
+    try:
+        while True:
+            try:
+                message = connection.recv()
+            except EOFError:  # the training process is gone
+                return
+            kind, key = message[0], message[1]
+            if kind == "open":
+                try:
+                    pipelines[key] = (pickle.loads(message[2]), EncoderPool(**message[3]))
+                    send(("opened", key, None))
+                except Exception as error:  # noqa: BLE001 - e.g. a class defined in the training script
+                    send(("opened", key, f"{type(error).__name__}: {error}"))
+            elif kind == "release":
+                if key in pipelines:
+                    for path in message[2]:
+                        pipelines[key][1].release(path)
+            elif kind == "close":
+                extractor_and_encoder = pipelines.pop(key, None)
+                if extractor_and_encoder is not None:
+                    extractor_and_encoder[1].close(wait=False)
+            else:
+                _, _, number, name, layout = message
+                try:
+                    extractor, encoder = pipelines[key]
+                    if name not in attached:
+                        while len(attached) >= MAX_ATTACHED:  # the training process may have freed old ones
+                            _detach(attached.pop(next(iter(attached))))
+                        attached[name] = attach(name=name)
+                    buffer = attached[name]
+                    fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
+                              for field, dtype, shape, offset in layout}
+                    rows = extractor.host_stage(fields, encoder.encode)
+                    # Host stages copy what they keep (encode copies the pixels): the training process
+                    # reuses the buffer once the answer is sent, maybe before the files are written.
+                    del fields
+                    encoder.flush()
+                    outbox.put((number, key, rows, None))
+                except Exception:  # noqa: BLE001 - reported by the pipeline, which counts the batch as an error
+                    outbox.put((number, key, None, traceback.format_exc()))
+    finally:
+        outbox.put(None)
+        sender.join(60)
+        for _, encoder in pipelines.values():
+            encoder.close(wait=False)
+        for buffer in attached.values():
+            _detach(buffer)
+
+
+def _detach(buffer) -> None:
+    try:
+        buffer.close()
+    except BufferError:  # a view still exported (a host stage that kept one): the exit frees it
+        pass
