@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -28,6 +29,20 @@ from logbus.encoding import encode_image
 CHUNK = 32
 IMAGE_FORMATS = ("png", "jpeg")
 SCRATCH_CACHE_BYTES = 64 * 2**20
+
+
+# Encoded files are named by their pixels: ``<prefix><32 hex digits of blake2b>.<png|jpg>``. The prefix
+# keeps the worker process's files apart from the training process's (each deletes only its own).
+_ENCODED_NAME = re.compile(r"^(?:w\d+-)?([0-9a-f]{32}\.(?:png|jpg))$")
+
+
+def content_name(path: str) -> str:
+    """The part of an encoded file's name that depends on its pixels alone, or ``path`` itself for a
+    file this module did not name. The same image encoded in the training process (on threads while
+    the worker process starts) and in the worker process has two files but one content name, so a
+    backend that keeps one copy per image can tell that it has seen it."""
+    match = _ENCODED_NAME.match(os.path.basename(path))
+    return match.group(1) if match else path
 
 
 class _Chunk:

@@ -30,6 +30,7 @@ import numpy as np
 
 import logbus
 from logbus.atomic import JsonLines, copy_file_atomic, write_bytes_atomic, write_json_atomic
+from logbus.encoder_pool import content_name
 from logbus.encoding import encode_image, encode_mask
 from logbus.naming import hparam_field, metric_field, safe_filename, safe_relpath
 from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
@@ -57,7 +58,7 @@ class LocalBackend:
         self._metrics: JsonLines | None = None
         self._files: dict[str, JsonLines] = {}
         self._media_count = 0
-        self._copied: dict[str, str] = {}  # encoded source file -> its copy in media/ (written once)
+        self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
         self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
 
@@ -162,12 +163,13 @@ class LocalBackend:
     def _cell(self, cell: Any, key: str) -> Any:
         if not isinstance(cell, Image):
             return cell
-        if cell.path is not None and cell.path in self._copied:
-            relative = self._copied[cell.path]  # the same image again (a later eval): reference it
+        seen = content_name(cell.path) if cell.path is not None else None
+        if seen is not None and seen in self._copied:
+            relative = self._copied[seen]  # the same image again (a later eval): reference it
         elif cell.path is not None:  # already encoded: copy the bytes, never re-encode
             relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
             copy_file_atomic(cell.path, absolute)
-            self._copied[cell.path] = relative
+            self._copied[seen] = relative
         else:
             suffix = ".png" if self.image_format == "png" else ".jpg"
             relative, absolute = self._media_path(key, suffix)

@@ -131,10 +131,13 @@ def run_rank(config: dict[str, Any]) -> None:
         loggers.append(LogBusLogger(backends=[FailingBackend(config["flaky_rank"]), "local"]))
     torch.manual_seed(0)
     model = ComposerClassifier(DigitsCNN(), num_classes=10)
+    sabotaged = config.get("sabotage_rank") == rank
+    # The sabotage patches this process's encoder: the sabotaged rank encodes on its own threads, not in
+    # the worker process (which has an encoder of its own that the patch cannot reach).
     sample_logger = SampleLogger("classification", num_samples=NUM_SAMPLES, policy="first",
-                                 gather_timeout=config.get("gather_timeout", 60.0))
+                                 gather_timeout=config.get("gather_timeout", 60.0), worker_process=not sabotaged)
     count_evals = CountEvals()
-    if config.get("sabotage_rank") == rank:
+    if sabotaged:
         sabotage(sample_logger.pipeline.encoder, count_evals.evals)
     trainer = Trainer(
         model=model,

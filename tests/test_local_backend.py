@@ -284,6 +284,27 @@ def test_a_copy_cut_short_never_leaves_a_truncated_image_under_its_name(logbus_d
     assert not (run_dir / "tables" / "samples.jsonl").exists()  # no line points at an image that is not there
 
 
+def test_an_image_encoded_on_threads_then_in_the_worker_process_is_written_once(logbus_dir):
+    """The worker process takes a few seconds to start; until then batches are encoded on threads of
+    the training process, whose files are named apart from the worker's. The same images seen again
+    once the worker is up are still the same images: the run folder keeps one copy of each."""
+    images, labels = load_digits()
+    images, labels = images[:8], labels[:8]
+    logits = torch.nn.functional.one_hot(labels, 10).float()
+    with logbus.start_run("threads-then-process", backends=["local"]) as run:
+        samples = run.samples("classification", num_samples=None)
+        samples.add(images, labels, logits, label="val")  # at once: the worker process is not up yet
+        samples.log("val", step=0)
+        assert samples.pipeline.worker_ready(120)
+        samples.add(images, labels, logits, label="val")
+        samples.log("val", step=1)
+    first, second = (line["rows"] for line in read_lines(logbus_dir / "threads-then-process" / "tables" / "samples"
+                                                             / "val.jsonl"))
+    image_column = first[0].index(next(cell for cell in first[0] if isinstance(cell, dict)))
+    assert [row[image_column]["path"] for row in first] == [row[image_column]["path"] for row in second]
+    assert len(list((logbus_dir / "threads-then-process" / "media").rglob("*.png"))) == 8
+
+
 def test_ground_truth_masks_seen_again_are_written_once(logbus_dir):
     images, _ = load_digits()
     images = images[:6]
