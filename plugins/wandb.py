@@ -171,8 +171,8 @@ class WandBBackend:
         ``{key}/reference``, logged at the first eval and again only when the rows or their images
         change;
         each eval's own cells go to a table of scalars joined to it (``wandb.JoinedTable`` on the
-        join key) under ``key``. A repeat eval of the same images then adds no image file: an image
-        cell costs ~0.8 ms here, a scalar row a tenth of that."""
+        join key) under ``key``. A repeat eval of the same images then adds no image file and costs
+        about a tenth of a first eval per classification row (``benchmarks/bench_wandb_tables.py``)."""
         import wandb
 
         from logbus.plugins import _wandb_private
