@@ -27,6 +27,7 @@ __all__ = [
     "Image",
     "Images",
     "Table",
+    "PER_EVAL_MASK",
     "Artifact",
     "RunStarted",
     "RunFinished",
@@ -348,16 +349,25 @@ class Images(Record):
 
 
 _CELL_TYPES = (str, int, float, bool, type(None), Image)
+# The mask of an image cell that changes from eval to eval (the model's), in a table with a join_key.
+PER_EVAL_MASK = "prediction"
 
 
 @dataclass(frozen=True, slots=True)
 class Table(Record):
-    """A table: named columns and rows of str/number/bool/None/Image cells."""
+    """A table: named columns and rows of str/number/bool/None/Image cells.
+
+    ``join_key``, if given, names the column whose value is the same sample at every eval (the
+    sample pipeline's ``id``). A backend may then keep what does not change between evals -- each
+    row's image cells with their caption and masks, except the mask named ``prediction``
+    (:data:`PER_EVAL_MASK`) and the boxes -- once, and let later tables refer to it (W&B does);
+    every other cell is per eval. Without it, every cell is logged with every table."""
 
     key: str
     columns: Sequence[str]
     rows: Sequence[Sequence[Any]]
     step: int | None = None
+    join_key: str | None = None
 
     def __post_init__(self):
         check_key(self.key, "key")
@@ -388,6 +398,8 @@ class Table(Record):
         object.__setattr__(self, "columns", list(self.columns))
         object.__setattr__(self, "rows", rows)
         _check_step(self.step)
+        if self.join_key is not None and self.join_key not in self.columns:
+            raise ValueError(f"join_key: expected one of the columns {list(self.columns)} or None, got {self.join_key!r}")
 
     droppable = True
 

@@ -510,7 +510,11 @@ class SamplePipeline:
         if policy.rows_in_pass_order:
             ids.sort()
         table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]
-        table = Table(f"{self.key_prefix}/{label}", self.extractor.columns, table_rows, step)
+        columns = self.extractor.columns
+        # "id" is the sample's place in the eval pass: the same sample at every eval of a fixed eval
+        # set (a backend checks the content before it refers to an earlier eval's images).
+        table = Table(f"{self.key_prefix}/{label}", columns, table_rows, step,
+                      join_key="id" if "id" in columns else None)
         self.stats.rows_logged += len(table_rows)
         self.stats.tables_logged += 1
         future.set_result(table)

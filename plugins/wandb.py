@@ -12,6 +12,7 @@ uses the ``Run`` object rather than ``run.get_url()``, deprecated in 0.19.10 and
 from __future__ import annotations
 
 import functools
+import hashlib
 import numbers
 import os
 import re
@@ -20,9 +21,12 @@ import tempfile
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 import logbus
 from logbus.naming import wandb_artifact_name
 from logbus.records import (
+    PER_EVAL_MASK,
     Artifact,
     Hyperparameters,
     Image,
@@ -113,6 +117,10 @@ class WandBBackend:
         self.entity = entity
         self.project = project
         self.run_dir: str | None = None
+        # Per table key: the reference table of its images now, with each join value's image identity.
+        self._references: dict[str, tuple[dict[Any, tuple], Any]] = {}
+        self._blank_images: dict[tuple[int, int], str] = {}
+        self._blank_folder: tempfile.TemporaryDirectory | None = None
         # Composer warns at construction, on every rank, where a launcher's WORLD_SIZE already tells a
         # distributed run; without one, the warning waits for the world size that RunStarted brings.
         self._warned_artifacts = False
@@ -156,17 +164,77 @@ class WandBBackend:
     def _log_table(self, record: Table) -> None:
         """wandb keeps at most ``wandb.Table.MAX_ROWS`` (10,000) rows of a table in the run; a larger
         table is split into ``key``, ``key/part2``, ``key/part3``... logged at the same step, so every
-        row is kept."""
+        row is kept.
+
+        A table with a ``join_key`` (the sample pipeline's) is logged as two: its image cells (with
+        their masks, but not the ``prediction`` mask or boxes) go to a reference table
+        ``{key}/reference``, logged at the first eval and again only when the rows or their images
+        change;
+        each eval's own cells go to a table of scalars joined to it (``wandb.JoinedTable`` on the
+        join key) under ``key``. A repeat eval of the same images then adds no image file and costs
+        about a tenth of a first eval per classification row (``benchmarks/bench_wandb_tables.py``)."""
         import wandb
 
+        from logbus.plugins import _wandb_private
+
         limit = wandb.Table.MAX_ROWS
-        data = {}
+        data: dict[str, Any] = {}
         for part, start in enumerate(range(0, max(1, len(record.rows)), limit), start=1):
             rows = record.rows[start:start + limit]
             key = record.key if part == 1 else f"{record.key}/part{part}"
-            data[key] = wandb.Table(columns=record.columns, data=[[_to_wandb(cell) for cell in row] for row in rows])
+            image_columns = [] if record.join_key is None else [
+                index for index in range(len(record.columns)) if any(isinstance(row[index], Image) for row in rows)]
+            if image_columns and _wandb_private.can_refer_to_tables():
+                self._add_joined_table(data, key, record, rows, image_columns)
+            else:
+                data[key] = wandb.Table(columns=record.columns, data=[[_to_wandb(cell) for cell in row] for row in rows])
         self._run_log(data, step=record.step)
-        _forget_table_artifacts(data.values())
+        references = {id(table) for _, table in self._references.values()}
+        _wandb_private.forget(_wandb_private.table_artifact(table) for table in data.values()
+                              if id(table) not in references)
+
+    def _add_joined_table(self, data: dict[str, Any], key: str, record: Table, rows: Sequence[Sequence[Any]],
+                          image_columns: list[int]) -> None:
+        import wandb
+
+        from logbus.plugins import _wandb_private
+
+        columns, join_key = record.columns, record.join_key
+        join_index = columns.index(join_key)
+        identities = {row[join_index]: tuple(_reference_identity(row[i]) for i in image_columns) for row in rows}
+        known = self._references.get(key)
+        # The same rows with the same images, or a new reference (a join would show rows of the old one).
+        if known is None or known[0] != identities:
+            reference = wandb.Table(columns=[join_key, *(columns[i] for i in image_columns)],
+                                    data=[[row[join_index], *(_to_wandb(row[i], _REFERENCE) for i in image_columns)]
+                                          for row in rows])
+            data[f"{key}/reference"] = reference  # before the joined table: logged first, then referred to
+            if known is not None:
+                _wandb_private.forget([_wandb_private.table_artifact(known[1])])
+            known = self._references[key] = (identities, reference)
+        else:
+            _wandb_private.keep(_wandb_private.table_artifact(known[1]))
+        # Per eval: the scalars, and an image column only where a cell has a prediction of its own.
+        per_eval = [i for i in range(len(columns))
+                    if i not in image_columns or any(_has_per_eval_part(row[i]) for row in rows)]
+        eval_rows = [[_to_wandb(row[i], self._blank_image) if i in image_columns else row[i] for i in per_eval]
+                     for row in rows]
+        eval_table = wandb.Table(columns=[columns[i] for i in per_eval], data=eval_rows)
+        data[key] = wandb.JoinedTable(known[1], eval_table, join_key)
+
+    def _blank_image(self, height: int, width: int) -> str:
+        """A black PNG of this size, written once: the background of per-eval prediction masks (the
+        image itself is in the reference table)."""
+        path = self._blank_images.get((height, width))
+        if path is None:
+            from PIL import Image as PILImage
+
+            if self._blank_folder is None:
+                self._blank_folder = tempfile.TemporaryDirectory(prefix="logbus-wandb-")
+            path = os.path.join(self._blank_folder.name, f"blank-{height}x{width}.png")
+            PILImage.new("L", (width, height)).save(path)
+            self._blank_images[(height, width)] = path
+        return path
 
     def _log_user_call(self, record: UserLog) -> None:
         if record.step is not None:
@@ -183,6 +251,14 @@ class WandBBackend:
             self._unroute_user_logs()
             self.run.finish(exit_code=finish.exit_code)
             self.run = None
+        if self._references:
+            from logbus.plugins import _wandb_private
+
+            _wandb_private.forget(_wandb_private.table_artifact(table) for _, table in self._references.values())
+            self._references.clear()
+        if self._blank_folder is not None:
+            self._blank_folder.cleanup()
+            self._blank_folder = None
 
     # -- run lifecycle ---------------------------------------------------------------------------
     def start(self, record: RunStarted, *, global_run: bool = False) -> None:
@@ -324,35 +400,52 @@ def _launcher_world_size() -> int:
         return 1
 
 
-def _forget_table_artifacts(tables) -> None:
-    """Drops the ``run_table`` artifacts of just-logged tables from wandb's process-wide artifact cache.
-
-    wandb keeps the last 100 artifacts it made (``artifact_instance_cache*``, for references between
-    artifacts by client id), and a table's artifact holds the table with every ``wandb.Image``: about
-    2.5 KB a row, so 100 evals of 10,000 sample rows kept ~2.5 GB alive. logbus logs each table object
-    once and never refers to it again, so nothing looks these up. A private wandb module: if it moves,
-    this does nothing."""
-    try:
-        from wandb.sdk.artifacts import artifact_instance_cache as cache
-    except ImportError:
-        return
-    logged = {id(target.artifact) for table in tables
-              if (target := getattr(table, "_artifact_target", None)) is not None}
-    for store in (getattr(cache, "artifact_instance_cache_by_client_id", {}), getattr(cache, "artifact_instance_cache", {})):
-        for key in [key for key, artifact in list(store.items()) if id(artifact) in logged]:
-            store.pop(key, None)
+_REFERENCE = "reference"  # _to_wandb: the image cell without its per-eval parts
 
 
-def _to_wandb(cell: Any) -> Any:
+def _has_per_eval_part(cell: Any) -> bool:
+    return isinstance(cell, Image) and (PER_EVAL_MASK in cell.masks or bool(cell.boxes))
+
+
+def _reference_identity(cell: Any) -> Any:
+    """What a reference table keeps of an image cell, as something comparable: the image's bytes
+    (hashed), caption and masks other than the per-eval one."""
+    if not isinstance(cell, Image):
+        return cell
+    if cell.path is not None:
+        with open(cell.path, "rb") as file:
+            content = hashlib.blake2b(file.read(), digest_size=16).digest()
+    else:
+        content = hashlib.blake2b(cell.pixels.tobytes(), digest_size=16, person=str(cell.pixels.shape).encode()[:16]).digest()
+    masks = tuple((name, mask.data.shape, str(mask.data.dtype),
+                   hashlib.blake2b(np.ascontiguousarray(mask.data).tobytes(), digest_size=16).digest(),
+                   tuple(sorted((mask.class_labels or {}).items())))
+                  for name, mask in sorted(cell.masks.items()) if name != PER_EVAL_MASK)
+    return content, cell.caption, masks
+
+
+def _to_wandb(cell: Any, part: Any = None) -> Any:
+    """A table cell for wandb. ``part``: ``None`` the whole cell; ``_REFERENCE`` an image without its
+    per-eval mask and boxes; or a ``blank_image(height, width) -> path`` for the per-eval part alone
+    (``None`` where the cell has none), drawn on a blank image of the same size."""
     if not isinstance(cell, Image):
         return cell
     import wandb
 
-    masks = {name: {"mask_data": mask.data,
-                    **({"class_labels": {int(k): v for k, v in mask.class_labels.items()}} if mask.class_labels else {})}
-             for name, mask in cell.masks.items()} or None
+    masks = dict(cell.masks)
+    per_eval = part is not None and part != _REFERENCE
+    if part == _REFERENCE:
+        masks.pop(PER_EVAL_MASK, None)
+    elif per_eval:
+        if not _has_per_eval_part(cell):
+            return None
+        masks = {name: mask for name, mask in masks.items() if name == PER_EVAL_MASK}
+    wandb_masks = {name: {"mask_data": mask.data,
+                          **({"class_labels": {int(k): v for k, v in mask.class_labels.items()}}
+                             if mask.class_labels else {})}
+                   for name, mask in masks.items()} or None
     boxes = None
-    if cell.boxes:
+    if cell.boxes and part != _REFERENCE:
         box_data = [{"position": {"minX": b.min_x, "minY": b.min_y, "maxX": b.max_x, "maxY": b.max_y},
                      "domain": "pixel", "class_id": int(b.class_id),
                      **({"box_caption": b.caption} if b.caption else {}),
@@ -360,11 +453,25 @@ def _to_wandb(cell: Any) -> Any:
                     for b in cell.boxes]
         boxes = {"predictions": {"box_data": box_data,
                                  **({"class_labels": dict(cell.box_class_labels)} if cell.box_class_labels else {})}}
+    if per_eval:
+        return wandb.Image(part(*_image_size(cell)), masks=wandb_masks, boxes=boxes)
     if cell.path is not None:
         # An already-encoded file: wandb copies it as it is, no second encode.
-        return wandb.Image(cell.path, caption=cell.caption, masks=masks, boxes=boxes)
+        return wandb.Image(cell.path, caption=cell.caption, masks=wandb_masks, boxes=boxes)
     pixels = cell.pixels[:, :, 0] if cell.pixels.shape[2] == 1 else cell.pixels
-    return wandb.Image(pixels, caption=cell.caption, masks=masks, boxes=boxes)
+    return wandb.Image(pixels, caption=cell.caption, masks=wandb_masks, boxes=boxes)
+
+
+def _image_size(cell: Image) -> tuple[int, int]:
+    """``(height, width)`` of an image cell (a file's is read from its header)."""
+    if cell.pixels is not None:
+        return cell.pixels.shape[0], cell.pixels.shape[1]
+    for mask in cell.masks.values():
+        return mask.data.shape
+    from PIL import Image as PILImage
+
+    with PILImage.open(cell.path) as image:
+        return image.height, image.width
 
 
 @logbus.hookimpl

@@ -42,6 +42,7 @@ BAD_INPUTS = [
     (lambda: Table("t", "ab", [["a", "b"]]), TypeError, r"columns: expected a list of str"),
     (lambda: Table("t", ["a", "a"], []), ValueError, r"columns: names must be unique"),
     (lambda: Table("t", ["a"], [[object()]]), TypeError, r"rows\[0\]: cells must be"),
+    (lambda: Table("t", ["a"], [[1]], join_key="id"), ValueError, r"join_key: expected one of the columns \['a'\]"),
     (lambda: Table("../escape", ["a"], [[1]]), ValueError, r"key: expected a relative key"),
     (lambda: Table("/abs", ["a"], [[1]]), ValueError, r"key: expected a relative key"),
     (lambda: Table("bad\nkey", ["a"], [[1]]), ValueError, r"key: control characters"),

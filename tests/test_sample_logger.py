@@ -201,7 +201,8 @@ def test_interval_and_train_interval(logbus_dir):
 
 
 def test_ground_truth_images_are_encoded_once_across_evals(wandb_offline):
-    """Policy ``first`` on an unshuffled loader: the second eval's images are the first eval's files."""
+    """Policy ``first`` on an unshuffled loader: the second eval's images are the first eval's files,
+    and W&B gets them once: the second eval's table refers to the first eval's reference table."""
     train, val = digits_loaders(batch_size=32)
     images = val.dataset.tensors[0][:30]
     sample_logger = SampleLogger("classification", num_samples=30)
@@ -213,32 +214,40 @@ def test_ground_truth_images_are_encoded_once_across_evals(wandb_offline):
     assert stats.reused >= 30
 
     wandb_run = read_only_run(wandb_offline)
-    digests = table_image_digests(wandb_run, "samples/eval")
-    assert [step for step, _ in digests] == [2, 4]
-    (_, first), (_, second) = digests
-    assert len(first) == len(second) == 30
-    assert first == second  # same sample, same bytes: W&B stores (and uploads) it once
-    assert len(set(first)) == distinct
+    first, second = wandb_image_sources(wandb_run, "samples/eval")
+    assert first["step"] == 2 and second["step"] == 4
+    # The first eval logs the reference table (30 image files, one per distinct image) and joins it.
+    assert first["reference_logged"] and len(first["reference_images"]) == distinct
+    # The second adds no image file: its table refers to the same reference artifact.
+    assert not second["reference_logged"] and second["new_images"] == []
+    assert second["reference_client_id"] == first["reference_client_id"]
+    expected = images_to_uint8_reference(images).numpy()[..., 0]
+    for _, columns, rows in wandb_run.tables("samples/eval"):
+        assert [row[0] for row in rows] == list(range(30))
+        for i, row in enumerate(rows):
+            np.testing.assert_array_equal(decode(row[columns.index("image")]["file"]), expected[i])
 
 
-def table_image_digests(run: WandbRun, key: str) -> list[tuple[int, list[str]]]:
-    """For each table logged under ``key``: the manifest digest of each row's image, from the table's
-    own ``run_table`` artifact record."""
-    manifests = {}
-    for record in run.records:
-        if record.get("type") == "artifact":
-            body = record["artifact"]
-            contents = {entry["path"]: entry for entry in body["manifest"]["contents"]}
-            manifests[body["client_id"]] = manifests[body.get("sequence_client_id", "")] = contents
+def wandb_image_sources(run: WandbRun, key: str) -> list[dict]:
+    """For each joined table logged under ``key``: its step, whether a reference table was logged at
+    the same step, the client id of the artifact its ``table1`` refers to, the image files stored
+    with that reference table and the image files the joined table's own artifact added."""
+    by_client_id = {}
+    for artifact in run.artifacts:
+        by_client_id[artifact.client_id] = by_client_id[artifact.sequence_client_id] = artifact
     out = []
     for item in run.history:
-        if f"{key}.artifact_path" not in item:
+        if item.get(f"{key}._type") != "joined-table":
             continue
         reference, _, entry = item[f"{key}.artifact_path"].removeprefix("wandb-client-artifact://").partition("/")
-        contents = manifests[reference.split(":")[0]]
-        table = json.loads(Path(contents[entry]["local_path"]).read_text())
-        image_column = table["columns"].index("image")
-        out.append((item["_step"], [contents[row[image_column]["path"]]["digest"] for row in table["data"]]))
+        joined = by_client_id[reference.split(":")[0]]
+        table1 = json.loads(Path(joined.files[entry]).read_text())["table1"]
+        assert table1 in joined.references, "table1 is stored again instead of referred to"
+        reference_id = joined.references[table1].removeprefix("wandb-client-artifact://").split("/")[0]
+        out.append({"step": item["_step"], "reference_logged": f"{key}/reference._type" in item,
+                    "reference_client_id": reference_id,
+                    "reference_images": [path for path in by_client_id[reference_id].files if path.endswith(".png")],
+                    "new_images": [path for path in joined.files if path.endswith(".png")]})
     return out
 
 
@@ -304,6 +313,55 @@ def test_segmentation_masks_are_the_targets_and_the_model_argmax(wandb_offline):
         np.testing.assert_array_equal(decode(cell["masks"]["ground_truth"]["file"]), masks[i].numpy())
         np.testing.assert_array_equal(decode(cell["masks"]["prediction"]["file"]), predicted[i].numpy())
         assert {int(k): v for k, v in cell["class_labels"].items()} == dict(enumerate(classes))
+
+
+def test_segmentation_ground_truth_goes_to_wandb_once_and_each_eval_has_its_own_prediction(wandb_offline):
+    """Two evals of the same images through Composer's drop-in ``WandBLogger``: the second eval's table
+    refers to the first eval's images and ground-truth masks (no image file of its own but the blank
+    its prediction masks are drawn on), and every row has that eval's prediction."""
+    from logbus.composer import WandBLogger
+
+    images, masks = segmentation_data()
+    loader = DataLoader(TensorDataset(images, masks), batch_size=8)
+    torch.manual_seed(0)
+    model = TinySegmenter()
+    recorder = EvalRecorder()
+    sample_logger = SampleLogger("segmentation", num_samples=12, class_names=["red", "green", "blue"])
+    trainer = Trainer(model=model, train_dataloader=loader, eval_dataloader=loader, max_duration="4ba",
+                      eval_interval="2ba", loggers=[WandBLogger(project="logbus-tests")],
+                      callbacks=[sample_logger, recorder], device="cpu", progress_bar=False, seed=0,
+                      optimizers=torch.optim.SGD(model.parameters(), lr=1.0))
+    trainer.fit()
+    trainer.close()
+    predicted = []
+    for _, _, weights in recorder.evals:
+        model.load_state_dict(weights)
+        model.eval()
+        with torch.no_grad():
+            predicted.append(torch.cat([model.net(images[i:i + 8]) for i in (0, 8)]).argmax(1)[:12])
+    assert not torch.equal(predicted[0], predicted[1])  # the evals differ: each must show its own
+    pixels = images_to_uint8_reference(images[:12]).numpy()
+
+    wandb_run = read_only_run(wandb_offline)
+    first, second = wandb_image_sources(wandb_run, "samples/eval")
+    assert first["reference_logged"] and not second["reference_logged"]
+    assert second["reference_client_id"] == first["reference_client_id"]
+    # Its own files: one blank background and the prediction masks; no input image, no ground truth.
+    own_images = [path for path in second["new_images"] if not path.endswith(".mask.png")]
+    assert len(own_images) == 1 and "blank" in own_images[0]
+    assert 1 <= len(second["new_images"]) - 1 <= 12
+    tables = wandb_run.tables("samples/eval")
+    assert [step for step, _, _ in tables] == [2, 4]
+    for (_, columns, rows), eval_predicted in zip(tables, predicted):
+        assert columns == ["id", "image", "pixel_accuracy", "loss", "confidence", "flag"]
+        assert [row[0] for row in rows] == list(range(12))
+        for i, row in enumerate(rows):
+            cell = row[1]
+            np.testing.assert_array_equal(decode(cell["file"]), pixels[i])
+            np.testing.assert_array_equal(decode(cell["masks"]["ground_truth"]["file"]), masks[i].numpy())
+            np.testing.assert_array_equal(decode(cell["masks"]["prediction"]["file"]), eval_predicted[i].numpy())
+            assert not decode(cell["per_eval_file"]).any()  # drawn on a blank, not on a new copy of the image
+            assert row[2] == pytest.approx(float((eval_predicted[i] == masks[i]).float().mean()))
 
 
 # -- the training thread stays free ----------------------------------------------------------------

@@ -18,7 +18,7 @@ from wandb_reader import find_run_dirs, read_only_run, read_wandb_run
 
 import logbus
 from logbus.bus import Bus
-from logbus.records import REDACTED, Image, Mask, Metrics, RunStarted
+from logbus.records import REDACTED, Image, Mask, Metrics, RunStarted, Table
 
 FAKE_API_KEY = "f4ke0123456789abcdef0123456789abcdef4242"
 
@@ -319,3 +319,41 @@ def test_download_file_on_a_rank_without_a_run_needs_a_project(tmp_path):
     existing.write_bytes(b"x")
     with pytest.raises(FileExistsError, match="destination"):
         WandBBackend(project="p", entity="e").download_file("ckpt.pt", str(existing))
+
+
+# -- sample tables: images once, each eval joined to them ------------------------------------------
+def png(path, pixels) -> str:
+    PILImage.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_a_sample_table_whose_images_changed_gets_a_new_reference_and_a_user_table_is_logged_whole(
+        wandb_offline, tmp_path):
+    """The join key says which sample a row is; the content says whether its image is the one logged
+    before. Same ids with other images (a shuffled eval set, another policy's picks) log a new
+    reference table, never a row joined to the wrong image."""
+    rng = np.random.default_rng(0)
+    first = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(3)]
+    second = [first[0], rng.integers(0, 256, (6, 5, 3), dtype=np.uint8), first[2]]  # row 1 changed
+
+    def sample_table(images, step, name):
+        rows = [[i, Image(path=png(tmp_path / f"{name}-{i}.png", pixels)), step + i] for i, pixels in enumerate(images)]
+        return Table("samples/eval", ["id", "image", "score"], rows, step=step, join_key="id")
+
+    with logbus.start_run("changed", backends=[wandb_spec()]) as run:
+        run.bus.emit(sample_table(first, 1, "a"))
+        run.bus.emit(sample_table(first, 2, "b"))  # other files, same bytes: still the same images
+        run.bus.emit(sample_table(second, 3, "c"))
+        run.log_table("user", ["id", "image"], [[0, Image(pixels=first[0])]], step=4)
+
+    wandb_run = read_only_run(wandb_offline)
+    assert [item["_step"] for item in wandb_run.history if "samples/eval/reference._type" in item] == [1, 3]
+    assert [item.get("samples/eval._type") for item in wandb_run.history][:3] == ["joined-table"] * 3
+    for (step, columns, rows), images in zip(wandb_run.tables("samples/eval"), (first, first, second)):
+        assert columns == ["id", "image", "score"]
+        assert [(row[0], row[2]) for row in rows] == [(0, step), (1, step + 1), (2, step + 2)]
+        for row, pixels in zip(rows, images):
+            np.testing.assert_array_equal(decode(row[1]["file"]), pixels)
+    (_, columns, rows), = wandb_run.tables("user")  # no join key: one table, as before
+    assert wandb_run.history[-1]["user._type"] == "table-file"
+    np.testing.assert_array_equal(decode(rows[0][1]["file"]), first[0])

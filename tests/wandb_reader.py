@@ -27,7 +27,7 @@ Usage::
     run = read_only_run(wandb_dir)          # or read_wandb_run(find_run_dirs(wandb_dir)[0])
     run.metric("loss")                      # [(step, value), ...]
     run.config["lr"], run.exit_code, run.run["notes"]
-    run.tables("samples/val")               # [(step, columns, rows), ...]
+    run.tables("samples/val")               # [(step, columns, rows), ...], joined tables resolved
     run.images("inputs")                    # [(step, [{"file", "caption", "masks"}, ...]), ...]
     [(a.name, a.type, a.aliases, a.files) for a in run.user_artifacts()]
 """
@@ -67,6 +67,7 @@ class WandbArtifact:
     metadata: dict[str, Any]
     client_id: str
     sequence_client_id: str
+    references: dict[str, str] = field(default_factory=dict)  # path -> "wandb-client-artifact://..." of another
 
 
 @dataclass
@@ -140,6 +141,10 @@ class WandbRun:
             kind = item.get(f"{key}._type")
             if kind is None:
                 continue
+            if kind == "joined-table":
+                columns, rows = self.joined_table(item[f"{key}.artifact_path"])
+                out.append((item["_step"], columns, rows))
+                continue
             if kind not in ("table-file", "incremental-table-file"):
                 raise AssertionError(f"history key {key!r} holds {kind!r}, not a table")
             table = json.loads((self.files_dir / item[f"{key}.path"]).read_text())
@@ -155,6 +160,43 @@ class WandbRun:
                         for row, full_row in zip(rows, full["data"])]
             out.append((item["_step"], columns, rows))
         return out
+
+    def joined_table(self, artifact_path: str) -> tuple[list[str], list[list[Any]]]:
+        """A ``wandb.JoinedTable`` read back as one table, as the W&B UI shows it: ``table1``'s
+        columns, then ``table2``'s that ``table1`` lacks; rows of ``table2`` in its order, each joined
+        with ``table1``'s row of the same key. A column in both is an image in both (logbus's
+        reference image and its per-eval prediction): the cell is ``table1``'s, with ``table2``'s
+        masks added and ``"per_eval_file"`` the file ``table2``'s cell drew them on. Each table is
+        resolved where it is stored, following a ``wandb-client-artifact://`` reference to the
+        artifact that holds it; a row of ``table2`` without a match raises."""
+        artifact, entry = self._resolve(artifact_path)
+        joined = json.loads(Path(artifact.files[entry]).read_text())
+        if joined.get("_type") != "joined-table":
+            raise AssertionError(f"{artifact_path!r} is a {joined.get('_type')!r}, not a joined-table")
+        (columns1, rows1), (columns2, rows2) = (self._table_entry(artifact, joined[name]) for name in ("table1", "table2"))
+        join_key = joined["join_key"]
+        by_key = {row[columns1.index(join_key)]: row for row in rows1}
+        columns = columns1 + [column for column in columns2 if column not in columns1]
+        rows = []
+        for row2 in rows2:
+            value = row2[columns2.index(join_key)]
+            if value not in by_key:
+                raise AssertionError(f"joined table {artifact_path!r}: {join_key}={value!r} is not in table1")
+            cells = dict(zip(columns1, by_key[value]))
+            for column, cell in zip(columns2, row2):
+                if column in cells and column != join_key and isinstance(cell, dict):
+                    cells[column] = {**cells[column], "per_eval_file": cell["file"],
+                                     "masks": {**cells[column].get("masks", {}), **cell.get("masks", {})}}
+                elif column not in cells:
+                    cells[column] = cell
+            rows.append([cells[column] for column in columns])
+        return columns, rows
+
+    def _table_entry(self, artifact: WandbArtifact, entry: str) -> tuple[list[str], list[list[Any]]]:
+        if entry in artifact.references:
+            artifact, entry = self._resolve(artifact.references[entry])
+        table = json.loads(Path(artifact.files[entry]).read_text())
+        return list(table["columns"]), [[self._merge_cell(cell, cell, artifact) for cell in row] for row in table["data"]]
 
     # -- helpers ---------------------------------------------------------------------------------
     def _resolve(self, artifact_path: str) -> tuple[WandbArtifact, str]:
@@ -220,9 +262,10 @@ def _artifact(record: dict[str, Any]) -> WandbArtifact:
         metadata = json.loads(metadata)
     contents = record.get("manifest", {}).get("contents", [])
     return WandbArtifact(name=record["name"], type=record["type"], aliases=list(record.get("aliases", [])),
-                         files={entry["path"]: entry["local_path"] for entry in contents},
+                         files={entry["path"]: entry["local_path"] for entry in contents if "local_path" in entry},
                          metadata=metadata, client_id=record.get("client_id", ""),
-                         sequence_client_id=record.get("sequence_client_id", ""))
+                         sequence_client_id=record.get("sequence_client_id", ""),
+                         references={entry["path"]: entry["ref"] for entry in contents if "ref" in entry})
 
 
 def read_wandb_run(path: str | os.PathLike) -> WandbRun:
