@@ -265,11 +265,11 @@ class SamplePipeline:
             else:
                 index = torch.tensor(chosen, dtype=torch.long)
                 inputs, targets, outputs = (t.index_select(0, index) for t in (inputs, targets, outputs))
-        sample_ids = torch.tensor(chosen, dtype=torch.long) + first_id
+        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
         with self._arrived:
             state.outstanding += 1
         tensors = {"inputs": inputs.detach(), "targets": targets.detach(), "outputs": outputs.detach(),
-                   "sample_id": sample_ids}
+                   "sample_id": torch.from_numpy(sample_ids)}
         sent = process.submit_batch(buffer, tensors, functools.partial(self._rows_arrived, state, sample_ids.tolist()))
         if sent != "sent":  # the process died just now: its batches are lost, counted as such
             self._rows_arrived(state, [], None, None)
