@@ -107,13 +107,15 @@ class _Process:
                 self._send_locked(("open", key, extractor, options))
             return self.generation, done, answer
 
-    def submit(self, key: int, generation: int, pool: SharedPool, buffer: Any, layout: list, on_done: Done) -> str:
+    def submit(self, key: int, generation: int, pool: SharedPool, buffer: Any, layout: list, on_done: Done,
+               kind: str = "batch") -> str:
+        """``kind``: ``"batch"`` (host fields, numpy) or ``"raw"`` (a batch's tensors, device stage there)."""
         with self._lock:
             if self.broken or generation != self.generation:
                 return "broken"
             number = next(self._numbers)
             self._in_flight[number] = (pool, buffer, on_done)
-            self._send_locked(("batch", key, number, buffer.name, layout))
+            self._send_locked((kind, key, number, buffer.name, layout))
         return "sent"
 
     # -- receiver thread -------------------------------------------------------------------------
@@ -268,6 +270,24 @@ class HostStage:
             self.shared.release(buffer)
         return sent
 
+    def submit_batch(self, buffer: Any, tensors: dict[str, Any], on_done: Done) -> str:
+        """A CPU batch's chosen rows (``inputs``, ``targets``, ``outputs``, ``sample_id`` tensors) copied
+        into ``buffer`` (from ``shared.acquire``, which the caller did without waiting) and handed over
+        whole: the process runs the extractor's device stage (the uint8 conversion, softmax) as well as
+        the host stage, so the training process's cost is one copy and one message per batch. Returns
+        ``"sent"``, or ``"broken"`` when the process is gone (the buffer is then released here)."""
+        layout, offset = [], 0
+        for name, tensor in tensors.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            layout.append((name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset))
+            if nbytes:  # torch copies without holding the GIL
+                _tensor_in(buffer, tensor.dtype, tensor.shape, offset).copy_(tensor)
+            offset += (nbytes + 15) // 16 * 16
+        sent = self.process.submit(self.key, self._generation, self.shared, buffer, layout, on_done, kind="raw")
+        if sent != "sent":
+            self.shared.release(buffer)
+        return sent
+
     def release(self, paths: list[str]) -> None:
         """Scratch files no longer referred to by ``paths``' rows (see ``EncoderPool.release``)."""
         if paths and self._generation is not None and not self.lost:
@@ -284,9 +304,14 @@ def serve(fd: int) -> None:
     """The worker process's loop: host stages of batches in shared memory, and scratch-file releases."""
     from multiprocessing import shared_memory
 
+    import torch
+
     from logbus.encoder_pool import EncoderPool
     from logbus.sample_pipeline import PendingImage
 
+    # Background work: one intra-op thread, so that the device stages run here do not compete with
+    # the training process for every core.
+    torch.set_num_threads(1)
     connection = Connection(fd)
     send_lock = threading.Lock()
 
@@ -367,8 +392,11 @@ def serve(fd: int) -> None:
                             _detach(attached.pop(next(iter(attached))))
                         attached[name] = attach(name=name)
                     buffer = attached[name]
-                    fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
-                              for field, dtype, shape, offset in layout}
+                    if kind == "raw":
+                        fields = _device_stage_here(extractor, buffer, layout)
+                    else:
+                        fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
+                                  for field, dtype, shape, offset in layout}
                     rows = extractor.host_stage(fields, encoder.encode)
                     # Host stages copy what they keep (encode copies the pixels): the training process
                     # reuses the buffer once the answer is sent, maybe before the files are written.
@@ -384,6 +412,32 @@ def serve(fd: int) -> None:
             encoder.close(wait=False)
         for buffer in attached.values():
             _detach(buffer)
+
+
+def _tensor_in(buffer: Any, dtype: Any, shape: tuple, offset: int) -> Any:
+    """A tensor of ``dtype`` and ``shape`` over a shared buffer at ``offset`` (torch, not numpy: the
+    batch may hold dtypes numpy has not, bfloat16)."""
+    import torch
+
+    count = 1
+    for size in shape:
+        count *= size
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buffer.buf, dtype=dtype, count=count, offset=offset).view(shape)
+
+
+def _device_stage_here(extractor: Any, buffer: Any, layout: list) -> dict[str, np.ndarray]:
+    """A raw CPU batch's device stage, run in this process: its torch ops would otherwise run in the
+    training process (on CPU there is no device to leave them to)."""
+    import torch
+
+    tensors = {name: _tensor_in(buffer, getattr(torch, dtype), shape, offset) for name, dtype, shape, offset in layout}
+    fields = extractor.device_stage(tensors["inputs"], tensors["targets"], tensors["outputs"])
+    fields["sample_id"] = tensors["sample_id"]
+    # Host stages read numpy arrays; a field that is a view of the shared buffer (a tokens extractor's
+    # inputs) is read before the answer goes back, as in the "batch" path.
+    return {name: value.numpy() for name, value in fields.items()}
 
 
 def _detach(buffer) -> None:

@@ -1,10 +1,16 @@
 """The sample pipeline: prediction samples from eval batches to a table, without stalling training.
 
-On the training thread, ``submit`` checks shapes (metadata only), lets the sampling policy pick
-indices from batch sizes, records a CUDA event on the producer stream and enqueues references.
-Nothing waits: when the queue is full the batch is dropped and counted.
+On the training thread, ``submit`` checks shapes (metadata only) and lets the sampling policy pick
+indices from batch sizes. A CPU batch then goes straight to the worker process
+(``logbus.host_process``): its chosen rows are copied into shared memory (one torch copy, which
+does not hold the GIL) and one message names them; the worker process runs the extractor's device
+stage (the uint8 conversion) and host stage, so the training process's cost is per batch, not per
+sample. Otherwise (CUDA, device policies, no worker process) ``submit`` records a CUDA event on the
+producer stream and enqueues references for the pipeline's worker thread. Nothing waits: the memory
+budget of batches in flight (``pinned_pool_bytes``) is the only bound at default settings; when it
+is spent the batch is dropped and counted.
 
-A worker thread does the rest. On CUDA: a dedicated side stream waits on that event, runs the
+A worker thread does the rest of the queued batches. On CUDA: a dedicated side stream waits on that event, runs the
 extractor's device stage (fused kernels), and copies the results into reusable pinned buffers with
 ``non_blocking=True``; the worker then waits on the copy's event (the worker, not training) and
 runs the host stage, which hands images to an encoder pool. On the CPU the same stages simply run
@@ -59,7 +65,7 @@ class PendingImage:
 @dataclass
 class PipelineStats:
     batches_submitted: int = 0
-    batches_dropped: int = 0  # the worker was behind: queue full (training never waits)
+    batches_dropped: int = 0  # the worker was behind: memory budget spent (training never waits)
     samples_processed: int = 0
     rows_logged: int = 0
     tables_logged: int = 0
@@ -94,8 +100,12 @@ class SamplePipeline:
     :param policy: ``first``, ``reservoir``, ``per_class`` or ``hardest``.
     :param seed: seed of the ``reservoir`` policy.
     :param hardest_by: ``loss`` or ``confidence``, for the ``hardest`` policy.
-    :param max_pending_batches: batches the worker may be behind before new ones are dropped.
-    :param pinned_pool_bytes: cap on pinned host memory for device-to-host copies.
+    :param max_pending_batches: optional cap on the batches queued to the worker thread (``None``:
+        only ``pinned_pool_bytes`` bounds them).
+    :param pinned_pool_bytes: the memory budget of batches in flight: shared memory for CPU batches
+        on their way to the worker process, pinned host memory for device-to-host copies, and bytes
+        of batches queued to the worker thread (each separately). A batch that finds its budget spent
+        is dropped and counted.
     :param encode_workers: threads encoding images.
     :param image_format: ``png`` or ``jpeg``.
     :param compress_level: PNG compression level, 0-9.
@@ -109,7 +119,7 @@ class SamplePipeline:
     """
 
     def __init__(self, extractor: Extractor, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
-                 hardest_by: str = "loss", max_pending_batches: int = 8, pinned_pool_bytes: int = 256 * 2**20,
+                 hardest_by: str = "loss", max_pending_batches: int | None = None, pinned_pool_bytes: int = 256 * 2**20,
                  encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
                  key_prefix: str = "samples", scratch_cache_bytes: int = SCRATCH_CACHE_BYTES,
                  worker_process: bool = True):
@@ -125,7 +135,8 @@ class SamplePipeline:
         check_int("seed", seed)
         if hardest_by not in HARDEST_BY:  # checked whatever the policy: a typo is a typo
             raise ValueError(f"hardest_by: expected 'loss' or 'confidence', got {hardest_by!r}")
-        check_int("max_pending_batches", max_pending_batches, minimum=1)
+        if max_pending_batches is not None:
+            check_int("max_pending_batches", max_pending_batches, minimum=1)
         check_int("pinned_pool_bytes", pinned_pool_bytes, minimum=1)
         check_int("encode_workers", encode_workers, minimum=1)
         if image_format not in IMAGE_FORMATS:
@@ -168,7 +179,9 @@ class SamplePipeline:
         # Unbounded queue, bounded batch count: a batch takes a slot or is dropped, while END and
         # STOP markers always go in, so the training thread never blocks on a full queue.
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._slots = threading.BoundedSemaphore(max_pending_batches)
+        self._slots = None if max_pending_batches is None else threading.BoundedSemaphore(max_pending_batches)
+        self._room_lock = threading.Lock()
+        self._held_bytes = 0  # bytes of batches queued to the pipeline's thread and not yet done
         self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
         self._closed = False
         self._abandon = threading.Event()  # set at the close deadline: the worker gives up what is left
@@ -183,13 +196,24 @@ class SamplePipeline:
         """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once."""
         inputs, targets, outputs = self.extractor.check(inputs, targets, outputs)
         batch_size = int(outputs.shape[0])
-        policy = self._pass(label).policy
+        state = self._pass(label)
+        policy = state.policy
         if not policy.wants(batch_size):
             policy.skip(batch_size)
             return
-        # The slot first, the choice after: a dropped batch must leave the policy as if it had not
-        # been offered (no quota used, no winner evicted), or the table comes out short.
-        if not self._slots.acquire(blocking=False):
+        # Room first, the choice after: a dropped batch must leave the policy as if it had not been
+        # offered (no quota used, no winner evicted), or the table comes out short. Room is taken for
+        # the most rows the policy can choose from this batch (``reservoir`` may take a whole batch,
+        # then evict some of it within the same batch).
+        rows = min(batch_size, self._policy_args["num_samples"]) if self._policy_args["policy"] == "first" else batch_size
+        nbytes = sum(t.numel() // max(1, batch_size) * t.element_size() * rows for t in (inputs, targets, outputs))
+        nbytes += 8 * rows + 4 * 16  # the sample ids, and each field's alignment in a shared buffer
+        process = None if outputs.is_cuda or policy.on_device else self._host_process()
+        shared = self._shared_buffer(process, nbytes) if process is not None else None
+        if shared is None:
+            process = None  # no worker process (yet) or no shared memory: the pipeline's thread does it
+        room = shared is not False if process is not None else self._take_room(nbytes)
+        if not room:  # the budget is spent: the only reason to drop
             self.stats.batches_submitted += 1
             self.stats.batches_dropped += 1
             policy.skip(batch_size)
@@ -199,15 +223,75 @@ class SamplePipeline:
         if policy.on_device:
             policy.seen += batch_size
         elif not chosen:
-            self._slots.release()
+            if process is not None:
+                process.shared.release(shared)
+            else:
+                self._give_back_room(nbytes)
             return
         self.stats.batches_submitted += 1
+        if process is not None:
+            self._submit_to_process(process, shared, state, inputs, targets, outputs, chosen, first_id)
+            return
         ready = None
         if outputs.is_cuda:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(outputs.device))
         self._batches_queued += 1
-        self._queue.put((_BATCH, self._passes[label], ready, inputs, targets, outputs, chosen, first_id))
+        self._queue.put((_BATCH, nbytes, state, ready, inputs, targets, outputs, chosen, first_id))
+
+    def _shared_buffer(self, process: HostStage, nbytes: int):
+        """A shared buffer of ``nbytes`` without waiting; False when the budget is spent (the batch is
+        dropped); None when the batch alone is larger than the budget (the pipeline's thread copies it
+        in parts) or shared memory cannot be had (the batch goes to the pipeline's thread)."""
+        if nbytes > process.shared.max_bytes:
+            return None
+        try:
+            buffer = process.shared.acquire(nbytes, timeout=0)
+        except OSError as error:  # shared memory could not be created: do it here from now on
+            log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
+                        "processed on threads of the training process", error)
+            process.error = f"{type(error).__name__}: {error}"
+            self._warned_in_process = True  # said once, here
+            return None
+        return False if buffer is None else buffer
+
+    def _submit_to_process(self, process: HostStage, buffer, state: _Pass, inputs, targets, outputs, chosen,
+                           first_id: int) -> None:
+        """A CPU batch straight from the training thread to the worker process: its chosen rows copied
+        into shared memory, one message; selection and conversion happen there, not here."""
+        if len(chosen) != outputs.shape[0]:
+            if chosen == list(range(len(chosen))):
+                inputs, targets, outputs = inputs[:len(chosen)], targets[:len(chosen)], outputs[:len(chosen)]
+            else:
+                index = torch.tensor(chosen, dtype=torch.long)
+                inputs, targets, outputs = (t.index_select(0, index) for t in (inputs, targets, outputs))
+        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
+        with self._arrived:
+            state.outstanding += 1
+        tensors = {"inputs": inputs.detach(), "targets": targets.detach(), "outputs": outputs.detach(),
+                   "sample_id": torch.from_numpy(sample_ids)}
+        sent = process.submit_batch(buffer, tensors, functools.partial(self._rows_arrived, state, sample_ids.tolist()))
+        if sent != "sent":  # the process died just now: its batches are lost, counted as such
+            self._rows_arrived(state, [], None, None)
+
+    def _take_room(self, nbytes: int) -> bool:
+        """Room for a batch the pipeline's thread holds: a batch count (``max_pending_batches``, when
+        set) and the byte budget. One batch always fits when nothing is held (it is copied in parts)."""
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            return False
+        with self._room_lock:
+            if self._held_bytes and self._held_bytes + nbytes > self.pinned.max_bytes:
+                if self._slots is not None:
+                    self._slots.release()
+                return False
+            self._held_bytes += nbytes
+            return True
+
+    def _give_back_room(self, nbytes: int) -> None:
+        with self._room_lock:
+            self._held_bytes -= nbytes
+        if self._slots is not None:
+            self._slots.release()
 
     def end_pass(self, label: str = "eval", step: int | None = None) -> Future:
         """Closes the pass for ``label``; the future gets its ``Table`` (or None if it was dropped)."""
@@ -285,7 +369,7 @@ class SamplePipeline:
         if stats.batches_dropped or stats.tables_dropped or stats.errors or not finished:
             # Drops are by design (training never waits for samples), but never silent: said once, here.
             log.warning("logbus: sample pipeline: %d of %d batches dropped because the worker was behind "
-                        "(max_pending_batches), %d table(s) lost to %d error(s)%s",
+                        "(its memory budget, pinned_pool_bytes, was spent), %d table(s) lost to %d error(s)%s",
                         stats.batches_dropped, stats.batches_submitted, stats.tables_dropped, stats.errors,
                         "" if finished else "; not done by the close deadline: "
                         f"{self._batches_queued - self._batches_done} batch(es) and "
@@ -314,10 +398,10 @@ class SamplePipeline:
             try:
                 if kind == _BATCH:
                     try:
-                        self._process_batch(*item[1:])
+                        self._process_batch(*item[2:])
                     finally:
                         self._batches_done += 1
-                        self._slots.release()
+                        self._give_back_room(item[1])
                         item = None  # drop the batch tensors now, not at the next get()
                 else:
                     try:
@@ -337,7 +421,7 @@ class SamplePipeline:
         """After the close deadline: nothing more is processed; tables resolve to ``None``."""
         if item[0] == _BATCH:
             self._batches_done += 1
-            self._slots.release()
+            self._give_back_room(item[1])
         else:
             self._passes_done += 1
             self.stats.tables_dropped += 1

@@ -3,6 +3,7 @@ tables reach W&B (split tables, deferred ordering)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -306,6 +307,85 @@ def test_dropped_batches_leave_the_policy_as_if_never_offered(make_pipeline, pol
         assert ids == [0, 1, 2, 3, 24, 25, 26, 27]
 
 
+class FileGatedClassification(ClassificationExtractor):
+    """A slow device stage: each batch waits until the test creates the gate file. A file, not an
+    ``Event``: the extractor is pickled to the worker process, where it must still see the gate."""
+
+    def __init__(self, gate_path, **options):
+        super().__init__(**options)
+        self.gate_path = str(gate_path)
+
+    def device_stage(self, inputs, targets, logits):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.gate_path):
+            assert time.monotonic() < deadline, "the gate was never opened"
+            time.sleep(0.005)
+        return super().device_stage(inputs, targets, logits)
+
+
+@pytest.mark.parametrize("worker_process", [True, False])
+def test_a_slow_worker_at_default_settings_drops_nothing_while_memory_lasts(make_pipeline, tmp_path, worker_process):
+    """Default settings, a worker stuck on the first batch: the 39 batches behind it wait in memory
+    (well within the default budget) and every row reaches the table. Before, at most 8 batches could
+    be behind (``max_pending_batches``) and the rest were dropped."""
+    gate = tmp_path / "open"
+    pipeline = make_pipeline(FileGatedClassification(gate, class_names=CLASS_NAMES), num_samples=None,
+                             worker_process=worker_process)
+    if worker_process:
+        assert pipeline.worker_ready(120)
+    batches = make_batches(40, 8, seed=5)
+    try:
+        for images, labels, logits in batches:
+            pipeline.submit(images, labels, logits)
+        future = pipeline.end_pass("eval", step=1)
+        assert not future.done()
+    finally:
+        gate.touch()
+    table = future.result(timeout=120)
+    stats = pipeline.stats
+    assert (stats.batches_submitted, stats.batches_dropped, stats.errors) == (40, 0, 0)
+    assert column(table, "id") == list(range(320))
+    assert column(table, "truth") == torch.cat([b[1] for b in batches]).tolist()
+    if worker_process:  # the batches went from the training thread straight to the worker process
+        assert pipeline.worker_pid is not None and stats.batches_in_process == 0
+
+
+@pytest.mark.parametrize("worker_process", [True, False])
+@pytest.mark.parametrize("policy", ["first", "reservoir", "per_class", "hardest"])
+def test_a_spent_memory_budget_drops_counted_batches_and_keeps_the_policy(make_pipeline, tmp_path, policy,
+                                                                          worker_process):
+    """With a budget that holds one batch, batches offered while the worker is stuck on the first are
+    dropped and counted, and the policy acts as if they had never been offered: the table still gets
+    ``num_samples`` rows from the batches that went through, with their own values."""
+    gate = tmp_path / "open"
+    batches = make_batches(12, 4, seed=4)
+    one_batch = sum(t.nbytes for t in batches[0])
+    pipeline = make_pipeline(FileGatedClassification(gate, class_names=CLASS_NAMES), num_samples=8, policy=policy,
+                             seed=3, pinned_pool_bytes=one_batch * 5 // 2, worker_process=worker_process)
+    if worker_process:
+        assert pipeline.worker_ready(120)
+    try:
+        for images, labels, logits in batches[:6]:  # batch 0 holds the budget; 1-5 are dropped
+            pipeline.submit(images, labels, logits)
+        assert pipeline.stats.batches_dropped == 5
+    finally:
+        gate.touch()
+    sync_drops = sync(pipeline)
+    for images, labels, logits in batches[6:]:
+        pipeline.submit(images, labels, logits)
+        sync_drops += sync(pipeline)
+    table = pipeline.end_pass("eval", step=1).result(timeout=60)
+    assert pipeline.stats.batches_dropped - sync_drops == 5
+    went_through = list(range(0, 4)) + list(range(24, 48))
+    ids = column(table, "id")
+    assert len(ids) == 8, ids
+    assert set(ids) <= set(went_through)
+    labels = torch.cat([b[1] for b in batches])
+    assert column(table, "truth") == labels[ids].tolist()
+    if policy == "first":
+        assert ids == [0, 1, 2, 3, 24, 25, 26, 27]
+
+
 # -- W&B -------------------------------------------------------------------------------------------
 def wandb_spec(**options):
     return ("wandb", {"project": "logbus-tests", **options})
@@ -557,7 +637,14 @@ def test_a_batch_larger_than_the_memory_budget_goes_through_in_parts(make_pipeli
     batches = make_batches(2, 96, seed=30)  # about 3.6 KB of fields a batch
     pipeline = make_pipeline(num_samples=None if policy == "first" else 192, policy=policy, pinned_pool_bytes=2048)
     assert pipeline.worker_ready(120)
-    table = run_pass(pipeline, batches)
+    for images, labels, logits in batches:
+        pipeline.submit(images, labels, logits)
+        # The budget is the bound on batches held: a second batch arriving while the first (larger
+        # than the whole budget) is still held would be dropped and counted. Let the first through.
+        deadline = time.monotonic() + 60
+        while pipeline._held_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+    table = pipeline.end_pass("eval", step=0).result(timeout=60)
     assert sorted(column(table, "id")) == list(range(192))
     labels = torch.cat([b[1] for b in batches])
     assert column(table, "truth") == labels[column(table, "id")].tolist()

@@ -1,6 +1,11 @@
-"""The sample pipeline's promise, measured: (a) the eval loop with and without sample logging, and
-(b) end to end, two evals plus ``close`` (every row delivered to the local backend), each variant in
-one run:
+"""The sample pipeline's promise, measured, each variant in one run:
+
+(a) loop stall: the eval loop with and without sample logging;
+(b) end to end: two evals plus ``close`` (every table delivered), with the local backend and with
+    W&B offline, the W&B guide's naive callback (per-sample ``wandb.Image`` on the training thread)
+    alongside;
+(c) the backend alone: the time the same backend takes to ingest the same two tables, built
+    beforehand. logbus's own share of (b) is (b) minus the no-logging run minus (c).
 
     .venv/bin/pytest benchmarks/bench_pipeline.py --benchmark-only --benchmark-columns=min,median,max,rounds
 
@@ -9,6 +14,7 @@ the worker process (the default); the same on threads of the training process
 (``worker_process=False``). The worker process is up before the timed part (``worker_ready``): it
 is started once per training process, so a run pays its start once, not per eval.
 Compare medians only where the spread (min to max) is smaller than the difference.
+Under ``--benchmark-disable`` (``make test``) every function runs once on a few images, as a test.
 """
 
 from __future__ import annotations
@@ -20,41 +26,60 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
-from logbus.bench.suite_eval import BATCH, SmallCNN
+from logbus.bench.suite_eval import BATCH, LogPredictions, SmallCNN, _composer_wandb_logger
 
 QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
 SIZES = {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
-ROUNDS = 3 if QUICK else 5
+TEST_SIZES = {32: 2 * BATCH, 224: 16}  # under --benchmark-disable: run once, as a test
+ROUNDS = int(os.environ.get("LOGBUS_BENCH_ROUNDS") or (3 if QUICK else 5))  # never fewer than 3 for a figure
 VARIANTS = {"no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}
+BACKENDS = {"local": "local", "wandb": ("wandb", {"project": "bench"})}
+CLASS_NAMES = [str(c) for c in range(10)]
 
 
-def make_trainer(variant: str, size: int):
+def image_count(benchmark, size: int) -> int:
+    return TEST_SIZES[size] if benchmark.disabled else SIZES[size]
+
+
+def eval_data(count: int, size: int) -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.rand(count, 3, size, size, generator=generator),
+                         torch.randint(0, 10, (count,), generator=generator))
+
+
+def make_trainer(variant: str, size: int, count: int, backend: str = "local"):
     from composer import Trainer
     from composer.models import ComposerClassifier
 
     from logbus.composer import LogBusLogger, SampleLogger
 
-    count = SIZES[size]
-    generator = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.rand(count, 3, size, size, generator=generator),
-                         torch.randint(0, 10, (count,), generator=generator))
     callbacks = []
-    if VARIANTS[variant] is not None:
+    loggers = [LogBusLogger(backends=[BACKENDS[backend]])]
+    if variant == "guide":  # the naive path: its own W&B logger, one wandb.Image per sample on the training thread
+        loggers, callbacks = [_composer_wandb_logger()], [LogPredictions(num_samples=count)]
+    elif VARIANTS[variant] is not None:
         sample_logger = SampleLogger("classification", num_samples=None, **VARIANTS[variant])
         if VARIANTS[variant].get("worker_process", True):
             assert sample_logger.pipeline.worker_ready(300), "the worker process did not start"
         callbacks.append(sample_logger)
     torch.manual_seed(0)
-    return Trainer(model=ComposerClassifier(SmallCNN(), num_classes=10), eval_dataloader=DataLoader(data, BATCH),
-                   loggers=[LogBusLogger(backends=["local"])], callbacks=callbacks, progress_bar=False, device="cpu",
-                   run_name=f"bench-{variant}")
+    return Trainer(model=ComposerClassifier(SmallCNN(), num_classes=10), eval_dataloader=DataLoader(
+                   eval_data(count, size), BATCH), loggers=loggers, callbacks=callbacks, progress_bar=False,
+                   device="cpu", run_name=f"bench-{variant}")
 
 
-def check_nothing_lost(trainer) -> None:
+def check_nothing_lost(trainer, rows: int) -> None:
+    """Every row of every eval went into a table and every backend took every table."""
     for callback in trainer.state.callbacks:
         stats = getattr(getattr(callback, "pipeline", None), "stats", None)
         if stats is not None:
             assert stats.batches_dropped == stats.batches_lost == stats.errors == 0, stats
+            assert stats.rows_logged == rows, stats
+    for destination in trainer.logger.destinations:
+        bus = getattr(destination, "bus", None)
+        if bus is not None:
+            for name, backend in bus.stats()["backends"].items():
+                assert backend["dropped"] == backend["failures"] == 0, (name, backend)
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -62,29 +87,34 @@ def check_nothing_lost(trainer) -> None:
 def test_eval_loop_stall(benchmark, wandb_offline, variant, size):
     """(a) One eval pass, the loop only: tables finish after it, off the clock."""
     trainers = []
+    count = image_count(benchmark, size)
 
     def setup():
-        trainer = make_trainer(variant, size)
+        trainer = make_trainer(variant, size, count)
         trainer.eval()  # warm-up: first-call costs of the model and the kernels
         trainers.append(trainer)
         return (trainer,), {}
 
-    benchmark.group = f"(a) eval loop, {SIZES[size]} images {size}x{size}"
-    benchmark.extra_info.update(variant=variant, size=size, images=SIZES[size], measure="eval_loop")
+    benchmark.group = f"(a) eval loop, {count} images {size}x{size}"
+    benchmark.extra_info.update(variant=variant, size=size, images=count, measure="eval_loop")
     benchmark.pedantic(lambda trainer: trainer.eval(), setup=setup, rounds=ROUNDS)
     for trainer in trainers:
         trainer.close()
-        check_nothing_lost(trainer)
+        check_nothing_lost(trainer, 2 * count if VARIANTS[variant] is not None else 0)
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_two_evals_and_close(benchmark, wandb_offline, variant, size):
-    """(b) Two eval passes and ``close``: every table built and written by the local backend."""
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("variant", [*VARIANTS, "guide"])
+def test_two_evals_and_close(benchmark, wandb_offline, variant, backend, size):
+    """(b) Two eval passes and ``close``: every table built and taken by the backend."""
+    if variant == "guide" and backend != "wandb":
+        pytest.skip("the guide's callback logs to W&B only")
     trainers = []
+    count = image_count(benchmark, size)
 
     def setup():
-        trainers.append(make_trainer(variant, size))
+        trainers.append(make_trainer(variant, size, count, backend))
         return (trainers[-1],), {}
 
     def run(trainer):
@@ -92,11 +122,47 @@ def test_two_evals_and_close(benchmark, wandb_offline, variant, size):
         trainer.eval()
         trainer.close()
 
-    benchmark.group = f"(b) 2 evals + close, local backend, {SIZES[size]} images {size}x{size}"
-    benchmark.extra_info.update(variant=variant, size=size, images=SIZES[size], measure="end_to_end_local")
+    benchmark.group = f"(b) 2 evals + close, {backend}, {count} images {size}x{size}"
+    benchmark.extra_info.update(variant=variant, size=size, images=count, measure=f"end_to_end_{backend}")
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
     for trainer in trainers:
-        check_nothing_lost(trainer)
+        check_nothing_lost(trainer, 2 * count if VARIANTS.get(variant) is not None else 0)
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_backend_ingests_the_same_tables_alone(benchmark, wandb_offline, backend, size):
+    """(c) The backend's own time for (b)'s two tables: built beforehand (off the clock) from the
+    same images, then a run of the backend alone takes them and closes."""
+    import logbus
+    from logbus.records import RunStarted
+    from logbus.sample_pipeline import pipeline_for
+
+    count = image_count(benchmark, size)
+    data = eval_data(count, size)
+    logits = torch.randn(count, 10, generator=torch.Generator().manual_seed(1))
+    pipeline = pipeline_for("classification", {"class_names": CLASS_NAMES}, num_samples=None)
+    tables = []
+    for step in range(2):
+        for start in range(0, count, BATCH):
+            pipeline.submit(*data[start:start + BATCH], logits[start:start + BATCH])
+        tables.append(pipeline.end_pass("eval", step=step).result(timeout=600))
+    assert [len(table.rows) for table in tables] == [count, count]
+
+    def run():
+        bus = logbus.Bus([BACKENDS[backend]])
+        bus.emit(RunStarted(run_name=f"bench-ingest-{backend}"))
+        for table in tables:
+            bus.emit(table)
+        assert bus.close()
+        assert all(not b["dropped"] and not b["failures"] for b in bus.stats()["backends"].values())
+
+    benchmark.group = f"(c) {backend} ingests the 2 tables alone, {count} images {size}x{size}"
+    benchmark.extra_info.update(variant="backend_alone", size=size, images=count, measure=f"ingest_{backend}")
+    try:
+        benchmark.pedantic(run, rounds=ROUNDS)
+    finally:
+        pipeline.cleanup()
 
 
 class _TakesTables:
@@ -126,7 +192,7 @@ def test_training_process_cpu_per_sample(benchmark, wandb_offline, variant):
 
     import logbus
 
-    count = SIZES[32]
+    count = image_count(benchmark, 32)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(count, 3, 32, 32, generator=generator)
     labels = torch.randint(0, 10, (count,), generator=generator)
