@@ -216,7 +216,7 @@ def test_soak(benchmark, wandb_offline, monkeypatch, viewer):  # noqa: F811
     # "off" runs first: memory freed by Python is not given back to the OS, so a soak after the
     # viewer's peak would start above it and show no growth at all.
     if viewer == "off":
-        monkeypatch.setattr("logbus.plugins.local.write_viewer", lambda run_dir: None)
+        monkeypatch.setattr("logbus.plugins.local._backend.write_viewer", lambda run_dir: None)
     result = benchmark.pedantic(soak, args=(wandb_offline,), rounds=1, iterations=1)
     result["viewer"] = viewer
     benchmark.extra_info.update(result)

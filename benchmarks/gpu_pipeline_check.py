@@ -76,7 +76,7 @@ def no_stall_check(device: str, steps: int, batch: int, size: int) -> dict:
 def eval_time(device: str, variant: str, count: int, size: int, batch: int, image_format: str) -> tuple[float, float]:
     """(seconds until the eval loop returns, seconds until everything is delivered)."""
     import logbus
-    from logbus.encoding import encode_image
+    from logbus.files._encoding import encode_image
     from logbus.kernels import images_to_uint8_reference
 
     torch.manual_seed(0)

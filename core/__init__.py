@@ -3,7 +3,10 @@
 Importing logbus loads no plugin and starts no thread; plugins are found on first use.
 """
 
+from logbus import _deprecated
 from logbus.hookspecs import hookimpl
+
+_deprecated.install()  # logbus.sample_pipeline, logbus.plugin_manager, logbus.strict_json (moved)
 
 __version__ = "0.1.0"
 
@@ -24,4 +27,8 @@ def __getattr__(name):
         import logbus.records as records
 
         return records
+    if f"logbus.{name}" in _deprecated.MOVED:  # `import logbus.plugin_manager` then `logbus.plugin_manager.x`
+        import sys
+
+        return sys.modules[f"logbus.{name}"]
     raise AttributeError(f"module 'logbus' has no attribute {name!r}")

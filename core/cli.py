@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from logbus.plugin_manager import get_plugin_host
+    from logbus.bus import get_plugin_host
 
     with warnings.catch_warnings(record=True) as caught:  # a broken plugin is shown, not fatal
         warnings.simplefilter("always")
@@ -45,7 +45,7 @@ def _has_display() -> bool:
 def _view(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from logbus.viewer import write_viewer
+    from logbus.plugins.local import write_viewer
 
     try:
         path = write_viewer(args.run_dir)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from logbus.naming import check_artifact_name, check_key
+from logbus.files import check_artifact_name, check_key
 
 __all__ = [
     "Record",

@@ -14,9 +14,8 @@ import functools
 from typing import Any, Mapping, Sequence
 
 from logbus.bus import Bus
-from logbus.images import images_record
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
-from logbus.sample_pipeline import SamplePipeline, cleanup_within_close, pipeline_for
+from logbus.samples import SamplePipeline, cleanup_within_close, images_record, pipeline_for
 
 
 class SampleStream:
@@ -80,7 +79,7 @@ class Run:
                 **options: Any) -> SampleStream:
         """A sample stream on this run's bus; ``options`` are the extractor's and the pipeline's
         (see ``logbus.composer.SampleLogger``)."""
-        from logbus.sample_options import split_options
+        from logbus.samples import split_options
 
         extractor_options, pipeline_options = split_options(options)
         return SampleStream(self.bus, pipeline_for(extractor, extractor_options, num_samples=num_samples,

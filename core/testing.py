@@ -178,7 +178,7 @@ def register_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterable[Callable[..., A
     teardown the host is reset (``logbus.plugin_manager.reset_plugins()``): the next lookup loads the
     installed plugins again.
     """
-    from logbus import plugin_manager
+    from logbus.bus import _plugin_manager as plugin_manager
 
     fresh = False
 

@@ -13,10 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from logbus.extractor import check_batch, check_images, class_names_map, image_options, logits_of
 from logbus.kernels import images_to_uint8, logits_summary
-from logbus.sample_options import check_int
-from logbus.sample_pipeline import PendingImage
+from logbus.samples import PendingImage, check_batch, check_images, check_int, class_names_map, image_options, logits_of
 
 
 class ClassificationExtractor:

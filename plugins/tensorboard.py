@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 import logbus
-from logbus.naming import safe_filename
+from logbus.files import safe_filename
 from logbus.records import Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 
 DEFAULT_LOG_DIR = "tensorboard_logs"

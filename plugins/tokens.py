@@ -13,9 +13,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from logbus.extractor import check_batch, logits_of
 from logbus.kernels import logits_summary
-from logbus.sample_options import check_int
+from logbus.samples import check_batch, check_int, logits_of
 
 IGNORE_INDEX = -100
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 import logbus
-from logbus.naming import wandb_artifact_name
+from logbus.files import wandb_artifact_name
 from logbus.records import (
     PER_EVAL_MASK,
     Artifact,

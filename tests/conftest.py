@@ -3,7 +3,7 @@
 Without a CUDA device the Triton kernels run in Triton's interpreter: ``TRITON_INTERPRET=1`` is set
 here, before any test module is imported (Triton reads it when ``@triton.jit`` decorates, and
 ``logbus.kernels``, Composer and the sample pipeline import triton), unless the environment already
-says otherwise. ``tests/test_kernels.py`` fails, loudly, where the kernels still cannot be tested.
+says otherwise. ``tests/kernels/test_kernels.py`` fails, loudly, where the kernels still cannot be tested.
 
 - ``fresh_plugins`` (autouse): each test starts and ends with an empty plugin host, so a plugin
   registered or an environment variable changed by one test never leaks into the next.
@@ -25,12 +25,12 @@ import torch  # does not import triton
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from logbus.plugin_manager import reset_plugins  # noqa: E402  (after TRITON_INTERPRET, as everything else)
+from logbus.bus._plugin_manager import reset_plugins  # noqa: E402  (after TRITON_INTERPRET, as everything else)
 
 
 @pytest.fixture(autouse=True)
 def fresh_plugins():
-    """Forgets loaded plugins before and after each test (``logbus.plugin_manager.reset_plugins``)."""
+    """Forgets loaded plugins before and after each test (``logbus.bus._plugin_manager.reset_plugins``)."""
     reset_plugins()
     yield
     reset_plugins()

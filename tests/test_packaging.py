@@ -31,12 +31,12 @@ def installed_wheel(tmp_path_factory):
 def test_the_wheel_maps_core_plugins_and_kernels_into_logbus(installed_wheel, tmp_path):
     script = """
 import importlib.resources, logbus, logbus.plugins.local, logbus.kernels, logbus.bench.report, logbus.composer
-import logbus.viewer
+import logbus.bus, logbus.samples, logbus.files, logbus.demo
 print(logbus.__file__)
 print(logbus.plugins.local.__file__)
 print(logbus.kernels.__file__)
-print(importlib.resources.files("logbus").joinpath("data/digits.csv.gz").is_file())
-print(importlib.resources.files("logbus").joinpath("viewer_template.html").is_file())
+print(importlib.resources.files("logbus.demo").joinpath("data/digits.csv.gz").is_file())
+print(importlib.resources.files("logbus.plugins.local").joinpath("viewer_template.html").is_file())
 print(importlib.resources.files("logbus").joinpath("py.typed").is_file())
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
@@ -45,7 +45,7 @@ print(importlib.resources.files("logbus").joinpath("py.typed").is_file())
     core, local, kernels, digits, template, typed = result.stdout.split()
     site = str(installed_wheel)
     assert core == os.path.join(site, "logbus", "__init__.py")  # the wheel, not the editable checkout
-    assert local == os.path.join(site, "logbus", "plugins", "local.py")
+    assert local == os.path.join(site, "logbus", "plugins", "local", "__init__.py")
     assert kernels == os.path.join(site, "logbus", "kernels", "__init__.py")
     assert digits == "True" and template == "True"
     assert typed == "True"  # PEP 561: type checkers read logbus's annotations from the installed package
@@ -57,6 +57,6 @@ def test_the_editable_install_maps_the_same_way():
     import logbus.plugins.local
 
     assert Path(logbus.__file__).parent == ROOT / "core"
-    assert Path(logbus.plugins.local.__file__).parent == ROOT / "plugins"
+    assert Path(logbus.plugins.local.__file__).parent == ROOT / "plugins" / "local"
     assert Path(logbus.kernels.__file__).parent == ROOT / "kernels"
     assert (ROOT / "core" / "py.typed").is_file()  # declared as package data in pyproject.toml

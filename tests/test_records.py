@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logbus.naming import safe_filename, safe_relpath, wandb_artifact_name
+from logbus.files._naming import safe_filename, safe_relpath, wandb_artifact_name
 from logbus.records import (
     REDACTED,
     Artifact,

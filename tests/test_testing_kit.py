@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 
 import logbus
 import logbus.testing
-from logbus import plugin_manager
+from logbus.bus import _plugin_manager as plugin_manager
 from logbus.composer import LogBusLogger, SampleLogger
 from logbus.records import REDACTED
 
@@ -40,7 +40,7 @@ def test_importing_the_kit_imports_nothing_heavy():
     code = """\
         import sys
         import logbus.testing
-        from logbus import plugin_manager
+        from logbus.bus import _plugin_manager as plugin_manager
         heavy = ("torch", "triton", "composer", "wandb", "numpy", "PIL", "logbus.plugins", "logbus.records")
         print(sorted(m for m in sys.modules if m.startswith(heavy)), plugin_manager._host)
     """
@@ -147,7 +147,7 @@ def test_logbus_run_sends_the_same_records_to_other_backends(logbus_run, recordi
 def test_teardown_finishes_open_runs_and_resets_the_plugin_host(pytester):
     pytester.makepyfile("""\
         import logbus
-        from logbus import plugin_manager
+        from logbus.bus import _plugin_manager as plugin_manager
 
         seen = {}
 

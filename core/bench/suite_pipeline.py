@@ -136,7 +136,7 @@ def test_backend_ingests_the_same_tables_alone(benchmark, wandb_offline, backend
     same images, then a run of the backend alone takes them and closes."""
     import logbus
     from logbus.records import RunStarted
-    from logbus.sample_pipeline import pipeline_for
+    from logbus.samples import pipeline_for
 
     count = image_count(benchmark, size)
     data = eval_data(count, size)

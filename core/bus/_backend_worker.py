@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from logbus.deferred import Deferred
+from logbus.bus._deferred import Deferred
 from logbus.hookspecs import Backend
 from logbus.records import Artifact, Hyperparameters, Metrics, Record, RunFinished, RunStarted
 

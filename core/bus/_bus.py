@@ -7,7 +7,6 @@ boundaries are never dropped (they are small, and losing them silently would be 
 
 from __future__ import annotations
 
-import atexit
 import logging
 import sys
 import threading
@@ -16,10 +15,11 @@ import weakref
 from dataclasses import asdict
 from typing import Any, Iterable, Mapping
 
-from logbus.backend_worker import BackendStats, BackendWorker
-from logbus.deferred import Deferred
+from logbus.bus._backend_worker import BackendStats, BackendWorker
+from logbus.bus._deferred import Deferred
+from logbus.bus._exit_hook import before_interpreter_exit
+from logbus.bus._plugin_manager import create_backend
 from logbus.hookspecs import Backend
-from logbus.plugin_manager import create_backend
 from logbus.records import Record, RunFinished
 
 log = logging.getLogger("logbus")
@@ -203,13 +203,8 @@ class Bus:
 
 
 def _close_before_interpreter_exit(bus: Bus) -> None:
-    """Drains ``bus`` when the interpreter exits, before any ``atexit`` handler runs.
-
-    Backends tear themselves down in their own ``atexit`` handlers (wandb stops its service
-    process), and Composer closes its callbacks from one too; whatever order they were registered
-    in, the bus must deliver and finish first. ``threading._register_atexit`` hooks run when the main
-    thread ends, before ``atexit``; where it is missing, plain ``atexit`` is the fallback. A weak
-    reference keeps a closed bus collectable."""
+    """Drains ``bus`` when the interpreter exits, before any ``atexit`` handler runs (backends tear
+    themselves down in theirs; see ``_exit_hook``). A weak reference keeps a closed bus collectable."""
     reference = weakref.ref(bus)
 
     def close():
@@ -217,10 +212,4 @@ def _close_before_interpreter_exit(bus: Bus) -> None:
         if alive is not None and not alive.closed:
             alive._close_at_exit()
 
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        if register is None:
-            raise RuntimeError
-        register(close)
-    except RuntimeError:  # no such hook, or the interpreter is already shutting down
-        atexit.register(close)
+    before_interpreter_exit(close)

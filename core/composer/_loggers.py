@@ -26,12 +26,12 @@ from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
 from logbus.bus import Bus
-from logbus.images import images_record
-from logbus.naming import check_key, wandb_artifact_name
+from logbus.composer._staging import Staging
+from logbus.files import check_key, wandb_artifact_name
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
-from logbus.staging import Staging
+from logbus.samples import images_record
 
-__all__ = ["LogBusLogger", "WandBLogger", "SampleLogger", "artifact_type_for"]
+__all__ = ["LogBusLogger", "WandBLogger", "artifact_type_for"]
 
 _MODEL_EXTENSIONS = {"pt", "pth", "ckpt", "safetensors", "bin"}
 
@@ -256,5 +256,3 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
     def can_upload_files(self) -> bool:
         return True
 
-
-from logbus.sample_logger import SampleLogger  # noqa: E402  (re-exported: logbus.composer.SampleLogger)

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from logbus.atomic import write_bytes_atomic
+from logbus.files import write_bytes_atomic
 from logbus.records import Box, Image, Mask, Table
 
 log = logging.getLogger("logbus")

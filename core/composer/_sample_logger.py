@@ -21,10 +21,10 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from logbus.deferred import Deferred
-from logbus.sample_gather import gather_table
-from logbus.sample_options import check_int, split_options
-from logbus.sample_pipeline import CLOSE_TIMEOUT, SamplePipeline, cleanup_within_close, pipeline_for
+from logbus.bus import Deferred
+from logbus.composer._loggers import LogBusLogger
+from logbus.composer._sample_gather import gather_table
+from logbus.samples import CLOSE_TIMEOUT, SamplePipeline, check_int, cleanup_within_close, pipeline_for, split_options
 
 
 def item_of(batch: Any, key: Any, argument: str) -> Any:
@@ -95,8 +95,6 @@ class SampleLogger(Callback):
 
     # -- wiring ----------------------------------------------------------------------------------
     def init(self, state: State, logger: Logger) -> None:
-        from logbus.composer import LogBusLogger
-
         self.buses = [d.bus for d in logger.destinations if isinstance(d, LogBusLogger)]
         if not self.buses:
             raise ValueError("SampleLogger: the Trainer needs a logbus logger in `loggers` "

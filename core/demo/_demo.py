@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """1,797 images ``[N, 1, 8, 8]`` in [0, 1] and their labels, from the file shipped in the package."""
-    with resources.files("logbus").joinpath("data/digits.csv.gz").open("rb") as raw:
+    with resources.files("logbus.demo").joinpath("data/digits.csv.gz").open("rb") as raw:
         table = np.loadtxt(gzip.open(raw), delimiter=",", dtype=np.float32)
     images = torch.from_numpy(table[:, :-1] / 16.0).reshape(-1, 1, 8, 8)
     return images, torch.from_numpy(table[:, -1].astype(np.int64))

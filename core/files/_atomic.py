@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from typing import IO, Any, Iterator
 
-from logbus import strict_json
+from logbus.files import _strict_json as strict_json
 
 FILE_MODE = 0o644  # before the umask, as for any file this process creates with open()
 _UMASK: list[int] = []

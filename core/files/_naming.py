@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from logbus.strict_json import NONFINITE
+from logbus.files._strict_json import NONFINITE
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")

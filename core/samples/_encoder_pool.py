@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from logbus.encoding import encode_image
+from logbus.files import encode_image
 
 CHUNK = 32
 IMAGE_FORMATS = ("png", "jpeg")

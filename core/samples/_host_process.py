@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from logbus.shared_pool import SharedPool
+from logbus.samples._shared_pool import SharedPool
 
 log = logging.getLogger("logbus")
 
@@ -66,7 +66,7 @@ class _Process:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-c", f"from logbus.host_process import serve; serve({theirs.fileno()})"]
+        command = [sys.executable, "-c", f"from logbus.samples._host_process import serve; serve({theirs.fileno()})"]
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
         # Its own session: a Ctrl-C in the terminal goes to training, which then closes the pipeline.
         self.popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=environment, start_new_session=True)
@@ -306,8 +306,8 @@ def serve(fd: int) -> None:
 
     import torch
 
-    from logbus.encoder_pool import EncoderPool
-    from logbus.sample_pipeline import PendingImage
+    from logbus.samples._encoder_pool import EncoderPool
+    from logbus.samples._pipeline import PendingImage
 
     # Background work: one intra-op thread, so that the device stages run here do not compete with
     # the training process for every core.

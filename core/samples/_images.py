@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from logbus.deferred import Deferred, LazyFuture
-from logbus.naming import check_key
+from logbus.bus import Deferred, LazyFuture
+from logbus.files import check_key
 from logbus.records import Image, Images, Mask, Table, _check_step
 
 

@@ -36,15 +36,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from logbus.deferred import Deferred
-from logbus.encoder_pool import IMAGE_FORMATS, SCRATCH_CACHE_BYTES, EncoderPool
+from logbus.bus import Deferred
+from logbus.files import check_key
 from logbus.hookspecs import Extractor
-from logbus.host_process import HostStage
-from logbus.naming import check_key
-from logbus.pinned_pool import PinnedPool
 from logbus.records import Image, Mask, Table
-from logbus.sample_options import check_int
-from logbus.sampling import HARDEST_BY, SamplingPolicy, make_policy
+from logbus.samples._encoder_pool import IMAGE_FORMATS, SCRATCH_CACHE_BYTES, EncoderPool
+from logbus.samples._host_process import HostStage
+from logbus.samples._options import check_int
+from logbus.samples._pinned_pool import PinnedPool
+from logbus.samples._policies import HARDEST_BY, SamplingPolicy, make_policy
 
 log = logging.getLogger("logbus")
 
@@ -643,7 +643,7 @@ def pipeline_for(extractor: str | Extractor, extractor_options: Mapping[str, Any
                  **pipeline_options: Any) -> SamplePipeline:
     """A pipeline for an extractor given by registered name (``logbus plugins`` lists them) or object."""
     if isinstance(extractor, str):
-        from logbus.plugin_manager import create_extractor
+        from logbus.bus import create_extractor
 
         extractor = create_extractor(extractor, **dict(extractor_options or {}))
     elif extractor_options:

@@ -29,12 +29,21 @@ from typing import Any
 import numpy as np
 
 import logbus
-from logbus.atomic import JsonLines, copy_file_atomic, write_bytes_atomic, write_json_atomic
-from logbus.encoder_pool import content_name
-from logbus.encoding import encode_image, encode_mask
-from logbus.naming import hparam_field, metric_field, safe_filename, safe_relpath
+from logbus.files import (
+    JsonLines,
+    copy_file_atomic,
+    encode_image,
+    encode_mask,
+    hparam_field,
+    metric_field,
+    safe_filename,
+    safe_relpath,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from logbus.plugins.local._viewer import write_viewer
 from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
-from logbus.viewer import write_viewer
+from logbus.samples import content_name
 
 DEFAULT_ROOT = "logbus_runs"
 

@@ -28,9 +28,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image as PILImage
 
-from logbus import strict_json
-from logbus.atomic import write_bytes_atomic
-from logbus.naming import METRICS_LINE_FIELDS, hparam_name, metric_name
+from logbus.files import METRICS_LINE_FIELDS, hparam_name, metric_name, write_bytes_atomic
+from logbus.files import _strict_json as strict_json
 
 INDEX = "index.html"
 _DATA_SLOT = "__LOGBUS_RUN_DATA__"
@@ -81,7 +80,7 @@ def embed_json(value: Any) -> str:
 
 @functools.cache
 def _template() -> str:
-    return resources.files("logbus").joinpath("viewer_template.html").read_text(encoding="utf-8")
+    return resources.files("logbus.plugins.local").joinpath("viewer_template.html").read_text(encoding="utf-8")
 
 
 # -- reading the run folder ------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 import logbus
-from logbus import plugin_manager
+from logbus.bus import _plugin_manager as plugin_manager
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SOURCE = ROOT / "examples" / "logbus-example-plugin"
 EXAMPLE_DIST = "logbus-example-plugin"
 BROKEN_DIST = "logbus-broken-plugin"
@@ -75,7 +75,7 @@ GENERATED = {
     # A plugin that looks up another backend while it registers: an error that names it, never a hang.
     REENTRANT_DIST: ("reentrant", "logbus_reentrant_plugin", """\
         import logbus
-        from logbus.plugin_manager import create_backend
+        from logbus.bus._plugin_manager import create_backend
 
 
         @logbus.hookimpl
@@ -396,7 +396,7 @@ def test_nothing_loads_at_import(sites, tmp_path):
     result = _python("""\
         import sys
         import logbus, logbus.bus
-        from logbus import plugin_manager
+        from logbus.bus import _plugin_manager as plugin_manager
         assert plugin_manager._host is None, plugin_manager._host
         loaded = sorted(m for m in sys.modules if m.startswith(("logbus.plugins.", "logbus_")))
         assert not loaded, loaded
@@ -465,7 +465,7 @@ def test_a_misspelled_hook_is_reported_not_silently_ignored():
     import warnings
 
     import logbus
-    from logbus.plugin_manager import PluginHost, PluginWarning
+    from logbus.bus._plugin_manager import PluginHost, PluginWarning
 
     module = types.ModuleType("typo_plugin")
 
@@ -544,7 +544,7 @@ class _IncompletePlugin:
 def test_an_extractor_class_missing_a_method_fails_its_plugin_at_load_with_a_warning(monkeypatch):
     import warnings
 
-    from logbus.plugin_manager import PluginHost, PluginWarning
+    from logbus.bus._plugin_manager import PluginHost, PluginWarning
 
     monkeypatch.delenv("LOGBUS_STRICT", raising=False)
     host = PluginHost(load_entry_points=False)

@@ -369,9 +369,9 @@ def test_segmentation_ground_truth_goes_to_wandb_once_and_each_eval_has_its_own_
 def test_images_are_never_encoded_on_the_training_thread(logbus_dir, monkeypatch, worker_process):
     """Default: not even in the training process (the worker process encodes them); with
     ``worker_process=False``: on the encoder threads, never on the training thread."""
-    import logbus.encoding
+    import logbus.files._encoding
 
-    original = logbus.encoding.encode_image
+    original = logbus.files._encoding.encode_image
     threads: list[threading.Thread] = []
 
     def spy(*args, **kwargs):
@@ -381,7 +381,7 @@ def test_images_are_never_encoded_on_the_training_thread(logbus_dir, monkeypatch
     # Every module that imported the function holds its own reference: replace them all.
     patched = [name for name, module in list(sys.modules.items())
                if name.startswith("logbus") and getattr(module, "encode_image", None) is original]
-    assert "logbus.encoder_pool" in patched
+    assert "logbus.samples._encoder_pool" in patched
     for name in patched:
         monkeypatch.setattr(sys.modules[name], "encode_image", spy)
 

@@ -316,7 +316,7 @@ def test_checkpoints_are_staged_only_for_upload_and_released_once_uploaded(wandb
 
 
 def test_staging_links_beside_the_file_when_the_temporary_folder_is_on_another_filesystem(tmp_path, monkeypatch):
-    from logbus.staging import Staging
+    from logbus.composer._staging import Staging
 
     source = tmp_path / "ckpt.pt"
     source.write_bytes(b"weights")

@@ -367,9 +367,9 @@ def test_a_rank_whose_pipeline_fails_or_is_late_sends_nothing_and_still_joins_th
 def test_an_image_cell_travels_whole_and_lands_as_a_file_of_the_receiving_rank(tmp_path, caplog):
     import pickle
 
-    from logbus.encoding import encode_image
+    from logbus.composer._sample_gather import merge_tables, pack_table
+    from logbus.files._encoding import encode_image
     from logbus.records import Box, Image, Mask, Table
-    from logbus.sample_gather import merge_tables, pack_table
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)

@@ -30,8 +30,8 @@ from wandb_reader import read_only_run
 import logbus
 from logbus.composer import LogBusLogger, WandBLogger
 from logbus.demo import DigitsCNN, digits_loaders
+from logbus.plugins.local._viewer import write_viewer
 from logbus.records import REDACTED, Hyperparameters, Image, Mask, RunStarted, Table, redact_secrets
-from logbus.viewer import write_viewer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:composer.*")
 FAKE_API_KEY = "f4ke0123456789abcdef0123456789abcdef7777"
@@ -384,13 +384,13 @@ def test_a_process_killed_mid_write_leaves_every_json_file_and_every_line_whole(
 
 KILLED_BEFORE_RENAME = textwrap.dedent("""
     import os, signal, sys
-    import logbus.atomic
+    import logbus.files._atomic
 
     def killed(source, destination):  # the process dies between writing the temporary file and renaming it
         os.kill(os.getpid(), signal.SIGKILL)
 
-    logbus.atomic.os.replace = killed
-    logbus.atomic.write_json_atomic(os.path.join(sys.argv[1], "hparams.json"), {"lr": [0.1] * 1000})
+    logbus.files._atomic.os.replace = killed
+    logbus.files._atomic.write_json_atomic(os.path.join(sys.argv[1], "hparams.json"), {"lr": [0.1] * 1000})
 """)
 
 

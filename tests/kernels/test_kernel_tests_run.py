@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ONE_KERNEL_TEST = "test_images_special_values_and_half_up and triton"
 
 
@@ -30,7 +30,7 @@ def pytest_run(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_plain_pytest_runs_the_kernel_tests_after_modules_that_import_the_kernels():
     # test_bad_input.py imports logbus.kernels (through the sample pipeline) before test_kernels.py is
     # collected: too late for test_kernels.py to ask for the interpreter itself.
-    result = pytest_run("tests/test_bad_input.py", "tests/test_kernels.py", "-k", ONE_KERNEL_TEST)
+    result = pytest_run("tests/guarantees/test_bad_input.py", "tests/kernels/test_kernels.py", "-k", ONE_KERNEL_TEST)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert "1 passed" in summary and "skipped" not in summary, result.stdout[-3000:]
@@ -39,7 +39,7 @@ def test_plain_pytest_runs_the_kernel_tests_after_modules_that_import_the_kernel
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the case is a machine without CUDA, where kernels need the interpreter")
 @pytest.mark.timeout(320)
 def test_a_run_that_cannot_test_the_kernels_fails_saying_why():
-    result = pytest_run("tests/test_kernels.py", "-k", ONE_KERNEL_TEST, TRITON_INTERPRET="0")
+    result = pytest_run("tests/kernels/test_kernels.py", "-k", ONE_KERNEL_TEST, TRITON_INTERPRET="0")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert "1 error" in summary and "skipped" not in summary, result.stdout[-3000:]  # failed at its setup

@@ -536,7 +536,7 @@ def test_package_imports_and_works_without_triton():
 
 
 def test_images_validation_runs_on_meta_tensors():
-    # logbus.extractor validates image arguments on the training thread with `_prepare` on a meta tensor
+    # logbus.samples._extractor validates image arguments on the training thread with `_prepare` on a meta tensor
     # (no data, no device sync): keep that working.
     x, _mode, mean, std = images_mod._prepare(torch.empty(2, 5, 6, 3, device="meta"), [0.5], None, "auto", None)
     assert x.shape == (2, 3, 5, 6) and mean == (0.5, 0.5, 0.5) and std == (1.0, 1.0, 1.0)

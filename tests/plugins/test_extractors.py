@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
+from logbus.bus._plugin_manager import UnknownPluginError
 from logbus.kernels import images_to_uint8_reference
-from logbus.plugin_manager import UnknownPluginError
 from logbus.records import Table
-from logbus.sample_pipeline import pipeline_for
+from logbus.samples._pipeline import pipeline_for
 
 IGNORE = -100
 

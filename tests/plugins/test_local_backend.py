@@ -18,10 +18,10 @@ from local_reader import local_series, read_lines, strict_loads
 from PIL import Image as PILImage
 
 import logbus
-from logbus import strict_json
 from logbus.demo import load_digits
+from logbus.files import _strict_json as strict_json
+from logbus.plugins.local._viewer import write_viewer
 from logbus.records import Box, Image, Mask
-from logbus.viewer import write_viewer
 
 
 def decode(path) -> np.ndarray:

@@ -24,12 +24,12 @@ from PIL import Image as PILImage
 import logbus
 from logbus.cli import main as cli_main
 from logbus.demo import load_digits
-from logbus.viewer import class_colour, embed_json, write_viewer
+from logbus.plugins.local._viewer import class_colour, embed_json, write_viewer
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 NO_CHROMIUM = ("viewer browser tests: no chromium on PATH; install one to run them (Debian: apt-get install "
                "chromium, which `make test` does as root)")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = "<script>alert(1)</script>"
 # Each payload marks the page if it ever runs: as a tag parsed from innerHTML (the onerror), or by closing
 # the JSON <script> element early (the </script>). The page itself never sets data-pwned.
@@ -61,7 +61,8 @@ def test_without_chromium_the_browser_tests_skip_with_one_line(tmp_path):
     assert re.fullmatch(r"\d+ skipped, \d+ deselected in .*", summary), result.stdout[-3000:]
     # One line per test function, each with the same one-line reason (pytest groups a function's params).
     skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
-    counts = [re.fullmatch(rf"SKIPPED \[(\d+)\] tests/test_viewer.py:\d+: {re.escape(NO_CHROMIUM)}", line) for line in skipped]
+    counts = [re.fullmatch(rf"SKIPPED \[(\d+)\] tests/plugins/test_viewer.py:\d+: {re.escape(NO_CHROMIUM)}", line)
+              for line in skipped]
     assert all(counts) and sum(int(match.group(1)) for match in counts) == int(summary.split()[0]), skipped
 
 
@@ -337,7 +338,7 @@ def test_the_page_itself_refuses_any_other_image_path(tmp_path):
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (the check above covers the data the page gets)")
-    template = (REPO / "core" / "viewer_template.html").read_text()
+    template = (REPO / "plugins" / "local" / "viewer_template.html").read_text()
     [function] = [line for line in template.splitlines() if line.startswith("function mediaSrc(")]
     paths = ["media/ok.png", "media/samples/val-1a2b/0000001.ground_truth.mask.png", *HOSTILE_PATHS[:-4]]
     script = f"{function}\nconsole.log(JSON.stringify({json.dumps(paths)}.map(mediaSrc)))"

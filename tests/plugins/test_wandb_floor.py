@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from wandb_reader import find_run_dirs, read_wandb_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOOR = re.search(r'"wandb>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
 BELOW_FLOOR = "0.19.9"  # the last release without reinit="create_new" (read from its wandb_settings.py)
 

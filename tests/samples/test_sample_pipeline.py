@@ -16,11 +16,11 @@ from PIL import Image as PILImage
 from wandb_reader import read_only_run
 
 from logbus.bus import Bus
-from logbus.deferred import Deferred
+from logbus.bus._deferred import Deferred
 from logbus.kernels import images_to_uint8_reference
 from logbus.plugins.classification import ClassificationExtractor
 from logbus.records import Metrics, RunStarted, Table
-from logbus.sample_pipeline import SamplePipeline, pipeline_for
+from logbus.samples._pipeline import SamplePipeline, pipeline_for
 
 NUM_CLASSES = 4
 CLASS_NAMES = ["cat", "dog", "owl", "yak"]
