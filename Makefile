@@ -25,7 +25,7 @@ EXAMPLE_BUILD := build/example-plugin
 
 # The viewer's tests drive a real headless Chromium. When none is on PATH, `make test` says so and
 # installs Debian's chromium with apt-get (needs root; at most 5 minutes); where that fails it says
-# that too, and those tests skip with one line (tests/test_viewer.py).
+# that too, and those tests skip with one line (tests/plugins/test_viewer.py).
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  echo "make test: the viewer tests need chromium; installing it with apt-get (at most 5 minutes)"; \

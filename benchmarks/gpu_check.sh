@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check for a lent H100/H200 (through the workplace's device tool), from the
 # repository root:  bash benchmarks/gpu_check.sh      (results land in $OUT, default /tmp/gpu-out)
-#  1. logbus.kernels compiled on CUDA: tests/test_kernels.py, then correctness + bandwidth + speed-up
+#  1. logbus.kernels compiled on CUDA: tests/kernels/test_kernels.py, then correctness + bandwidth + speed-up
 #  2. the sample pipeline: no stall under set_sync_debug_mode("error"), end-to-end eval ratios
 #  3. the whole product: a Composer Trainer with SampleLogger and the drop-in WandBLogger (offline)
 #     plus the local backend (benchmarks/gpu_composer_check.py)
@@ -17,7 +17,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/logbus-site . >"$OUT/install.log" 2>&1 \
   || { cat "$OUT/install.log"; exit 1; }
 export PYTHONPATH=/tmp/logbus-site
-timeout 150 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_kernels.py 2>&1 | tail -4 | tee "$OUT/kernel_tests.txt" || status=1
+timeout 150 python3 -m pytest -q -p no:cacheprovider --noconftest tests/kernels/test_kernels.py 2>&1 | tail -4 | tee "$OUT/kernel_tests.txt" || status=1
 timeout 120 python3 benchmarks/gpu_kernels_check.py >"$OUT/gpu_kernels.stdout" 2>&1 || status=1
 tail -c 1500 "$OUT/gpu_kernels.stdout"
 timeout 240 python3 benchmarks/gpu_pipeline_check.py 2>&1 | tail -c 3000 || status=1

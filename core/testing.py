@@ -175,7 +175,7 @@ def register_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterable[Callable[..., A
     your own package, if installed with ``pip install -e .``, is not registered twice. A plugin that
     fails to import or register raises its own exception here (as with ``LOGBUS_STRICT=1``) instead of
     being warned about and skipped. Register before you create runs or pipelines that use it. At
-    teardown the host is reset (``logbus.plugin_manager.reset_plugins()``): the next lookup loads the
+    teardown the host is reset (``logbus.bus.reset_plugins()``): the next lookup loads the
     installed plugins again.
     """
     from logbus.bus import _plugin_manager as plugin_manager

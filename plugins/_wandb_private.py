@@ -8,7 +8,7 @@ must still be there then, however many artifacts came since. Every other table's
 rows (about 2.5 KB a row with images) and is never looked up again: 100 evals of 10,000 rows kept
 ~2.5 GB alive, so those are dropped at once.
 
-Nothing here is public wandb API: ``tests/test_wandb_private.py`` fails loudly when it moves, and
+Nothing here is public wandb API: ``tests/plugins/test_wandb_private.py`` fails loudly when it moves, and
 at run time a moved cache is warned about once (memory is then not trimmed, and tables are logged
 whole rather than by reference).
 """

@@ -1,4 +1,4 @@
-"""Reads a local run folder back (see ``plugins/local.py`` for the format), for the tests."""
+"""Reads a local run folder back (see ``plugins/local/_backend.py`` for the format), for the tests."""
 
 from __future__ import annotations
 

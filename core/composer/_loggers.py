@@ -60,7 +60,7 @@ class LogBusLogger(LoggerDestination):
                        close_timeout=close_timeout)
         self.log_stats = log_stats
         # Composer may delete or rotate a checkpoint right after upload_file returns; files are
-        # hard-linked first so the writer thread uploads what was asked for (see logbus.staging).
+        # hard-linked first so the writer thread uploads what was asked for (see logbus.composer._staging).
         self._staging = Staging()
         self._state: State | None = None
 

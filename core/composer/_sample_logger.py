@@ -8,7 +8,7 @@ pipeline as it is, and a table per evaluator (``samples/{label}``) is logged at 
 
 Multi-process runs (``dist.get_world_size() > 1``): each rank samples its own shard of the eval data,
 and at ``eval_end`` the tables are gathered to rank 0 in one collective per table
-(``logbus.sample_gather``), which logs one table with a ``rank`` column. There, and only there,
+(``logbus.composer._sample_gather``), which logs one table with a ``rank`` column. There, and only there,
 ``eval_end`` waits (at most ``gather_timeout`` seconds) for the rank's own pipeline to finish the pass.
 """
 

@@ -1,6 +1,6 @@
 """Crash-safe file writes: a reader never sees half a file or half a JSON line.
 
-JSON goes out through :mod:`logbus.strict_json`: NaN and infinities as ``null``, their kinds kept."""
+JSON goes out through :mod:`logbus.files._strict_json`: NaN and infinities as ``null``, their kinds kept."""
 
 from __future__ import annotations
 

@@ -10,11 +10,11 @@ Layout of ``{root}/{run}/`` (documented in the README, "Local run format")::
                         {"_type": "image", "path": "media/...", "caption", "masks": {...}, "boxes": [...]}
     media/...           the image files tables and image lists point to (paths relative to the run)
     artifacts/<name>    copies of uploaded files; artifacts.jsonl lists them with type and aliases
-    index.html          a static viewer of all of the above (``logbus.viewer``; ``logbus view RUN_DIR``)
+    index.html          a static viewer of all of the above (``_viewer.py``; ``logbus view RUN_DIR``)
 
-Every JSON document is strict JSON (``logbus.strict_json``): NaN and infinities are ``null``, their kinds
-listed under the document's ``"_nonfinite"`` field. Every file is written whole or not at all
-(``logbus.atomic``), media copied from the encoder's scratch folder included.
+Every JSON document is strict JSON (``logbus.files.restore`` reads it back): NaN and infinities are
+``null``, their kinds listed under the document's ``"_nonfinite"`` field. Every file is written whole
+or not at all (``logbus.files``), media copied from the encoder's scratch folder included.
 """
 
 from __future__ import annotations

@@ -417,4 +417,4 @@ def test_offline_table_images_are_in_the_staging_folder_the_readme_names(wandb_o
 def test_the_readme_states_the_wandb_floor_of_pyproject():
     floor = re.search(r'"wandb>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert f"wandb >= {floor}" in CHAPTERS["Install"]
-    assert f"on {floor}, the oldest it allows" in README  # tests/test_wandb_floor.py runs it
+    assert f"on {floor}, the oldest it allows" in README  # tests/plugins/test_wandb_floor.py runs it

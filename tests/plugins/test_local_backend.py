@@ -1,4 +1,4 @@
-"""The local backend's run folder, as documented in ``plugins/local.py`` (read back with json and Pillow)."""
+"""The local backend's run folder, as documented in ``plugins/local/_backend.py`` (read back with json and Pillow)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-from logbus.plugin_manager import create_extractor
-from logbus.sample_pipeline import pipeline_for
+from logbus.bus import create_extractor
+from logbus.samples import pipeline_for
 
 import logbus_example_plugin
 
