@@ -239,7 +239,7 @@ def test_name_collision_names_both_plugins_and_keeps_the_builtin(sites, tmp_path
         assert bus.close(timeout=30)
     """, sites=sites, dists=[EXAMPLE_DIST, COLLIDING_DIST], tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "logbus.plugins.local"
+    assert result.stdout.strip() == "logbus.plugins.local._backend"
     metrics = [json.loads(line) for line in (tmp_path / "runs" / "collide" / "metrics.jsonl").read_text().splitlines()]
     assert [(m["step"], m["loss"]) for m in metrics] == [(3, 0.5)]
 
