@@ -2,9 +2,9 @@
 
 - Hooks: every hookspec has a docstring with a ``:param`` per argument, and the README's hook
   reference and plugin guide name every hook (and no hook that does not exist).
-- Configuration reference: each table lists exactly the parameters of the constructor it documents,
-  with their real defaults, so a new option that is not documented, or a documented one that no
-  longer exists, fails here. (That ``WandBLogger``'s signature equals Composer's is checked in
+- Configuration reference: each table is what the options' declarations (``logbus.options``) render,
+  and lists exactly the parameters of the constructor it documents, with their real defaults, so a new
+  option that is not declared, or a declared one that no longer exists, fails here. (That ``WandBLogger``'s signature equals Composer's is checked in
   ``test_composer_adapter.py``.)
 - The README's code runs or at least parses, its links lead somewhere, and the plugin example in
   "Writing a plugin" works as written, tested with the ``logbus.testing`` fixtures it shows.
@@ -25,7 +25,7 @@ import pytest
 from wandb_reader import find_run_dirs, read_wandb_run
 
 import logbus.testing
-from logbus import hookspecs
+from logbus import hookspecs, options
 from logbus.bus import Bus
 from logbus.composer import LogBusLogger, SampleLogger, WandBLogger
 from logbus.plugin_manager import PluginHost
@@ -217,6 +217,18 @@ def test_each_reference_table_matches_the_signature(heading):
             code = re.fullmatch(r"`(.+)`", default)
             assert code, f"README {heading}: the default of {name} should be code, got {default!r}"
             assert eval(code.group(1), {"__builtins__": {}}) == expected, f"README {heading}: default of {name}"  # noqa: S307
+
+
+def test_the_reference_tables_are_what_the_declarations_render():
+    """The declarations are the source: ``python -m logbus.options --update README.md`` writes these
+    tables, and a table edited by hand (or a declaration changed without rewriting it) fails here."""
+    declared = options.reference()
+    assert set(declared) == set(DOCUMENTED)
+    for heading, table in declared.items():
+        assert REFERENCE[heading].count("| option |") == 1, heading
+        rendered = "\n".join(line for line in REFERENCE[heading].splitlines() if line.startswith("|"))
+        assert rendered == table.markdown(), f"README {heading}: run python -m logbus.options --update README.md"
+    assert options.update_readme(README, declared) == README
 
 
 def test_pipeline_options_are_the_pipelines_keywords():
