@@ -4,8 +4,8 @@
   reference and plugin guide name every hook (and no hook that does not exist).
 - Configuration reference: each table is what the options' declarations (``logbus.options``) render,
   and lists exactly the parameters of the constructor it documents, with their real defaults, so a new
-  option that is not declared, or a declared one that no longer exists, fails here. (That ``WandBLogger``'s signature equals Composer's is checked in
-  ``test_composer_adapter.py``.)
+  option that is not declared, or a declared one that no longer exists, fails here. (That
+  ``WandBLogger``'s signature equals Composer's is checked in ``test_composer_adapter.py``.)
 - The README's code runs or at least parses, its links lead somewhere, and the plugin example in
   "Writing a plugin" works as written, tested with the ``logbus.testing`` fixtures it shows.
 - Statements about behaviour are checked against the code doing it: the local run format's file
