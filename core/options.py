@@ -16,7 +16,7 @@ import argparse
 import re
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 
 class _Required:
@@ -26,6 +26,7 @@ class _Required:
 
 REQUIRED: Any = _Required()  # the default of an option that has none
 
+Kind = Literal["int", "number", "bool", "str", "path", "choice", "dict", None]
 _KINDS = ("int", "number", "bool", "str", "path", "choice", "dict", None)
 
 
@@ -51,7 +52,7 @@ class Option:
     name: str
     default: Any
     doc: str
-    kind: str | None = None
+    kind: Kind = None
     minimum: float | None = None
     maximum: float | None = None
     above: bool = False
