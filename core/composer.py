@@ -224,6 +224,7 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
         self.wandb_backend = WandBBackend(project=project, group=group, name=name, entity=entity, tags=tags,
                                           log_artifacts=log_artifacts, rank_zero_only=rank_zero_only,
                                           init_kwargs=init_kwargs)
+        self.wandb_backend.start_on_first_record = False  # the run starts at Event.INIT (see init)
         super().__init__(backends=[self.wandb_backend])
         # Composer's attributes, with Composer's meanings. entity/project are the arguments until
         # Event.INIT, then the run's own, sent from rank 0 to every rank (download_file needs them).

@@ -123,6 +123,10 @@ class WandBBackend:
         # nothing is staged or held for a run that would drop them.
         self.supports = frozenset({Table, Images, UserLog, *((Artifact,) if self.log_artifacts else ())})
         self.rank_zero_only = bool(rank_zero_only)
+        # A record before RunStarted starts a run under the shared fallback name, as the other backends
+        # do; logbus.composer.WandBLogger turns it off: its run starts at Event.INIT, on the training
+        # thread, and a run started earlier on the writer would take its place.
+        self.start_on_first_record = True
         self.enabled = True
         self.run = None
         self.run_url: str | None = None
@@ -157,7 +161,7 @@ class WandBBackend:
 
     # -- records ---------------------------------------------------------------------------------
     def log(self, record) -> None:
-        if isinstance(record, RunStarted) or not self._started:
+        if isinstance(record, RunStarted) or (not self._started and self.start_on_first_record):
             if not self._started:  # a plain caller that skipped RunStarted still gets a run
                 self.start(record if isinstance(record, RunStarted) else fallback_run_started())
             if self._start_error is not None:  # a synchronous start failed: fail here, where it is counted

@@ -61,3 +61,15 @@ def test_a_run_never_started_gets_the_shared_fallback_name(tmp_path, wandb_offli
     # The first record is not RunStarted: each backend starts a run of its own, named alike.
     names = _names_written(tmp_path, wandb_offline, Metrics({"loss": 0.5}, step=0), rank_zero_only=True)
     assert all(re.fullmatch(r"unnamed-\d{4}", name) for name in names.values()), names
+
+
+def test_the_wandb_drop_in_starts_no_fallback_run_before_event_init(wandb_offline):
+    # Its run is started at Event.INIT on the training thread (wandb.run from then on); a fallback run
+    # started earlier on the writer thread would take that run's place.
+    from logbus.composer import WandBLogger
+
+    logger = WandBLogger(project="p")
+    logger.log_metrics({"loss": 1.0}, step=0)
+    assert logger.bus.flush(30)
+    assert not logger.wandb_backend.started and find_run_dirs(wandb_offline) == []
+    assert logger.bus.close()
