@@ -185,7 +185,7 @@ class Extractor(Protocol):
 
         Return one row per sample, in ``sample_id`` order, each a list with one cell per column
         (numbers, strings, None or images). ``encode(uint8 [H, W, C])`` hands an image to the encoder
-        pool and returns a handle at once; put ``logbus.sample_pipeline.PendingImage(handle)`` in the
+        pool and returns a handle at once; put ``logbus.samples.PendingImage(handle)`` in the
         row. An exception loses this batch's samples (reported once, counted), never training.
         """
 

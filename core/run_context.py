@@ -13,9 +13,23 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping, Sequence
 
-from logbus.bus import Bus
+from logbus.bus import BUS_OPTIONS, Bus
+from logbus.options import REQUIRED, Option, Options
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
-from logbus.samples import SamplePipeline, cleanup_within_close, images_record, pipeline_for
+from logbus.samples import SAMPLING_OPTIONS, SamplePipeline, cleanup_within_close, images_record, pipeline_for, split_options
+
+START_RUN_OPTIONS = Options(
+    Option("name", REQUIRED, "run name: the W&B run name, the local folder `$LOGBUS_DIR/<name>`, the TensorBoard run"),
+    Option("backends", ("local",), "backend names (`logbus plugins` lists them), `(name, options)` pairs (every option "
+           "goes to the backend, `name` included) or backend objects"),
+    Option("config", None, "hyperparameters logged when the run starts (secret-looking keys redacted)"),
+    Option("rank", 0, "this process's rank; backends with `rank_zero_only` log on rank 0 only", kind="int", minimum=0),
+    Option("world_size", 1, "number of processes; above 1 the local backend, and backends with `rank_zero_only` "
+           "`False`, write `<name>-rank<rank>`", kind="int", minimum=1),
+    *BUS_OPTIONS.values(),
+)
+_DEFAULTS = START_RUN_OPTIONS.defaults
+_SAMPLING = SAMPLING_OPTIONS.defaults
 
 
 class SampleStream:
@@ -38,8 +52,10 @@ class SampleStream:
 class Run:
     """A logging run on its own bus. All methods validate and enqueue, then return."""
 
-    def __init__(self, name: str, *, backends: Sequence[Any] = ("local",), config: Mapping[str, Any] | None = None,
-                 rank: int = 0, world_size: int = 1, **bus_options: Any):
+    def __init__(self, name: str, *, backends: Sequence[Any] = _DEFAULTS["backends"],
+                 config: Mapping[str, Any] | None = _DEFAULTS["config"], rank: int = _DEFAULTS["rank"],
+                 world_size: int = _DEFAULTS["world_size"], **bus_options: Any):
+        START_RUN_OPTIONS.check(rank=rank, world_size=world_size)
         start = RunStarted(run_name=name, config=dict(config or {}), rank=rank, world_size=world_size)
         self.name = name
         self.bus = Bus(backends, **bus_options)
@@ -75,12 +91,10 @@ class Run:
     def log_artifact(self, path: str, name: str, *, type: str = "file", aliases: Sequence[str] = ()) -> None:
         self.bus.emit(Artifact(path=path, name=name, type=type, aliases=aliases))  # Artifact rejects a bare str
 
-    def samples(self, extractor: Any = "classification", num_samples: int | None = 100, policy: str = "first",
-                **options: Any) -> SampleStream:
+    def samples(self, extractor: Any = _SAMPLING["extractor"], num_samples: int | None = _SAMPLING["num_samples"],
+                policy: str = _SAMPLING["policy"], **options: Any) -> SampleStream:
         """A sample stream on this run's bus; ``options`` are the extractor's and the pipeline's
         (see ``logbus.composer.SampleLogger``)."""
-        from logbus.samples import split_options
-
         extractor_options, pipeline_options = split_options(options)
         return SampleStream(self.bus, pipeline_for(extractor, extractor_options, num_samples=num_samples,
                                                    policy=policy, **pipeline_options))

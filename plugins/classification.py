@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from logbus.kernels import images_to_uint8, logits_summary
-from logbus.samples import PendingImage, check_batch, check_images, check_int, class_names_map, image_options, logits_of
+from logbus.options import Option, Options
+from logbus.samples import IMAGE_OPTIONS, PendingImage, check_batch, check_images, class_names_map, image_options, logits_of
 
 
 class ClassificationExtractor:
@@ -27,10 +28,19 @@ class ClassificationExtractor:
 
     name = "classification"
     has_class_per_sample = True  # the per_class policy can use "truth"
+    options = Options(
+        Option("class_names", None, "list of names, or mapping class id -> name"),  # checked by class_names_map
+        *IMAGE_OPTIONS.values(),
+        Option("top_k", 1, "above 1, a `top_k` column with the k best classes and their probabilities",
+               kind="int", minimum=1),
+    )
 
-    def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = None, mean=None, std=None,
-                 value_range: str = "auto", channels_last: bool | None = None, top_k: int = 1):
-        check_int("top_k", top_k, minimum=1)
+    # (defaults are read from the class body's `options` while the class is being made)
+    def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = options.defaults["class_names"],
+                 mean=options.defaults["mean"], std=options.defaults["std"],
+                 value_range: str = options.defaults["value_range"],
+                 channels_last: bool | None = options.defaults["channels_last"], top_k: int = options.defaults["top_k"]):
+        self.options.check(top_k=top_k)  # the image options are checked by image_options
         self.class_names = class_names_map(class_names)
         self.num_classes = len(self.class_names) if self.class_names else None
         self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)

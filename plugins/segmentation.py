@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from logbus.kernels import images_to_uint8, segmentation_mask
-from logbus.samples import PendingImage, check_batch, check_images, class_names_map, image_options, logits_of
+from logbus.options import Option, Options
+from logbus.samples import IMAGE_OPTIONS, PendingImage, check_batch, check_images, class_names_map, image_options, logits_of
 
 
 class SegmentationExtractor:
@@ -26,9 +27,16 @@ class SegmentationExtractor:
 
     name = "segmentation"
     has_class_per_sample = False
+    options = Options(
+        Option("class_names", None, "names of the mask classes"),  # checked by class_names_map
+        *IMAGE_OPTIONS.values(),  # checked by image_options
+    )
 
-    def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = None, mean=None, std=None,
-                 value_range: str = "auto", channels_last: bool | None = None):
+    # (defaults are read from the class body's `options` while the class is being made)
+    def __init__(self, *, class_names: Sequence[str] | Mapping[int, str] | None = options.defaults["class_names"],
+                 mean=options.defaults["mean"], std=options.defaults["std"],
+                 value_range: str = options.defaults["value_range"],
+                 channels_last: bool | None = options.defaults["channels_last"]):
         self.class_names = class_names_map(class_names)
         self.num_classes = None
         self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)

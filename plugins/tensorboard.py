@@ -27,13 +27,14 @@ from __future__ import annotations
 import html
 import json
 import os
-import time
 from typing import Any, Mapping
 
 import numpy as np
 
 import logbus
 from logbus.files import safe_filename
+from logbus.options import Option, Options
+from logbus.plugins._backend_common import fallback_run_started, logs_on_this_rank, rank_run_name
 from logbus.records import Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 
 DEFAULT_LOG_DIR = "tensorboard_logs"
@@ -68,14 +69,22 @@ class TensorBoardBackend:
 
     name = "tensorboard"
     supports = frozenset({Table, Images})
+    options = Options(
+        Option("log_dir", None, "the folder to point `tensorboard --logdir` at; the run goes to `<log_dir>/<run name>`; "
+               "`None`: `./tensorboard_logs`, as Composer", kind="path"),
+        Option("flush_interval", 100, "flush the event file every this many steps, so a live TensorBoard sees the data",
+               kind="int", minimum=1),
+        Option("rank_zero_only", True, "log on rank 0 only; `False`: every rank writes `<run name>-rank<rank>`"),
+        Option("table_image_rows", 100, "how many rows of a table the `<key>/images` grid shows (the text shows them "
+               "all)", kind="int", minimum=1),
+    )
 
-    def __init__(self, log_dir: str | os.PathLike | None = None, flush_interval: int = 100, rank_zero_only: bool = True,
-                 *, table_image_rows: int = 100):
-        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise TypeError(f"log_dir: expected a folder path or None, got {type(log_dir).__name__}")
-        for argument, value in (("flush_interval", flush_interval), ("table_image_rows", table_image_rows)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{argument}: expected an int >= 1, got {value!r}")
+    # (defaults are read from the class body's `options` while the class is being made)
+    def __init__(self, log_dir: str | os.PathLike | None = options.defaults["log_dir"],
+                 flush_interval: int = options.defaults["flush_interval"],
+                 rank_zero_only: bool = options.defaults["rank_zero_only"], *,
+                 table_image_rows: int = options.defaults["table_image_rows"]):
+        self.options.check(log_dir=log_dir, flush_interval=flush_interval, table_image_rows=table_image_rows)
         self.log_dir = os.fspath(log_dir) if log_dir is not None else DEFAULT_LOG_DIR
         self.flush_interval = flush_interval
         self.rank_zero_only = bool(rank_zero_only)
@@ -95,7 +104,7 @@ class TensorBoardBackend:
             self._start(record)
             return
         if not self._started:  # a plain caller that skipped RunStarted still gets a run
-            self._start(RunStarted(run_name=time.strftime("run-%Y%m%d-%H%M%S")))
+            self._start(fallback_run_started())
         if self.writer is None:
             return  # not the logging rank
         if isinstance(record, Metrics):
@@ -133,13 +142,12 @@ class TensorBoardBackend:
     # -- run lifecycle ---------------------------------------------------------------------------
     def _start(self, record: RunStarted) -> None:
         self._started = True
-        if self.rank_zero_only and record.rank != 0:
+        if not logs_on_this_rank(record, self.rank_zero_only):
             return
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_name = record.run_name
-        folder = record.run_name if self.rank_zero_only or record.world_size == 1 else f"{record.run_name}-rank{record.rank}"
-        self.run_dir = os.path.join(self.log_dir, safe_filename(folder))
+        self.run_dir = os.path.join(self.log_dir, safe_filename(rank_run_name(record.run_name, record, self.rank_zero_only)))
         # Composer sets flush_secs to a year because it uploads the event file it flushes; nothing
         # uploads here, so SummaryWriter's own flush every 120 s is kept as a backstop for slow steps.
         self.writer = SummaryWriter(log_dir=self.run_dir)

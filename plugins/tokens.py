@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from logbus.kernels import logits_summary
-from logbus.samples import check_batch, check_int, logits_of
+from logbus.options import Option, Options
+from logbus.samples import check_batch, logits_of
 
 IGNORE_INDEX = -100
 
@@ -32,17 +33,25 @@ class TokensExtractor:
     name = "tokens"
     has_class_per_sample = False
     num_classes = None
+    options = Options(
+        Option("tokenizer", None, "anything with `decode(ids)` (Hugging Face tokenizers) or a callable; `None` shows "
+               "token ids"),
+        Option("shift", True, "causal LMs predict token t+1 at position t; `False` when the targets are already "
+               "aligned", kind="bool"),
+        Option("max_chars", 2000, "texts are cut to this length in the table", kind="int", minimum=1),
+    )
 
-    def __init__(self, *, tokenizer: Any = None, shift: bool = True, max_chars: int = 2000):
+    # (defaults are read from the class body's `options` while the class is being made)
+    def __init__(self, *, tokenizer: Any = options.defaults["tokenizer"], shift: bool = options.defaults["shift"],
+                 max_chars: int = options.defaults["max_chars"]):
+        self.options.check(shift=shift, max_chars=max_chars)
         if tokenizer is not None and not (callable(getattr(tokenizer, "decode", None)) or callable(tokenizer)):
             raise TypeError(f"tokenizer: expected an object with decode(ids) or a callable, got {type(tokenizer).__name__}")
         self.decode: Callable[[list[int]], str] = (
             tokenizer.decode if callable(getattr(tokenizer, "decode", None)) else
             tokenizer if tokenizer is not None else (lambda ids: " ".join(map(str, ids))))
-        if not isinstance(shift, bool):
-            raise TypeError(f"shift: expected True or False, got {shift!r}")
         self.shift = shift
-        self.max_chars = check_int("max_chars", max_chars, minimum=1)
+        self.max_chars = max_chars
         self.columns = ["id", "input", "target", "prediction", "token_accuracy", "loss", "confidence", "flag"]
 
     def check(self, inputs: Any, targets: Any, outputs: Any):

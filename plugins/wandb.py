@@ -25,6 +25,8 @@ import numpy as np
 
 import logbus
 from logbus.files import wandb_artifact_name
+from logbus.options import Option, Options
+from logbus.plugins._backend_common import fallback_run_started, logs_on_this_rank, rank_run_name
 from logbus.records import (
     PER_EVAL_MASK,
     Artifact,
@@ -85,17 +87,31 @@ class WandBBackend:
     """Logs to one W&B run per process (or one per rank with ``rank_zero_only=False``)."""
 
     name = "wandb"
+    # Composer's WandBLogger arguments, defaults and meanings (logbus.composer.WandBLogger takes the same).
+    options = Options(
+        Option("project", None, "W&B project", kind="str"),
+        Option("group", None, "W&B group", kind="str"),
+        Option("name", None, "W&B run name; `None`: the run's name (Composer's `State.run_name`)", kind="str"),
+        Option("entity", None, "W&B entity (user or team)", kind="str"),
+        Option("tags", None, "list of W&B tags"),  # a list of str: checked below
+        Option("log_artifacts", False, "upload artifacts (Composer's checkpoints) as W&B artifacts"),
+        Option("rank_zero_only", True, "log on rank 0 only; `False`: one run per rank, `<name>-rank<rank>`, grouped "
+               "under the run name"),
+        Option("init_kwargs", None, "more `wandb.init` arguments (`config`, `notes`, `mode`, `dir`...); the arguments "
+               "above take precedence", kind="dict"),
+    )
 
-    def __init__(self, project: str | None = None, group: str | None = None, name: str | None = None,
-                 entity: str | None = None, tags: Sequence[str] | None = None, log_artifacts: bool = False,
-                 rank_zero_only: bool = True, init_kwargs: dict[str, Any] | None = None):
-        for argument, value in zip(_INIT_ARGUMENTS, (project, group, name, entity)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{argument}: expected str or None, got {type(value).__name__}")
+    # (defaults are read from the class body's `options` while the class is being made)
+    def __init__(self, project: str | None = options.defaults["project"], group: str | None = options.defaults["group"],
+                 name: str | None = options.defaults["name"], entity: str | None = options.defaults["entity"],
+                 tags: Sequence[str] | None = options.defaults["tags"],
+                 log_artifacts: bool = options.defaults["log_artifacts"],
+                 rank_zero_only: bool = options.defaults["rank_zero_only"],
+                 init_kwargs: dict[str, Any] | None = options.defaults["init_kwargs"]):
+        # log_artifacts and rank_zero_only are taken for their truth, as Composer does.
+        self.options.check(project=project, group=group, name=name, entity=entity, init_kwargs=init_kwargs)
         if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
-            raise TypeError(f"tags: expected a list of str, got {tags!r}")
-        if init_kwargs is not None and not isinstance(init_kwargs, dict):
-            raise TypeError(f"init_kwargs: expected a dict of wandb.init arguments, got {type(init_kwargs).__name__}")
+            raise TypeError(f"tags: expected a list of str or None, got {tags!r}")
         init_kwargs = dict(init_kwargs or {})
         # Composer's meaning: explicit arguments override the same keys in init_kwargs.
         for key, value in zip((*_INIT_ARGUMENTS, "tags"), (project, group, name, entity, tags)):
@@ -107,6 +123,10 @@ class WandBBackend:
         # nothing is staged or held for a run that would drop them.
         self.supports = frozenset({Table, Images, UserLog, *((Artifact,) if self.log_artifacts else ())})
         self.rank_zero_only = bool(rank_zero_only)
+        # A record before RunStarted starts a run under the shared fallback name, as the other backends
+        # do; logbus.composer.WandBLogger turns it off: its run starts at Event.INIT, on the training
+        # thread, and a run started earlier on the writer would take its place.
+        self.start_on_first_record = True
         self.enabled = True
         self.run = None
         self.run_url: str | None = None
@@ -141,12 +161,14 @@ class WandBBackend:
 
     # -- records ---------------------------------------------------------------------------------
     def log(self, record) -> None:
-        if isinstance(record, RunStarted):
-            if not self._started:
-                self.start(record)
+        if isinstance(record, RunStarted) or (not self._started and self.start_on_first_record):
+            if not self._started:  # a plain caller that skipped RunStarted still gets a run
+                self.start(record if isinstance(record, RunStarted) else fallback_run_started())
             if self._start_error is not None:  # a synchronous start failed: fail here, where it is counted
                 raise self._start_error
-        elif self.run is None:
+        if isinstance(record, RunStarted):
+            return
+        if self.run is None:
             return  # not the logging rank
         elif isinstance(record, Metrics):
             self._run_log({name: as_float(value) for name, value in record.values.items()}, step=record.step)
@@ -281,13 +303,12 @@ class WandBBackend:
         import wandb
 
         kwargs = dict(self.init_kwargs)
-        if kwargs.get("name") is None:
-            kwargs["name"] = record.run_name
+        base_name = record.run_name if kwargs.get("name") is None else kwargs["name"]
+        # As Composer: with rank_zero_only=False the run is "<name>-rank<rank>" even in a one-process world.
+        kwargs["name"] = rank_run_name(base_name, record, self.rank_zero_only, single_process_too=True)
         if not self.rank_zero_only:
-            base_name = kwargs["name"]
-            kwargs["name"] = f"{base_name}-rank{record.rank}"
             kwargs["group"] = kwargs.get("group") or base_name
-        self.enabled = not self.rank_zero_only or record.rank == 0
+        self.enabled = logs_on_this_rank(record, self.rank_zero_only)
         if record.world_size > 1:
             self._warn_if_artifacts_are_lost()
         if not self.enabled:

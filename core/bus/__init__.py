@@ -11,13 +11,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "Bus", "build_backends", "BackendStats", "BackendWorker", "Deferred", "LazyFuture",
+    "Bus", "BUS_OPTIONS", "build_backends", "BackendStats", "BackendWorker", "Deferred", "LazyFuture",
     "create_backend", "create_extractor", "get_plugin_host", "reset_plugins",
     "PluginHost", "PluginInfo", "PluginWarning", "UnknownPluginError", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP",
 ]
 
 _HOMES = {
-    "_bus": ("Bus", "build_backends"),
+    "_bus": ("Bus", "BUS_OPTIONS", "build_backends"),
     "_backend_worker": ("BackendStats", "BackendWorker"),
     "_deferred": ("Deferred", "LazyFuture"),
     "_plugin_manager": ("create_backend", "create_extractor", "get_plugin_host", "reset_plugins", "PluginHost",
@@ -27,7 +27,7 @@ _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from logbus.bus._backend_worker import BackendStats, BackendWorker
-    from logbus.bus._bus import Bus, build_backends
+    from logbus.bus._bus import BUS_OPTIONS, Bus, build_backends
     from logbus.bus._deferred import Deferred, LazyFuture
     from logbus.bus._plugin_manager import (
         DEFAULT_PLUGINS,

@@ -20,11 +20,22 @@ from logbus.bus._deferred import Deferred
 from logbus.bus._exit_hook import before_interpreter_exit
 from logbus.bus._plugin_manager import create_backend
 from logbus.hookspecs import Backend
+from logbus.options import Option, Options
 from logbus.records import Record, RunFinished
 
 log = logging.getLogger("logbus")
 _now_ns = time.perf_counter_ns
 
+BUS_OPTIONS = Options(
+    Option("max_pending_bytes", 256 * 2**20, "per backend, bytes of tables and images that may wait in its queue; "
+           "more are dropped and counted (metrics, hyperparameters and artifacts never are)",
+           kind="int", minimum=1, shown="256 * 2**20"),
+    Option("failure_limit", 5, "consecutive failures after which a backend is switched off (the others go on)",
+           kind="int", minimum=1),
+    Option("close_timeout", 60.0, "seconds closing waits for the backends to drain; a hung backend is abandoned "
+           "after it", kind="number", minimum=0, unit="seconds"),
+)
+_DEFAULTS = BUS_OPTIONS.defaults
 
 
 def build_backends(specs: Iterable[Any]) -> dict[str, Backend]:
@@ -65,14 +76,9 @@ class Bus:
     :param close_timeout: seconds ``close()`` waits by default for backends to drain.
     """
 
-    def __init__(self, backends: Iterable[Any], *, max_pending_bytes: int = 256 * 2**20,
-                 failure_limit: int = 5, close_timeout: float = 60.0):
-        if isinstance(max_pending_bytes, bool) or not isinstance(max_pending_bytes, int) or max_pending_bytes <= 0:
-            raise ValueError(f"max_pending_bytes: expected a positive int, got {max_pending_bytes!r}")
-        if isinstance(failure_limit, bool) or not isinstance(failure_limit, int) or failure_limit < 1:
-            raise ValueError(f"failure_limit: expected an int >= 1, got {failure_limit!r}")
-        if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) or not close_timeout >= 0:
-            raise ValueError(f"close_timeout: expected a number of seconds >= 0, got {close_timeout!r}")
+    def __init__(self, backends: Iterable[Any], *, max_pending_bytes: int = _DEFAULTS["max_pending_bytes"],
+                 failure_limit: int = _DEFAULTS["failure_limit"], close_timeout: float = _DEFAULTS["close_timeout"]):
+        BUS_OPTIONS.check(max_pending_bytes=max_pending_bytes, failure_limit=failure_limit, close_timeout=close_timeout)
         self.close_timeout = float(close_timeout)
         self.workers = [
             BackendWorker(name, backend, max_pending_bytes=max_pending_bytes, failure_limit=failure_limit)

@@ -7,7 +7,7 @@ Migrating is one line::
     + from logbus.composer import WandBLogger
 """
 
-from logbus.composer._loggers import LogBusLogger, WandBLogger, artifact_type_for
-from logbus.composer._sample_logger import SampleLogger
+from logbus.composer._loggers import LOGBUS_LOGGER_OPTIONS, LogBusLogger, WandBLogger, artifact_type_for
+from logbus.composer._sample_logger import SAMPLE_LOGGER_OPTIONS, SampleLogger
 
-__all__ = ["LogBusLogger", "WandBLogger", "SampleLogger", "artifact_type_for"]
+__all__ = ["LogBusLogger", "WandBLogger", "SampleLogger", "artifact_type_for", "LOGBUS_LOGGER_OPTIONS", "SAMPLE_LOGGER_OPTIONS"]

@@ -25,13 +25,25 @@ from composer.core import State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
-from logbus.bus import Bus
+from logbus.bus import BUS_OPTIONS, Bus
 from logbus.composer._staging import Staging
 from logbus.files import check_key, wandb_artifact_name
+from logbus.options import Option, Options
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 from logbus.samples import images_record
 
 __all__ = ["LogBusLogger", "WandBLogger", "artifact_type_for"]
+
+LOGBUS_LOGGER_OPTIONS = Options(
+    Option("backends", ("local",), "backend names, `(name, options)` pairs or backend objects"),
+    BUS_OPTIONS["max_pending_bytes"],
+    BUS_OPTIONS["failure_limit"],
+    BUS_OPTIONS["close_timeout"].but(doc="seconds to wait for the backends to drain, at each of `fit_end`, `close` "
+                                         "and the final close"),
+    Option("log_stats", True, "log the bus's own `logbus/*` counters (delivered, dropped, failures, pending per "
+           "backend) at the end of `fit`", kind="bool"),
+)
+_DEFAULTS = LOGBUS_LOGGER_OPTIONS.defaults
 
 _MODEL_EXTENSIONS = {"pt", "pth", "ckpt", "safetensors", "bin"}
 
@@ -54,8 +66,10 @@ class LogBusLogger(LoggerDestination):
     :param log_stats: log the bus's own ``logbus/*`` counters at the end of ``fit``.
     """
 
-    def __init__(self, backends: Sequence[Any] = ("local",), *, max_pending_bytes: int = 256 * 2**20,
-                 failure_limit: int = 5, close_timeout: float = 60.0, log_stats: bool = True):
+    def __init__(self, backends: Sequence[Any] = _DEFAULTS["backends"], *,
+                 max_pending_bytes: int = _DEFAULTS["max_pending_bytes"], failure_limit: int = _DEFAULTS["failure_limit"],
+                 close_timeout: float = _DEFAULTS["close_timeout"], log_stats: bool = _DEFAULTS["log_stats"]):
+        LOGBUS_LOGGER_OPTIONS.check(log_stats=log_stats)  # the bus checks its own
         self.bus = Bus(backends, max_pending_bytes=max_pending_bytes, failure_limit=failure_limit,
                        close_timeout=close_timeout)
         self.log_stats = log_stats
@@ -210,6 +224,7 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
         self.wandb_backend = WandBBackend(project=project, group=group, name=name, entity=entity, tags=tags,
                                           log_artifacts=log_artifacts, rank_zero_only=rank_zero_only,
                                           init_kwargs=init_kwargs)
+        self.wandb_backend.start_on_first_record = False  # the run starts at Event.INIT (see init)
         super().__init__(backends=[self.wandb_backend])
         # Composer's attributes, with Composer's meanings. entity/project are the arguments until
         # Event.INIT, then the run's own, sent from rank 0 to every rank (download_file needs them).

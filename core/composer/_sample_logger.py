@@ -24,7 +24,21 @@ from composer.utils import dist
 from logbus.bus import Deferred
 from logbus.composer._loggers import LogBusLogger
 from logbus.composer._sample_gather import gather_table
-from logbus.samples import CLOSE_TIMEOUT, SamplePipeline, check_int, cleanup_within_close, pipeline_for, split_options
+from logbus.options import Option, Options
+from logbus.samples import CLOSE_TIMEOUT, SAMPLING_OPTIONS, SamplePipeline, cleanup_within_close, pipeline_for, split_options
+
+SAMPLE_LOGGER_OPTIONS = Options(
+    *SAMPLING_OPTIONS.values(),
+    Option("input_key", 0, "where the inputs are in the batch: index or dict key, as in Composer's `ImageVisualizer`"),
+    Option("target_key", 1, "where the targets are in the batch"),
+    Option("interval", 1, "log every `interval`-th eval of each evaluator", kind="int", minimum=1),
+    Option("train_interval", None, "also log a `samples/train` table every `train_interval` training batches",
+           kind="int", minimum=1),
+    Option("gather_timeout", 60.0, "multi-process runs: seconds `eval_end` waits for this rank's table before it is "
+           "left out of the one gathered on rank 0; keep it below the Trainer's `dist_timeout` (default 300)",
+           kind="number", minimum=0, above=True, unit="seconds"),
+)
+_DEFAULTS = SAMPLE_LOGGER_OPTIONS.defaults
 
 
 def item_of(batch: Any, key: Any, argument: str) -> Any:
@@ -71,16 +85,13 @@ class SampleLogger(Callback):
     batch): each rank logs its own, so with ``rank_zero_only=True`` they are rank 0's.
     """
 
-    def __init__(self, extractor: Any = "classification", num_samples: int | None = 100, policy: str = "first", *,
-                 input_key: Any = 0, target_key: Any = 1, interval: int = 1, train_interval: int | None = None,
-                 gather_timeout: float = 60.0, **options: Any):
-        check_int("interval", interval, minimum=1)
-        if train_interval is not None:
-            check_int("train_interval", train_interval, minimum=1)
-        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)):
-            raise TypeError(f"gather_timeout: expected a number of seconds > 0, got {gather_timeout!r}")
-        if not gather_timeout > 0:
-            raise ValueError(f"gather_timeout: expected a number of seconds > 0, got {gather_timeout!r}")
+    def __init__(self, extractor: Any = _DEFAULTS["extractor"], num_samples: int | None = _DEFAULTS["num_samples"],
+                 policy: str = _DEFAULTS["policy"], *, input_key: Any = _DEFAULTS["input_key"],
+                 target_key: Any = _DEFAULTS["target_key"], interval: int = _DEFAULTS["interval"],
+                 train_interval: int | None = _DEFAULTS["train_interval"],
+                 gather_timeout: float = _DEFAULTS["gather_timeout"], **options: Any):
+        # The sampling options are checked by the pipeline, the extractor's by the extractor.
+        SAMPLE_LOGGER_OPTIONS.check(interval=interval, train_interval=train_interval, gather_timeout=gather_timeout)
         extractor_options, pipeline_options = split_options(options)
         self.pipeline: SamplePipeline = pipeline_for(extractor, extractor_options, num_samples=num_samples,
                                                      policy=policy, **pipeline_options)

@@ -2,10 +2,10 @@
 ``log_images``, and the helpers extractor plugins import. May import the bus, records, hookspecs, files, kernels rooms.
 """
 
-from logbus.samples._encoder_pool import IMAGE_FORMATS, content_name
-from logbus.samples._extractor import check_batch, check_images, class_names_map, image_options, logits_of
+from logbus.samples._encoder_pool import content_name
+from logbus.samples._extractor import IMAGE_OPTIONS, check_batch, check_images, class_names_map, image_options, logits_of
 from logbus.samples._images import images_record
-from logbus.samples._options import PIPELINE_OPTIONS, check_int, split_options
+from logbus.samples._options import HARDEST_BY, IMAGE_FORMATS, PIPELINE_OPTIONS, POLICIES, SAMPLING_OPTIONS, split_options
 from logbus.samples._pipeline import (
     CLOSE_TIMEOUT,
     PendingImage,
@@ -14,14 +14,14 @@ from logbus.samples._pipeline import (
     cleanup_within_close,
     pipeline_for,
 )
-from logbus.samples._policies import HARDEST_BY, POLICIES, SamplingPolicy, make_policy
+from logbus.samples._policies import SamplingPolicy, make_policy
 
 __all__ = [
     # for extractor plugins
-    "PendingImage", "check_batch", "check_images", "check_int", "class_names_map", "image_options", "logits_of",
+    "PendingImage", "IMAGE_OPTIONS", "check_batch", "check_images", "class_names_map", "image_options", "logits_of",
     # for the adapters (logbus.composer, logbus.start_run) and tests
     "SamplePipeline", "PipelineStats", "pipeline_for", "cleanup_within_close", "CLOSE_TIMEOUT",
-    "PIPELINE_OPTIONS", "split_options", "images_record",
+    "PIPELINE_OPTIONS", "SAMPLING_OPTIONS", "split_options", "images_record",
     "SamplingPolicy", "make_policy", "POLICIES", "HARDEST_BY",
     # for backends that store the pipeline's encoded files
     "IMAGE_FORMATS", "content_name",

@@ -25,10 +25,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from logbus.files import encode_image
+from logbus.samples._options import PIPELINE_OPTIONS
 
 CHUNK = 32
-IMAGE_FORMATS = ("png", "jpeg")
-SCRATCH_CACHE_BYTES = 64 * 2**20
+SCRATCH_CACHE_BYTES = PIPELINE_OPTIONS.defaults["scratch_cache_bytes"]
 
 
 # Encoded files are named by their pixels: ``<prefix><32 hex digits of blake2b>.<png|jpg>``. The prefix
@@ -77,12 +77,8 @@ class EncoderPool:
     def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
                  quality: int = 90, folder: str | None = None, cache_bytes: int = SCRATCH_CACHE_BYTES,
                  prefix: str = ""):
-        if image_format not in IMAGE_FORMATS:
-            raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"encode_workers: expected an int >= 1, got {workers!r}")
-        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise ValueError(f"scratch_cache_bytes: expected an int >= 0, got {cache_bytes!r}")
+        # The pipeline's options, named as the user gave them (this pool also runs in the worker process).
+        PIPELINE_OPTIONS.check(image_format=image_format, encode_workers=workers, scratch_cache_bytes=cache_bytes)
         self.cache_bytes = cache_bytes
         # Pools sharing a folder (the training process's and the worker process's) each count only
         # their own files: a prefix keeps one from deleting a file the other's tables refer to.

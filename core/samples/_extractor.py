@@ -12,6 +12,21 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from logbus.kernels.images import VALUE_RANGES
+from logbus.options import Option, Options
+
+# The image options of the image extractors (classification, segmentation), declared once.
+IMAGE_OPTIONS = Options(
+    Option("mean", None, "the normalisation's mean (C values or one; a tensor is read once, when the extractor is "
+           "made), undone before display: `x * std + mean`"),  # checked by _per_channel_floats
+    Option("std", None, "the normalisation's std"),
+    Option("value_range", "auto", 'range of the (de-normalised) images: `"0_1"`, `"-1_1"`, `"0_255"`, `"uint8"`, or '
+           '`"auto"` (uint8 as is, floats as 0-1)', kind="choice", choices=VALUE_RANGES),
+    Option("channels_last", None, "`True`: `[N, H, W, C]`; `False`: `[N, C, H, W]`; `None`: inferred from the shape",
+           kind="bool"),
+)
+_IMAGE_DEFAULTS = IMAGE_OPTIONS.defaults
+
 
 def logits_of(outputs: Any, argument: str = "outputs") -> torch.Tensor:
     """Model outputs as a logits tensor: a tensor, a mapping or object with ``logits``, or a tuple
@@ -28,18 +43,15 @@ def logits_of(outputs: Any, argument: str = "outputs") -> torch.Tensor:
                     f"got {type(outputs).__name__}")
 
 
-def image_options(*, mean=None, std=None, value_range: str = "auto", channels_last: bool | None = None) -> dict:
+def image_options(*, mean=_IMAGE_DEFAULTS["mean"], std=_IMAGE_DEFAULTS["std"],
+                  value_range: str = _IMAGE_DEFAULTS["value_range"],
+                  channels_last: bool | None = _IMAGE_DEFAULTS["channels_last"]) -> dict:
     """An image extractor's ``mean``/``std``/``value_range``/``channels_last``, checked when the
     extractor is made, so a bad one raises at construction instead of at the first batch.
 
     ``mean``/``std`` are read here, once, into Python floats: given as CUDA tensors they would
     otherwise be copied back to the host (a sync) at every batch."""
-    from logbus.kernels.images import VALUE_RANGES
-
-    if value_range not in VALUE_RANGES:
-        raise ValueError(f"value_range: expected one of {VALUE_RANGES}, got {value_range!r}")
-    if channels_last is not None and not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last: expected True, False or None, got {channels_last!r}")
+    IMAGE_OPTIONS.check(value_range=value_range, channels_last=channels_last)
     return dict(mean=_per_channel_floats("mean", mean), std=_per_channel_floats("std", std), value_range=value_range,
                 channels_last=channels_last)
 

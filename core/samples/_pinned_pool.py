@@ -11,11 +11,12 @@ import threading
 
 import torch
 
+from logbus.samples._options import PIPELINE_OPTIONS
+
 
 class PinnedPool:
-    def __init__(self, max_bytes: int = 256 * 2**20):
-        if not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise ValueError(f"pinned_pool_bytes: expected a positive int, got {max_bytes!r}")
+    def __init__(self, max_bytes: int = PIPELINE_OPTIONS.defaults["pinned_pool_bytes"]):
+        PIPELINE_OPTIONS["pinned_pool_bytes"].check(max_bytes)
         self.max_bytes = max_bytes
         self._free: list[torch.Tensor] = []
         self._held_bytes = 0  # bytes pinned in total, free or lent out

@@ -2,7 +2,7 @@
 
 On the training thread, ``submit`` checks shapes (metadata only) and lets the sampling policy pick
 indices from batch sizes. A CPU batch then goes straight to the worker process
-(``logbus.host_process``): its chosen rows are copied into shared memory (one torch copy, which
+(``logbus.samples._host_process``): its chosen rows are copied into shared memory (one torch copy, which
 does not hold the GIL) and one message names them; the worker process runs the extractor's device
 stage (the uint8 conversion) and host stage, so the training process's cost is per batch, not per
 sample. Otherwise (CUDA, device policies, no worker process) ``submit`` records a CUDA event on the
@@ -40,11 +40,11 @@ from logbus.bus import Deferred
 from logbus.files import check_key
 from logbus.hookspecs import Extractor
 from logbus.records import Image, Mask, Table
-from logbus.samples._encoder_pool import IMAGE_FORMATS, SCRATCH_CACHE_BYTES, EncoderPool
+from logbus.samples._encoder_pool import EncoderPool
 from logbus.samples._host_process import HostStage
-from logbus.samples._options import check_int
+from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
 from logbus.samples._pinned_pool import PinnedPool
-from logbus.samples._policies import HARDEST_BY, SamplingPolicy, make_policy
+from logbus.samples._policies import SamplingPolicy, make_policy
 
 log = logging.getLogger("logbus")
 
@@ -53,7 +53,7 @@ log = logging.getLogger("logbus")
 class PendingImage:
     """An image cell whose file is still being encoded. Masks are ``name -> (ids [H, W], labels)``."""
 
-    path: Any  # a Future-like with result() -> path (logbus.encoder_pool.EncodedFile)
+    path: Any  # a Future-like with result() -> path (logbus.samples._encoder_pool.EncodedFile)
     caption: str | None = None
     masks: Mapping[str, tuple[np.ndarray, Mapping[int, str] | None]] = field(default_factory=dict)
 
@@ -90,6 +90,7 @@ class _Pass:
 
 _BATCH, _END, _STOP = "batch", "end", "stop"
 CLOSE_TIMEOUT = 60.0  # seconds close() waits for queued work by default
+_DEFAULTS = {**SAMPLING_OPTIONS.defaults, **PIPELINE_OPTIONS.defaults}
 
 
 class SamplePipeline:
@@ -113,16 +114,18 @@ class SamplePipeline:
     :param scratch_cache_bytes: encoded files no table refers to any more are kept (for a later eval
         to reuse) up to this many bytes; beyond that they are deleted.
     :param worker_process: run the per-sample work (rows, hashing, encoding, file writes) in a worker
-        process fed through shared memory (``logbus.host_process``), so that it never holds the
+        process fed through shared memory (``logbus.samples._host_process``), so that it never holds the
         training process's GIL; ``False``: on threads of the training process. Falls back to threads,
         with a warning, when the extractor does not pickle or shared memory cannot be had.
     """
 
-    def __init__(self, extractor: Extractor, *, num_samples: int | None = 100, policy: str = "first", seed: int = 0,
-                 hardest_by: str = "loss", max_pending_batches: int | None = None, pinned_pool_bytes: int = 256 * 2**20,
-                 encode_workers: int = 2, image_format: str = "png", compress_level: int = 1,
-                 key_prefix: str = "samples", scratch_cache_bytes: int = SCRATCH_CACHE_BYTES,
-                 worker_process: bool = True):
+    def __init__(self, extractor: Extractor, *, num_samples: int | None = _DEFAULTS["num_samples"],
+                 policy: str = _DEFAULTS["policy"], seed: int = _DEFAULTS["seed"], hardest_by: str = _DEFAULTS["hardest_by"],
+                 max_pending_batches: int | None = _DEFAULTS["max_pending_batches"],
+                 pinned_pool_bytes: int = _DEFAULTS["pinned_pool_bytes"], encode_workers: int = _DEFAULTS["encode_workers"],
+                 image_format: str = _DEFAULTS["image_format"], compress_level: int = _DEFAULTS["compress_level"],
+                 key_prefix: str = _DEFAULTS["key_prefix"], scratch_cache_bytes: int = _DEFAULTS["scratch_cache_bytes"],
+                 worker_process: bool = _DEFAULTS["worker_process"]):
         # Every option is checked before any thread or folder exists: a bad one raises here, on the
         # caller's thread, instead of failing every table later on the worker.
         if not (all(callable(getattr(extractor, method, None)) for method in ("check", "device_stage", "host_stage"))
@@ -130,24 +133,14 @@ class SamplePipeline:
                 and not isinstance(extractor.columns, str)):
             raise TypeError(f"extractor: expected a registered extractor name or an object with check(), "
                             f"device_stage(), host_stage() and columns, got {extractor!r:.80}")
-        if num_samples is not None:
-            check_int("num_samples", num_samples, minimum=1)
-        check_int("seed", seed)
-        if hardest_by not in HARDEST_BY:  # checked whatever the policy: a typo is a typo
-            raise ValueError(f"hardest_by: expected 'loss' or 'confidence', got {hardest_by!r}")
-        if max_pending_batches is not None:
-            check_int("max_pending_batches", max_pending_batches, minimum=1)
-        check_int("pinned_pool_bytes", pinned_pool_bytes, minimum=1)
-        check_int("encode_workers", encode_workers, minimum=1)
-        if image_format not in IMAGE_FORMATS:
-            raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
-        check_int("compress_level", compress_level, minimum=0, maximum=9)
+        SAMPLING_OPTIONS.check(num_samples=num_samples, policy=policy)
+        PIPELINE_OPTIONS.check(seed=seed, hardest_by=hardest_by,  # hardest_by whatever the policy: a typo is a typo
+                               max_pending_batches=max_pending_batches, pinned_pool_bytes=pinned_pool_bytes,
+                               encode_workers=encode_workers, image_format=image_format, compress_level=compress_level,
+                               scratch_cache_bytes=scratch_cache_bytes, worker_process=worker_process)
         if key_prefix == "":
             raise ValueError("key_prefix: expected a relative key like 'samples', got ''")
         check_key(key_prefix, "key_prefix")
-        check_int("scratch_cache_bytes", scratch_cache_bytes, minimum=0)
-        if not isinstance(worker_process, bool):
-            raise TypeError(f"worker_process: expected a bool, got {type(worker_process).__name__}")
         if policy == "per_class" and not getattr(extractor, "has_class_per_sample", False):
             raise ValueError(f"policy: 'per_class' needs an extractor with one class per sample (classification), "
                              f"got {getattr(extractor, 'name', type(extractor).__name__)!r}")

@@ -13,8 +13,7 @@ import random
 
 import torch
 
-POLICIES = ("first", "reservoir", "per_class", "hardest")
-HARDEST_BY = ("loss", "confidence")
+from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
 
 
 class SamplingPolicy:
@@ -24,8 +23,7 @@ class SamplingPolicy:
     rows_in_pass_order = True  # False: the table keeps the policy's own order (hardest first)
 
     def __init__(self, num_samples: int):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
+        SAMPLING_OPTIONS["num_samples"].check(num_samples)
         self.num_samples = num_samples
 
     def start_pass(self) -> None:
@@ -134,8 +132,7 @@ class Hardest(SamplingPolicy):
 
     def __init__(self, num_samples: int, by: str = "loss"):
         super().__init__(num_samples)
-        if by not in HARDEST_BY:
-            raise ValueError(f"hardest_by: expected 'loss' or 'confidence', got {by!r}")
+        PIPELINE_OPTIONS["hardest_by"].check(by)
         self.by = by
 
     def start_pass(self) -> None:
@@ -197,4 +194,5 @@ def make_policy(policy: str, num_samples: int, *, seed: int = 0, hardest_by: str
         return Hardest(num_samples, hardest_by)
     if policy == "per_class":
         return PerClass(num_samples, num_classes)
-    raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    SAMPLING_OPTIONS["policy"].check(policy)
+    raise AssertionError(f"policy: {policy!r} is declared in SAMPLING_OPTIONS but has no class here")

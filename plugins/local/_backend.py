@@ -41,6 +41,8 @@ from logbus.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from logbus.options import Option, Options
+from logbus.plugins._backend_common import fallback_run_started, rank_run_name
 from logbus.plugins.local._viewer import write_viewer
 from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 from logbus.samples import content_name
@@ -53,12 +55,19 @@ class LocalBackend:
 
     name = "local"
     supports = frozenset({Table, Images, Artifact})
+    # Every rank writes its own folder: a run's files never mix ranks (rank_zero_only is always False).
+    rank_zero_only = False
+    options = Options(
+        Option("root", None, "the folder runs go in (`<root>/<run name>`); `None`: `$LOGBUS_DIR`, else `./logbus_runs`",
+               kind="path"),
+        Option("image_format", "png", '`"png"` or `"jpeg"`, for images that arrive as pixels (sample images arrive '
+               'encoded and are copied as they are)', kind="choice", choices=("png", "jpeg")),
+    )
 
-    def __init__(self, root: str | os.PathLike | None = None, *, image_format: str = "png"):
-        if root is not None and not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"root: expected a folder path, got {type(root).__name__}")
-        if image_format not in ("png", "jpeg"):
-            raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
+    # (defaults are read from the class body's `options` while the class is being made)
+    def __init__(self, root: str | os.PathLike | None = options.defaults["root"], *,
+                 image_format: str = options.defaults["image_format"]):
+        self.options.check(root=root, image_format=image_format)
         self.root = os.fspath(root) if root is not None else os.environ.get("LOGBUS_DIR", DEFAULT_ROOT)
         self.image_format = image_format
         self.run_dir: str | None = None
@@ -76,7 +85,7 @@ class LocalBackend:
             self._start(record)
             return
         if self.run_dir is None:  # a plain caller that skipped RunStarted still gets a folder
-            self._start(RunStarted(run_name=time.strftime("run-%Y%m%d-%H%M%S")))
+            self._start(fallback_run_started())
         if isinstance(record, Metrics):
             line = {"step": record.step, "time": time.time()}
             line.update({metric_field(name): as_float(value) for name, value in record.values.items()})
@@ -132,7 +141,7 @@ class LocalBackend:
         self._viewer_at, self._viewer_cost = time.monotonic(), time.monotonic() - started
 
     def _start(self, record: RunStarted) -> None:
-        base = safe_filename(record.run_name if record.world_size == 1 else f"{record.run_name}-rank{record.rank}")
+        base = safe_filename(rank_run_name(record.run_name, record, self.rank_zero_only))
         os.makedirs(self.root, exist_ok=True)
         run_dir, index = os.path.join(self.root, base), 2
         while True:  # never mix two runs in one folder

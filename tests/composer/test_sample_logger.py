@@ -645,10 +645,10 @@ def test_every_logbus_logger_in_the_trainer_gets_the_tables(wandb_offline):
 
 @pytest.mark.parametrize("arguments, error, message", [
     ({"extractor": "captioning"}, KeyError, r"unknown extractor 'captioning'; known extractors: classification, "),
-    ({"policy": "random"}, ValueError, r"policy: expected one of first, reservoir, per_class, hardest, got 'random'"),
+    ({"policy": "random"}, ValueError, r"policy: expected one of 'first', 'reservoir', 'per_class', 'hardest', got 'random'"),
     ({"extractor": "segmentation", "policy": "per_class"}, ValueError, r"policy: 'per_class' needs an extractor"),
     ({"interval": 0}, ValueError, r"interval: expected an int >= 1, got 0"),
-    ({"train_interval": True}, TypeError, r"train_interval: expected an int, got True"),
+    ({"train_interval": True}, TypeError, r"train_interval: expected an int >= 1 or None, got True"),
 ])
 def test_bad_sample_logger_arguments_raise_at_construction(arguments, error, message):
     with pytest.raises(error, match=message):

@@ -2,10 +2,10 @@
 
 - Hooks: every hookspec has a docstring with a ``:param`` per argument, and the README's hook
   reference and plugin guide name every hook (and no hook that does not exist).
-- Configuration reference: each table lists exactly the parameters of the constructor it documents,
-  with their real defaults, so a new option that is not documented, or a documented one that no
-  longer exists, fails here. (That ``WandBLogger``'s signature equals Composer's is checked in
-  ``test_composer_adapter.py``.)
+- Configuration reference: each table is what the options' declarations (``logbus.options``) render,
+  and lists exactly the parameters of the constructor it documents, with their real defaults, so a new
+  option that is not declared, or a declared one that no longer exists, fails here. (That
+  ``WandBLogger``'s signature equals Composer's is checked in ``test_composer_adapter.py``.)
 - The README's code runs or at least parses, its links lead somewhere, and the plugin example in
   "Writing a plugin" works as written, tested with the ``logbus.testing`` fixtures it shows.
 - Statements about behaviour are checked against the code doing it: the local run format's file
@@ -25,7 +25,7 @@ import pytest
 from wandb_reader import find_run_dirs, read_wandb_run
 
 import logbus.testing
-from logbus import hookspecs
+from logbus import config_reference, hookspecs
 from logbus.bus import Bus
 from logbus.bus._plugin_manager import PluginHost
 from logbus.composer import LogBusLogger, SampleLogger, WandBLogger
@@ -219,6 +219,18 @@ def test_each_reference_table_matches_the_signature(heading):
             assert eval(code.group(1), {"__builtins__": {}}) == expected, f"README {heading}: default of {name}"  # noqa: S307
 
 
+def test_the_reference_tables_are_what_the_declarations_render():
+    """The declarations are the source: ``python -m logbus.config_reference --update README.md`` writes these
+    tables, and a table edited by hand (or a declaration changed without rewriting it) fails here."""
+    declared = config_reference.reference()
+    assert set(declared) == set(DOCUMENTED)
+    for heading, table in declared.items():
+        assert REFERENCE[heading].count("| option |") == 1, heading
+        rendered = "\n".join(line for line in REFERENCE[heading].splitlines() if line.startswith("|"))
+        assert rendered == table.markdown(), f"README {heading}: run python -m logbus.config_reference --update README.md"
+    assert config_reference.update_readme(README, declared) == README
+
+
 def test_pipeline_options_are_the_pipelines_keywords():
     # Otherwise a documented pipeline option would be handed to the extractor (or the other way round).
     assert set(PIPELINE_OPTIONS) == set(_parameters(DOCUMENTED["Sample pipeline options"]))
@@ -236,7 +248,8 @@ def test_the_environment_variables_are_the_ones_the_code_reads():
     # Every room of the runtime; core/bench's own variables tune benchmark runs, not logbus.
     sources = [path for folder in ("core", "plugins") for path in ROOT.joinpath(folder).rglob("*.py")
                if path.relative_to(ROOT).parts[:2] != ("core", "bench")]
-    read = {name for path in sources for name in re.findall(r"[\"'](LOGBUS_[A-Z_]+)[\"']", path.read_text())}
+    read = {name for path in sources for name in re.findall(r"[\"'](LOGBUS_[A-Z_]+)[\"']", path.read_text())
+            if not name.endswith("_OPTIONS")}  # option tables named in __all__ are not variables
     documented = {re.fullmatch(r"`(\w+)`", row[0]).group(1) for row in table_rows(REFERENCE["Environment variables"])}
     assert documented == read
 

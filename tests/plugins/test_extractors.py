@@ -370,7 +370,7 @@ def test_bad_batch_raises_at_submit_and_earlier_rows_are_kept(make_pipeline, ext
 
 @pytest.mark.parametrize("extractor, options, pipeline_options, error, message", [
     ("nope", {}, {}, UnknownPluginError, r"unknown extractor 'nope'; known extractors: .*classification.*segmentation"),
-    ("classification", {}, {"policy": "best"}, ValueError, r"policy: expected one of first, reservoir, per_class"),
+    ("classification", {}, {"policy": "best"}, ValueError, r"policy: expected one of 'first', 'reservoir', 'per_class'"),
     ("segmentation", {}, {"policy": "per_class"}, ValueError, r"policy: 'per_class' needs an extractor with one class"),
     ("tokens", {}, {"policy": "per_class"}, ValueError, r"policy: 'per_class' needs"),
     ("classification", {}, {"policy": "per_class"}, ValueError, r"num_classes: .*give class_names"),

@@ -1,0 +1,168 @@
+"""Public options, each declared once: name, default, what values it takes, and what it means.
+
+A component's options are one ``Options`` table next to the component. The same declaration gives
+the constructor's defaults (``OPTIONS.defaults["x"]`` in the signature), checks a caller's values on the
+caller's thread with one message format (``"<name>: expected <what>, got <value>"``; ``TypeError`` for
+the wrong type, ``ValueError`` for a value out of range), and renders the README's "Configuration
+reference" tables (``logbus.config_reference``). Options whose check needs more than
+a type and a range (``backends``, ``class_names``, ``tokenizer``...) declare ``kind=None`` and stay
+checked by their component; they are still documented and defaulted from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Literal, Mapping
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # the default of an option that has none
+
+Kind = Literal["int", "number", "bool", "str", "path", "choice", "dict", None]
+_KINDS = ("int", "number", "bool", "str", "path", "choice", "dict", None)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One public option.
+
+    :param name: the keyword, as in the signature.
+    :param default: the default (``REQUIRED`` for none). ``None`` as default also allows ``None``.
+    :param allows_none: ``None`` is allowed though it is not the default (``num_samples``: every sample).
+    :param doc: one line for the README table: what it means (markdown).
+    :param kind: ``int``, ``number`` (int or float), ``bool``, ``str``, ``path`` (str or
+        ``os.PathLike``), ``choice`` (one of ``choices``), ``dict``; ``None``: checked by the component.
+    :param minimum: the smallest value allowed (``int``, ``number``).
+    :param maximum: the largest value allowed (``int``).
+    :param above: ``minimum`` itself is not allowed (``> 0`` rather than ``>= 0``).
+    :param choices: the values a ``choice`` takes.
+    :param unit: what a number counts, said in the error (``seconds``).
+    :param shown: the default as the README writes it, where ``repr`` is not how one would
+        (``256 * 2**20``); it must evaluate to ``default``.
+    """
+
+    name: str
+    default: Any
+    doc: str
+    kind: Kind = None
+    minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False
+    choices: tuple = ()
+    unit: str = ""
+    shown: str | None = None
+    allows_none: bool = False
+
+    def __post_init__(self):
+        if self.kind not in _KINDS:
+            raise ValueError(f"kind: expected one of {_KINDS}, got {self.kind!r}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"choices: expected choices exactly for kind 'choice' ({self.name})")
+
+    @property
+    def nullable(self) -> bool:
+        return self.allows_none or self.default is None
+
+    def expected(self) -> str:
+        """What the option takes, as the error message says it."""
+        what = {"int": "an int", "number": f"a number of {self.unit}" if self.unit else "a number",
+                "bool": "True or False", "str": "a str", "path": "a folder path", "dict": "a dict",
+                "choice": _one_of(self.choices), None: "a valid value"}[self.kind]
+        if self.kind in ("int", "number"):
+            if self.minimum is not None and self.maximum is not None:
+                what += f" {self.minimum}..{self.maximum}"
+            elif self.minimum is not None:
+                what += f" {'>' if self.above else '>='} {self.minimum}"
+            elif self.maximum is not None:
+                what += f" <= {self.maximum}"
+        if self.nullable:
+            what = what.replace(" or ", ", ") + " or None" if self.kind == "bool" else what + " or None"
+        return what
+
+    def check(self, value: Any) -> Any:
+        """``value`` if this option takes it; else ``TypeError`` (wrong type) or ``ValueError`` (out of
+        range), both naming the option and what it expects."""
+        if self.kind is None or (value is None and self.nullable):
+            return value
+        if not self._right_type(value):
+            raise TypeError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
+        if self.kind == "choice" and value not in self.choices:
+            raise ValueError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
+        if self.kind in ("int", "number") and not self._in_range(value):
+            raise ValueError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
+        return value
+
+    def _right_type(self, value: Any) -> bool:
+        import os
+
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if isinstance(value, bool):  # True is an int to Python, never a count or a size here
+            return False
+        return {"int": lambda: isinstance(value, int), "number": lambda: isinstance(value, (int, float)),
+                "str": lambda: isinstance(value, str), "path": lambda: isinstance(value, (str, os.PathLike)),
+                "dict": lambda: isinstance(value, dict), "choice": lambda: isinstance(value, str)}[self.kind]()
+
+    def _in_range(self, value: Any) -> bool:
+        if value != value:  # NaN compares false with every bound
+            return False
+        if self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def default_markdown(self) -> str:
+        if self.default is REQUIRED:
+            return "required"
+        return f"`{self.shown if self.shown is not None else _code(self.default)}`"
+
+    def but(self, **changes: Any) -> "Option":
+        """This option with another doc (the same keyword meaning more in another component)."""
+        return replace(self, **changes)
+
+
+def _one_of(choices: tuple) -> str:
+    shown = [repr(choice) for choice in choices]
+    return " or ".join(shown) if len(shown) == 2 else "one of " + ", ".join(shown)
+
+
+def _code(value: Any) -> str:
+    """A default as Python code, strings in double quotes as the README writes them."""
+    if isinstance(value, str):
+        return '"' + value + '"'
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_code(item) for item in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+
+class Options(Mapping[str, Option]):
+    """One component's options, in its signature's order."""
+
+    def __init__(self, *options: Option):
+        self._options = {option.name: option for option in options}
+        if len(self._options) != len(options):
+            raise ValueError(f"options: a name is declared twice in {[o.name for o in options]}")
+        self.defaults: dict[str, Any] = {o.name: o.default for o in options if o.default is not REQUIRED}
+
+    def __getitem__(self, name: str) -> Option:
+        return self._options[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+    def check(self, **values: Any) -> None:
+        """Checks each value given against its option (on the caller's thread)."""
+        for name, value in values.items():
+            self._options[name].check(value)
+
+    def markdown(self) -> str:
+        """The README table: option, default, meaning."""
+        lines = ["| option | default | meaning |", "| --- | --- | --- |"]
+        lines += [f"| `{o.name}` | {o.default_markdown()} | {o.doc} |" for o in self._options.values()]
+        return "\n".join(lines)
