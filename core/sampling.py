@@ -161,7 +161,7 @@ class PerClass(SamplingPolicy):
 
     on_device = True
 
-    def __init__(self, num_samples: int, num_classes: int):
+    def __init__(self, num_samples: int, num_classes: int | None):
         super().__init__(num_samples)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes: expected an int >= 1 for policy 'per_class' (give class_names), "
