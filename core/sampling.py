@@ -49,6 +49,12 @@ class SamplingPolicy:
         """Sample ids in the final table (None: everything processed)."""
         return None
 
+    top: DeviceTopK  # device policies: the pass's running top-k, made by start_pass
+
+    def scores(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        """For device policies: one score per sample of the batch; the highest are kept."""
+        raise NotImplementedError
+
     def keeps(self, scores):
         """For device policies: which of the kept device rows are real (numpy bool mask)."""
         import numpy as np
