@@ -34,7 +34,8 @@ SIZES = {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
 TEST_SIZES = {32: 2 * BATCH, 224: 16}  # under --benchmark-disable: run once, as a test
 ROUNDS = int(os.environ.get("LOGBUS_BENCH_ROUNDS") or (3 if QUICK else 5))  # never fewer than 3 for a figure
 # SampleLogger keywords per variant (None: no SampleLogger)
-VARIANTS: dict[str, dict[str, Any] | None] = {"no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}
 BACKENDS = {"local": "local", "wandb": ("wandb", {"project": "bench"})}
 CLASS_NAMES = [str(c) for c in range(10)]
 
