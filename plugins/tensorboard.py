@@ -209,7 +209,9 @@ class TensorBoardBackend:
             encoded = file.read()
         # The summary add_image writes, with the file's own bytes: no second encode.
         image = Summary.Image(height=height, width=width, colorspace=min(bands, 4), encoded_image_string=encoded)
-        self._live_writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        file_writer = self._live_writer.file_writer
+        assert file_writer is not None  # SummaryWriter makes it in its constructor
+        file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def _log_table(self, record: Table) -> None:
         step = self._media_step(record.step)

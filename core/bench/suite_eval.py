@@ -74,7 +74,8 @@ def _composer_wandb_logger():
     from composer.loggers import WandBLogger
 
     if not hasattr(wandb.sdk.wandb_run.Run, "get_url"):
-        wandb.sdk.wandb_run.Run.get_url = lambda self: self.url  # removed in wandb 0.29
+        # Put back where wandb 0.29 removed it (so its stubs do not have it) for Composer's WandBLogger.
+        wandb.sdk.wandb_run.Run.get_url = lambda self: self.url  # type: ignore[attr-defined]
     return WandBLogger(project="bench")
 
 

@@ -148,7 +148,8 @@ def test_backend_ingests_the_same_tables_alone(benchmark, wandb_offline, backend
     tables = []
     for step in range(2):
         for start in range(0, count, BATCH):
-            pipeline.submit(*data[start:start + BATCH], logits[start:start + BATCH])
+            inputs, targets = data[start:start + BATCH]
+            pipeline.submit(inputs, targets, logits[start:start + BATCH])
         tables.append(pipeline.end_pass("eval", step=step).result(timeout=600))
     assert [len(table.rows) for table in tables] == [count, count]
 
