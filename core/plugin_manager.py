@@ -126,7 +126,7 @@ class PluginHost:
             dist = entry_point.dist
             dist_name = dist.metadata["Name"] if dist is not None else None
             info_args: dict[str, Any] = dict(name=entry_point.name, module=entry_point.value, distribution=dist_name,
-                             version=dist.version if dist is not None else None, builtin=False)
+                                             version=dist.version if dist is not None else None, builtin=False)
             # The allowlist takes distribution names (as pip shows them) or entry-point names.
             if allowed is not None and not {_normalise(dist_name or ""), _normalise(entry_point.name)} & allowed:
                 self.skipped.append(PluginInfo(**info_args, status="disabled", error=f"not loaded: {why_not}"))

@@ -186,7 +186,7 @@ class TensorBoardBackend:
     def _log_hparams_text(self) -> None:
         rows = [[name, value] for name, value in self._hparams.items()]
         self._live_writer.add_text("hyperparameters", _markdown_table(["name", "value"], rows),
-                             global_step=self._media_step(None))
+                                   global_step=self._media_step(None))
 
     def _log_image(self, tag: str, image: Image, step: int) -> None:
         if image.path is not None:
