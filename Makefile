@@ -5,15 +5,34 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WANDB_SILENT ?= true
 
-.PHONY: demo test bench soak lint clean browser
+.PHONY: demo test bench soak lint typecheck clean browser editable
+
+# The folders map into `logbus` through package-dir (pyproject.toml). setuptools' default editable mode
+# serves that mapping with an import hook that editors and type checkers cannot follow; strict mode
+# builds a tree of links instead (build/__editable__.*/logbus/... -> core/, plugins/, kernels/) that
+# any tool reads as a plain package on sys.path.
+STRICT := --config-settings editable_mode=strict
+# Strict mode links the files present at install time: a file added, removed or renamed later is not
+# seen until the next install. The list of source files at the last install is kept beside the links
+# (so removing build/ also triggers a reinstall), and `editable` reinstalls (--no-deps, a few seconds)
+# whenever today's list differs from it.
+SOURCES_NOW = find core plugins kernels -name __pycache__ -prune -o -type f -print | LC_ALL=C sort
+LINKED := build/editable-sources.txt
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' $(STRICT)
+	mkdir -p build && $(SOURCES_NOW) > $(LINKED)
 	touch $(STAMP)
 
-demo: $(STAMP)
+editable: $(STAMP)
+	@mkdir -p build && $(SOURCES_NOW) > $(LINKED).now
+	@if cmp -s $(LINKED).now $(LINKED); then rm $(LINKED).now; else \
+	  echo "make: the set of source files changed since logbus was installed; relinking (strict editable mode)"; \
+	  $(BIN)/pip install --quiet --no-deps --no-build-isolation -e . $(STRICT) && mv $(LINKED).now $(LINKED); fi
+
+demo: editable
 	$(BIN)/logbus demo
 
 # The example plugin package is tested as its users would run it: built, installed, and its own tests
@@ -33,8 +52,9 @@ browser:
 	    --no-install-recommends -o DPkg::Lock::Timeout=60 chromium' >/dev/null 2>&1 \
 	  || echo "make test: chromium could not be installed; the viewer's browser tests will skip"; }
 
-test: $(STAMP) browser
+test: editable browser
 	$(BIN)/ruff check core plugins kernels tests benchmarks $(EXAMPLE)
+	$(BIN)/mypy  # [tool.mypy] in pyproject.toml: the logbus package (core/, plugins/, kernels/) through the links
 	$(BIN)/pytest -q  # tests/conftest.py sets TRITON_INTERPRET=1 where there is no CUDA device
 	$(BIN)/pytest -q benchmarks --benchmark-disable -p no:cacheprovider -m "not soak"
 	rm -rf $(EXAMPLE_BUILD) && mkdir -p $(EXAMPLE_BUILD) && cp -R $(EXAMPLE) $(EXAMPLE_BUILD)/src
@@ -42,18 +62,21 @@ test: $(STAMP) browser
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation --no-index --target $(EXAMPLE_BUILD)/site $(EXAMPLE_BUILD)/src
 	PYTHONPATH=$(CURDIR)/$(EXAMPLE_BUILD)/site $(BIN)/pytest -q -p no:cacheprovider $(EXAMPLE)/tests
 
-bench: $(STAMP)
+bench: editable
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds -m "not soak"
 
 # 100 evals x 10,000 samples into W&B offline and the local backend: memory, drops, delivery.
-soak: $(STAMP)
+soak: editable
 	$(BIN)/pytest benchmarks/bench_soak.py --benchmark-only -m soak -s
 
-lint: $(STAMP)
+lint: editable
 	$(BIN)/ruff check core plugins kernels tests benchmarks $(EXAMPLE)
+
+typecheck: editable
+	$(BIN)/mypy
 
 # Everything the commands above create; each is in .gitignore (tests/test_front_door.py checks both).
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .benchmarks .hypothesis .ruff_cache .pytest-artifacts \
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .benchmarks .hypothesis .ruff_cache .mypy_cache .pytest-artifacts \
 		bench-*/ wandb logbus_runs .whl
 	find . \( -name __pycache__ -o -name .ruff_cache \) -type d -prune -exec rm -rf {} +  # the example has its own

@@ -80,6 +80,11 @@ class Record:
     __slots__ = ()
     droppable = False
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes a droppable record counts against a backend's pending budget (``max_pending_bytes``)."""
+        return 0
+
 
 def _is_number(value: Any) -> bool:
     # bool is a Number subclass but logging True as 1.0 is almost always a bug in the caller.

@@ -132,7 +132,7 @@ def _images_torch(x: torch.Tensor, mode: int, mean: tuple | None, std: tuple | N
         out.permute(0, 3, 1, 2).copy_(x)
         return out
     v = x.to(torch.float32, copy=True)  # a private fp32 copy, so every step below can work in place
-    if mean is not None:
+    if mean is not None and std is not None:  # _prepare gives both or neither
         for channel, (m, s) in enumerate(zip(mean, std)):
             v[:, channel].mul_(s).add_(m)  # fp32 ops with fp32-exact scalars, like the kernel
     if mode == _MODE_M1_1:
@@ -154,8 +154,8 @@ def _images_triton(x: torch.Tensor, mode: int, mean: tuple | None, std: tuple | 
         raise ValueError(f"images: {out.numel()} output elements exceed the kernel's int32 indexing")
     has_norm = mean is not None
     # Four (mean, std) scalar pairs, padded: C <= 4, and scalars need no device buffer.
-    mean4 = (*mean, 0.0, 0.0, 0.0)[:4] if has_norm else (0.0,) * 4
-    std4 = (*std, 1.0, 1.0, 1.0)[:4] if has_norm else (1.0,) * 4
+    mean4 = (*mean, 0.0, 0.0, 0.0)[:4] if mean is not None else (0.0,) * 4
+    std4 = (*std, 1.0, 1.0, 1.0)[:4] if std is not None else (1.0,) * 4
     n_pixels = n * h * w
     block_p = 1024
     _images_kernel[(triton.cdiv(n_pixels, block_p),)](

@@ -27,7 +27,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from logbus.files import safe_filename
 from logbus.options import Option, Options
 from logbus.plugins._backend_common import fallback_run_started, logs_on_this_rank, rank_run_name
 from logbus.records import Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
+
+if TYPE_CHECKING:  # imported when the run starts: logbus.plugins loads without torch
+    from torch.utils.tensorboard import SummaryWriter
 
 DEFAULT_LOG_DIR = "tensorboard_logs"
 # TensorBoard's image dashboard serves the stored bytes as they are: files in these formats are
@@ -91,7 +94,7 @@ class TensorBoardBackend:
         self.table_image_rows = table_image_rows
         self.run_name: str | None = None
         self.run_dir: str | None = None
-        self.writer = None  # torch.utils.tensorboard.SummaryWriter once the run started on a logging rank
+        self.writer: SummaryWriter | None = None  # once the run started on a logging rank
         self._started = False
         self._hparams: dict[str, Any] = {}
         self._hparam_metrics: dict[str, float] = {}
@@ -133,11 +136,17 @@ class TensorBoardBackend:
                 self.writer.add_hparams(hparam_dict=self._hparams,
                                         metric_dict={f"hparams/{name}": value
                                                      for name, value in self._hparam_metrics.items()},
-                                        run_name=os.path.basename(self.run_dir))
+                                        run_name=os.path.basename(self.writer.get_logdir()))
         finally:
             self.writer.flush()
             self.writer.close()
             self.writer = None
+
+    @property
+    def _live_writer(self) -> SummaryWriter:
+        # The writers below run only once log() has checked that this rank has a writer.
+        assert self.writer is not None
+        return self.writer
 
     # -- run lifecycle ---------------------------------------------------------------------------
     def _start(self, record: RunStarted) -> None:
@@ -172,7 +181,7 @@ class TensorBoardBackend:
         step = self._metrics_step(record.step)
         for name, value in record.values.items():
             value = as_float(value)
-            self.writer.add_scalar(name, value, global_step=step)
+            self._live_writer.add_scalar(name, value, global_step=step)
             if "loss" in name or "metric" in name:  # the metrics Composer pairs with hparams
                 self._hparam_metrics[name] = value
         # Composer flushes when batch % flush_interval == 0: here, when the step enters a new block of
@@ -180,20 +189,20 @@ class TensorBoardBackend:
         block = step // self.flush_interval
         if block != self._flushed_block:
             self._flushed_block = block
-            self.writer.flush()
+            self._live_writer.flush()
 
     def _log_hparams_text(self) -> None:
         rows = [[name, value] for name, value in self._hparams.items()]
-        self.writer.add_text("hyperparameters", _markdown_table(["name", "value"], rows),
-                             global_step=self._media_step(None))
+        self._live_writer.add_text("hyperparameters", _markdown_table(["name", "value"], rows),
+                                   global_step=self._media_step(None))
 
     def _log_image(self, tag: str, image: Image, step: int) -> None:
-        if image.pixels is not None:
-            self.writer.add_image(tag, image.pixels, global_step=step, dataformats="HWC")
-        else:
+        if image.path is not None:
             self._log_encoded(tag, image.path, step)
+        else:
+            self._live_writer.add_image(tag, image.pixels, global_step=step, dataformats="HWC")
         for suffix, pixels in _overlays(image).items():
-            self.writer.add_image(f"{tag}/{suffix}", pixels, global_step=step, dataformats="HWC")
+            self._live_writer.add_image(f"{tag}/{suffix}", pixels, global_step=step, dataformats="HWC")
 
     def _log_encoded(self, tag: str, path: str, step: int) -> None:
         from PIL import Image as PILImage
@@ -202,13 +211,15 @@ class TensorBoardBackend:
         with PILImage.open(path) as opened:  # reads the header only
             image_format, (width, height), bands = opened.format, opened.size, len(opened.getbands())
         if image_format not in _BROWSER_FORMATS:
-            self.writer.add_image(tag, _decode_rgb(path), global_step=step, dataformats="HWC")
+            self._live_writer.add_image(tag, _decode_rgb(path), global_step=step, dataformats="HWC")
             return
         with open(path, "rb") as file:
             encoded = file.read()
         # The summary add_image writes, with the file's own bytes: no second encode.
         image = Summary.Image(height=height, width=width, colorspace=min(bands, 4), encoded_image_string=encoded)
-        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        file_writer = self._live_writer.file_writer
+        assert file_writer is not None  # SummaryWriter makes it in its constructor
+        file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def _log_table(self, record: Table) -> None:
         step = self._media_step(record.step)
@@ -217,9 +228,9 @@ class TensorBoardBackend:
         text = _markdown_table(record.columns, record.rows)
         if grid is not None and len(shown) < len(record.rows):
             text += f"\n\nThe image grid `{record.key}/images` shows the first {len(shown)} of {len(record.rows)} rows."
-        self.writer.add_text(record.key, text, global_step=step)
+        self._live_writer.add_text(record.key, text, global_step=step)
         if grid is not None:
-            self.writer.add_image(f"{record.key}/images", grid, global_step=step, dataformats="HWC")
+            self._live_writer.add_image(f"{record.key}/images", grid, global_step=step, dataformats="HWC")
 
 
 # -- hyperparameters -------------------------------------------------------------------------------
@@ -251,7 +262,7 @@ def _hparam_value(value: Any) -> Any:
 
 
 # -- text ------------------------------------------------------------------------------------------
-def _markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A markdown table, as TensorBoard's text dashboard renders it (its sanitiser shows stray HTML
     as text, so ``<``/``>``/``&`` are escaped to render as themselves)."""
     if not columns:
@@ -283,9 +294,10 @@ def _decode_rgb(path: str) -> np.ndarray:
 
 
 def _rgb(image: Image) -> np.ndarray:
-    if image.pixels is None:
+    if image.path is not None:
         return _decode_rgb(image.path)
     pixels = image.pixels
+    assert pixels is not None  # an Image holds pixels or a path (records.Image checks it)
     if pixels.shape[2] == 1:
         return np.repeat(pixels, 3, axis=2)
     return pixels[:, :, :3]  # overlays and grids drop alpha: TensorBoard shows it against white anyway
@@ -323,15 +335,15 @@ def _overlays(image: Image, base: np.ndarray | None = None) -> dict[str, np.ndar
     return views
 
 
-def _image_grid(columns: list[str], rows: list[list[Any]]) -> np.ndarray | None:
+def _image_grid(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> np.ndarray | None:
     """The image cells of ``rows`` as one RGB image: a grid row per table row; per image column, the
     image then its overlays. Tiles are padded to the largest; empty cells stay black."""
     views_per_column: dict[int, list[str | None]] = {}
     for index in range(len(columns)):
         cells = [row[index] for row in rows if isinstance(row[index], Image)]
         if cells:
-            overlays = dict.fromkeys(name for cell in cells for name in cell.masks)
-            views_per_column[index] = [None, *overlays, *([_BOXES] if any(cell.boxes for cell in cells) else [])]
+            overlay_names = dict.fromkeys(name for cell in cells for name in cell.masks)
+            views_per_column[index] = [None, *overlay_names, *([_BOXES] if any(cell.boxes for cell in cells) else [])]
     if not views_per_column:
         return None
     tiles: list[list[np.ndarray | None]] = []

@@ -11,7 +11,6 @@ uses the ``Run`` object rather than ``run.get_url()``, deprecated in 0.19.10 and
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import numbers
 import os
@@ -19,7 +18,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +40,9 @@ from logbus.records import (
     as_float,
     redact_secrets,
 )
+
+if TYPE_CHECKING:  # wandb is imported when a run starts: logbus.plugins loads without it
+    from wandb import Run
 
 _INIT_ARGUMENTS = ("project", "group", "name", "entity")
 # wandb.init arguments stored in the run record (not `settings`, which may carry the key on purpose).
@@ -114,9 +116,9 @@ class WandBBackend:
             raise TypeError(f"tags: expected a list of str or None, got {tags!r}")
         init_kwargs = dict(init_kwargs or {})
         # Composer's meaning: explicit arguments override the same keys in init_kwargs.
-        for key, value in zip((*_INIT_ARGUMENTS, "tags"), (project, group, name, entity, tags)):
-            if value is not None:
-                init_kwargs[key] = list(value) if key == "tags" else value
+        for key, given in zip((*_INIT_ARGUMENTS, "tags"), (project, group, name, entity, tags)):
+            if given is not None:
+                init_kwargs[key] = list(given) if key == "tags" else given
         self.init_kwargs = init_kwargs
         self.log_artifacts = bool(log_artifacts)
         # Artifacts are queued for this backend only when it uploads them (the bus asks `supports`), so
@@ -128,11 +130,10 @@ class WandBBackend:
         # thread, and a run started earlier on the writer would take its place.
         self.start_on_first_record = True
         self.enabled = True
-        self.run = None
+        self.run: Run | None = None
         self.run_url: str | None = None
         self._started = False  # start() ran (on this thread or the writer's)
         self._start_error: BaseException | None = None
-        self._run_log: Callable[..., None] | None = None  # wandb's own run.log, never the routed one
         self._routed_log: Callable[..., None] | None = None
         self.entity = entity
         self.project = project
@@ -153,6 +154,17 @@ class WandBBackend:
             warnings.warn("When logging artifacts, `rank_zero_only` should be set to False. Artifacts from other "
                           "ranks will not be collected, leading to a loss of information required to restore "
                           "from checkpoints.", stacklevel=3)
+
+    @property
+    def _live_run(self) -> Run:
+        # The writers below run only once log() has checked that this rank has a run.
+        assert self.run is not None
+        return self.run
+
+    def _run_log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
+        # wandb's own run.log, never the one route_user_logs puts on the run for user code.
+        run = self._live_run
+        type(run).log(run, data, step=step, commit=commit)
 
     @property
     def started(self) -> bool:
@@ -209,7 +221,7 @@ class WandBBackend:
             if image_columns and _wandb_private.can_refer_to_tables():
                 self._add_joined_table(data, key, record, rows, image_columns)
             else:
-                data[key] = wandb.Table(columns=record.columns, data=[[_to_wandb(cell) for cell in row] for row in rows])
+                data[key] = wandb.Table(columns=list(record.columns), data=[[_to_wandb(cell) for cell in row] for row in rows])
         self._run_log(data, step=record.step)
         references = {id(table) for _, table in self._references.values()}
         _wandb_private.forget(_wandb_private.table_artifact(table) for table in data.values()
@@ -218,10 +230,12 @@ class WandBBackend:
     def _add_joined_table(self, data: dict[str, Any], key: str, record: Table, rows: Sequence[Sequence[Any]],
                           image_columns: list[int]) -> None:
         import wandb
+        from wandb.data_types import JoinedTable  # wandb.JoinedTable, which wandb's __init__.pyi leaves out
 
         from logbus.plugins import _wandb_private
 
         columns, join_key = record.columns, record.join_key
+        assert join_key is not None  # only a table with a join key has image columns to join
         join_index = columns.index(join_key)
         identities = {row[join_index]: tuple(_reference_identity(row[i]) for i in image_columns) for row in rows}
         known = self._references.get(key)
@@ -242,7 +256,7 @@ class WandBBackend:
         eval_rows = [[_to_wandb(row[i], self._blank_image) if i in image_columns else row[i] for i in per_eval]
                      for row in rows]
         eval_table = wandb.Table(columns=[columns[i] for i in per_eval], data=eval_rows)
-        data[key] = wandb.JoinedTable(known[1], eval_table, join_key)
+        data[key] = JoinedTable(known[1], eval_table, join_key)
 
     def _blank_image(self, height: int, width: int) -> str:
         """A black PNG of this size, written once: the background of per-eval prediction masks (the
@@ -266,7 +280,7 @@ class WandBBackend:
         # step-less metrics, without committing it: wandb's own default (commit, then step + 1) would
         # make it drop every later record of that batch as "step less than current step". If the run
         # is already past that batch (the user logged a later step), it joins the current row.
-        self._run_log(record.data, step=max(record.batch, self.run.step), commit=False)
+        self._run_log(record.data, step=max(record.batch, self._live_run.step), commit=False)
 
     def close(self, finish: RunFinished) -> None:
         if self.run is not None:
@@ -322,7 +336,6 @@ class WandBBackend:
             # Several runs may live in one process (tests, sweeps, a bus per rank): never hand back an old one.
             kwargs.setdefault("reinit", "create_new")
         run = wandb.init(config=config, **kwargs)
-        self._run_log = functools.partial(type(run).log, run)
         self.run = run
         self.entity, self.project = str(run.entity), str(run.project)
         self.run_dir = run.dir
@@ -352,7 +365,7 @@ class WandBBackend:
             emit(UserLog(data, step, commit, batch=current_batch()))
 
         log.__doc__ = type(run).log.__doc__
-        run.log = log
+        run.log = log  # type: ignore[method-assign]  # on purpose: this run's log only, wandb.Run untouched
         if wandb.run is run:
             wandb.log = log
         self._routed_log = log
@@ -362,9 +375,9 @@ class WandBBackend:
 
         if self._routed_log is None:
             return
-        vars(self.run).pop("log", None)
+        vars(self._live_run).pop("log", None)
         if wandb.log is self._routed_log:
-            wandb.log = self.run.log
+            wandb.log = self._live_run.log
         self._routed_log = None
 
     def _log_artifact(self, record: Artifact) -> None:
@@ -374,7 +387,7 @@ class WandBBackend:
         artifact = wandb.Artifact(name=wandb_artifact_name(record.name), type=artifact_type,
                                   metadata=dict(record.metadata))
         artifact.add_file(record.path)
-        self.run.log_artifact(artifact, aliases=list(record.aliases) or None)
+        self._live_run.log_artifact(artifact, aliases=list(record.aliases) or None)
 
     # -- files back from W&B ---------------------------------------------------------------------
     def download_file(self, remote_file_name: str, destination: str, overwrite: bool = False,
@@ -394,6 +407,9 @@ class WandBBackend:
                                "and no `project` was given")
         if not entity:
             entity = wandb.Api().default_entity
+        if not entity:
+            raise RuntimeError("download_file: the W&B entity is unknown: the run has not started on this rank, "
+                               "no `entity` was given and the API key has no default entity")
         if os.path.exists(destination) and not overwrite:
             raise FileExistsError(f"destination: {destination!r} exists and overwrite=False")
         if ":" not in remote_file_name:
@@ -437,6 +453,7 @@ def _reference_identity(cell: Any) -> Any:
         with open(cell.path, "rb") as file:
             content = hashlib.blake2b(file.read(), digest_size=16).digest()
     else:
+        assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)
         content = hashlib.blake2b(cell.pixels.tobytes(), digest_size=16, person=str(cell.pixels.shape).encode()[:16]).digest()
     masks = tuple((name, mask.data.shape, str(mask.data.dtype),
                    hashlib.blake2b(np.ascontiguousarray(mask.data).tobytes(), digest_size=16).digest(),
@@ -465,7 +482,7 @@ def _to_wandb(cell: Any, part: Any = None) -> Any:
                           **({"class_labels": {int(k): v for k, v in mask.class_labels.items()}}
                              if mask.class_labels else {})}
                    for name, mask in masks.items()} or None
-    boxes = None
+    boxes: dict[str, Any] | None = None
     if cell.boxes and part != _REFERENCE:
         box_data = [{"position": {"minX": b.min_x, "minY": b.min_y, "maxX": b.max_x, "maxY": b.max_y},
                      "domain": "pixel", "class_id": int(b.class_id),
@@ -479,6 +496,7 @@ def _to_wandb(cell: Any, part: Any = None) -> Any:
     if cell.path is not None:
         # An already-encoded file: wandb copies it as it is, no second encode.
         return wandb.Image(cell.path, caption=cell.caption, masks=wandb_masks, boxes=boxes)
+    assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)
     pixels = cell.pixels[:, :, 0] if cell.pixels.shape[2] == 1 else cell.pixels
     return wandb.Image(pixels, caption=cell.caption, masks=wandb_masks, boxes=boxes)
 
@@ -491,6 +509,7 @@ def _image_size(cell: Image) -> tuple[int, int]:
         return mask.data.shape
     from PIL import Image as PILImage
 
+    assert cell.path is not None  # an Image holds pixels or a path (records.Image checks it)
     with PILImage.open(cell.path) as image:
         return image.height, image.width
 

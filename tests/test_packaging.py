@@ -56,7 +56,22 @@ def test_the_editable_install_maps_the_same_way():
     import logbus.kernels
     import logbus.plugins.local
 
-    assert Path(logbus.__file__).parent == ROOT / "core"
-    assert Path(logbus.plugins.local.__file__).parent == ROOT / "plugins" / "local"
-    assert Path(logbus.kernels.__file__).parent == ROOT / "kernels"
+    # The strict editable install (Makefile) imports through links to the source files.
+    assert Path(logbus.__file__).resolve().parent == ROOT / "core"
+    assert Path(logbus.plugins.local.__file__).resolve().parent == ROOT / "plugins" / "local"
+    assert Path(logbus.kernels.__file__).resolve().parent == ROOT / "kernels"
     assert (ROOT / "core" / "py.typed").is_file()  # declared as package data in pyproject.toml
+
+
+def test_the_editable_install_is_a_folder_on_sys_path_that_tools_can_follow():
+    """Type checkers and editors resolve ``logbus`` by looking through sys.path folders, not by running
+    import hooks: the plain path finder must find it, and find our sources (setuptools' default
+    editable mode for a package-dir mapping installs a finder hook instead, and they see nothing)."""
+    import importlib.machinery
+
+    spec = importlib.machinery.PathFinder.find_spec("logbus")
+    assert spec is not None and spec.origin is not None, "reinstall with `make` (editable_mode=strict)"
+    assert Path(spec.origin).resolve() == ROOT / "core" / "__init__.py"
+    plugins = importlib.machinery.PathFinder.find_spec("logbus.plugins", spec.submodule_search_locations)
+    assert plugins is not None and plugins.origin is not None
+    assert Path(plugins.origin).resolve() == ROOT / "plugins" / "__init__.py"

@@ -14,6 +14,7 @@ own ``WandBLogger`` made to run on current wandb (``Run.get_url`` was removed in
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+
+if TYPE_CHECKING:
+    from composer.core import Callback
 
 QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
 # image side -> eval images (224 px kept smaller so CPU runs stay short; quick mode for `logbus bench`)
@@ -40,31 +44,29 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-class LogPredictions:
+def LogPredictions(num_samples: int) -> Callback:  # named as the guide names its class
     """The W&B guide's callback for Composer (every eval sample, one wandb.Image per sample)."""
+    import wandb
+    from composer.core import Callback
 
-    def __new__(cls, num_samples: int):
-        import wandb
-        from composer.core import Callback
+    class _LogPredictions(Callback):
+        def __init__(self):
+            self.num_samples, self.data = num_samples, []
 
-        class _LogPredictions(Callback):
-            def __init__(self):
-                self.num_samples, self.data = num_samples, []
+        def eval_batch_end(self, state, logger):
+            if len(self.data) < self.num_samples:
+                n = self.num_samples
+                x, y = state.batch
+                outputs = state.outputs.argmax(-1)
+                self.data += [[wandb.Image(x_i), y_i, y_pred] for x_i, y_i, y_pred in
+                              list(zip(x[:n], y[:n], outputs[:n]))]
 
-            def eval_batch_end(self, state, logger):
-                if len(self.data) < self.num_samples:
-                    n = self.num_samples
-                    x, y = state.batch
-                    outputs = state.outputs.argmax(-1)
-                    self.data += [[wandb.Image(x_i), y_i, y_pred] for x_i, y_i, y_pred in
-                                  list(zip(x[:n], y[:n], outputs[:n]))]
+        def eval_end(self, state, logger):
+            table = wandb.Table(columns=["image", "ground truth", "prediction"], data=self.data[:self.num_samples])
+            wandb.log({"sample_table": table}, step=int(state.timestamp.batch))
+            self.data = []
 
-            def eval_end(self, state, logger):
-                table = wandb.Table(columns=["image", "ground truth", "prediction"], data=self.data[:self.num_samples])
-                wandb.log({"sample_table": table}, step=int(state.timestamp.batch))
-                self.data = []
-
-        return _LogPredictions()
+    return _LogPredictions()
 
 
 def _composer_wandb_logger():
@@ -72,7 +74,8 @@ def _composer_wandb_logger():
     from composer.loggers import WandBLogger
 
     if not hasattr(wandb.sdk.wandb_run.Run, "get_url"):
-        wandb.sdk.wandb_run.Run.get_url = lambda self: self.url  # removed in wandb 0.29
+        # Put back where wandb 0.29 removed it (so its stubs do not have it) for Composer's WandBLogger.
+        wandb.sdk.wandb_run.Run.get_url = lambda self: self.url  # type: ignore[attr-defined]
     return WandBLogger(project="bench")
 
 

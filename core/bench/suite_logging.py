@@ -80,7 +80,7 @@ def test_wandb_log_on_the_training_thread(benchmark, wandb_offline):
 
 @pytest.mark.benchmark(group="log_metrics caller cost")
 def test_bare_queue_put(benchmark):
-    q = queue.Queue()
+    q: queue.Queue = queue.Queue()
     _per_call(benchmark, lambda metrics, step: q.put((metrics, step)))
 
 

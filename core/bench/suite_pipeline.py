@@ -20,6 +20,7 @@ Under ``--benchmark-disable`` (``make test``) every function runs once on a few 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -32,7 +33,9 @@ QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
 SIZES = {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
 TEST_SIZES = {32: 2 * BATCH, 224: 16}  # under --benchmark-disable: run once, as a test
 ROUNDS = int(os.environ.get("LOGBUS_BENCH_ROUNDS") or (3 if QUICK else 5))  # never fewer than 3 for a figure
-VARIANTS = {"no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}
+# SampleLogger keywords per variant (None: no SampleLogger)
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}
 BACKENDS = {"local": "local", "wandb": ("wandb", {"project": "bench"})}
 CLASS_NAMES = [str(c) for c in range(10)]
 
@@ -57,9 +60,9 @@ def make_trainer(variant: str, size: int, count: int, backend: str = "local"):
     loggers = [LogBusLogger(backends=[BACKENDS[backend]])]
     if variant == "guide":  # the naive path: its own W&B logger, one wandb.Image per sample on the training thread
         loggers, callbacks = [_composer_wandb_logger()], [LogPredictions(num_samples=count)]
-    elif VARIANTS[variant] is not None:
-        sample_logger = SampleLogger("classification", num_samples=None, **VARIANTS[variant])
-        if VARIANTS[variant].get("worker_process", True):
+    elif (options := VARIANTS[variant]) is not None:
+        sample_logger = SampleLogger("classification", num_samples=None, **options)
+        if options.get("worker_process", True):
             assert sample_logger.pipeline.worker_ready(300), "the worker process did not start"
         callbacks.append(sample_logger)
     torch.manual_seed(0)
@@ -145,7 +148,8 @@ def test_backend_ingests_the_same_tables_alone(benchmark, wandb_offline, backend
     tables = []
     for step in range(2):
         for start in range(0, count, BATCH):
-            pipeline.submit(*data[start:start + BATCH], logits[start:start + BATCH])
+            inputs, targets = data[start:start + BATCH]
+            pipeline.submit(inputs, targets, logits[start:start + BATCH])
         tables.append(pipeline.end_pass("eval", step=step).result(timeout=600))
     assert [len(table.rows) for table in tables] == [count, count]
 

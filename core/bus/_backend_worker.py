@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +189,7 @@ class BackendWorker:
                 continue
             self._deliver_or_discard(record)
             if type(record) is Artifact and record.on_done is not None:
-                self._done_with(record)
+                self._done_with(record.name, record.on_done)
 
     def _deliver_or_discard(self, record: Record) -> None:
         if not self.stats.enabled:
@@ -217,11 +218,11 @@ class BackendWorker:
         self.stats.delivered += 1
         self._consecutive_failures = 0
 
-    def _done_with(self, record: Artifact) -> None:
+    def _done_with(self, name: str, on_done: Callable[[], None]) -> None:
         try:
-            record.on_done()
+            on_done()
         except Exception:  # noqa: BLE001 - freeing a staged file must not stop this writer
-            log.exception("logbus: releasing the staged file of artifact %r failed", record.name)
+            log.exception("logbus: releasing the staged file of artifact %r failed", name)
 
     def _failed(self, record: Record, error: BaseException) -> None:
         self.stats.failures += 1

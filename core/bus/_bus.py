@@ -101,9 +101,9 @@ class Bus:
     def emit(self, record: Record) -> None:
         """Enqueues ``record`` for every backend that supports its type and returns at once."""
         started = _now_ns()
-        deferred = type(record) is Deferred
-        if deferred:
-            record.hold()  # until every backend has been offered it: one that is done early cannot release it
+        deferred = record if type(record) is Deferred else None
+        if deferred is not None:
+            deferred.hold()  # until every backend has been offered it: one that is done early cannot release it
         try:
             if self.closed:
                 self._emitted_after_close(record)
@@ -111,8 +111,8 @@ class Bus:
             for worker in self.workers:
                 worker.offer(record)
         finally:
-            if deferred:
-                record.release()
+            if deferred is not None:
+                deferred.release()
         self._emitted += 1
         self._caller_ns += _now_ns() - started
 

@@ -28,6 +28,7 @@ class Deferred(Record):
 
     __slots__ = ("record_type", "future", "timeout", "nbytes", "_holders", "_on_released", "_lock")
     droppable = True
+    nbytes: int  # a slot set at construction, where the other records compute it
 
     def __init__(self, record_type: type, future: Future, *, timeout: float = 600.0, nbytes: int = 0):
         self.record_type = record_type
@@ -69,12 +70,13 @@ class LazyFuture(Future):
 
     def __init__(self, compute: Callable[[], Any]):
         super().__init__()
-        self._compute: Callable[[], Any] | None = compute
+        self._compute = compute
         self._claim = threading.Lock()
 
     def result(self, timeout: float | None = None) -> Any:
         if self._claim.acquire(blocking=False):  # never released: only the first caller computes
-            compute, self._compute = self._compute, None
+            compute = self._compute
+            del self._compute  # the closure holds the images: let them go once taken
             try:
                 self.set_result(compute())
             except BaseException as error:  # noqa: BLE001 - handed to every reader of the result

@@ -16,6 +16,7 @@ User controls, as in pytest and datasette:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -113,7 +114,7 @@ class PluginHost:
         self.skipped: list[PluginInfo] = []  # found but not loaded: disabled, not allowlisted or broken
         self.registry: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
         for module_name in DEFAULT_PLUGINS:
-            self._add(lambda m=module_name: importlib.import_module(m), name=module_name,
+            self._add(functools.partial(importlib.import_module, module_name), name=module_name,
                       module=module_name, distribution="logbus", version=_version("logbus"), builtin=True)
         if load_entry_points:
             self._load_entry_points()
@@ -124,8 +125,8 @@ class PluginHost:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = entry_point.dist
             dist_name = dist.metadata["Name"] if dist is not None else None
-            info_args = dict(name=entry_point.name, module=entry_point.value, distribution=dist_name,
-                             version=dist.version if dist is not None else None, builtin=False)
+            info_args: dict[str, Any] = dict(name=entry_point.name, module=entry_point.value, distribution=dist_name,
+                                             version=dist.version if dist is not None else None, builtin=False)
             # The allowlist takes distribution names (as pip shows them) or entry-point names.
             if allowed is not None and not {_normalise(dist_name or ""), _normalise(entry_point.name)} & allowed:
                 self.skipped.append(PluginInfo(**info_args, status="disabled", error=f"not loaded: {why_not}"))

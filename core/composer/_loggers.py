@@ -239,6 +239,11 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
         self.run_url: Optional[str] = None
         self.table_dict: dict = {}
 
+    def _current_batch(self) -> int:
+        # init routes user logs here only after setting the state, which is then only ever replaced.
+        assert self._state is not None
+        return int(self._state.timestamp.batch)
+
     def init(self, state: State, logger: Logger) -> None:
         backend = self.wandb_backend
         if backend.started:
@@ -252,7 +257,7 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
             backend.start(RunStarted(run_name=state.run_name or "composer-run", rank=dist.get_global_rank(),
                                      world_size=dist.get_world_size()), global_run=True)
             self._state = state
-            backend.route_user_logs(lambda: int(self._state.timestamp.batch), self.bus.emit)
+            backend.route_user_logs(self._current_batch, self.bus.emit)
             super().init(state, logger)
         entity_and_project = [backend.entity, backend.project] if backend.run is not None else [None, None]
         # As Composer: rank 0's entity and project on every rank, so that download_file works on ranks

@@ -143,7 +143,7 @@ def gather_table(future: Future, *, key: str, columns: Sequence[str], step: int 
         except Exception:  # noqa: BLE001 - e.g. a scratch file gone: send nothing rather than skip the collective
             log.exception("logbus: could not pack the samples table %r of rank %d; its samples are left out", key, rank)
     payloads = gather_to_rank_zero(payload)
-    if rank != 0:
+    if payloads is None:  # every rank but 0
         return None
     try:
         return merge_tables(own, payloads, key=key, columns=columns, step=step, folder=folder)

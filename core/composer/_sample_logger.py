@@ -180,7 +180,7 @@ class SampleLogger(Callback):
     def batch_start(self, state: State, logger: Logger) -> None:
         # The batch's own step: Composer logs its loss at this step, and has moved on by batch_end.
         self._train_step = int(state.timestamp.batch)
-        self._train_active = bool(self.train_interval) and self._train_step % self.train_interval == 0
+        self._train_active = self.train_interval is not None and self._train_step % self.train_interval == 0
         if self._train_active:
             self.pipeline.discard_pass("train")
 

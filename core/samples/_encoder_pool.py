@@ -88,8 +88,11 @@ class EncoderPool:
         # Scratch space for encoded files until backends copy them: RAM-backed /dev/shm when there is
         # one (creating thousands of small files is where a slow disk hurts most).
         scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch) if folder is None else None
-        self.folder = folder or self._owned.name
+        self._owned: tempfile.TemporaryDirectory[str] | None = None
+        if folder is None:
+            self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch)
+            folder = self._owned.name
+        self.folder = folder
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logbus-encode")
         self._files: dict[str, EncodedFile] = {}  # path -> handle, for every file on disk or on its way
         self._refs: dict[str, int] = {}  # path -> rows referring to it (absent: none)

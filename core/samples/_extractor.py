@@ -65,10 +65,10 @@ def _per_channel_floats(argument: str, values: Any) -> tuple[float, ...] | None:
         floats = torch.as_tensor(values.detach() if isinstance(values, torch.Tensor) else values, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"{argument}: expected a number or one number per channel, got {values!r:.80}") from error
-    floats = floats.flatten().cpu().tolist()
-    if len(floats) not in (1, 3, 4):
-        raise ValueError(f"{argument}: expected 1 value or one per channel (1, 3 or 4), got {len(floats)}")
-    return tuple(floats)
+    listed = floats.flatten().cpu().tolist()
+    if len(listed) not in (1, 3, 4):
+        raise ValueError(f"{argument}: expected 1 value or one per channel (1, 3 or 4), got {len(listed)}")
+    return tuple(listed)
 
 
 def check_images(images: Any, *, mean=None, std=None, value_range: str = "auto",

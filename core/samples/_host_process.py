@@ -107,9 +107,10 @@ class _Process:
                 self._send_locked(("open", key, extractor, options))
             return self.generation, done, answer
 
-    def submit(self, key: int, generation: int, pool: SharedPool, buffer: Any, layout: list, on_done: Done,
+    def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: list, on_done: Done,
                kind: str = "batch") -> str:
-        """``kind``: ``"batch"`` (host fields, numpy) or ``"raw"`` (a batch's tensors, device stage there)."""
+        """``kind``: ``"batch"`` (host fields, numpy) or ``"raw"`` (a batch's tensors, device stage there).
+        A ``generation`` other than the live process's (None: the pipeline never opened) is ``"broken"``."""
         with self._lock:
             if self.broken or generation != self.generation:
                 return "broken"
@@ -345,11 +346,12 @@ def serve(fd: int) -> None:
     # This process only maps segments the training process made and will unlink. Python < 3.13 would
     # have it register them with a resource tracker of its own, which unlinks them when this process
     # ends, under the training process's feet: attach untracked.
-    attach = functools.partial(shared_memory.SharedMemory, track=False) if sys.version_info >= (3, 13) else None
-    if attach is None:
+    if sys.version_info >= (3, 13):
+        attach = functools.partial(shared_memory.SharedMemory, track=False)
+    else:
         from multiprocessing import resource_tracker
 
-        def attach(name):
+        def attach(name: str) -> shared_memory.SharedMemory:
             register, resource_tracker.register = resource_tracker.register, lambda *args: None
             try:
                 return shared_memory.SharedMemory(name=name)

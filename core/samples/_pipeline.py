@@ -148,7 +148,7 @@ class SamplePipeline:
             raise ValueError(f"num_samples: None (every sample) needs policy 'first', got policy {policy!r}")
         self.extractor = extractor
         self.key_prefix = key_prefix
-        self._policy_args = dict(policy=policy, num_samples=num_samples if num_samples is not None else 2**62,
+        self._policy_args: dict[str, Any] = dict(policy=policy, num_samples=num_samples if num_samples is not None else 2**62,
                                  seed=seed, hardest_by=hardest_by,
                                  num_classes=getattr(extractor, "num_classes", None))
         make_policy(**self._policy_args)  # validate now, on the caller's thread
@@ -202,7 +202,8 @@ class SamplePipeline:
         nbytes = sum(t.numel() // max(1, batch_size) * t.element_size() * rows for t in (inputs, targets, outputs))
         nbytes += 8 * rows + 4 * 16  # the sample ids, and each field's alignment in a shared buffer
         process = None if outputs.is_cuda or policy.on_device else self._host_process()
-        shared = self._shared_buffer(process, nbytes) if process is not None else None
+        # A buffer, False (the budget is spent) or None (no worker process for it); a buffer whenever process is set.
+        shared: Any = self._shared_buffer(process, nbytes) if process is not None else None
         if shared is None:
             process = None  # no worker process (yet) or no shared memory: the pipeline's thread does it
         room = shared is not False if process is not None else self._take_room(nbytes)

@@ -47,6 +47,12 @@ class SamplingPolicy:
         """Sample ids in the final table (None: everything processed)."""
         return None
 
+    top: DeviceTopK  # device policies: the pass's running top-k, made by start_pass
+
+    def scores(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        """For device policies: one score per sample of the batch; the highest are kept."""
+        raise NotImplementedError
+
     def keeps(self, scores):
         """For device policies: which of the kept device rows are real (numpy bool mask)."""
         import numpy as np
@@ -158,7 +164,7 @@ class PerClass(SamplingPolicy):
 
     on_device = True
 
-    def __init__(self, num_samples: int, num_classes: int):
+    def __init__(self, num_samples: int, num_classes: int | None):
         super().__init__(num_samples)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes: expected an int >= 1 for policy 'per_class' (give class_names), "

@@ -73,8 +73,7 @@ class LocalBackend:
         self.run_dir: str | None = None
         self._run_info: dict[str, Any] = {}
         self._hparams: dict[str, Any] = {}
-        self._metrics: JsonLines | None = None
-        self._files: dict[str, JsonLines] = {}
+        self._files: dict[str, JsonLines] = {}  # relative path -> its open file, metrics.jsonl included
         self._media_count = 0
         self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
         self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
@@ -89,7 +88,7 @@ class LocalBackend:
         if isinstance(record, Metrics):
             line = {"step": record.step, "time": time.time()}
             line.update({metric_field(name): as_float(value) for name, value in record.values.items()})
-            self._metrics.append(line)
+            self._files["metrics.jsonl"].append(line)
         elif isinstance(record, Hyperparameters):
             self._hparams.update(record.values)
             self._write_hparams()
@@ -119,9 +118,8 @@ class LocalBackend:
         try:
             write_json_atomic(self._path("run.json"), self._run_info)
         finally:  # a full disk must not leak the descriptors (it is reported once, by the bus)
-            for file in [self._metrics, *self._files.values()]:
-                if file is not None:
-                    file.close()
+            for file in self._files.values():
+                file.close()
         self._refresh_viewer(final=True)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -134,7 +132,7 @@ class LocalBackend:
         if not final and started - self._viewer_at < 10 * self._viewer_cost:
             return
         try:
-            write_viewer(self.run_dir)
+            write_viewer(self._path())  # the run folder
         except Exception as error:  # a convenience page must never cost the run its data
             warnings.warn(f"local backend: could not write the viewer {self._path('index.html')}: {error!r}",
                           RuntimeWarning, stacklevel=2)
@@ -157,13 +155,14 @@ class LocalBackend:
         write_json_atomic(self._path("run.json"), self._run_info)
         self._hparams = dict(record.config)
         self._write_hparams()
-        self._metrics = JsonLines(self._path("metrics.jsonl"))
+        self._files["metrics.jsonl"] = JsonLines(self._path("metrics.jsonl"))  # there from the start, metrics or not
 
     def _write_hparams(self) -> None:
         write_json_atomic(self._path("hparams.json"),
                           {hparam_field(name): value for name, value in self._hparams.items()})
 
     def _path(self, *parts: str) -> str:
+        assert self.run_dir is not None  # every caller runs once the run has started
         return os.path.join(self.run_dir, *parts)
 
     def _jsonl(self, relative: str) -> JsonLines:
@@ -181,14 +180,15 @@ class LocalBackend:
     def _cell(self, cell: Any, key: str) -> Any:
         if not isinstance(cell, Image):
             return cell
-        seen = content_name(cell.path) if cell.path is not None else None
-        if seen is not None and seen in self._copied:
-            relative = self._copied[seen]  # the same image again (a later eval): reference it
-        elif cell.path is not None:  # already encoded: copy the bytes, never re-encode
-            relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
-            copy_file_atomic(cell.path, absolute)
-            self._copied[seen] = relative
+        if cell.path is not None:  # already encoded: copy the bytes, never re-encode
+            seen = content_name(cell.path)
+            relative = self._copied.get(seen)  # set: the same image again (a later eval), referenced
+            if relative is None:
+                relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
+                copy_file_atomic(cell.path, absolute)
+                self._copied[seen] = relative
         else:
+            assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)
             suffix = ".png" if self.image_format == "png" else ".jpg"
             relative, absolute = self._media_path(key, suffix)
             write_bytes_atomic(absolute, encode_image(cell.pixels, self.image_format))
@@ -204,7 +204,7 @@ class LocalBackend:
         like an image seen again it is referenced, not encoded and written again. The labels are part of
         what is the same, as the viewer colours a mask file once for its labels."""
         ids = np.ascontiguousarray(ids)
-        seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids, digest_size=16).digest(),
+        seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids.data, digest_size=16).digest(),
                 tuple(sorted(class_labels.items())))
         relative = self._masks.get(seen)
         if relative is None:
