@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Mapping
+from typing import Any, Mapping
 
 from logbus.options import Options
 
@@ -27,15 +27,22 @@ def reference() -> dict[str, Options]:
 
     tables = {"`logbus.start_run`": START_RUN_OPTIONS, "`LogBusLogger`": LOGBUS_LOGGER_OPTIONS}
     backends = PluginHost(load_entry_points=False).registry["backend"]
-    tables["`WandBLogger` and the `wandb` backend"] = backends["wandb"].factory.options
+    tables["`WandBLogger` and the `wandb` backend"] = _options_of(backends["wandb"].factory)
     tables["`SampleLogger`"] = SAMPLE_LOGGER_OPTIONS
     tables["Sample pipeline options"] = PIPELINE_OPTIONS
     for name, (module, class_name, _) in BUILTIN_EXTRACTORS.items():
-        tables[f"`{name}` extractor"] = getattr(__import__(module, fromlist=[class_name]), class_name).options
+        tables[f"`{name}` extractor"] = _options_of(getattr(__import__(module, fromlist=[class_name]), class_name))
     for name, registration in backends.items():
         if name != "wandb":
-            tables[f"`{name}` backend"] = registration.factory.options
+            tables[f"`{name}` backend"] = _options_of(registration.factory)
     return tables
+
+
+def _options_of(component: Any) -> Options:
+    """A built-in backend's or extractor's class declares its options as ``options``."""
+    options = component.options
+    assert isinstance(options, Options), f"{component!r}: expected an Options table as .options"
+    return options
 
 
 def update_readme(text: str, tables: Mapping[str, Options]) -> str:

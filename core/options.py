@@ -86,9 +86,10 @@ class Option:
     def check(self, value: Any) -> Any:
         """``value`` if this option takes it; else ``TypeError`` (wrong type) or ``ValueError`` (out of
         range), both naming the option and what it expects."""
-        if self.kind is None or (value is None and self.nullable):
+        kind = self.kind
+        if kind is None or (value is None and self.nullable):
             return value
-        if not self._right_type(value):
+        if not self._right_type(kind, value):
             raise TypeError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
         if self.kind == "choice" and value not in self.choices:
             raise ValueError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
@@ -96,16 +97,17 @@ class Option:
             raise ValueError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
         return value
 
-    def _right_type(self, value: Any) -> bool:
+    @staticmethod
+    def _right_type(kind: str, value: Any) -> bool:
         import os
 
-        if self.kind == "bool":
+        if kind == "bool":
             return isinstance(value, bool)
         if isinstance(value, bool):  # True is an int to Python, never a count or a size here
             return False
         return {"int": lambda: isinstance(value, int), "number": lambda: isinstance(value, (int, float)),
                 "str": lambda: isinstance(value, str), "path": lambda: isinstance(value, (str, os.PathLike)),
-                "dict": lambda: isinstance(value, dict), "choice": lambda: isinstance(value, str)}[self.kind]()
+                "dict": lambda: isinstance(value, dict), "choice": lambda: isinstance(value, str)}[kind]()
 
     def _in_range(self, value: Any) -> bool:
         if value != value:  # NaN compares false with every bound

@@ -18,7 +18,7 @@ from logbus.options import REQUIRED, Option, Options
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 from logbus.samples import SAMPLING_OPTIONS, SamplePipeline, cleanup_within_close, images_record, pipeline_for, split_options
 
-START_RUN_OPTIONS = Options(
+START_RUN_OPTIONS: Options = Options(
     Option("name", REQUIRED, "run name: the W&B run name, the local folder `$LOGBUS_DIR/<name>`, the TensorBoard run"),
     Option("backends", ("local",), "backend names (`logbus plugins` lists them), `(name, options)` pairs (every option "
            "goes to the backend, `name` included) or backend objects"),

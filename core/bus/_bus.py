@@ -26,7 +26,7 @@ from logbus.records import Record, RunFinished
 log = logging.getLogger("logbus")
 _now_ns = time.perf_counter_ns
 
-BUS_OPTIONS = Options(
+BUS_OPTIONS: Options = Options(
     Option("max_pending_bytes", 256 * 2**20, "per backend, bytes of tables and images that may wait in its queue; "
            "more are dropped and counted (metrics, hyperparameters and artifacts never are)",
            kind="int", minimum=1, shown="256 * 2**20"),

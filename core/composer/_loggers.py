@@ -34,7 +34,7 @@ from logbus.samples import images_record
 
 __all__ = ["LogBusLogger", "WandBLogger", "artifact_type_for"]
 
-LOGBUS_LOGGER_OPTIONS = Options(
+LOGBUS_LOGGER_OPTIONS: Options = Options(
     Option("backends", ("local",), "backend names, `(name, options)` pairs or backend objects"),
     BUS_OPTIONS["max_pending_bytes"],
     BUS_OPTIONS["failure_limit"],

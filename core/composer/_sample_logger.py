@@ -27,7 +27,7 @@ from logbus.composer._sample_gather import gather_table
 from logbus.options import Option, Options
 from logbus.samples import CLOSE_TIMEOUT, SAMPLING_OPTIONS, SamplePipeline, cleanup_within_close, pipeline_for, split_options
 
-SAMPLE_LOGGER_OPTIONS = Options(
+SAMPLE_LOGGER_OPTIONS: Options = Options(
     *SAMPLING_OPTIONS.values(),
     Option("input_key", 0, "where the inputs are in the batch: index or dict key, as in Composer's `ImageVisualizer`"),
     Option("target_key", 1, "where the targets are in the batch"),

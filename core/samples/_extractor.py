@@ -16,7 +16,7 @@ from logbus.kernels.images import VALUE_RANGES
 from logbus.options import Option, Options
 
 # The image options of the image extractors (classification, segmentation), declared once.
-IMAGE_OPTIONS = Options(
+IMAGE_OPTIONS: Options = Options(
     Option("mean", None, "the normalisation's mean (C values or one; a tensor is read once, when the extractor is "
            "made), undone before display: `x * std + mean`"),  # checked by _per_channel_floats
     Option("std", None, "the normalisation's std"),

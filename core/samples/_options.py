@@ -13,7 +13,7 @@ POLICIES = ("first", "reservoir", "per_class", "hardest")
 HARDEST_BY = ("loss", "confidence")
 IMAGE_FORMATS = ("png", "jpeg")
 
-SAMPLING_OPTIONS = Options(
+SAMPLING_OPTIONS: Options = Options(
     Option("extractor", "classification", "a registered extractor name (`classification`, `segmentation`, `tokens`, "
            "a plugin's) or an extractor object"),
     Option("num_samples", 100, "rows per table; `None`: every eval sample (policy `first` only)",
@@ -23,7 +23,7 @@ SAMPLING_OPTIONS = Options(
            "lowest confidence over the pass, kept on the device)", kind="choice", choices=POLICIES),
 )
 
-PIPELINE_OPTIONS = Options(
+PIPELINE_OPTIONS: Options = Options(
     Option("seed", 0, "seed of the `reservoir` policy (each eval pass draws anew)", kind="int"),
     Option("hardest_by", "loss", 'what `hardest` ranks by: `"loss"` (highest first) or `"confidence"` (lowest first)',
            kind="choice", choices=HARDEST_BY),
