@@ -132,6 +132,22 @@ def test_reservoir_chooses_every_position_about_uniformly(make_pipeline):
     assert counts.min() > 0
 
 
+def test_reservoir_converts_no_sample_its_own_batch_evicts():
+    """The choice is made per batch (array operations on the training thread, no loop over samples):
+    of a batch much larger than the reservoir only the winners so far are converted, not every
+    sample that entered and was pushed out again within the same batch (about k * ln(n / k) more)."""
+    from logbus.sampling import make_policy
+
+    policy = make_policy("reservoir", 5, seed=3)
+    policy.start_pass()
+    converted = set(policy.choose(1000))
+    assert len(converted) == 5 and policy.kept() == converted
+    later = [1000 + index for index in policy.choose(1000)]
+    # Every winner was converted when it entered, and a later batch only converts its own winners.
+    assert len(policy.kept()) == 5 and policy.kept() <= converted | set(later)
+    assert set(later) <= policy.kept()
+
+
 def per_class_batches():
     generator = torch.Generator().manual_seed(3)
     labels = torch.tensor([0, 0, 1, 0, 2, 0, 1, 1, 0, 1, 2, 1, 0, 0, 1, 2, 2, 0, 1, 0, 2])  # class 3 absent
