@@ -416,7 +416,7 @@ class SamplePipeline:
         started = time.monotonic()
         finished = self.close(timeout)
         if self._host is not None:
-            self._host.close()
+            self._host.close(timeout - (time.monotonic() - started))
         self.encoder.close(wait=finished and time.monotonic() - started < timeout)
 
     # -- worker ----------------------------------------------------------------------------------

@@ -148,6 +148,20 @@ def test_reservoir_converts_no_sample_its_own_batch_evicts():
     assert set(later) <= policy.kept()
 
 
+def test_the_worker_process_deletes_the_files_it_wrote_when_its_pipeline_closes(make_pipeline):
+    """One delete per image is per-sample work: at close the worker process deletes the scratch files
+    it wrote (the training process then removes an empty folder), and ``close`` waits for it, bounded."""
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)
+    table = run_pass(pipeline, make_batches(3, 8))
+    paths = [cell.path for cell in column(table, "image")]
+    assert len(paths) == 24 and all(os.path.exists(path) for path in paths)
+    assert pipeline.close()
+    pipeline._host.close(timeout=60)
+    assert not any(os.path.exists(path) for path in paths)
+    assert os.path.isdir(pipeline.encoder.folder)  # not the training process's rmtree: still there
+
+
 def per_class_batches():
     generator = torch.Generator().manual_seed(3)
     labels = torch.tensor([0, 0, 1, 0, 2, 0, 1, 1, 0, 1, 2, 1, 0, 0, 1, 2, 2, 0, 1, 0, 2])  # class 3 absent
