@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import Any
 
-SUITES = ("logbus.bench.suite_logging", "logbus.bench.suite_eval")
+SUITES = ("logbus.bench.suite_logging", "logbus.bench.suite_eval", "logbus.bench.suite_pipeline")
 
 
 def run_suites(*, quick: bool = True, verbose: bool = False) -> dict[str, Any]:
@@ -28,6 +28,7 @@ def run_suites(*, quick: bool = True, verbose: bool = False) -> dict[str, Any]:
         raise SystemExit("logbus bench needs pytest and pytest-benchmark: pip install 'logbus[bench]'") from error
     if quick:
         os.environ["LOGBUS_BENCH_QUICK"] = "1"
+    os.environ["LOGBUS_BENCH_COMMAND"] = "1"  # the pipeline suite's (a) and (b) local at 32 px only
     with tempfile.TemporaryDirectory(prefix="logbus-bench-") as folder:
         report = os.path.join(folder, "report.json")
         config = os.path.join(folder, "pytest.ini")  # isolate from the user's own pytest configuration
@@ -67,6 +68,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     evals: dict[int, dict[str, float]] = {}
     for bench in report["benchmarks"]:
         info = bench["extra_info"]
+        if "measure" in info:  # the sample pipeline's suite: summarised apart
+            continue
         if "variant" in info:
             evals.setdefault(info["size"], {"images": info["images"]})[info["variant"]] = bench["stats"]["median"]
     for size, seconds in sorted(evals.items()):
@@ -76,7 +79,39 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "seconds": {k: v for k, v in seconds.items() if k != "images"},
             "ratio": {k: v / base for k, v in seconds.items() if k not in ("images",) and base},
         })
+    summary["pipeline"] = pipeline_rows(report)
     return summary
+
+
+def pipeline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sample pipeline's (a) loop stall and (b) end-to-end runs: median, min and max seconds per
+    variant, and each variant's ratio to no sample logging. A ratio is a finding only where the two
+    spreads (min to max) do not overlap; otherwise ``within_noise`` says so. The training-process CPU
+    per logged sample comes as its own row (µs, not seconds)."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for bench in report["benchmarks"]:
+        info, stats = bench["extra_info"], bench["stats"]
+        measure = info.get("measure")
+        if measure is None:
+            continue
+        if measure == "cpu_us_per_sample":
+            rows[(measure, info["variant"])] = {
+                "measure": measure, "variant": info["variant"],
+                "us_per_sample": {"median": info["median_us"], "min": info["min_us"], "max": info["max_us"]}}
+            continue
+        key = (measure, info.get("task", "classification"), info["size"])
+        row = rows.setdefault(key, {"measure": measure, "task": key[1], "size": info["size"], "images": info["images"],
+                                    "seconds": {}, "ratio": {}, "within_noise": {}})
+        row["seconds"][info["variant"]] = {"median": stats["median"], "min": stats["min"], "max": stats["max"],
+                                           "rounds": stats["rounds"]}
+    for row in rows.values():
+        base = row.get("seconds", {}).get("no_sample_logging")
+        if base is None:
+            continue
+        for variant, seconds in row["seconds"].items():
+            row["ratio"][variant] = seconds["median"] / base["median"]
+            row["within_noise"][variant] = seconds["min"] <= base["max"] and base["min"] <= seconds["max"]
+    return list(rows.values())
 
 
 def machine(report: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +148,22 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"  {row['images']} images {row['size']}x{row['size']}")
         for variant, seconds in row["seconds"].items():
             lines.append(f"    {variant:<30} {seconds:>8.2f}   {row['ratio'].get(variant, float('nan')):>6.2f}x")
+    if summary.get("pipeline"):
+        lines += ["", "sample pipeline (median, min-max)    seconds               ratio to no sample logging"]
+        for row in summary["pipeline"]:
+            if row["measure"] == "cpu_us_per_sample":
+                cost = row["us_per_sample"]
+                lines.append(f"  training-process CPU per logged sample, {row['variant']}: {cost['median']:.1f} µs "
+                             f"({cost['min']:.1f}-{cost['max']:.1f})")
+                continue
+            what = "(a) eval loop" if row["measure"] == "eval_loop" else f"(b) 2 evals + close, {row['measure'][11:]}"
+            lines.append(f"  {what}, {row['task']}, {row['images']} images {row['size']}x{row['size']}")
+            for variant, seconds in row["seconds"].items():
+                ratio = row["ratio"].get(variant)
+                note = "" if ratio is None else f"{ratio:.2f}x" + ("  (within noise)" if row["within_noise"][variant]
+                                                                 and variant != "no_sample_logging" else "")
+                lines.append(f"    {variant:<30} {seconds['median']:>6.2f} ({seconds['min']:.2f}-{seconds['max']:.2f})"
+                             f"   {note}")
     return "\n".join(lines)
 
 

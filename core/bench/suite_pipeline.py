@@ -30,27 +30,48 @@ from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
 from logbus.bench.suite_eval import BATCH, LogPredictions, SmallCNN, _composer_wandb_logger
 
 QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
-SIZES = {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
+# ``logbus bench`` (about a minute in all): the promise's two figures, (a) and (b) with the local
+# backend, at 32 px with and without sample logging; the full matrix is for ``benchmarks/``.
+COMMAND = bool(os.environ.get("LOGBUS_BENCH_COMMAND"))
+SIZES = {32: 512} if COMMAND else {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
 TEST_SIZES = {32: 2 * BATCH, 224: 16}  # under --benchmark-disable: run once, as a test
-ROUNDS = int(os.environ.get("LOGBUS_BENCH_ROUNDS") or (3 if QUICK else 5))  # never fewer than 3 for a figure
+ROUNDS = int(os.environ.get("LOGBUS_BENCH_ROUNDS") or (3 if QUICK or COMMAND else 5))  # never fewer than 3 for a figure
 # SampleLogger keywords per variant (None: no SampleLogger)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}
+RUN_VARIANTS = ["no_sample_logging", "sample_logger"] if COMMAND else list(VARIANTS)
 BACKENDS = {"local": "local", "wandb": ("wandb", {"project": "bench"})}
+RUN_BACKENDS = ["local"] if COMMAND else list(BACKENDS)
+TASKS = ["classification"] if COMMAND else ["classification", "segmentation"]
 CLASS_NAMES = [str(c) for c in range(10)]
+SEGMENTATION_CLASSES = 5
 
 
 def image_count(benchmark, size: int) -> int:
     return TEST_SIZES[size] if benchmark.disabled else SIZES[size]
 
 
-def eval_data(count: int, size: int) -> TensorDataset:
+def eval_data(count: int, size: int, task: str = "classification") -> TensorDataset:
     generator = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.rand(count, 3, size, size, generator=generator),
-                         torch.randint(0, 10, (count,), generator=generator))
+    images = torch.rand(count, 3, size, size, generator=generator)
+    if task == "segmentation":  # class-id masks, one per image
+        return TensorDataset(images, torch.randint(0, SEGMENTATION_CLASSES, (count, size, size), generator=generator))
+    return TensorDataset(images, torch.randint(0, 10, (count,), generator=generator))
 
 
-def make_trainer(variant: str, size: int, count: int, backend: str = "local"):
+class SmallFCN(torch.nn.Module):
+    """A small fully convolutional net: per-pixel logits [N, K, H, W] for the segmentation variants."""
+
+    def __init__(self, num_classes: int = SEGMENTATION_CLASSES):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                          torch.nn.Conv2d(16, num_classes, 1))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def make_trainer(variant: str, size: int, count: int, backend: str = "local", task: str = "classification"):
     from composer import Trainer
     from composer.models import ComposerClassifier
 
@@ -61,14 +82,15 @@ def make_trainer(variant: str, size: int, count: int, backend: str = "local"):
     if variant == "guide":  # the naive path: its own W&B logger, one wandb.Image per sample on the training thread
         loggers, callbacks = [_composer_wandb_logger()], [LogPredictions(num_samples=count)]
     elif (options := VARIANTS[variant]) is not None:
-        sample_logger = SampleLogger("classification", num_samples=None, **options)
+        sample_logger = SampleLogger(task, num_samples=None, **options)
         if options.get("worker_process", True):
             assert sample_logger.pipeline.worker_ready(300), "the worker process did not start"
         callbacks.append(sample_logger)
     torch.manual_seed(0)
-    return Trainer(model=ComposerClassifier(SmallCNN(), num_classes=10), eval_dataloader=DataLoader(
-                   eval_data(count, size), BATCH), loggers=loggers, callbacks=callbacks, progress_bar=False,
-                   device="cpu", run_name=f"bench-{variant}")
+    model = (ComposerClassifier(SmallFCN(), num_classes=SEGMENTATION_CLASSES) if task == "segmentation"
+             else ComposerClassifier(SmallCNN(), num_classes=10))
+    return Trainer(model=model, eval_dataloader=DataLoader(eval_data(count, size, task), BATCH), loggers=loggers,
+                   callbacks=callbacks, progress_bar=False, device="cpu", run_name=f"bench-{variant}")
 
 
 def check_nothing_lost(trainer, rows: int) -> None:
@@ -85,39 +107,43 @@ def check_nothing_lost(trainer, rows: int) -> None:
                 assert backend["dropped"] == backend["failures"] == 0, (name, backend)
 
 
+@pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_eval_loop_stall(benchmark, wandb_offline, variant, size):
+@pytest.mark.parametrize("variant", RUN_VARIANTS)
+def test_eval_loop_stall(benchmark, wandb_offline, variant, size, task):
     """(a) One eval pass, the loop only: tables finish after it, off the clock."""
     trainers = []
     count = image_count(benchmark, size)
 
     def setup():
-        trainer = make_trainer(variant, size, count)
+        trainer = make_trainer(variant, size, count, task=task)
         trainer.eval()  # warm-up: first-call costs of the model and the kernels
         trainers.append(trainer)
         return (trainer,), {}
 
-    benchmark.group = f"(a) eval loop, {count} images {size}x{size}"
-    benchmark.extra_info.update(variant=variant, size=size, images=count, measure="eval_loop")
+    benchmark.group = f"(a) eval loop, {task}, {count} images {size}x{size}"
+    benchmark.extra_info.update(variant=variant, size=size, images=count, task=task, measure="eval_loop")
     benchmark.pedantic(lambda trainer: trainer.eval(), setup=setup, rounds=ROUNDS)
     for trainer in trainers:
         trainer.close()
         check_nothing_lost(trainer, 2 * count if VARIANTS[variant] is not None else 0)
 
 
+@pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("backend", list(BACKENDS))
-@pytest.mark.parametrize("variant", [*VARIANTS, "guide"])
-def test_two_evals_and_close(benchmark, wandb_offline, variant, backend, size):
+@pytest.mark.parametrize("backend", RUN_BACKENDS)
+@pytest.mark.parametrize("variant", [*RUN_VARIANTS, *([] if COMMAND else ["guide"])])
+def test_two_evals_and_close(benchmark, wandb_offline, variant, backend, size, task):
     """(b) Two eval passes and ``close``: every table built and taken by the backend."""
     if variant == "guide" and backend != "wandb":
         pytest.skip("the guide's callback logs to W&B only")
+    if variant == "guide" and task != "classification":
+        pytest.skip("the W&B guide has a naive callback for classification only")
     trainers = []
     count = image_count(benchmark, size)
 
     def setup():
-        trainers.append(make_trainer(variant, size, count, backend))
+        trainers.append(make_trainer(variant, size, count, backend, task))
         return (trainers[-1],), {}
 
     def run(trainer):
@@ -125,8 +151,8 @@ def test_two_evals_and_close(benchmark, wandb_offline, variant, backend, size):
         trainer.eval()
         trainer.close()
 
-    benchmark.group = f"(b) 2 evals + close, {backend}, {count} images {size}x{size}"
-    benchmark.extra_info.update(variant=variant, size=size, images=count, measure=f"end_to_end_{backend}")
+    benchmark.group = f"(b) 2 evals + close, {backend}, {task}, {count} images {size}x{size}"
+    benchmark.extra_info.update(variant=variant, size=size, images=count, task=task, measure=f"end_to_end_{backend}")
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
     for trainer in trainers:
         check_nothing_lost(trainer, 2 * count if VARIANTS.get(variant) is not None else 0)
@@ -137,6 +163,8 @@ def test_two_evals_and_close(benchmark, wandb_offline, variant, backend, size):
 def test_backend_ingests_the_same_tables_alone(benchmark, wandb_offline, backend, size):
     """(c) The backend's own time for (b)'s two tables: built beforehand (off the clock) from the
     same images, then a run of the backend alone takes them and closes."""
+    if COMMAND:
+        pytest.skip("logbus bench measures (a) and (b) only")
     import logbus
     from logbus.records import RunStarted
     from logbus.samples import pipeline_for
@@ -186,7 +214,7 @@ class _TakesTables:
         pass
 
 
-@pytest.mark.parametrize("variant", ["sample_logger", "sample_logger_threads"])
+@pytest.mark.parametrize("variant", ["sample_logger"] if COMMAND else ["sample_logger", "sample_logger_threads"])
 def test_training_process_cpu_per_sample(benchmark, wandb_offline, variant):
     """The per-sample cost left on the training process: CPU time of all its threads (not the worker
     process's) from the first batch to the end of ``finish``, over the samples logged, with a

@@ -201,6 +201,23 @@ class EncoderPool:
         self._sizes[path] = len(data)
         return path
 
+    def remove_files(self) -> None:
+        """Deletes every file this pool wrote (the worker process's pool, at its pipeline's close: the
+        deletes then cost that process, not the training process, which removes the folder after)."""
+        with self._lock:
+            paths = list(self._files)
+            self._files.clear()
+            self._sizes.clear()
+            self._refs.clear()
+            self._unreferenced.clear()
+            self._unreferenced_bytes = 0
+        for path in paths:
+            try:
+                os.remove(path)
+                self.deleted += 1
+            except OSError:
+                pass  # never written (a failed encode), or gone already
+
     def close(self, wait: bool = True) -> None:
         """Deletes the scratch folder, after the queued encodes (``wait``) or at once: queued chunks
         then fail instead of running, and a chunk being written fails on the missing folder."""

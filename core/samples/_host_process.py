@@ -57,6 +57,7 @@ class _Process:
         self._lock = threading.Lock()  # the socket's send side, the in-flight table, restarts
         self._in_flight: dict[int, tuple[SharedPool, Any, Done]] = {}
         self._opening: dict[int, tuple[threading.Event, list]] = {}
+        self._closing: dict[int, threading.Event] = {}  # pipelines whose files the process is deleting
         self._numbers = itertools.count()
         self.counters: dict[int, tuple[int, int, int]] = {}  # pipeline key -> encoded, reused, deleted
         self.restarts = 0
@@ -107,6 +108,17 @@ class _Process:
                 self._send_locked(("open", key, extractor, options))
             return self.generation, done, answer
 
+    def close_pipeline(self, key: int) -> threading.Event:
+        """Asks the process to forget a pipeline and delete the scratch files it wrote for it; the
+        event is set once it has (or once the process is gone)."""
+        done = threading.Event()
+        with self._lock:
+            self._closing[key] = done
+            if not self._send_locked(("close", key)):
+                del self._closing[key]
+                done.set()
+        return done
+
     def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: list, on_done: Done,
                kind: str = "batch") -> str:
         """``kind``: ``"batch"`` (host fields, numpy) or ``"raw"`` (a batch's tensors, device stage there).
@@ -127,6 +139,12 @@ class _Process:
             except (EOFError, OSError):
                 break
             kind = message[0]
+            if kind == "closed":
+                with self._lock:
+                    closed = self._closing.pop(message[1], None)
+                if closed is not None:
+                    closed.set()
+                continue
             if kind == "opened":
                 _, key, error = message
                 with self._lock:
@@ -157,6 +175,9 @@ class _Process:
         with self._lock:
             lost, self._in_flight = self._in_flight, {}
             opening, self._opening = self._opening, {}
+            closing, self._closing = self._closing, {}
+            for closed in closing.values():  # nothing more will be deleted there: nobody waits for it
+                closed.set()
             if _exiting:
                 return
             restart = self.restarts < MAX_RESTARTS
@@ -294,10 +315,12 @@ class HostStage:
         if paths and self._generation is not None and not self.lost:
             self.process.send(("release", self.key, paths))
 
-    def close(self) -> None:
-        """Forgets this pipeline in the process and frees its shared memory; the process stays for others."""
+    def close(self, timeout: float = 0.0) -> None:
+        """Forgets this pipeline in the process and frees its shared memory; the process stays for
+        others. Waits up to ``timeout`` seconds for the process to delete the scratch files it wrote
+        (one delete per image: that work belongs off the training process too)."""
         if self._generation is not None and not self.lost:
-            self.process.send(("close", self.key))
+            self.process.close_pipeline(self.key).wait(max(0.0, timeout))
         self.shared.close()
 
 
@@ -385,6 +408,8 @@ def serve(fd: int) -> None:
                 extractor_and_encoder = pipelines.pop(key, None)
                 if extractor_and_encoder is not None:
                     extractor_and_encoder[1].close(wait=False)
+                    extractor_and_encoder[1].remove_files()
+                send(("closed", key))
             else:
                 _, _, number, name, layout = message
                 try:

@@ -5,17 +5,20 @@ indices from batch sizes. A CPU batch then goes straight to the worker process
 (``logbus.samples._host_process``): its chosen rows are copied into shared memory (one torch copy, which
 does not hold the GIL) and one message names them; the worker process runs the extractor's device
 stage (the uint8 conversion) and host stage, so the training process's cost is per batch, not per
-sample. Otherwise (CUDA, device policies, no worker process) ``submit`` records a CUDA event on the
-producer stream and enqueues references for the pipeline's worker thread. Nothing waits: the memory
-budget of batches in flight (``pinned_pool_bytes``) is the only bound at default settings; when it
-is spent the batch is dropped and counted.
+sample. Nothing waits: the memory budget of batches in flight (``pinned_pool_bytes``) is the only
+bound at default settings; when it is spent the batch is dropped and counted.
 
-A worker thread does the rest of the queued batches. On CUDA: a dedicated side stream waits on that event, runs the
-extractor's device stage (fused kernels), and copies the results into reusable pinned buffers with
-``non_blocking=True``; the worker then waits on the copy's event (the worker, not training) and
-runs the host stage, which hands images to an encoder pool. On the CPU the same stages simply run
-on the worker. The worker holds the batch tensors until the side stream's work has completed, so
-the caching allocator cannot hand their memory to the next batch early.
+A CUDA batch: ``submit`` issues the device stage at once, on a dedicated side stream that first
+waits for the training stream's work so far: selection, the extractor's fused kernels, and the copy
+of the results into a reusable pinned buffer (``non_blocking=True``), all launches, no waiting. The
+batch tensors are recorded on the side stream (``record_stream``), so the caching allocator cannot
+hand their memory to the next batch before the side stream has read them, and nobody holds them
+afterwards. The pipeline's worker thread gets the pinned buffer and the copy's event: it waits on
+the event (the worker, not training) and runs the host stage. A device policy's running top-k is
+updated on the side stream the same way; its rows are copied at ``end_pass``.
+
+Other batches (CPU batches without a worker process, CPU device policies) are queued to the worker
+thread as they are, and the same stages run there (torch ops on the CPU, which do not hold the GIL).
 
 At ``end_pass`` the training thread gets a future of the finished ``Table``; adapters emit it on the
 bus as a ``Deferred`` so that it lands in order with the metrics logged around it.
@@ -226,12 +229,43 @@ class SamplePipeline:
         if process is not None:
             self._submit_to_process(process, shared, state, inputs, targets, outputs, chosen, first_id)
             return
-        ready = None
-        if outputs.is_cuda:
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(outputs.device))
         self._batches_queued += 1
-        self._queue.put((_BATCH, nbytes, state, ready, inputs, targets, outputs, chosen, first_id))
+        if outputs.is_cuda:
+            # The device stage is issued now, on the side stream: the worker thread gets its results
+            # (in pinned memory, or small device fields), never the batch tensors themselves.
+            self._queue.put((_BATCH, nbytes, state, "issued", self._issue_device_stage(
+                state, inputs, targets, outputs, chosen, first_id)))
+            return
+        self._queue.put((_BATCH, nbytes, state, "raw", (inputs, targets, outputs, chosen, first_id)))
+
+    def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> tuple:
+        """On the training thread, for a CUDA batch: launches (never waits for) the side stream's work
+        on it: selection, the extractor's fused kernels, and the copy into a pinned buffer (or, for a
+        device policy, its running top-k). The inputs are recorded on the side stream, so the caching
+        allocator does not hand their memory to the training stream's next batch before the side
+        stream has read them: training drops its references at once and nothing holds batch tensors
+        on the GPU while the worker catches up. Returns the worker's part: ``("host", arrays, buffer,
+        event)``, ``("fields", device fields)`` where no pinned buffer was free now (the worker copies
+        them in parts; they are the converted rows, not the batch), ``("none",)`` for a device
+        policy, or ``("error", text)``: a broken extractor must not raise into training."""
+        stream = self._side_stream(outputs.device)
+        try:
+            # Everything the training stream queued so far (the batch's forward pass) comes first.
+            stream.wait_stream(torch.cuda.current_stream(outputs.device))
+            for tensor in (inputs, targets, outputs):
+                if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+                    tensor.record_stream(stream)
+            with torch.cuda.stream(stream):
+                fields = self._select_and_convert(inputs, targets, outputs, chosen, first_id)
+                if state.policy.on_device:
+                    state.policy.top.update(fields, state.policy.scores(fields))
+                    return ("none",)
+                copied = self._copy_to_host(fields, stream, wait=False)
+            if copied is None:
+                return ("fields", fields)
+            return ("host", *copied)
+        except Exception:  # noqa: BLE001 - reported by the worker, in order with the batch
+            return ("error", traceback.format_exc())
 
     def _shared_buffer(self, process: HostStage, nbytes: int):
         """A shared buffer of ``nbytes`` without waiting; False when the budget is spent (the batch is
@@ -376,7 +410,7 @@ class SamplePipeline:
         started = time.monotonic()
         finished = self.close(timeout)
         if self._host is not None:
-            self._host.close()
+            self._host.close(timeout - (time.monotonic() - started))
         self.encoder.close(wait=finished and time.monotonic() - started < timeout)
 
     # -- worker ----------------------------------------------------------------------------------
@@ -416,6 +450,8 @@ class SamplePipeline:
         if item[0] == _BATCH:
             self._batches_done += 1
             self._give_back_room(item[1])
+            if item[3] == "issued" and item[4][0] == "host":
+                self.pinned.release(item[4][2])
         else:
             self._passes_done += 1
             self.stats.tables_dropped += 1
@@ -423,24 +459,45 @@ class SamplePipeline:
                 item[4].set_result(None)
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
-        if device not in self._side_streams:
-            self._side_streams[device] = torch.cuda.Stream(device=device)
-        return self._side_streams[device]
+        # One side stream per device for both threads (the training thread issues, the worker copies
+        # top-k results and late chunks): their work on a device must stay in one stream's order.
+        with self._room_lock:
+            if device not in self._side_streams:
+                self._side_streams[device] = torch.cuda.Stream(device=device)
+            return self._side_streams[device]
 
-    def _process_batch(self, state: _Pass, ready, inputs, targets, outputs, chosen, first_id) -> None:
-        if outputs.is_cuda:
-            stream = self._side_stream(outputs.device)
+    def _process_batch(self, state: _Pass, kind: str, work: tuple) -> None:
+        if kind == "raw":  # a CPU batch: its device stage runs here (torch ops, without the GIL)
+            self._device_stage(state, *work)
+            return
+        what = work[0]
+        if what == "error":
+            raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work[1]}")
+        if what == "host":
+            host, buffer, done = work[1:]
+            try:
+                done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
+                self._host_stage(host, state)
+            finally:
+                self.pinned.release(buffer)
+        elif what == "fields":
+            fields = work[1]
+            stream = self._side_stream(next(iter(fields.values())).device)
             with torch.cuda.stream(stream):
-                stream.wait_event(ready)  # everything below reads the batch only after it is ready
-                self._device_stage(state, inputs, targets, outputs, chosen, first_id, stream)
-        else:
-            self._device_stage(state, inputs, targets, outputs, chosen, first_id, None)
+                self._to_host_stage(fields, stream, state)
 
-    def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id, stream):
-        """Selection, the extractor's device stage, then either the device policy's running top-k or
-        the copy to the host and the host stage. On CUDA this runs on the side stream and returns only once the stream's
-        work is done, so the worker holds the batch tensors until nothing reads them any more (once
-        dropped, the caching allocator may hand their memory to the training stream's next batch)."""
+    def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id):
+        """A CPU batch on the pipeline's thread: selection, the extractor's device stage, then either
+        the device policy's running top-k or the host stage."""
+        fields = self._select_and_convert(inputs, targets, outputs, chosen, first_id)
+        if not state.policy.on_device:
+            self._to_host_stage(fields, None, state)
+            return
+        state.policy.top.update(fields, state.policy.scores(fields))
+
+    def _select_and_convert(self, inputs, targets, outputs, chosen, first_id) -> dict[str, torch.Tensor]:
+        """The chosen rows (all of them for device policies) through the extractor's device stage,
+        with their sample ids; on CUDA, called under the side stream."""
         device = outputs.device
         if chosen is not None and len(chosen) != outputs.shape[0]:
             if chosen == list(range(len(chosen))):
@@ -454,14 +511,7 @@ class SamplePipeline:
             sample_ids = np.arange(first_id, first_id + outputs.shape[0], dtype=np.int64)
         fields = self.extractor.device_stage(inputs, targets, outputs)
         fields["sample_id"] = _to_device(torch.from_numpy(sample_ids), device)
-        if not state.policy.on_device:
-            self._to_host_stage(fields, stream, state)
-            return
-        state.policy.top.update(fields, state.policy.scores(fields))
-        done = _record(stream)
-        if done is not None:
-            # An event, not stream.synchronize(), which sync-debug mode reports as a stall.
-            done.synchronize()
+        return fields
 
     def _to_host_stage(self, fields: dict[str, torch.Tensor], stream, state: _Pass, keeps=None) -> None:
         """Copies ``fields`` to the host (pinned buffers, on the side stream) and runs the host stage,
@@ -484,14 +534,24 @@ class SamplePipeline:
                 if buffer is not None:
                     self.pinned.release(buffer)
 
-    def _copy_to_host(self, fields: dict[str, torch.Tensor], stream) -> tuple[dict[str, np.ndarray], Any, Any]:
+    def _copy_to_host(self, fields: dict[str, torch.Tensor], stream, wait: bool = True):
+        """Queues the copy of ``fields`` into one pinned buffer on ``stream``: (arrays, buffer, event),
+        valid once the event is done. ``wait=False`` (the training thread): None at once when no
+        buffer is free, instead of waiting for one."""
         layout, offset = [], 0
         for name, tensor in fields.items():
             tensor = tensor.contiguous()
             nbytes = tensor.numel() * tensor.element_size()
             layout.append((name, tensor, offset, nbytes))
             offset += (nbytes + 15) // 16 * 16  # keep every field aligned for its dtype view
-        buffer = self.pinned.acquire(offset, timeout=60.0)
+        if not wait:
+            if offset > self.pinned.max_bytes:
+                return None
+            buffer = self.pinned.acquire(offset, timeout=0)
+            if buffer is None:
+                return None
+        else:
+            buffer = self.pinned.acquire(offset, timeout=60.0)
         if buffer is None:
             raise RuntimeError(f"pinned pool exhausted ({self.pinned.max_bytes} bytes) for a {offset}-byte batch")
         host = {}

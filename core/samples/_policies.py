@@ -8,9 +8,7 @@ need values computed on the device (labels, losses); they keep a running top-k *
 
 from __future__ import annotations
 
-import heapq
-import random
-
+import numpy as np
 import torch
 
 from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
@@ -55,8 +53,6 @@ class SamplingPolicy:
 
     def keeps(self, scores):
         """For device policies: which of the kept device rows are real (numpy bool mask)."""
-        import numpy as np
-
         return np.isfinite(scores)
 
 
@@ -79,7 +75,10 @@ class First(SamplingPolicy):
 
 class Reservoir(SamplingPolicy):
     """A uniform sample over the whole pass, seeded: each sample gets a random key and the
-    ``num_samples`` smallest keys win. A sample that enters and is evicted later was converted for
+    ``num_samples`` smallest keys win. Chosen per batch, with array operations (this runs on the
+    training thread, where a loop over samples would hold the GIL the training step needs): a
+    sample of the batch is converted when its key is among the ``num_samples`` smallest of the
+    winners so far and the batch. One that enters and is evicted by a later batch was converted for
     nothing; that happens about ``k * ln(n / k)`` times in a pass of ``n``."""
 
     def __init__(self, num_samples: int, seed: int = 0, pass_index: int = 0):
@@ -89,26 +88,26 @@ class Reservoir(SamplingPolicy):
 
     def start_pass(self) -> None:
         super().start_pass()
-        self._random = random.Random(f"{self.seed}-{self.passes}")
+        # A stream per (seed, pass): reproducible, and each pass draws anew. SeedSequence takes
+        # non-negative ints only: a negative seed maps to its two's complement, still one-to-one.
+        self._random = np.random.default_rng([self.seed % 2**64, self.passes])
         self.passes += 1
-        self._heap: list[tuple[float, int]] = []  # max-heap by key (negated): the current winners
+        self._keys: np.ndarray = np.empty(0, dtype=np.float64)  # the current winners' keys and sample ids
+        self._ids: np.ndarray = np.empty(0, dtype=np.int64)
 
     def choose(self, batch_size: int) -> list[int]:
-        chosen = []
-        for index in range(batch_size):
-            key = self._random.random()
-            entry = (-key, self.seen + index)
-            if len(self._heap) < self.num_samples:
-                heapq.heappush(self._heap, entry)
-                chosen.append(index)
-            elif key < -self._heap[0][0]:
-                heapq.heapreplace(self._heap, entry)
-                chosen.append(index)
+        keys = np.concatenate([self._keys, self._random.random(batch_size)])
+        ids = np.concatenate([self._ids, np.arange(self.seen, self.seen + batch_size, dtype=np.int64)])
+        if len(keys) > self.num_samples:
+            winners = np.argpartition(keys, self.num_samples - 1)[:self.num_samples]
+            keys, ids = keys[winners], ids[winners]
+        self._keys, self._ids = keys, ids
+        chosen = np.sort(ids[ids >= self.seen]) - self.seen
         self.seen += batch_size
-        return chosen
+        return chosen.tolist()
 
     def kept(self) -> set[int]:
-        return {sample_id for _, sample_id in self._heap}
+        return set(self._ids.tolist())
 
 
 class DeviceTopK:
@@ -152,8 +151,6 @@ class Hardest(SamplingPolicy):
         return -torch.nan_to_num(fields["confidence"].float(), nan=-1.0)
 
     def keeps(self, scores):
-        import numpy as np
-
         return np.ones(len(scores), dtype=bool)  # every kept sample is real; +inf means NaN loss
 
 

@@ -75,6 +75,7 @@ class LocalBackend:
         self._hparams: dict[str, Any] = {}
         self._files: dict[str, JsonLines] = {}  # relative path -> its open file, metrics.jsonl included
         self._media_count = 0
+        self._folders: set[str] = set()  # media folders made
         self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
         self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
@@ -174,7 +175,10 @@ class LocalBackend:
         self._media_count += 1
         relative = f"media/{safe_relpath(key)}/{self._media_count:07d}{suffix}"
         absolute = self._path(relative)
-        os.makedirs(os.path.dirname(absolute), exist_ok=True)
+        folder = os.path.dirname(absolute)
+        if folder not in self._folders:  # once per folder, not per image (a table has thousands)
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
         return relative, absolute
 
     def _cell(self, cell: Any, key: str) -> Any:

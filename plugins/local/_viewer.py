@@ -58,6 +58,7 @@ def write_viewer(run_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"run_dir: no such folder: {run_dir!r}")
     if not any(os.path.exists(os.path.join(run_dir, name)) for name in ("run.json", "metrics.jsonl", "tables")):
         raise ValueError(f"run_dir: {run_dir!r} is not a logbus run folder (no run.json, metrics.jsonl or tables/)")
+    _FOLDERS.clear()  # a folder swapped for a symlink since the last page is resolved anew
     data = {
         "folder": os.path.basename(os.path.abspath(run_dir)),
         "run": _read_json(os.path.join(run_dir, "run.json")) or {},
@@ -173,10 +174,30 @@ def media_path(run_dir: str, path: Any) -> str | None:
     once symlinks are resolved, else None: the only kind of path the page may put into ``<img src>``."""
     if not isinstance(path, str) or not all(_MEDIA_PART.fullmatch(part) for part in path.split("/")):
         return None
-    root = os.path.realpath(run_dir)
-    if os.path.commonpath([root, os.path.realpath(os.path.join(root, path))]) != root:
+    root = _realpath(run_dir)
+    if os.path.commonpath([root, _resolved(root, path)]) != root:
         return None
     return path
+
+
+_FOLDERS: dict[str, str] = {}  # folder -> its realpath, for one page build (write_viewer clears it)
+
+
+def _realpath(path: str) -> str:
+    resolved = _FOLDERS.get(path)
+    if resolved is None:
+        resolved = _FOLDERS[path] = os.path.realpath(path)
+    return resolved
+
+
+def _resolved(root: str, path: str) -> str:
+    """``realpath(root/path)`` for a page of thousands of image cells: the folder part is resolved once
+    per folder (one page build), and the file part costs one ``lstat``; only a file that is itself a
+    symlink takes the full resolution (a per-cell ``realpath`` was most of a page's build time)."""
+    folder, name = os.path.split(os.path.join(root, path))
+    if os.path.islink(os.path.join(folder, name)):
+        return os.path.realpath(os.path.join(folder, name))
+    return os.path.join(_realpath(folder), name)
 
 
 def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str]) -> Any:

@@ -433,3 +433,24 @@ def test_hostile_mask_names_stay_inside_the_run(logbus_dir):
         path = run_dir / stored[name]["path"]
         assert inside(path, run_dir / "media") and not Path(stored[name]["path"]).is_absolute()
         np.testing.assert_array_equal(decode(path), np.full((4, 4), index))
+
+
+def test_media_copies_are_whole_with_the_run_files_mode_even_when_a_partial_name_is_taken(tmp_path):
+    """``copy_file_atomic`` (every image of a table goes through it) copies in the kernel under a hidden
+    name made from the target; a leftover of an earlier cut-short copy under that name is not reused."""
+    import threading
+
+    from logbus.files._atomic import FILE_MODE, _umask, copy_file_atomic
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(3 * 2**20 + 5))
+    target = tmp_path / "media" / "0000001.png"
+    target.parent.mkdir()
+    copy_file_atomic(str(source), str(target))
+    assert target.read_bytes() == source.read_bytes()
+    assert target.stat().st_mode & 0o777 == FILE_MODE & ~_umask()
+    stale = target.parent / f".{target.name}.{os.getpid()}-{threading.get_ident()}.partial"
+    stale.write_bytes(b"cut short")
+    copy_file_atomic(str(source), str(target))  # its hidden name is taken: a random one is used
+    assert target.read_bytes() == source.read_bytes() and stale.read_bytes() == b"cut short"
+    assert sorted(p.name for p in target.parent.iterdir() if p.name.endswith(".partial")) == [stale.name]

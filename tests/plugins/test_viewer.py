@@ -411,3 +411,26 @@ def test_the_controls_re_render_and_keep_the_state_in_the_hash(chromium, run_dir
     result = json.loads(page.root["data-driven"])
     assert result["hash"] == "#step=1&filter=incorrect&sort=loss-desc"
     assert result["ids"] == _expected(run_dir, 1, lambda row: row["correct"] is False, ("loss", True))
+
+
+def test_a_page_resolves_each_media_folder_once_not_each_image(tmp_path, monkeypatch):
+    """A page of a large table stays cheap for the backend writer that builds it: the folder part of an
+    image path is resolved once per folder (symlinks and all), each file costs one lstat. A symlinked
+    file is still resolved and refused when it leaves the run (the test above)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "media" / "samples").mkdir(parents=True)
+    rows = []
+    for index in range(200):
+        name = f"media/samples/{index:07d}.png"
+        PILImage.fromarray(np.full((2, 2, 3), index, np.uint8)).save(run_dir / name)
+        rows.append([index, {"_type": "image", "path": name}])
+    (run_dir / "tables").mkdir()
+    (run_dir / "tables" / "t.jsonl").write_text(json.dumps({"key": "t", "step": 0, "columns": ["id", "image"],
+                                                            "rows": rows}) + "\n")
+    (run_dir / "run.json").write_text('{"name": "many"}')
+    calls = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda path, *args, **kwargs: calls.append(path) or realpath(path, *args, **kwargs))
+    html = Path(write_viewer(run_dir)).read_text()
+    assert html.count("media/samples/") == 200
+    assert len(calls) <= 5, f"{len(calls)} realpath calls for a page of 200 images"

@@ -132,6 +132,36 @@ def test_reservoir_chooses_every_position_about_uniformly(make_pipeline):
     assert counts.min() > 0
 
 
+def test_reservoir_converts_no_sample_its_own_batch_evicts():
+    """The choice is made per batch (array operations on the training thread, no loop over samples):
+    of a batch much larger than the reservoir only the winners so far are converted, not every
+    sample that entered and was pushed out again within the same batch (about k * ln(n / k) more)."""
+    from logbus.samples import make_policy
+
+    policy = make_policy("reservoir", 5, seed=3)
+    policy.start_pass()
+    converted = set(policy.choose(1000))
+    assert len(converted) == 5 and policy.kept() == converted
+    later = [1000 + index for index in policy.choose(1000)]
+    # Every winner was converted when it entered, and a later batch only converts its own winners.
+    assert len(policy.kept()) == 5 and policy.kept() <= converted | set(later)
+    assert set(later) <= policy.kept()
+
+
+def test_the_worker_process_deletes_the_files_it_wrote_when_its_pipeline_closes(make_pipeline):
+    """One delete per image is per-sample work: at close the worker process deletes the scratch files
+    it wrote (the training process then removes an empty folder), and ``close`` waits for it, bounded."""
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)
+    table = run_pass(pipeline, make_batches(3, 8))
+    paths = [cell.path for cell in column(table, "image")]
+    assert len(paths) == 24 and all(os.path.exists(path) for path in paths)
+    assert pipeline.close()
+    pipeline._host.close(timeout=60)
+    assert not any(os.path.exists(path) for path in paths)
+    assert os.path.isdir(pipeline.encoder.folder)  # not the training process's rmtree: still there
+
+
 def per_class_batches():
     generator = torch.Generator().manual_seed(3)
     labels = torch.tensor([0, 0, 1, 0, 2, 0, 1, 1, 0, 1, 2, 1, 0, 0, 1, 2, 2, 0, 1, 0, 2])  # class 3 absent
