@@ -7,7 +7,8 @@ run's temp folder grows with every table). The table's artifact then copies the 
 staging folder anyway. Here the mask is encoded at the fast level logbus uses for every file
 (``logbus.encoding.encode_mask``), written to ``/dev/shm`` where there is one (creating thousands of
 small files is where a slow disk hurts), and deleted as soon as the table is logged: ``run.log``
-has staged its own copy by then.
+has staged its own copy by then. Within one table, equal masks share one file, which the table's
+artifact then stores once (wandb skips a path it already added).
 
 A mask given as a path carries no class labels to wandb, so the cell passes them as the image's
 ``classes`` (what wandb itself derives from the masks' labels, ``class_<id>`` where none are named).
@@ -15,6 +16,7 @@ A mask given as a path carries no class labels to wandb, so the cell passes them
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import tempfile
@@ -35,7 +37,7 @@ class MaskFiles:
 
     def __init__(self):
         self._folder: tempfile.TemporaryDirectory | None = None
-        self._written: list[str] = []
+        self._written: dict[bytes, str] = {}  # the mask's content -> its file, until release()
         self._names = itertools.count()
 
     def wandb_mask(self, data: np.ndarray, class_labels: Mapping[int, str] | None) -> tuple[dict[str, Any], dict]:
@@ -47,16 +49,21 @@ class MaskFiles:
         if self._folder is None:
             scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
             self._folder = tempfile.TemporaryDirectory(prefix="logbus-wandb-masks-", dir=scratch)
-        # ".mask.png", as wandb names its own mask files.
-        path = os.path.join(self._folder.name, f"{next(self._names)}.mask.png")
-        with open(path, "wb") as file:
-            file.write(encode_mask(data))
-        self._written.append(path)
+        data = np.ascontiguousarray(data)
+        content = hashlib.blake2b(data.view(np.uint8).data, digest_size=16,
+                                  person=f"{data.shape}{data.dtype}".encode()[:16]).digest()
+        path = self._written.get(content)
+        if path is None:
+            # ".mask.png", as wandb names its own mask files.
+            path = os.path.join(self._folder.name, f"{next(self._names)}.mask.png")
+            with open(path, "wb") as file:
+                file.write(encode_mask(data))
+            self._written[content] = path
         return {"path": path}, labels
 
     def release(self) -> None:
         """Deletes the files written since the last call (wandb copied them when the table was logged)."""
-        for path in self._written:
+        for path in self._written.values():
             try:
                 os.remove(path)
             except FileNotFoundError:
