@@ -10,8 +10,10 @@ small files is where a slow disk hurts), and deleted as soon as the table is log
 has staged its own copy by then. Within one table, equal masks share one file, which the table's
 artifact then stores once (wandb skips a path it already added).
 
-A mask given as a path carries no class labels to wandb, so the cell passes them as the image's
-``classes`` (what wandb itself derives from the masks' labels, ``class_<id>`` where none are named).
+A mask given as a path carries no class labels to wandb, so they are set on it as wandb sets them
+for an array (``_wandb_private.mask_from_file``: the mask layer's class names in the table's column
+type) and passed as the image's ``classes`` (what wandb itself derives from the masks' labels,
+``class_<id>`` where none are named).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ class MaskFiles:
         self._written: dict[bytes, str] = {}  # the mask's content -> its file, until release()
         self._names = itertools.count()
 
-    def wandb_mask(self, data: np.ndarray, class_labels: Mapping[int, str] | None) -> tuple[dict[str, Any], dict]:
-        """``(the mask for wandb.Image(masks=...), its classes {id: name})``."""
+    def wandb_mask(self, name: str, data: np.ndarray, class_labels: Mapping[int, str] | None) -> tuple[Any, dict]:
+        """``(the mask for wandb.Image(masks={name: ...}), its classes {id: name})``."""
+        from logbus.plugins import _wandb_private
+
         labels = ({int(k): v for k, v in class_labels.items()} if class_labels
                   else {int(c): f"class_{int(c)}" for c in np.unique(data)})
         if data.size and int(data.max()) > _MAX_WANDB_CLASS_ID:
@@ -59,7 +63,7 @@ class MaskFiles:
             with open(path, "wb") as file:
                 file.write(encode_mask(data))
             self._written[content] = path
-        return {"path": path}, labels
+        return _wandb_private.mask_from_file(path, name, labels), labels
 
     def release(self) -> None:
         """Deletes the files written since the last call (wandb copied them when the table was logged)."""

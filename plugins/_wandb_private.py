@@ -1,4 +1,5 @@
-"""wandb's private API that logbus relies on, in one place: its process-wide artifact cache.
+"""wandb's private API that logbus relies on, in one place: its process-wide artifact cache, and the
+class labels of a mask given as a file (:func:`mask_from_file`).
 
 wandb keeps the last 100 artifacts it made in two capped dicts (``artifact_instance_cache`` by
 server id, ``artifact_instance_cache_by_client_id`` by client id). A table that refers to an
@@ -73,3 +74,17 @@ def forget(artifacts: Iterable[Any]) -> None:
     for store in caches:
         for key in [key for key, artifact in list(store.items()) if id(artifact) in dropped]:
             store.pop(key, None)
+
+
+def mask_from_file(path: str, name: str, class_labels: dict[int, str]) -> Any:
+    """A ``wandb.ImageMask`` of an already-encoded mask file that carries its class labels as one
+    made from an array does. wandb reads a mask's labels from its private ``_val`` (the table's
+    column type: each mask layer's class ids and names, which the W&B UI's mask legend shows) and
+    its own ``{"path": ...}`` form leaves ``_val`` out; so it is set here, as wandb sets it for an
+    array. ``tests/test_wandb_private.py`` checks that the table's column type is the same either way."""
+    from wandb.sdk.data_types.helper_types.image_mask import ImageMask
+
+    mask = ImageMask({"path": path}, name)
+    mask._val = {"class_labels": dict(class_labels)}
+    mask._key = name
+    return mask

@@ -1,9 +1,12 @@
-"""The one piece of wandb's private API logbus uses (``logbus.plugins._wandb_private``): its
-process-wide artifact cache. These tests fail, loudly, when wandb moves or changes it."""
+"""The pieces of wandb's private API logbus uses (``logbus.plugins._wandb_private``): its
+process-wide artifact cache and a mask file's class labels. These tests fail, loudly, when wandb
+moves or changes them."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,26 @@ def test_a_moved_cache_is_warned_about_once_and_tables_are_logged_whole(wandb_of
     assert [item.get("samples/eval._type") for item in wandb_run.history] == ["table-file", "table-file"]
     assert [[row[2] for row in rows] for _, _, rows in wandb_run.tables("samples/eval")] == [
         [10, 11, 12, 13], [20, 21, 22, 23]]
+
+
+def test_a_mask_from_a_file_gives_the_table_the_column_type_of_the_same_mask_from_an_array(tmp_path):
+    """The table's column type holds each mask layer's class ids and names (the W&B UI's mask
+    legend); a mask handed to wandb as a file must bring them as one handed over as an array."""
+    from logbus.encoding import encode_mask
+
+    mask = np.random.default_rng(0).integers(0, 3, (6, 5), dtype=np.uint8)
+    labels = {0: "sky", 1: "tree", 2: "road"}
+    image_path, mask_path = tmp_path / "image.png", tmp_path / "truth.mask.png"
+    PILImage.fromarray(np.zeros((6, 5, 3), dtype=np.uint8)).save(image_path)
+    mask_path.write_bytes(encode_mask(mask))
+    classes = [{"id": k, "name": v} for k, v in labels.items()]
+
+    def column_types(masks):
+        table = wandb.Table(columns=["image"], data=[[wandb.Image(str(image_path), masks=masks, classes=classes)]])
+        entry = wandb.Artifact("probe", type="probe").add(table, "table")
+        return json.loads(Path(entry.local_path).read_text())["column_types"]
+
+    from_array = column_types({"truth": {"mask_data": mask, "class_labels": labels}})
+    from_file = column_types({"truth": _wandb_private.mask_from_file(str(mask_path), "truth", labels)})
+    assert from_file == from_array
+    assert "tree" in json.dumps(from_array["params"]["type_map"]["image"])  # the labels are in it
