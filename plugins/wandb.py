@@ -190,8 +190,9 @@ class WandBBackend:
                 if image_columns and _wandb_private.can_refer_to_tables():
                     self._add_joined_table(data, key, record, rows, image_columns)
                 else:
-                    data[key] = wandb.Table(columns=record.columns, data=[
-                        [_to_wandb(cell, None, self._mask_files) for cell in row] for row in rows])
+                    data[key] = _wandb_private.table_of_rows(
+                        record.columns, [[_to_wandb(cell, None, self._mask_files) for cell in row] for row in rows],
+                        [tuple(_type_signature(cell) for cell in row) for row in rows])
             self._run_log(data, step=record.step)
         finally:
             self._mask_files.release()  # staged by wandb in run.log, or never to be logged
@@ -211,10 +212,12 @@ class WandBBackend:
         known = self._references.get(key)
         # The same rows with the same images, or a new reference (a join would show rows of the old one).
         if known is None or known[0] != identities:
-            reference = wandb.Table(columns=[join_key, *(columns[i] for i in image_columns)],
-                                    data=[[row[join_index], *(_to_wandb(row[i], _REFERENCE, self._mask_files)
-                                                               for i in image_columns)]
-                                          for row in rows])
+            reference = _wandb_private.table_of_rows(
+                [join_key, *(columns[i] for i in image_columns)],
+                [[row[join_index], *(_to_wandb(row[i], _REFERENCE, self._mask_files) for i in image_columns)]
+                 for row in rows],
+                [(type(row[join_index]), *(_type_signature(row[i], _REFERENCE) for i in image_columns))
+                 for row in rows])
             data[f"{key}/reference"] = reference  # before the joined table: logged first, then referred to
             if known is not None:
                 _wandb_private.forget([_wandb_private.table_artifact(known[1])])
@@ -226,7 +229,10 @@ class WandBBackend:
                     if i not in image_columns or any(_has_per_eval_part(row[i]) for row in rows)]
         eval_rows = [[_to_wandb(row[i], self._blank_image, self._mask_files) if i in image_columns else row[i] for i in per_eval]
                      for row in rows]
-        eval_table = wandb.Table(columns=[columns[i] for i in per_eval], data=eval_rows)
+        eval_table = _wandb_private.table_of_rows(
+            [columns[i] for i in per_eval], eval_rows,
+            [tuple(_type_signature(row[i], self._blank_image if i in image_columns else None) for i in per_eval)
+             for row in rows])
         data[key] = wandb.JoinedTable(known[1], eval_table, join_key)
 
     def _blank_image(self, height: int, width: int) -> Any:
@@ -418,6 +424,26 @@ _REFERENCE = "reference"  # _to_wandb: the image cell without its per-eval parts
 
 def _has_per_eval_part(cell: Any) -> bool:
     return isinstance(cell, Image) and (PER_EVAL_MASK in cell.masks or bool(cell.boxes))
+
+
+def _type_signature(cell: Any, part: Any = None) -> Any:
+    """Everything wandb's column type of ``_to_wandb(cell, part)`` depends on (for
+    ``_wandb_private.table_of_rows``): the Python type; for an image, its masks' names and class
+    labels and its boxes' classes and score key. More than wandb looks at is harmless (rows with
+    another signature are type-checked too); less would leave a column's type short."""
+    if not isinstance(cell, Image):
+        return type(cell)
+    per_eval = part is not None and part != _REFERENCE
+    if per_eval and not _has_per_eval_part(cell):
+        return type(None)  # _to_wandb gives None
+    masks = tuple((name, tuple(sorted((mask.class_labels or {}).items())) if mask.class_labels
+                   else tuple(np.unique(mask.data).tolist()))
+                  for name, mask in sorted(cell.masks.items())
+                  if (name == PER_EVAL_MASK) == per_eval or part is None)
+    boxes = () if part == _REFERENCE or not cell.boxes else (
+        tuple(sorted({int(b.class_id) for b in cell.boxes})), any(b.score is not None for b in cell.boxes),
+        tuple(sorted((cell.box_class_labels or {}).items())))
+    return Image, masks, boxes
 
 
 def _reference_identity(cell: Any) -> Any:

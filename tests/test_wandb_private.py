@@ -110,3 +110,31 @@ def test_a_mask_from_a_file_gives_the_table_the_column_type_of_the_same_mask_fro
     from_file = column_types({"truth": _wandb_private.mask_from_file(str(mask_path), "truth", labels)})
     assert from_file == from_array
     assert "tree" in json.dumps(from_array["params"]["type_map"]["image"])  # the labels are in it
+
+
+def test_a_table_typed_from_one_row_per_signature_is_the_table_wandb_builds_from_every_row(tmp_path):
+    """``table_of_rows`` lets wandb infer the column types from one row per signature: the stored
+    table (column types, rows, image files) must be the one ``wandb.Table`` builds from every row,
+    with rows of several types in one column (numbers and None, images with and without masks)."""
+    from logbus.plugins.wandb import _to_wandb, _type_signature
+    from logbus.records import Mask
+
+    generator = np.random.default_rng(1)
+    cells = []
+    for row in range(6):
+        path = tmp_path / f"image-{row}.png"
+        PILImage.fromarray(generator.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(path)
+        masks = {"truth": Mask(generator.integers(0, 2 + row % 2, (4, 4)), {0: "a", 1: "b", 2: "c"} if row < 4 else None)}
+        cells.append([row, Image(path=str(path), masks=masks if row % 3 else {}), None if row == 4 else row / 2,
+                      row % 2 == 0])
+    columns = ["id", "image", "score", "even"]
+    rows = [[_to_wandb(cell) for cell in row] for row in cells]
+
+    def stored(table):
+        entry = wandb.Artifact("probe", type="probe").add(table, "table")
+        return json.loads(Path(entry.local_path).read_text())
+
+    ours = stored(_wandb_private.table_of_rows(columns, rows, [tuple(map(_type_signature, row)) for row in cells]))
+    theirs = stored(wandb.Table(columns=columns, data=rows))
+    assert ours == theirs
+    assert len({tuple(map(_type_signature, row)) for row in cells}) < len(cells)  # some rows were not type-checked
