@@ -174,7 +174,14 @@ class WandBBackend:
         change;
         each eval's own cells go to a table of scalars joined to it (``wandb.JoinedTable`` on the
         join key) under ``key``. A repeat eval of the same images then adds no image file and costs
-        about a tenth of a first eval per classification row (``benchmarks/bench_wandb_tables.py``)."""
+        about a tenth of a first eval per classification row (``benchmarks/bench_wandb_tables.py``).
+        A segmentation row's per-eval prediction mask is still a file of its own in every eval's
+        table (wandb stores a mask only as a file beside its image): a staged copy and a manifest
+        entry per row, in wandb, which is most of a repeat eval's segmentation row.
+
+        What logbus does to wandb's per-row cost: masks are encoded once, here, and handed over as
+        files (``_wandb_masks``); column types are inferred from one row per type signature
+        (``_wandb_private.table_of_rows``)."""
         import wandb
 
         from logbus.plugins import _wandb_private
