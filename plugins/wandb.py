@@ -26,6 +26,7 @@ import logbus
 from logbus.files import wandb_artifact_name
 from logbus.options import Option, Options
 from logbus.plugins._backend_common import fallback_run_started, logs_on_this_rank, rank_run_name
+from logbus.plugins._wandb_masks import MaskFiles
 from logbus.records import (
     PER_EVAL_MASK,
     Artifact,
@@ -140,7 +141,8 @@ class WandBBackend:
         self.run_dir: str | None = None
         # Per table key: the reference table of its images now, with each join value's image identity.
         self._references: dict[str, tuple[dict[Any, tuple], Any]] = {}
-        self._blank_images: dict[tuple[int, int], str] = {}
+        self._blank_images: dict[tuple[int, int], Any] = {}  # (height, width) -> wandb.Image
+        self._mask_files = MaskFiles()
         self._blank_folder: tempfile.TemporaryDirectory | None = None
         # Composer warns at construction, on every rank, where a launcher's WORLD_SIZE already tells a
         # distributed run; without one, the warning waits for the world size that RunStarted brings.
@@ -206,30 +208,41 @@ class WandBBackend:
         change;
         each eval's own cells go to a table of scalars joined to it (``wandb.JoinedTable`` on the
         join key) under ``key``. A repeat eval of the same images then adds no image file and costs
-        about a tenth of a first eval per classification row (``benchmarks/bench_wandb_tables.py``)."""
+        about a tenth of a first eval per classification row (``benchmarks/bench_wandb_tables.py``).
+        A segmentation row's per-eval prediction mask is still a file of its own in every eval's
+        table (wandb stores a mask only as a file beside its image): a staged copy and a manifest
+        entry per row, in wandb, which is most of a repeat eval's segmentation row.
+
+        What logbus does to wandb's per-row cost: masks are encoded once, here, and handed over as
+        files (``_wandb_masks``); column types are inferred from one row per type signature
+        (``_wandb_private.table_of_rows``)."""
         import wandb
 
         from logbus.plugins import _wandb_private
 
         limit = wandb.Table.MAX_ROWS
         data: dict[str, Any] = {}
-        for part, start in enumerate(range(0, max(1, len(record.rows)), limit), start=1):
-            rows = record.rows[start:start + limit]
-            key = record.key if part == 1 else f"{record.key}/part{part}"
-            image_columns = [] if record.join_key is None else [
-                index for index in range(len(record.columns)) if any(isinstance(row[index], Image) for row in rows)]
-            if image_columns and _wandb_private.can_refer_to_tables():
-                self._add_joined_table(data, key, record, rows, image_columns)
-            else:
-                data[key] = wandb.Table(columns=list(record.columns), data=[[_to_wandb(cell) for cell in row] for row in rows])
-        self._run_log(data, step=record.step)
+        try:
+            for part, start in enumerate(range(0, max(1, len(record.rows)), limit), start=1):
+                rows = record.rows[start:start + limit]
+                key = record.key if part == 1 else f"{record.key}/part{part}"
+                image_columns = [] if record.join_key is None else [
+                    index for index in range(len(record.columns)) if any(isinstance(row[index], Image) for row in rows)]
+                if image_columns and _wandb_private.can_refer_to_tables():
+                    self._add_joined_table(data, key, record, rows, image_columns)
+                else:
+                    data[key] = _wandb_private.table_of_rows(
+                        record.columns, [[_to_wandb(cell, None, self._mask_files) for cell in row] for row in rows],
+                        [tuple(_type_signature(cell) for cell in row) for row in rows])
+            self._run_log(data, step=record.step)
+        finally:
+            self._mask_files.release()  # staged by wandb in run.log, or never to be logged
         references = {id(table) for _, table in self._references.values()}
         _wandb_private.forget(_wandb_private.table_artifact(table) for table in data.values()
                               if id(table) not in references)
 
     def _add_joined_table(self, data: dict[str, Any], key: str, record: Table, rows: Sequence[Sequence[Any]],
                           image_columns: list[int]) -> None:
-        import wandb
         from wandb.data_types import JoinedTable  # wandb.JoinedTable, which wandb's __init__.pyi leaves out
 
         from logbus.plugins import _wandb_private
@@ -241,9 +254,12 @@ class WandBBackend:
         known = self._references.get(key)
         # The same rows with the same images, or a new reference (a join would show rows of the old one).
         if known is None or known[0] != identities:
-            reference = wandb.Table(columns=[join_key, *(columns[i] for i in image_columns)],
-                                    data=[[row[join_index], *(_to_wandb(row[i], _REFERENCE) for i in image_columns)]
-                                          for row in rows])
+            reference = _wandb_private.table_of_rows(
+                [join_key, *(columns[i] for i in image_columns)],
+                [[row[join_index], *(_to_wandb(row[i], _REFERENCE, self._mask_files) for i in image_columns)]
+                 for row in rows],
+                [(type(row[join_index]), *(_type_signature(row[i], _REFERENCE) for i in image_columns))
+                 for row in rows])
             data[f"{key}/reference"] = reference  # before the joined table: logged first, then referred to
             if known is not None:
                 _wandb_private.forget([_wandb_private.table_artifact(known[1])])
@@ -253,24 +269,31 @@ class WandBBackend:
         # Per eval: the scalars, and an image column only where a cell has a prediction of its own.
         per_eval = [i for i in range(len(columns))
                     if i not in image_columns or any(_has_per_eval_part(row[i]) for row in rows)]
-        eval_rows = [[_to_wandb(row[i], self._blank_image) if i in image_columns else row[i] for i in per_eval]
+        eval_rows = [[_to_wandb(row[i], self._blank_image, self._mask_files) if i in image_columns else row[i] for i in per_eval]
                      for row in rows]
-        eval_table = wandb.Table(columns=[columns[i] for i in per_eval], data=eval_rows)
+        eval_table = _wandb_private.table_of_rows(
+            [columns[i] for i in per_eval], eval_rows,
+            [tuple(_type_signature(row[i], self._blank_image if i in image_columns else None) for i in per_eval)
+             for row in rows])
         data[key] = JoinedTable(known[1], eval_table, join_key)
 
-    def _blank_image(self, height: int, width: int) -> str:
-        """A black PNG of this size, written once: the background of per-eval prediction masks (the
-        image itself is in the reference table)."""
-        path = self._blank_images.get((height, width))
-        if path is None:
+    def _blank_image(self, height: int, width: int) -> Any:
+        """A black image of this size, written and hashed once: the background of per-eval
+        prediction masks (the image itself is in the reference table). Each cell is a
+        ``wandb.Image(blank, masks=...)``, which takes the file and its hash from it (the documented
+        copy of an Image, without its masks), and the table's artifact stores the file once."""
+        import wandb
+
+        blank = self._blank_images.get((height, width))
+        if blank is None:
             from PIL import Image as PILImage
 
             if self._blank_folder is None:
                 self._blank_folder = tempfile.TemporaryDirectory(prefix="logbus-wandb-")
             path = os.path.join(self._blank_folder.name, f"blank-{height}x{width}.png")
             PILImage.new("L", (width, height)).save(path)
-            self._blank_images[(height, width)] = path
-        return path
+            blank = self._blank_images[(height, width)] = wandb.Image(path)
+        return blank
 
     def _log_user_call(self, record: UserLog) -> None:
         if record.step is not None:
@@ -295,6 +318,8 @@ class WandBBackend:
         if self._blank_folder is not None:
             self._blank_folder.cleanup()
             self._blank_folder = None
+            self._blank_images.clear()
+        self._mask_files.close()
 
     # -- run lifecycle ---------------------------------------------------------------------------
     def start(self, record: RunStarted, *, global_run: bool = False) -> None:
@@ -444,6 +469,26 @@ def _has_per_eval_part(cell: Any) -> bool:
     return isinstance(cell, Image) and (PER_EVAL_MASK in cell.masks or bool(cell.boxes))
 
 
+def _type_signature(cell: Any, part: Any = None) -> Any:
+    """Everything wandb's column type of ``_to_wandb(cell, part)`` depends on (for
+    ``_wandb_private.table_of_rows``): the Python type; for an image, its masks' names and class
+    labels and its boxes' classes and score key. More than wandb looks at is harmless (rows with
+    another signature are type-checked too); less would leave a column's type short."""
+    if not isinstance(cell, Image):
+        return type(cell)
+    per_eval = part is not None and part != _REFERENCE
+    if per_eval and not _has_per_eval_part(cell):
+        return type(None)  # _to_wandb gives None
+    masks = tuple((name, tuple(sorted((mask.class_labels or {}).items())) if mask.class_labels
+                   else tuple(np.unique(mask.data).tolist()))
+                  for name, mask in sorted(cell.masks.items())
+                  if (name == PER_EVAL_MASK) == per_eval or part is None)
+    boxes = () if part == _REFERENCE or not cell.boxes else (
+        tuple(sorted({int(b.class_id) for b in cell.boxes})), any(b.score is not None for b in cell.boxes),
+        tuple(sorted((cell.box_class_labels or {}).items())))
+    return Image, masks, boxes
+
+
 def _reference_identity(cell: Any) -> Any:
     """What a reference table keeps of an image cell, as something comparable: the image's bytes
     (hashed), caption and masks other than the per-eval one."""
@@ -462,10 +507,11 @@ def _reference_identity(cell: Any) -> Any:
     return content, cell.caption, masks
 
 
-def _to_wandb(cell: Any, part: Any = None) -> Any:
+def _to_wandb(cell: Any, part: Any = None, mask_files: MaskFiles | None = None) -> Any:
     """A table cell for wandb. ``part``: ``None`` the whole cell; ``_REFERENCE`` an image without its
-    per-eval mask and boxes; or a ``blank_image(height, width) -> path`` for the per-eval part alone
-    (``None`` where the cell has none), drawn on a blank image of the same size."""
+    per-eval mask and boxes; or a ``blank_image(height, width) -> wandb.Image`` for the per-eval part
+    alone (``None`` where the cell has none), drawn on a blank image of the same size.
+    ``mask_files``: masks go to wandb as files written there (table cells); ``None``: as arrays."""
     if not isinstance(cell, Image):
         return cell
     import wandb
@@ -478,10 +524,21 @@ def _to_wandb(cell: Any, part: Any = None) -> Any:
         if not _has_per_eval_part(cell):
             return None
         masks = {name: mask for name, mask in masks.items() if name == PER_EVAL_MASK}
-    wandb_masks = {name: {"mask_data": mask.data,
-                          **({"class_labels": {int(k): v for k, v in mask.class_labels.items()}}
-                             if mask.class_labels else {})}
-                   for name, mask in masks.items()} or None
+    classes: dict[int, str] = {}
+    if mask_files is None:
+        wandb_masks = {name: {"mask_data": mask.data,
+                              **({"class_labels": {int(k): v for k, v in mask.class_labels.items()}}
+                                 if mask.class_labels else {})}
+                       for name, mask in masks.items()} or None
+    else:
+        wandb_masks = {}
+        for name, mask in masks.items():
+            wandb_masks[name], labels = mask_files.wandb_mask(name, mask.data, mask.class_labels)
+            classes.update(labels)
+        wandb_masks = wandb_masks or None
+    # As wandb.Image derives them from masks given as arrays (its legacy merge: a later mask's name
+    # for an id wins); a box's own labels are merged by wandb itself.
+    classes_argument = [{"id": k, "name": v} for k, v in classes.items()] or None
     boxes: dict[str, Any] | None = None
     if cell.boxes and part != _REFERENCE:
         box_data = [{"position": {"minX": b.min_x, "minY": b.min_y, "maxX": b.max_x, "maxY": b.max_y},
@@ -492,13 +549,13 @@ def _to_wandb(cell: Any, part: Any = None) -> Any:
         boxes = {"predictions": {"box_data": box_data,
                                  **({"class_labels": dict(cell.box_class_labels)} if cell.box_class_labels else {})}}
     if per_eval:
-        return wandb.Image(part(*_image_size(cell)), masks=wandb_masks, boxes=boxes)
+        return wandb.Image(part(*_image_size(cell)), masks=wandb_masks, boxes=boxes, classes=classes_argument)
     if cell.path is not None:
         # An already-encoded file: wandb copies it as it is, no second encode.
-        return wandb.Image(cell.path, caption=cell.caption, masks=wandb_masks, boxes=boxes)
+        return wandb.Image(cell.path, caption=cell.caption, masks=wandb_masks, boxes=boxes, classes=classes_argument)
     assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)
     pixels = cell.pixels[:, :, 0] if cell.pixels.shape[2] == 1 else cell.pixels
-    return wandb.Image(pixels, caption=cell.caption, masks=wandb_masks, boxes=boxes)
+    return wandb.Image(pixels, caption=cell.caption, masks=wandb_masks, boxes=boxes, classes=classes_argument)
 
 
 def _image_size(cell: Image) -> tuple[int, int]:

@@ -8,13 +8,16 @@ hands ``WandBBackend.log`` one table of ``ROWS`` rows of 32x32 PNG images, as th
 delivers them (encoded files, ``join_key="id"``), to an offline run. ``first``: a key the backend has
 not seen, so the images go to a new reference table; ``repeat``: the key of an earlier eval with the
 same images, so only the per-eval cells are logged and joined to it; ``whole``: no join key.
-``extra_info`` has the per-row median and the min-max spread over the rounds.
+``extra_info`` has the per-row median and the min-max spread over the rounds, of the wall time and of
+the calling thread's CPU time (``time.thread_time``: what the backend holds of the training process,
+and less sensitive than the wall time to other jobs on a shared machine).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import numpy as np
 import pytest
@@ -80,6 +83,7 @@ def test_wandb_table_rows(benchmark, wandb_offline, kind, variant):  # noqa: F81
     if variant == "repeat":
         backend.log(_table(cells, kind, "samples/eval", next(steps), join_key))  # the first eval, not timed
     tables = []
+    cpu_seconds = []
 
     def next_table():
         step = next(steps)
@@ -89,7 +93,9 @@ def test_wandb_table_rows(benchmark, wandb_offline, kind, variant):  # noqa: F81
         return (), {}
 
     def log_one_eval():
+        started = time.thread_time()
         backend.log(tables[-1])
+        cpu_seconds.append(time.thread_time() - started)
 
     try:
         benchmark.pedantic(log_one_eval, setup=next_table, rounds=ROUNDS, warmup_rounds=0)
@@ -97,7 +103,11 @@ def test_wandb_table_rows(benchmark, wandb_offline, kind, variant):  # noqa: F81
         backend.close(RunFinished())
     if benchmark.stats is not None:  # None under --benchmark-disable (the suite run as plain tests)
         stats = benchmark.stats.stats
+        cpu = sorted(seconds / ROWS * 1e6 for seconds in cpu_seconds)
         benchmark.extra_info.update(rows=ROWS, us_per_row_median=stats.median / ROWS * 1e6,
-                                    us_per_row_min=stats.min / ROWS * 1e6, us_per_row_max=stats.max / ROWS * 1e6)
+                                    us_per_row_min=stats.min / ROWS * 1e6, us_per_row_max=stats.max / ROWS * 1e6,
+                                    cpu_us_per_row_median=cpu[len(cpu) // 2], cpu_us_per_row_min=cpu[0],
+                                    cpu_us_per_row_max=cpu[-1])
         print(f"\n{kind} {variant}: {stats.median / ROWS * 1e6:.0f} us/row (median of {stats.rounds}, "
-              f"{stats.min / ROWS * 1e6:.0f}-{stats.max / ROWS * 1e6:.0f})")
+              f"{stats.min / ROWS * 1e6:.0f}-{stats.max / ROWS * 1e6:.0f}); thread CPU {cpu[len(cpu) // 2]:.0f} "
+              f"us/row ({cpu[0]:.0f}-{cpu[-1]:.0f})")

@@ -217,6 +217,52 @@ def test_table_rows_with_image_cells_masks_and_captions(wandb_offline):
     assert tables[1][2] == [[2, "none", None, None]]
 
 
+def test_table_masks_go_to_wandb_as_files_stored_once_and_the_scratch_is_emptied_per_table(wandb_offline, tmp_path):
+    """Masks of table cells are encoded by logbus and handed to wandb as files: each comes back
+    pixel for pixel with its class names (named ones, or wandb's own ``class_<id>`` where none are
+    given), equal masks in one table are stored once, and the scratch files are gone as soon as
+    the table is logged (wandb keeps its own copy), not at the end of the run."""
+    from logbus.plugins.wandb import WandBBackend
+    from logbus.records import RunFinished
+
+    rng = np.random.default_rng(3)
+    pixels = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(3)]
+    truth = [rng.integers(0, 3, (6, 5), dtype=np.uint8) for _ in range(3)]
+    same = rng.integers(0, 4, (6, 5)).astype(np.int64)  # one prediction for every row, unnamed classes
+    labels = {0: "sky", 1: "tree", 2: "road"}
+    backend = WandBBackend(project="logbus-tests")
+    backend.log(RunStarted("mask-files"))
+    scratch = []
+    for step, join_key in ((1, "id"), (2, "id"), (3, None)):
+        rows = [[i, Image(path=png(tmp_path / f"{i}.png", pixels[i]),
+                          masks={"ground_truth": Mask(truth[i], labels), "prediction": Mask(same)})]
+                for i in range(3)]
+        backend.log(Table("samples/eval" if join_key else "whole", ["id", "image"], rows, step=step,
+                          join_key=join_key))
+        folder = backend._mask_files._folder.name
+        scratch.append(os.listdir(folder))
+    backend.close(RunFinished())
+    assert scratch == [[], [], []] and not os.path.exists(folder)
+
+    wandb_run = read_only_run(wandb_offline)
+    tables = [*wandb_run.tables("samples/eval"), *wandb_run.tables("whole")]
+    assert [step for step, _, _ in tables] == [1, 2, 3]
+    unnamed = {int(c): f"class_{c}" for c in np.unique(same)}
+    # A joined row shows the reference cell's classes (the ground truth's); a whole cell has wandb's
+    # own merge of every mask's classes, a later mask's names winning.
+    for (step, _, rows), classes in zip(tables, (labels, labels, {**labels, **unnamed})):
+        assert [row[0] for row in rows] == [0, 1, 2]
+        for i, row in enumerate(rows):
+            cell = row[1]
+            np.testing.assert_array_equal(decode(cell["file"]), pixels[i])
+            np.testing.assert_array_equal(decode(cell["masks"]["ground_truth"]["file"]), truth[i])
+            np.testing.assert_array_equal(decode(cell["masks"]["prediction"]["file"]), same)
+            assert {int(k): v for k, v in cell["class_labels"].items()} == classes, step
+    # The same prediction in every row: one stored file for all three, in each table.
+    for _, _, rows in tables:
+        assert len({row[1]["masks"]["prediction"]["file"] for row in rows}) == 1
+
+
 def test_an_encoded_png_path_is_stored_byte_for_byte(wandb_offline, logbus_dir, tmp_path):
     pixels = np.arange(7 * 9 * 3, dtype=np.uint8).reshape(7, 9, 3)
     # Maximum compression and a text chunk: any re-encode by wandb or logbus would change the bytes.

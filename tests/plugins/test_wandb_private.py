@@ -1,9 +1,12 @@
-"""The one piece of wandb's private API logbus uses (``logbus.plugins._wandb_private``): its
-process-wide artifact cache. These tests fail, loudly, when wandb moves or changes it."""
+"""The pieces of wandb's private API logbus uses (``logbus.plugins._wandb_private``): its
+process-wide artifact cache and a mask file's class labels. These tests fail, loudly, when wandb
+moves or changes them."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,54 @@ def test_a_moved_cache_is_warned_about_once_and_tables_are_logged_whole(wandb_of
     assert [item.get("samples/eval._type") for item in wandb_run.history] == ["table-file", "table-file"]
     assert [[row[2] for row in rows] for _, _, rows in wandb_run.tables("samples/eval")] == [
         [10, 11, 12, 13], [20, 21, 22, 23]]
+
+
+def test_a_mask_from_a_file_gives_the_table_the_column_type_of_the_same_mask_from_an_array(tmp_path):
+    """The table's column type holds each mask layer's class ids and names (the W&B UI's mask
+    legend); a mask handed to wandb as a file must bring them as one handed over as an array."""
+    from logbus.encoding import encode_mask
+
+    mask = np.random.default_rng(0).integers(0, 3, (6, 5), dtype=np.uint8)
+    labels = {0: "sky", 1: "tree", 2: "road"}
+    image_path, mask_path = tmp_path / "image.png", tmp_path / "truth.mask.png"
+    PILImage.fromarray(np.zeros((6, 5, 3), dtype=np.uint8)).save(image_path)
+    mask_path.write_bytes(encode_mask(mask))
+    classes = [{"id": k, "name": v} for k, v in labels.items()]
+
+    def column_types(masks):
+        table = wandb.Table(columns=["image"], data=[[wandb.Image(str(image_path), masks=masks, classes=classes)]])
+        entry = wandb.Artifact("probe", type="probe").add(table, "table")
+        return json.loads(Path(entry.local_path).read_text())["column_types"]
+
+    from_array = column_types({"truth": {"mask_data": mask, "class_labels": labels}})
+    from_file = column_types({"truth": _wandb_private.mask_from_file(str(mask_path), "truth", labels)})
+    assert from_file == from_array
+    assert "tree" in json.dumps(from_array["params"]["type_map"]["image"])  # the labels are in it
+
+
+def test_a_table_typed_from_one_row_per_signature_is_the_table_wandb_builds_from_every_row(tmp_path):
+    """``table_of_rows`` lets wandb infer the column types from one row per signature: the stored
+    table (column types, rows, image files) must be the one ``wandb.Table`` builds from every row,
+    with rows of several types in one column (numbers and None, images with and without masks)."""
+    from logbus.plugins.wandb import _to_wandb, _type_signature
+    from logbus.records import Mask
+
+    generator = np.random.default_rng(1)
+    cells = []
+    for row in range(6):
+        path = tmp_path / f"image-{row}.png"
+        PILImage.fromarray(generator.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(path)
+        masks = {"truth": Mask(generator.integers(0, 2 + row % 2, (4, 4)), {0: "a", 1: "b", 2: "c"} if row < 4 else None)}
+        cells.append([row, Image(path=str(path), masks=masks if row % 3 else {}), None if row == 4 else row / 2,
+                      row % 2 == 0])
+    columns = ["id", "image", "score", "even"]
+    rows = [[_to_wandb(cell) for cell in row] for row in cells]
+
+    def stored(table):
+        entry = wandb.Artifact("probe", type="probe").add(table, "table")
+        return json.loads(Path(entry.local_path).read_text())
+
+    ours = stored(_wandb_private.table_of_rows(columns, rows, [tuple(map(_type_signature, row)) for row in cells]))
+    theirs = stored(wandb.Table(columns=columns, data=rows))
+    assert ours == theirs
+    assert len({tuple(map(_type_signature, row)) for row in cells}) < len(cells)  # some rows were not type-checked
