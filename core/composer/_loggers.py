@@ -29,6 +29,7 @@ from logbus.bus import BUS_OPTIONS, Bus
 from logbus.composer._staging import Staging
 from logbus.files import check_key, wandb_artifact_name
 from logbus.options import Option, Options
+from logbus.plugins._backend_common import fallback_run_started
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 from logbus.samples import images_record
 
@@ -44,6 +45,13 @@ LOGBUS_LOGGER_OPTIONS: Options = Options(
            "backend) at the end of `fit`", kind="bool"),
 )
 _DEFAULTS = LOGBUS_LOGGER_OPTIONS.defaults
+
+def run_started(state: State) -> RunStarted:
+    """The run's start, named as Composer names it; a state without a name (Composer always sets one)
+    gets the fallback name every built-in backend uses."""
+    return RunStarted(run_name=state.run_name or fallback_run_started().run_name, rank=dist.get_global_rank(),
+                      world_size=dist.get_world_size())
+
 
 _MODEL_EXTENSIONS = {"pt", "pth", "ckpt", "safetensors", "bin"}
 
@@ -91,8 +99,7 @@ class LogBusLogger(LoggerDestination):
     def init(self, state: State, logger: Logger) -> None:
         del logger
         self._state = state
-        self.bus.emit(RunStarted(run_name=state.run_name or "composer-run", rank=dist.get_global_rank(),
-                                 world_size=dist.get_world_size()))
+        self.bus.emit(run_started(state))
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self.bus.exit_code_if_interrupted = 1  # if the process dies inside fit, the run failed
@@ -254,8 +261,7 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
             # wandb.init here, on the training thread, as Composer does: user code may use wandb.run,
             # wandb.config, wandb.log from Event.INIT on. A failure is reported by the bus (counted,
             # the backend switched off), never raised into training.
-            backend.start(RunStarted(run_name=state.run_name or "composer-run", rank=dist.get_global_rank(),
-                                     world_size=dist.get_world_size()), global_run=True)
+            backend.start(run_started(state), global_run=True)
             self._state = state
             backend.route_user_logs(self._current_batch, self.bus.emit)
             super().init(state, logger)
