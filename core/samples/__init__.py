@@ -6,9 +6,9 @@ from logbus.samples._encoder_pool import content_name
 from logbus.samples._extractor import IMAGE_OPTIONS, check_batch, check_images, class_names_map, image_options, logits_of
 from logbus.samples._images import images_record
 from logbus.samples._options import HARDEST_BY, IMAGE_FORMATS, PIPELINE_OPTIONS, POLICIES, SAMPLING_OPTIONS, split_options
+from logbus.samples._pending_image import PendingImage
 from logbus.samples._pipeline import (
     CLOSE_TIMEOUT,
-    PendingImage,
     PipelineStats,
     SamplePipeline,
     cleanup_within_close,

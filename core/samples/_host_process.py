@@ -331,7 +331,7 @@ def serve(fd: int) -> None:
     import torch
 
     from logbus.samples._encoder_pool import EncoderPool
-    from logbus.samples._pipeline import PendingImage
+    from logbus.samples._pending_image import PendingImage
 
     # Background work: one intra-op thread, so that the device stages run here do not compete with
     # the training process for every core.

@@ -42,27 +42,15 @@ import torch
 from logbus.bus import Deferred
 from logbus.files import check_key
 from logbus.hookspecs import Extractor
-from logbus.records import Image, Mask, Table
+from logbus.records import Image, Table
 from logbus.samples._encoder_pool import EncoderPool
 from logbus.samples._host_process import HostStage
 from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
+from logbus.samples._pending_image import PendingImage
 from logbus.samples._pinned_pool import PinnedPool
 from logbus.samples._policies import SamplingPolicy, make_policy
 
 log = logging.getLogger("logbus")
-
-
-@dataclass
-class PendingImage:
-    """An image cell whose file is still being encoded. Masks are ``name -> (ids [H, W], labels)``."""
-
-    path: Any  # a Future-like with result() -> path (logbus.samples._encoder_pool.EncodedFile)
-    caption: str | None = None
-    masks: Mapping[str, tuple[np.ndarray, Mapping[int, str] | None]] = field(default_factory=dict)
-
-    def resolve(self) -> Image:
-        return Image(path=self.path.result(), caption=self.caption,
-                     masks={name: Mask(ids, labels) for name, (ids, labels) in self.masks.items()})
 
 
 @dataclass
