@@ -26,6 +26,12 @@ Kind = Literal["int", "number", "bool", "str", "path", "choice", "dict", None]
 _KINDS = ("int", "number", "bool", "str", "path", "choice", "dict", None)
 
 
+class OptionTypeError(TypeError, ValueError):
+    """An option of the wrong type. A ``TypeError``, and a ``ValueError`` too: before options were
+    declared in one place, some checks raised ``ValueError`` for a wrong type (``failure_limit=True``),
+    and code that catches that keeps working (as numpy's ``AxisError`` is both ``ValueError`` and
+    ``IndexError``)."""
+
 @dataclass(frozen=True)
 class Option:
     """One public option.
@@ -90,7 +96,7 @@ class Option:
         if kind is None or (value is None and self.nullable):
             return value
         if not self._right_type(kind, value):
-            raise TypeError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
+            raise OptionTypeError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
         if self.kind == "choice" and value not in self.choices:
             raise ValueError(f"{self.name}: expected {self.expected()}, got {value!r:.80}")
         if self.kind in ("int", "number") and not self._in_range(value):

@@ -67,3 +67,11 @@ def test_update_readme_rewrites_only_the_table_of_its_heading():
            "| `old` | `1` | gone |\n\nMore prose.\n\n### Other\n\n| x |\n"
     updated = update_readme(text, {"`thing`": Options(Option("new", 2, "here"))})
     assert updated == text.replace("| `old` | `1` | gone |", "| `new` | `2` | here |")
+
+
+def test_a_wrong_type_is_a_type_error_and_still_the_value_error_it_used_to_be():
+    option = Option("failure_limit", 3, "", kind="int", minimum=1)
+    with pytest.raises(TypeError, match="failure_limit: expected an int >= 1, got True"):
+        option.check(True)
+    with pytest.raises(ValueError, match="failure_limit: expected an int >= 1, got True"):
+        option.check(True)

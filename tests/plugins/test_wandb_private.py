@@ -92,7 +92,7 @@ def test_a_moved_cache_is_warned_about_once_and_tables_are_logged_whole(wandb_of
 def test_a_mask_from_a_file_gives_the_table_the_column_type_of_the_same_mask_from_an_array(tmp_path):
     """The table's column type holds each mask layer's class ids and names (the W&B UI's mask
     legend); a mask handed to wandb as a file must bring them as one handed over as an array."""
-    from logbus.encoding import encode_mask
+    from logbus.files import encode_mask
 
     mask = np.random.default_rng(0).integers(0, 3, (6, 5), dtype=np.uint8)
     labels = {0: "sky", 1: "tree", 2: "road"}
