@@ -106,6 +106,26 @@ class EncoderPool:
         self.deleted = 0
         self._giving_up = False
 
+    def move(self, parent: str) -> bool:
+        """Makes this pool's scratch folder anew under ``parent`` (created if needed), while nothing has
+        been encoded yet: a backend that stores files on ``parent``'s filesystem can then hard-link them
+        instead of copying. Returns False, keeping the folder, once files exist, for a folder the
+        caller gave, or where ``parent`` cannot be written."""
+        with self._lock:
+            if self._owned is None or self._files or self._chunk is not None:
+                return False
+            try:
+                os.makedirs(parent, exist_ok=True)
+                owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=parent)
+            except OSError:
+                return False
+            old, self._owned, self.folder = self._owned, owned, owned.name
+        try:
+            old.cleanup()  # empty: nothing was ever written in it
+        except OSError:
+            pass
+        return True
+
     def encode(self, pixels: np.ndarray) -> "EncodedFile":
         """A handle whose ``result()`` is the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file.
 
