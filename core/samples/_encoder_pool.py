@@ -89,6 +89,7 @@ class EncoderPool:
         # one (creating thousands of small files is where a slow disk hurts most).
         scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self._owned: tempfile.TemporaryDirectory[str] | None = None
+        self._parent: str | None = None  # the folder given to ``move``, removed at close once empty
         if folder is None:
             self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch)
             folder = self._owned.name
@@ -120,6 +121,7 @@ class EncoderPool:
             except OSError:
                 return False
             old, self._owned, self.folder = self._owned, owned, owned.name
+            self._parent = parent
         try:
             old.cleanup()  # empty: nothing was ever written in it
         except OSError:
@@ -246,3 +248,8 @@ class EncoderPool:
         self._executor.shutdown(wait=wait)
         if self._owned is not None:
             shutil.rmtree(self._owned.name, ignore_errors=True)
+        if self._parent is not None:  # a run root keeps no empty .scratch; another pipeline's stays
+            try:
+                os.rmdir(self._parent)
+            except OSError:
+                pass
