@@ -46,7 +46,7 @@ from logbus.files import (
 )
 from logbus.options import Option, Options
 from logbus.plugins._backend_common import fallback_run_started, rank_run_name
-from logbus.plugins.local._viewer import write_viewer
+from logbus.plugins.local._viewer import TableCache, write_viewer
 from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 from logbus.samples import content_name
 
@@ -82,6 +82,7 @@ class LocalBackend:
         self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
         self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
+        self._viewer_tables = TableCache()  # the page JSON of the tables' lines, each line read once
 
     def log(self, record) -> None:
         if isinstance(record, RunStarted):
@@ -143,7 +144,7 @@ class LocalBackend:
         if not final and started - self._viewer_at < 10 * self._viewer_cost:
             return
         try:
-            write_viewer(self._path())  # the run folder
+            write_viewer(self._path(), self._viewer_tables)  # the run folder
         except Exception as error:  # a convenience page must never cost the run its data
             warnings.warn(f"local backend: could not write the viewer {self._path('index.html')}: {error!r}",
                           RuntimeWarning, stacklevel=2)
