@@ -444,7 +444,6 @@ def test_the_backend_s_cached_refresh_builds_the_same_page_reading_each_table_li
 
     images, labels = load_digits()
     images, labels = images[:6], labels[:6]
-    logits = torch.nn.functional.one_hot(labels, 10).float()
     with logbus.start_run("cached", backends=["local"]) as run:
         samples = run.samples("segmentation", num_samples=None, class_names=SEG_CLASSES, worker_process=False)
         masks = (images[:, :1] > 0.5).long().squeeze(1)
