@@ -82,7 +82,11 @@ def write_viewer(run_dir: str | os.PathLike, cache: "TableCache | None" = None) 
 def embed_json(value: Any) -> str:
     """JSON safe inside a ``<script>`` element: no ``<``/``>``/``&`` at all, so ``</script>`` or ``<!--``
     in any string cannot end the element; non-finite floats become ``null`` (``JSON.parse`` has no NaN)."""
-    text = json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    options: dict[str, Any] = dict(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    try:  # most pages have no NaN: one pass of the C encoder, not a Python walk over every cell first
+        text = json.dumps(value, **options)
+    except ValueError:  # a NaN or an infinity somewhere
+        text = json.dumps(_finite(value), **options)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
