@@ -16,7 +16,15 @@ from typing import Any, Mapping, Sequence
 from logbus.bus import BUS_OPTIONS, Bus
 from logbus.options import REQUIRED, Option, Options
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
-from logbus.samples import SAMPLING_OPTIONS, SamplePipeline, cleanup_within_close, images_record, pipeline_for, split_options
+from logbus.samples import (
+    SAMPLING_OPTIONS,
+    SamplePipeline,
+    cleanup_within_close,
+    images_record,
+    pipeline_for,
+    place_scratch,
+    split_options,
+)
 
 START_RUN_OPTIONS: Options = Options(
     Option("name", REQUIRED, "run name: the W&B run name, the local folder `$LOGBUS_DIR/<name>`, the TensorBoard run"),
@@ -39,6 +47,7 @@ class SampleStream:
 
     def __init__(self, bus: Bus, pipeline: SamplePipeline):
         self.bus, self.pipeline = bus, pipeline
+        place_scratch([bus], pipeline)  # before the first batch: encoded files where the local backend links them
         bus.on_close(functools.partial(cleanup_within_close, bus, pipeline))
 
     def add(self, inputs: Any, targets: Any, outputs: Any, *, label: str = "eval") -> None:

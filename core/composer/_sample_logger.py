@@ -25,7 +25,15 @@ from logbus.bus import Deferred
 from logbus.composer._loggers import LogBusLogger
 from logbus.composer._sample_gather import gather_table
 from logbus.options import Option, Options
-from logbus.samples import CLOSE_TIMEOUT, SAMPLING_OPTIONS, SamplePipeline, cleanup_within_close, pipeline_for, split_options
+from logbus.samples import (
+    CLOSE_TIMEOUT,
+    SAMPLING_OPTIONS,
+    SamplePipeline,
+    cleanup_within_close,
+    pipeline_for,
+    place_scratch,
+    split_options,
+)
 
 SAMPLE_LOGGER_OPTIONS: Options = Options(
     *SAMPLING_OPTIONS.values(),
@@ -110,6 +118,8 @@ class SampleLogger(Callback):
         if not self.buses:
             raise ValueError("SampleLogger: the Trainer needs a logbus logger in `loggers` "
                              "(logbus.composer.WandBLogger or LogBusLogger) to send samples to")
+        # Before the first batch: the encoded files go where a backend (the local one) links them.
+        place_scratch(self.buses, self.pipeline)
         # Every bus's backends read the same encoded files: the pipeline is cleaned up once the last
         # bus has closed, within what is left of that bus's close deadline.
         open_buses = len(self.buses)

@@ -91,6 +91,26 @@ def copy_file_atomic(source: str, path: str) -> None:
         raise
 
 
+def link_or_copy_file_atomic(source: str, path: str) -> bool:
+    """Puts the finished file ``source`` at ``path`` with one system call where it can: a hard link
+    (same filesystem). The name appears with the whole file or not at all, as with a copy, and no byte
+    passes through this process. Returns True when linked; otherwise (another filesystem, links not
+    supported, ``path`` taken) it copies with :func:`copy_file_atomic` and returns False.
+
+    Only for a ``source`` that is never rewritten in place (the encoder's scratch files are written
+    whole under another name and renamed): a link shares the file, so a change to one is a change to
+    both. Deleting ``source`` afterwards leaves ``path`` intact."""
+    try:
+        os.link(source, path)
+        return True
+    except OSError:
+        # EXDEV (another filesystem), EPERM/ENOTSUP (no links there), EEXIST (a name taken): copy. A
+        # missing source fails the copy too, with the error a copy has always raised.
+        pass
+    copy_file_atomic(source, path)
+    return False
+
+
 def _copy_all(source_fd: int, target_fd: int, size: int) -> None:
     """Copies ``size`` bytes in the kernel where it can (``sendfile``), else through a buffer."""
     copied = 0

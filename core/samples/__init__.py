@@ -13,6 +13,7 @@ from logbus.samples._pipeline import (
     SamplePipeline,
     cleanup_within_close,
     pipeline_for,
+    place_scratch,
 )
 from logbus.samples._policies import SamplingPolicy, make_policy
 
@@ -20,7 +21,7 @@ __all__ = [
     # for extractor plugins
     "PendingImage", "IMAGE_OPTIONS", "check_batch", "check_images", "class_names_map", "image_options", "logits_of",
     # for the adapters (logbus.composer, logbus.start_run) and tests
-    "SamplePipeline", "PipelineStats", "pipeline_for", "cleanup_within_close", "CLOSE_TIMEOUT",
+    "SamplePipeline", "PipelineStats", "pipeline_for", "cleanup_within_close", "place_scratch", "CLOSE_TIMEOUT",
     "PIPELINE_OPTIONS", "SAMPLING_OPTIONS", "split_options", "images_record",
     "SamplingPolicy", "make_policy", "POLICIES", "HARDEST_BY",
     # for backends that store the pipeline's encoded files

@@ -89,6 +89,7 @@ class EncoderPool:
         # one (creating thousands of small files is where a slow disk hurts most).
         scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self._owned: tempfile.TemporaryDirectory[str] | None = None
+        self._parent: str | None = None  # the folder given to ``move``, removed at close once empty
         if folder is None:
             self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch)
             folder = self._owned.name
@@ -105,6 +106,27 @@ class EncoderPool:
         self.reused = 0
         self.deleted = 0
         self._giving_up = False
+
+    def move(self, parent: str) -> bool:
+        """Makes this pool's scratch folder anew under ``parent`` (created if needed), while nothing has
+        been encoded yet: a backend that stores files on ``parent``'s filesystem can then hard-link them
+        instead of copying. Returns False, keeping the folder, once files exist, for a folder the
+        caller gave, or where ``parent`` cannot be written."""
+        with self._lock:
+            if self._owned is None or self._files or self._chunk is not None:
+                return False
+            try:
+                os.makedirs(parent, exist_ok=True)
+                owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=parent)
+            except OSError:
+                return False
+            old, self._owned, self.folder = self._owned, owned, owned.name
+            self._parent = parent
+        try:
+            old.cleanup()  # empty: nothing was ever written in it
+        except OSError:
+            pass
+        return True
 
     def encode(self, pixels: np.ndarray) -> "EncodedFile":
         """A handle whose ``result()`` is the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file.
@@ -226,3 +248,8 @@ class EncoderPool:
         self._executor.shutdown(wait=wait)
         if self._owned is not None:
             shutil.rmtree(self._owned.name, ignore_errors=True)
+        if self._parent is not None:  # a run root keeps no empty .scratch; another pipeline's stays
+            try:
+                os.rmdir(self._parent)
+            except OSError:
+                pass

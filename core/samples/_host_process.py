@@ -247,6 +247,11 @@ class HostStage:
         self.error: str | None = None
 
     @property
+    def opened(self) -> bool:
+        """True once the pipeline was sent to the worker process (with its encoder options)."""
+        return self._opening is not None
+
+    @property
     def counters(self) -> tuple[int, int, int]:
         return self.process.counters.get(self.key, (0, 0, 0))
 

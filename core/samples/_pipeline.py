@@ -561,6 +561,19 @@ class SamplePipeline:
                         "processed on threads of the training process", host.error)
         return host if ready else None
 
+    def keep_scratch_in(self, parent: str) -> bool:
+        """Moves the scratch folder of encoded files under ``parent`` (see ``EncoderPool.move``), before
+        the first batch: called when the pipeline is joined to a bus whose backend names a folder on
+        its own filesystem (``scratch_folder``). Returns False, changing nothing, once the worker
+        process has this pipeline's folder or files have been encoded."""
+        if self._host is not None and self._host.opened:
+            return False
+        if not self.encoder.move(parent):
+            return False
+        # The same dict the HostStage sends when it opens the pipeline in the worker process.
+        self._process_options["folder"] = self.encoder.folder
+        return True
+
     def worker_ready(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for the worker process to be up with this pipeline's
         extractor (a benchmark's warm-up; batches never wait for it: until then they are processed on
@@ -672,6 +685,18 @@ def _record(stream) -> Any:
     event = torch.cuda.Event()
     event.record(stream)
     return event
+
+
+def place_scratch(buses: Sequence[Any], pipeline: SamplePipeline) -> bool:
+    """Puts the pipeline's scratch folder where the first backend that asks for one (the local
+    backend: ``scratch_folder()``, on its run folders' filesystem) can link files rather than copy
+    them. Returns whether it moved; where no backend asks, or it is too late, it stays (``/dev/shm``)."""
+    for bus in buses:
+        for backend in getattr(bus, "backends", {}).values():
+            folder = getattr(backend, "scratch_folder", None)
+            if callable(folder):
+                return pipeline.keep_scratch_in(folder())
+    return False
 
 
 def cleanup_within_close(bus: Any, pipeline: SamplePipeline) -> None:

@@ -14,7 +14,9 @@ Layout of ``{root}/{run}/`` (documented in the README, "Local run format")::
 
 Every JSON document is strict JSON (``logbus.files.restore`` reads it back): NaN and infinities are
 ``null``, their kinds listed under the document's ``"_nonfinite"`` field. Every file is written whole
-or not at all (``logbus.files``), media copied from the encoder's scratch folder included.
+or not at all (``logbus.files``), media from the encoder's scratch folder included: those are hard-linked
+into ``media/`` (one system call, no byte through the training process) when the scratch folder is on
+the run folder's filesystem, which ``scratch_folder`` asks the sample pipeline for, and copied otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from logbus.files import (
     encode_image,
     encode_mask,
     hparam_field,
+    link_or_copy_file_atomic,
     metric_field,
     safe_filename,
     safe_relpath,
@@ -43,7 +46,7 @@ from logbus.files import (
 )
 from logbus.options import Option, Options
 from logbus.plugins._backend_common import fallback_run_started, rank_run_name
-from logbus.plugins.local._viewer import write_viewer
+from logbus.plugins.local._viewer import TableCache, write_viewer
 from logbus.records import Artifact, Hyperparameters, Image, Images, Metrics, RunFinished, RunStarted, Table, as_float
 from logbus.samples import content_name
 
@@ -79,6 +82,7 @@ class LocalBackend:
         self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
         self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
+        self._viewer_tables = TableCache()  # the page JSON of the tables' lines, each line read once
 
     def log(self, record) -> None:
         if isinstance(record, RunStarted):
@@ -123,6 +127,13 @@ class LocalBackend:
                 file.close()
         self._refresh_viewer(final=True)
 
+    def scratch_folder(self) -> str:
+        """Where a sample pipeline on this backend's bus should keep its encoded files: ``.scratch``
+        under ``root`` (hidden, never taken for a run folder), on the run folder's filesystem, so each
+        file reaches ``media/`` as a hard link rather than a copy made by this backend's thread, which
+        runs in the training process (a copy is most of this backend's per-sample cost)."""
+        return os.path.join(self.root, ".scratch")
+
     # -- helpers ---------------------------------------------------------------------------------
     def _refresh_viewer(self, final: bool = False) -> None:
         """Rewrites index.html, so a live run can be watched by reloading the page. Tables come once per
@@ -133,7 +144,7 @@ class LocalBackend:
         if not final and started - self._viewer_at < 10 * self._viewer_cost:
             return
         try:
-            write_viewer(self._path())  # the run folder
+            write_viewer(self._path(), self._viewer_tables)  # the run folder
         except Exception as error:  # a convenience page must never cost the run its data
             warnings.warn(f"local backend: could not write the viewer {self._path('index.html')}: {error!r}",
                           RuntimeWarning, stacklevel=2)
@@ -184,12 +195,12 @@ class LocalBackend:
     def _cell(self, cell: Any, key: str) -> Any:
         if not isinstance(cell, Image):
             return cell
-        if cell.path is not None:  # already encoded: copy the bytes, never re-encode
+        if cell.path is not None:  # already encoded: link (or copy) the file, never re-encode
             seen = content_name(cell.path)
             relative = self._copied.get(seen)  # set: the same image again (a later eval), referenced
             if relative is None:
                 relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
-                copy_file_atomic(cell.path, absolute)
+                link_or_copy_file_atomic(cell.path, absolute)
                 self._copied[seen] = relative
         else:
             assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)

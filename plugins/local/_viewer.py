@@ -51,22 +51,29 @@ def class_colour(class_id: int) -> str:
     return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
-def write_viewer(run_dir: str | os.PathLike) -> str:
-    """Reads the run folder and writes ``index.html`` into it (atomically); returns the file's path."""
+def write_viewer(run_dir: str | os.PathLike, cache: "TableCache | None" = None) -> str:
+    """Reads the run folder and writes ``index.html`` into it (atomically); returns the file's path.
+
+    ``cache``: the local backend's, for the run folder it writes. Its table files only ever grow by
+    whole lines, so each line is read and turned into page JSON once, not at every refresh (a refresh
+    read every table again: most of the backend's per-sample cost after the media files). A page built
+    with or without a cache is the same page."""
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run_dir: no such folder: {run_dir!r}")
     if not any(os.path.exists(os.path.join(run_dir, name)) for name in ("run.json", "metrics.jsonl", "tables")):
         raise ValueError(f"run_dir: {run_dir!r} is not a logbus run folder (no run.json, metrics.jsonl or tables/)")
     _FOLDERS.clear()  # a folder swapped for a symlink since the last page is resolved anew
-    data = {
+    head = {
         "folder": os.path.basename(os.path.abspath(run_dir)),
         "run": _read_json(os.path.join(run_dir, "run.json")) or {},
         "hparams": _hparams(os.path.join(run_dir, "hparams.json")),
         "metrics": _metrics(os.path.join(run_dir, "metrics.jsonl")),
-        "tables": _tables(run_dir),
     }
-    html = _template().replace(_DATA_SLOT, embed_json(data), 1)
+    # The same text as embed_json({**head, "tables": [...]}), the tables' parts made (or kept) apart.
+    tables = ",".join(table.json() for table in (cache if cache is not None else TableCache(kept=False)).tables(run_dir))
+    data = embed_json(head)[:-1] + ',"tables":[' + tables + "]}"
+    html = _template().replace(_DATA_SLOT, data, 1)
     path = os.path.join(run_dir, INDEX)
     write_bytes_atomic(path, html.encode("utf-8"))
     return path
@@ -75,7 +82,11 @@ def write_viewer(run_dir: str | os.PathLike) -> str:
 def embed_json(value: Any) -> str:
     """JSON safe inside a ``<script>`` element: no ``<``/``>``/``&`` at all, so ``</script>`` or ``<!--``
     in any string cannot end the element; non-finite floats become ``null`` (``JSON.parse`` has no NaN)."""
-    text = json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    options: dict[str, Any] = dict(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    try:  # most pages have no NaN: one pass of the C encoder, not a Python walk over every cell first
+        text = json.dumps(value, **options)
+    except ValueError:  # a NaN or an infinity somewhere
+        text = json.dumps(_finite(value), **options)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -147,26 +158,81 @@ def _metrics(path: str) -> dict[str, list[list]]:
     return dict(sorted(series.items()))
 
 
-def _tables(run_dir: str) -> list[dict]:
-    """Each ``tables/**/*.jsonl`` with every logged pass; image cells carry their overlay paths."""
-    root = os.path.join(run_dir, "tables")
-    files = []
-    for folder, _, names in os.walk(root):
-        files += [os.path.join(folder, name) for name in names if name.endswith(".jsonl")]
-    tables = []
-    for path in sorted(files):
-        key = os.path.relpath(path, root)[: -len(".jsonl")].replace(os.sep, "/")
-        legend: dict[int, list] = {}
-        masks: list[str] = []
-        logs = []
-        for record in _read_lines(path):
-            columns = record.get("columns") or []
-            rows = [[_cell(run_dir, cell, legend, masks) for cell in row] for row in record.get("rows") or []]
-            logs.append({"step": record.get("step"), "columns": columns, "rows": rows})
-        if logs:
-            tables.append({"key": key, "logs": logs, "masks": masks,
-                           "legend": [legend[class_id] for class_id in sorted(legend)]})
-    return tables
+class _TableFile:
+    """One ``tables/<key>.jsonl`` as the page shows it: each logged pass as page JSON, and the masks and
+    class legend seen so far, extended line by line from ``offset``."""
+
+    def __init__(self, key: str, identity: tuple[int, int], unterminated: bool):
+        self.key, self.identity, self.unterminated = key, identity, unterminated
+        self.offset = 0
+        self.logs: list[str] = []  # each pass's {"step", "columns", "rows"} as embedded JSON
+        self.legend: dict[int, list] = {}
+        self.masks: list[str] = []
+
+    def read(self, run_dir: str, path: str) -> None:
+        """Takes in the lines written since the last read. Kept between reads, only whole lines are
+        taken (the rest waits for the next read); read once, a last line without its newline is taken
+        too, and skipped like any line that does not parse (half-written, in a live run)."""
+        with open(path, "rb") as file:
+            file.seek(self.offset)
+            text = file.read()
+        complete = len(text) if self.unterminated else text.rfind(b"\n") + 1
+        self.offset += complete
+        for line in text[:complete].splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            record = strict_json.restore(record)
+            rows = [[_cell(run_dir, cell, self.legend, self.masks) for cell in row] for row in record.get("rows") or []]
+            self.logs.append(embed_json({"step": record.get("step"), "columns": record.get("columns") or [],
+                                         "rows": rows}))
+
+    def json(self) -> str:
+        legend = [self.legend[class_id] for class_id in sorted(self.legend)]
+        return (embed_json({"key": self.key})[:-1] + ',"logs":[' + ",".join(self.logs) + "],"
+                + embed_json({"masks": self.masks, "legend": legend})[1:])
+
+
+class TableCache:
+    """The page JSON of a run folder's tables, kept between refreshes by the backend that writes the
+    folder (``write_viewer(run_dir, cache)``). A file read before is read on from where it was left,
+    unless it was replaced or shrank (another inode, or fewer bytes): then it is read from the start.
+    A line changed in place is not seen: only for folders whose table files grow by appends alone (the
+    backend's own; ``logbus view`` reads a folder without a cache). Rows once read are not checked
+    again either (``media_path``): the backend's own folder, not one received from someone else."""
+
+    def __init__(self, *, kept: bool = True) -> None:
+        self._kept = kept  # False: a single read (``logbus view``), every byte there taken at once
+        self._files: dict[str, _TableFile] = {}
+
+    def tables(self, run_dir: str) -> list[_TableFile]:
+        """Each ``tables/**/*.jsonl`` with every logged pass, in key order; image cells carry their overlay paths."""
+        root = os.path.join(run_dir, "tables")
+        files = []
+        for folder, _, names in os.walk(root):
+            files += [os.path.join(folder, name) for name in names if name.endswith(".jsonl")]
+        tables = []
+        for path in sorted(files):
+            try:
+                status = os.stat(path)
+            except FileNotFoundError:
+                continue
+            identity = (status.st_dev, status.st_ino)
+            table = self._files.get(path)
+            if table is None or table.identity != identity or status.st_size < table.offset:
+                key = os.path.relpath(path, root)[: -len(".jsonl")].replace(os.sep, "/")
+                table = self._files[path] = _TableFile(key, identity, unterminated=not self._kept)
+            if status.st_size > table.offset:
+                try:
+                    table.read(run_dir, path)
+                except FileNotFoundError:
+                    continue
+            if table.logs:
+                tables.append(table)
+        return tables
 
 
 def media_path(run_dir: str, path: Any) -> str | None:

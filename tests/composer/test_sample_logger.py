@@ -639,6 +639,8 @@ def test_every_logbus_logger_in_the_trainer_gets_the_tables(wandb_offline):
             np.testing.assert_array_equal(decode(rows[i][1]["file"]), expected[i])
             np.testing.assert_array_equal(decode(table["rows"][i][1]["file"]), expected[i])
     assert not Path(sample_logger.pipeline.encoder.folder).exists()
+    # The encoded files were kept where the local backend (on the second logger) hard-links them.
+    assert Path(sample_logger.pipeline.encoder.folder).parent == Path(local_logger.bus.backends["local"].root) / ".scratch"
     for bus in (wandb_logger.bus, local_logger.bus):
         assert all(not backend["failures"] and not backend["dropped"] for backend in bus.stats()["backends"].values())
 

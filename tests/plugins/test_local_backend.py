@@ -264,10 +264,25 @@ CAPPED_COPY = textwrap.dedent("""
 """)
 
 
-def test_a_copy_cut_short_never_leaves_a_truncated_image_under_its_name(logbus_dir, tmp_path):
-    # Encoded images are copied from the encoder's scratch folder. A copy that fails half way (here a
-    # per-process file-size limit, a real write error from the kernel) must leave no file that looks finished.
-    source = tmp_path / "noise.png"
+@pytest.fixture
+def shm_folder(logbus_dir):
+    """A fresh folder on another filesystem than the run folders (``/dev/shm``): a file there cannot be
+    hard-linked into a run and is copied. Skips where there is none."""
+    import tempfile
+
+    if not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == logbus_dir.stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the run folder")
+    folder = Path(tempfile.mkdtemp(prefix="logbus-test-", dir="/dev/shm"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_copy_cut_short_never_leaves_a_truncated_image_under_its_name(logbus_dir, shm_folder):
+    # Encoded images from a scratch folder on another filesystem are copied. A copy that fails half way
+    # (here a per-process file-size limit, a real write error from the kernel) must leave no file that
+    # looks finished. (On one filesystem they are hard-linked: no byte written, nothing to cut short.)
+    scratch = shm_folder
+    source = scratch / "noise.png"
     PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
     limit = 4096
     assert source.stat().st_size > 2 * limit
@@ -454,3 +469,62 @@ def test_media_copies_are_whole_with_the_run_files_mode_even_when_a_partial_name
     copy_file_atomic(str(source), str(target))  # its hidden name is taken: a random one is used
     assert target.read_bytes() == source.read_bytes() and stale.read_bytes() == b"cut short"
     assert sorted(p.name for p in target.parent.iterdir() if p.name.endswith(".partial")) == [stale.name]
+
+
+def test_sample_images_are_hard_linked_from_a_scratch_folder_under_the_root(logbus_dir):
+    """With the local backend on the bus, the pipeline keeps its encoded files in ``<root>/.scratch``
+    (the run folders' filesystem), and each reaches ``media/`` as a hard link of the scratch file: no
+    copy by the backend's thread, which runs in the training process. The run reads back as always and
+    the scratch folder goes at close."""
+    images, labels = load_digits()
+    images, labels = images[:8], labels[:8]
+    logits = torch.nn.functional.one_hot(labels, 10).float()
+    with logbus.start_run("linked", backends=["local"]) as run:
+        samples = run.samples("classification", num_samples=None, worker_process=False)
+        scratch = Path(samples.pipeline.encoder.folder)
+        assert scratch.parent == logbus_dir / ".scratch"
+        samples.add(images, labels, logits, label="val")
+        samples.log("val", step=0)
+        assert run.flush(60)
+        media = sorted((logbus_dir / "linked" / "media").rglob("*.png"))
+        assert len(media) == 8
+        # Still referenced from the scratch cache: one file, two names (the scratch one and the run's).
+        scratch_files = {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir()}
+        assert all((p.stat().st_dev, p.stat().st_ino) in scratch_files and p.stat().st_nlink == 2 for p in media)
+    assert not scratch.exists()  # the pipeline's scratch folder is gone with the run; the run's files stay
+    (line,) = read_lines(logbus_dir / "linked" / "tables" / "samples" / "val.jsonl")
+    image_column = next(i for i, cell in enumerate(line["rows"][0]) if isinstance(cell, dict))
+    for row, image in zip(line["rows"], images):  # every image readable under its run path
+        assert decode(logbus_dir / "linked" / row[image_column]["path"]).shape[:2] == tuple(image.shape[-2:])
+    assert sorted(p.name for p in logbus_dir.iterdir()) == ["linked"]  # no empty .scratch left in the root
+
+
+def test_scratch_files_on_another_filesystem_are_copied_whole(logbus_dir, shm_folder):
+    """Where the encoder's files are on another filesystem (no link possible), the backend copies them:
+    same bytes, a file of its own."""
+    source = shm_folder / "noise.png"
+    PILImage.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(source)
+    with logbus.start_run("copied", backends=["local"]) as run:
+        run.log_table("samples", ["image"], [[Image(path=str(source))]], step=0)
+    (line,) = read_lines(logbus_dir / "copied" / "tables" / "samples.jsonl")
+    copy = logbus_dir / "copied" / line["rows"][0][0]["path"]
+    assert copy.read_bytes() == source.read_bytes()
+    assert copy.stat().st_nlink == 1 and copy.stat().st_ino != source.stat().st_ino
+
+
+def test_link_or_copy_links_on_one_filesystem_and_copies_over_a_taken_name(tmp_path):
+    from logbus.files import link_or_copy_file_atomic
+
+    source = tmp_path / "source.png"
+    source.write_bytes(os.urandom(5000))
+    linked = tmp_path / "media" / "0000001.png"
+    linked.parent.mkdir()
+    assert link_or_copy_file_atomic(str(source), str(linked)) is True
+    assert linked.stat().st_ino == source.stat().st_ino
+    taken = tmp_path / "media" / "0000002.png"
+    taken.write_bytes(b"an older file")
+    assert link_or_copy_file_atomic(str(source), str(taken)) is False  # replaced whole, as a copy does
+    assert taken.read_bytes() == source.read_bytes() and taken.stat().st_ino != source.stat().st_ino
+    with pytest.raises(FileNotFoundError):
+        link_or_copy_file_atomic(str(tmp_path / "missing.png"), str(tmp_path / "media" / "0000003.png"))
+    assert sorted(p.name for p in linked.parent.iterdir()) == ["0000001.png", "0000002.png"]  # no leftovers

@@ -434,3 +434,39 @@ def test_a_page_resolves_each_media_folder_once_not_each_image(tmp_path, monkeyp
     html = Path(write_viewer(run_dir)).read_text()
     assert html.count("media/samples/") == 200
     assert len(calls) <= 5, f"{len(calls)} realpath calls for a page of 200 images"
+
+
+def test_the_backend_s_cached_refresh_builds_the_same_page_reading_each_table_line_once(logbus_dir):
+    """The local backend keeps each table line's page JSON between refreshes (``TableCache``): the
+    page it writes is byte for byte the one ``logbus view`` builds from the folder, after every pass;
+    a line already read is not read again, while a replaced file is read anew."""
+    from logbus.plugins.local._viewer import TableCache
+
+    images, labels = load_digits()
+    images, labels = images[:6], labels[:6]
+    with logbus.start_run("cached", backends=["local"]) as run:
+        samples = run.samples("segmentation", num_samples=None, class_names=SEG_CLASSES, worker_process=False)
+        masks = (images[:, :1] > 0.5).long().squeeze(1)
+        for step in range(2):
+            samples.add(images, masks, torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float(), label="val")
+            samples.log("val", step=step)
+        run.log_table("scores", ["n", "score"], [[1, float("nan")], [2, 0.5]], step=0)
+    run_dir = logbus_dir / "cached"
+    cache = TableCache()
+    table = run_dir / "tables" / "samples" / "val.jsonl"
+    first, second = table.read_bytes().splitlines(keepends=True)
+    table.write_bytes(first)  # the folder as it was after the first pass
+    page = lambda cached: Path(write_viewer(run_dir, cache if cached else None)).read_text()  # noqa: E731
+    assert page(True) == page(False)
+    with table.open("ab") as file:  # the second pass arrives, as the backend appends it
+        file.write(second)
+    assert page(True) == page(False) and page(False).count('"step":1') >= 1
+    # The first line, garbled in place (same file, same size): the cached page still has what was read.
+    garbled = first.replace(b'"step":0', b'"step":9')
+    with table.open("r+b") as file:
+        file.write(garbled)
+    assert page(True) != page(False) and '"step":9' not in page(True)
+    replacement = table.with_suffix(".new")  # replaced by another file (renamed over it): read from its start
+    replacement.write_bytes(garbled + second)
+    os.replace(replacement, table)
+    assert page(True) == page(False) and '"step":9' in page(True)
