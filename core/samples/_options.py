@@ -46,9 +46,9 @@ PIPELINE_OPTIONS: Options = Options(
            "later eval to reuse up to this many bytes, the least recently used deleted first",
            kind="int", minimum=0, shown="64 * 2**20"),
     Option("worker_process", True, "build rows and encode images in a worker process fed through shared memory (one "
-           "for all pipelines, started once as a fresh interpreter), so that per-sample Python never holds the "
-           "training process's GIL; until it is up, and where the extractor does not pickle (a class defined in your "
-           "training script, an object holding a lock) or there is no shared memory, the work runs on threads of the "
+           "for all pipelines, started once as a fresh interpreter), so that building rows and encoding images "
+           "never hold the training process's GIL; until it is up, and where the extractor does not pickle (a class "
+           "defined in your training script, an object holding a lock) or there is no shared memory, the work runs on threads of the "
            "training process (with a warning); `False`: always on those threads", kind="bool"),
 )
 
