@@ -48,8 +48,8 @@ PIPELINE_OPTIONS: Options = Options(
     Option("worker_process", True, "build rows and encode images in a worker process fed through shared memory (one "
            "for all pipelines, started once as a fresh interpreter), so that building rows and encoding images "
            "never hold the training process's GIL; until it is up, and where the extractor does not pickle (a class "
-           "defined in your training script, an object holding a lock) or there is no shared memory, the work runs on threads of the "
-           "training process (with a warning); `False`: always on those threads", kind="bool"),
+           "defined in your training script, an object holding a lock) or there is no shared memory, the work runs "
+           "on threads of the training process (with a warning); `False`: always on those threads", kind="bool"),
 )
 
 
