@@ -24,16 +24,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from logbus.files import encode_image
+from logbus.files import encode_image, encode_mask
 from logbus.samples._options import PIPELINE_OPTIONS
 
 CHUNK = 32
 SCRATCH_CACHE_BYTES = PIPELINE_OPTIONS.defaults["scratch_cache_bytes"]
 
 
-# Encoded files are named by their pixels: ``<prefix><32 hex digits of blake2b>.<png|jpg>``. The prefix
-# keeps the worker process's files apart from the training process's (each deletes only its own).
-_ENCODED_NAME = re.compile(r"^(?:w\d+-)?([0-9a-f]{32}\.(?:png|jpg))$")
+# Encoded files are named by their pixels: ``<prefix><32 hex digits of blake2b>.<png|jpg|mask.png>``. The
+# prefix keeps the worker process's files apart from the training process's (each deletes only its own).
+_ENCODED_NAME = re.compile(r"^(?:w\d+-)?([0-9a-f]{32}\.(?:png|jpg|mask\.png))$")
+MASK_SUFFIX = ".mask.png"
 
 
 def content_name(path: str) -> str:
@@ -49,7 +50,7 @@ class _Chunk:
     __slots__ = ("items", "future", "submitted")
 
     def __init__(self):
-        self.items: list[tuple[np.ndarray, str]] = []
+        self.items: list[tuple[np.ndarray, str, bool]] = []  # (pixels or class ids, path, is a mask)
         self.future: Future = Future()
         self.submitted = False
 
@@ -135,6 +136,20 @@ class EncoderPool:
         image costs more Python, under the GIL, than a small PNG costs to encode."""
         digest = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
         path = os.path.join(self.folder, self.prefix + digest.hex() + (".png" if self.image_format == "png" else ".jpg"))
+        return self._encode(pixels, path, mask=False)
+
+    def encode_mask(self, ids: np.ndarray) -> "EncodedFile":
+        """A handle whose ``result()`` is the path of the class-id mask ``ids`` ``[H, W]`` as a lossless
+        PNG (``logbus.files.encode_mask``, whatever ``image_format`` is), counted and released like an
+        image. Creating a file costs a filesystem far more than linking one (about 1 ms against 20 µs
+        measured on ext4): encoded here, in the worker process, a backend in the training process
+        links the file instead of creating one."""
+        ids = np.ascontiguousarray(ids)
+        digest = hashlib.blake2b(ids.view(np.uint8).data, digest_size=16,
+                                 person=f"{ids.shape}{ids.dtype.str}".encode()[:16]).digest()
+        return self._encode(ids, os.path.join(self.folder, self.prefix + digest.hex() + MASK_SUFFIX), mask=True)
+
+    def _encode(self, pixels: np.ndarray, path: str, *, mask: bool) -> "EncodedFile":
         with self._lock:
             self._refs[path] = self._refs.get(path, 0) + 1
             handle = self._files.get(path)
@@ -149,7 +164,7 @@ class EncoderPool:
             if self._chunk is None:
                 self._chunk = _Chunk()
             # The pixels may live in a reused pinned buffer: encode from a private copy.
-            self._chunk.items.append((np.array(pixels), path))
+            self._chunk.items.append((np.array(pixels), path, mask))
             handle = self._files[path] = EncodedFile(self, self._chunk, len(self._chunk.items) - 1, path)
             if len(self._chunk.items) >= CHUNK:
                 self._submit_locked()
@@ -207,13 +222,13 @@ class EncoderPool:
         try:
             if self._giving_up:
                 raise RuntimeError("the encoder pool was closed before this image was encoded")
-            chunk.future.set_result([self._write(pixels, name) for pixels, name in chunk.items])
+            chunk.future.set_result([self._write(pixels, name, mask) for pixels, name, mask in chunk.items])
         except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the result
             chunk.future.set_exception(error)
         chunk.items = []
 
-    def _write(self, pixels: np.ndarray, path: str) -> str:
-        data = encode_image(pixels, self.image_format, **self.options)
+    def _write(self, pixels: np.ndarray, path: str, mask: bool = False) -> str:
+        data = encode_mask(pixels) if mask else encode_image(pixels, self.image_format, **self.options)
         # Written whole, then renamed: a file deleted and written again later (same content, same
         # name) may be read by a backend meanwhile.
         temporary = f"{path}.{threading.get_ident()}.tmp"
