@@ -430,7 +430,8 @@ def serve(fd: int) -> None:
                         fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
                                   for field, dtype, shape, offset in layout}
                     rows = extractor.host_stage(fields, encoder.encode)
-                    _encode_masks(rows, encoder)
+                    if encoder.mask_files:
+                        _encode_masks(rows, encoder)
                     # Host stages copy what they keep (encode copies the pixels): the training process
                     # reuses the buffer once the answer is sent, maybe before the files are written.
                     del fields
@@ -448,18 +449,19 @@ def serve(fd: int) -> None:
 
 
 def _encode_masks(rows: list, encoder: Any) -> None:
-    """Each mask of the rows' pending images to a PNG file here too, as the images are: a backend in
-    the training process then links the file (the local backend) rather than encode and create one
-    there, on the thread whose GIL the training thread needs (creating a file was most of a
-    segmentation row's cost there). The ids stay in the row for backends that take arrays (W&B)."""
+    """Each mask of the rows' pending images to a PNG file here too, as the images are, with the local
+    viewer's overlay beside it: the local backend in the training process then links both rather than
+    encode and create them there, on the thread whose GIL the training thread needs (creating files
+    was most of a segmentation row's cost there). The ids stay in the row for backends that take
+    arrays (W&B)."""
     from logbus.samples._pending_image import PendingImage
 
     for row in rows:
         for cell in row:
             if isinstance(cell, PendingImage):
-                for name, (ids, _) in cell.masks.items():
+                for name, (ids, labels) in cell.masks.items():
                     if name not in cell.mask_files:
-                        cell.mask_files[name] = encoder.encode_mask(ids)
+                        cell.mask_files[name] = encoder.encode_mask(ids, labels, overlay=True)
 
 
 def _tensor_in(buffer: Any, dtype: Any, shape: tuple, offset: int) -> Any:

@@ -575,6 +575,7 @@ class SamplePipeline:
             return False
         # The same dict the HostStage sends when it opens the pipeline in the worker process.
         self._process_options["folder"] = self.encoder.folder
+        self._process_options["mask_files"] = True  # that backend links mask files too (with their overlays)
         return True
 
     def worker_ready(self, timeout: float) -> bool:

@@ -48,7 +48,7 @@ from logbus.options import Option, Options
 from logbus.plugins._backend_common import fallback_run_started, rank_run_name
 from logbus.plugins.local._viewer import TableCache, write_viewer
 from logbus.records import Artifact, Hyperparameters, Image, Images, Mask, Metrics, RunFinished, RunStarted, Table, as_float
-from logbus.samples import content_name
+from logbus.samples import content_name, overlay_of
 
 DEFAULT_ROOT = "logbus_runs"
 
@@ -229,6 +229,10 @@ class LocalBackend:
             if relative is None:
                 relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
                 link_or_copy_file_atomic(mask.path, absolute)
+                try:  # its overlay, which the worker process rendered for these labels: the viewer's, linked
+                    os.link(overlay_of(mask.path), absolute[: -len(".mask.png")] + ".overlay.png")
+                except OSError:
+                    pass  # none there, or another filesystem: the viewer makes it, as for any mask
                 self._masks[seen] = relative
             return relative
         ids = np.ascontiguousarray(mask.data)

@@ -531,10 +531,13 @@ def test_link_or_copy_links_on_one_filesystem_and_copies_over_a_taken_name(tmp_p
 
 
 def test_segmentation_masks_are_encoded_in_the_worker_process_and_hard_linked(logbus_dir):
-    """A segmentation row's masks reach ``media/`` as hard links of files the worker process wrote in
-    the scratch folder (creating a file costs the backend's thread, in the training process, far more
-    than a link): nothing encoded or created for them there. The run reads back as before: each mask
-    file decodes to the exact class ids, and a ground truth seen again is the same file."""
+    """A segmentation row's masks, and the viewer's overlays of them, reach ``media/`` as hard links of
+    files the worker process wrote in the scratch folder (creating a file costs the backend's thread,
+    in the training process, far more than a link): nothing encoded or created for them there. The
+    run reads back as before: each mask file decodes to the exact class ids, each overlay is the
+    viewer's, and a ground truth seen again is the same file."""
+    from logbus.files._overlay import encode_overlay, overlay_classes
+
     images, _ = load_digits()
     images = images[:6]
     truth = (images[:, 0] > 0.5).long()
@@ -549,8 +552,12 @@ def test_segmentation_masks_are_encoded_in_the_worker_process_and_hard_linked(lo
             assert run.flush(60)
         masks = sorted((logbus_dir / "seg-linked" / "media").rglob("*.mask.png"))
         assert len(masks) == 12  # 6 ground truths and 6 predictions, each once for both evals
-        scratch_files = {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir() if p.name.endswith(".mask.png")}
-        assert all((p.stat().st_dev, p.stat().st_ino) in scratch_files and p.stat().st_nlink == 2 for p in masks)
+        overlays = sorted((logbus_dir / "seg-linked" / "media").rglob("*.overlay.png"))
+        assert [p.name.replace(".overlay.", ".mask.") for p in overlays] == [p.name for p in masks]
+        scratch_files = {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir() if p.name.endswith("k.png")}
+        scratch_files |= {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir() if p.name.endswith("y.png")}
+        assert all((p.stat().st_dev, p.stat().st_ino) in scratch_files and p.stat().st_nlink == 2
+                   for p in masks + overlays)
         assert samples.pipeline.stats.batches_in_process == 0
     run_dir = logbus_dir / "seg-linked"
     passes = read_lines(run_dir / "tables" / "samples" / "seg.jsonl")
@@ -560,3 +567,8 @@ def test_segmentation_masks_are_encoded_in_the_worker_process_and_hard_linked(lo
         np.testing.assert_array_equal(decode(run_dir / cell["masks"]["ground_truth"]["path"]), mask.numpy())
         np.testing.assert_array_equal(decode(run_dir / cell["masks"]["prediction"]["path"]), row_logits.argmax(0).numpy())
         assert cell["masks"]["ground_truth"]["class_labels"] == {"0": "background", "1": "ink"}
+        for name in ("ground_truth", "prediction"):
+            mask_path = run_dir / cell["masks"][name]["path"]
+            overlay = mask_path.with_name(mask_path.name.replace(".mask.png", ".overlay.png"))
+            ids = decode(mask_path)
+            assert overlay.read_bytes() == encode_overlay(ids, *overlay_classes(ids, ((0, "background"), (1, "ink"))))

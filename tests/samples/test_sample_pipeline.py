@@ -723,5 +723,16 @@ def test_encoder_pool_writes_masks_as_counted_content_named_files(tmp_path):
         while os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.01)  # released from the write's done callback
         assert not os.path.exists(path) and os.path.exists(narrower.result(30))
+        # With the viewer's overlay for its labels beside it (part of the name), deleted with it.
+        from logbus.samples import overlay_of
+        with_overlay = pool.encode_mask(ids, {1: "one"}, overlay=True).result(30)
+        assert with_overlay != pool.encode_mask(ids, {1: "uno"}, overlay=True).result(30)
+        overlay = np.asarray(PILImage.open(overlay_of(with_overlay)))
+        assert overlay.shape == (5, 7, 4) and ((overlay[..., 3] == 255) == (ids == 1)).all()  # labelled ids only
+        pool.release(with_overlay)
+        deadline = time.monotonic() + 10
+        while os.path.exists(overlay_of(with_overlay)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(with_overlay) and not os.path.exists(overlay_of(with_overlay))
     finally:
         pool.close()
