@@ -92,7 +92,7 @@ def make_trainer(variant: str, size: int, count: int, backend: str = "local", ta
                       callbacks=callbacks, progress_bar=False, device="cpu", run_name=f"bench-{variant}")
     # Once the Trainer's init has placed the scratch folder beside the local backend's runs, as in a
     # user's run: waiting earlier opens the pipeline in the worker process with its scratch folder in
-    # /dev/shm, and every file then reaches the run folder as a copy (a new file: ~1 ms on ext4) where
+    # /dev/shm, and every file then reaches the run folder as a copy (a new file: up to ~1 ms on a loaded ext4) where
     # a user's run links it.
     if wait_for_worker:
         assert callbacks[-1].pipeline.worker_ready(300), "the worker process did not start"

@@ -2,7 +2,8 @@
 
 Here rather than in the viewer: the sample pipeline's worker process renders each overlay beside the
 mask it encodes, so that the local backend links it into the run folder and the viewer, which runs
-in the training process, finds it made (creating a file there costs about 1 ms on ext4, measured).
+in the training process, finds it made (creating a file there costs 60 µs to 1 ms on a loaded
+2-core machine's ext4, measured; a link about 20 µs).
 Both write the same bytes from the same ids and labels.
 """
 

@@ -155,8 +155,8 @@ class EncoderPool:
                     overlay: bool = False) -> "EncodedFile":
         """A handle whose ``result()`` is the path of the class-id mask ``ids`` ``[H, W]`` as a lossless
         PNG (``logbus.files.encode_mask``, whatever ``image_format`` is), counted and released like an
-        image. Creating a file costs a filesystem far more than linking one (about 1 ms against 20 µs
-        measured on ext4): encoded here, in the worker process, a backend in the training process
+        image. Creating a file costs a filesystem far more than linking one (60 µs to 1 ms against
+        ~20 µs, measured on ext4 under varying load): encoded here, in the worker process, a backend in the training process
         links the file instead of creating one. ``overlay``: the local viewer's coloured overlay for
         ``labels`` is written beside it too (``overlay_of(path)``, after the mask), goes with it, and
         the labels are part of the file's name."""

@@ -221,7 +221,8 @@ class LocalBackend:
 
         A mask the sample pipeline already encoded (``mask.path``, a content-named PNG of the same
         bytes ``encode_mask`` makes) is linked, as images are: creating a file in the run folder costs
-        this thread, in the training process, about 1 ms on ext4 (measured), a link about 20 µs."""
+        this thread, in the training process, 60 µs to 1 ms on ext4 depending on load (measured), a
+        link about 20 µs."""
         labels = tuple(sorted(class_labels.items()))
         if mask.path is not None:
             seen: tuple = (name, content_name(mask.path), labels)
