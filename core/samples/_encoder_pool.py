@@ -240,17 +240,25 @@ class EncoderPool:
         try:
             if self._giving_up:
                 raise RuntimeError("the encoder pool was closed before this image was encoded")
-            chunk.future.set_result([self._write(pixels, name, mask) for pixels, name, mask in chunk.items])
+            chunk.future.set_result([self._write(pixels, name) if mask is False else self._write_mask(pixels, name, mask)
+                                     for pixels, name, mask in chunk.items])
         except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the result
             chunk.future.set_exception(error)
         chunk.items = []
 
-    def _write(self, pixels: np.ndarray, path: str, mask: Any = False) -> str:
-        data = encode_mask(pixels) if mask is not False else encode_image(pixels, self.image_format, **self.options)
+    def _write(self, pixels: np.ndarray, path: str) -> str:
+        data = encode_image(pixels, self.image_format, **self.options)
+        self._write_file(path, data)
+        self._sizes[path] = len(data)
+        return path
+
+    def _write_mask(self, ids: np.ndarray, path: str, mask: Any) -> str:
+        """``mask``: True, or the labels of the overlay to write beside it (see ``_Chunk.items``)."""
+        data = encode_mask(ids)
         self._write_file(path, data)
         size = len(data)
         if isinstance(mask, tuple):  # after the mask: the viewer remakes an overlay older than its mask
-            overlay = encode_overlay(pixels, *overlay_classes(pixels, mask))
+            overlay = encode_overlay(ids, *overlay_classes(ids, mask))
             self._write_file(overlay_of(path), overlay)
             size += len(overlay)
         self._sizes[path] = size
