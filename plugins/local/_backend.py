@@ -223,25 +223,22 @@ class LocalBackend:
         bytes ``encode_mask`` makes) is linked, as images are: creating a file in the run folder costs
         this thread, in the training process, 60 µs to 1 ms on ext4 depending on load (measured), a
         link about 20 µs."""
-        labels = tuple(sorted(class_labels.items()))
-        if mask.path is not None:
-            seen: tuple = (name, content_name(mask.path), labels)
-            relative = self._masks.get(seen)
-            if relative is None:
-                relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
+        # Keyed by the ids either way: the same mask may come encoded (the worker process) or not (the
+        # pipeline's own threads, while that process starts) and must still be one file.
+        ids = np.ascontiguousarray(mask.data)
+        seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids.data, digest_size=16).digest(),
+                tuple(sorted(class_labels.items())))
+        relative = self._masks.get(seen)
+        if relative is None:
+            relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
+            if mask.path is None:
+                write_bytes_atomic(absolute, encode_mask(ids))
+            else:
                 link_or_copy_file_atomic(mask.path, absolute)
                 try:  # its overlay, which the worker process rendered for these labels: the viewer's, linked
                     os.link(overlay_of(mask.path), absolute[: -len(".mask.png")] + ".overlay.png")
                 except OSError:
                     pass  # none there, or another filesystem: the viewer makes it, as for any mask
-                self._masks[seen] = relative
-            return relative
-        ids = np.ascontiguousarray(mask.data)
-        seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids.data, digest_size=16).digest(), labels)
-        relative = self._masks.get(seen)
-        if relative is None:
-            relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
-            write_bytes_atomic(absolute, encode_mask(ids))
             self._masks[seen] = relative
         return relative
 

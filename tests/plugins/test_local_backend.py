@@ -572,3 +572,24 @@ def test_segmentation_masks_are_encoded_in_the_worker_process_and_hard_linked(lo
             overlay = mask_path.with_name(mask_path.name.replace(".mask.png", ".overlay.png"))
             ids = decode(mask_path)
             assert overlay.read_bytes() == encode_overlay(ids, *overlay_classes(ids, ((0, "background"), (1, "ink"))))
+
+
+def test_a_mask_given_as_ids_and_later_as_an_encoded_file_is_one_file(logbus_dir, tmp_path):
+    """The same mask may arrive as ids (encoded by the pipeline's own threads while the worker process
+    starts) and later with its encoded file (``Mask.path``): one file in the run either way, linked
+    from the encoded one where it is written first."""
+    from logbus.files import encode_mask
+
+    ids = np.random.default_rng(3).integers(0, 3, (6, 4)).astype(np.uint8)
+    encoded = tmp_path / "0123456789abcdef0123456789abcdef.mask.png"
+    encoded.write_bytes(encode_mask(ids))
+    image = np.zeros((6, 4, 3), np.uint8)
+    with logbus.start_run("mixed", backends=["local"]) as run:
+        for step, mask in enumerate([Mask(ids, {1: "a"}), Mask(ids, {1: "a"}, path=str(encoded)),
+                                     Mask(ids.copy(), {1: "a"}), Mask(ids, {1: "b"}, path=str(encoded))]):
+            run.log_table("eval/samples", ["image"], [[Image(pixels=image, masks={"truth": mask})]], step=step)
+    lines = read_lines(logbus_dir / "mixed" / "tables" / "eval" / "samples.jsonl")
+    paths = [line["rows"][0][0]["masks"]["truth"]["path"] for line in lines]
+    assert paths[0] == paths[1] == paths[2] != paths[3]  # other labels: a file of its own (the viewer colours by them)
+    np.testing.assert_array_equal(decode(logbus_dir / "mixed" / paths[3]), ids)
+    assert (logbus_dir / "mixed" / paths[3]).stat().st_ino == encoded.stat().st_ino  # linked, not written
