@@ -232,10 +232,14 @@ def _to_numpy(array: Any, argument: str) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class Mask(Record):
-    """A per-pixel class mask ``[H, W]`` of non-negative ints, with optional names for the classes."""
+    """A per-pixel class mask ``[H, W]`` of non-negative ints, with optional names for the classes.
+
+    ``path``: a lossless PNG of ``data`` already written (a sample pipeline's scratch file, encoded in
+    its worker process), which a backend may link rather than encode ``data`` again; None otherwise."""
 
     data: np.ndarray
     class_labels: Mapping[int, str] | None = None
+    path: str | None = None
 
     def __post_init__(self):
         data = _to_numpy(self.data, "mask")

@@ -430,6 +430,8 @@ def serve(fd: int) -> None:
                         fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
                                   for field, dtype, shape, offset in layout}
                     rows = extractor.host_stage(fields, encoder.encode)
+                    if encoder.mask_files:
+                        _encode_masks(rows, encoder)
                     # Host stages copy what they keep (encode copies the pixels): the training process
                     # reuses the buffer once the answer is sent, maybe before the files are written.
                     del fields
@@ -444,6 +446,22 @@ def serve(fd: int) -> None:
             encoder.close(wait=False)
         for buffer in attached.values():
             _detach(buffer)
+
+
+def _encode_masks(rows: list, encoder: Any) -> None:
+    """Each mask of the rows' pending images to a PNG file here too, as the images are, with the local
+    viewer's overlay beside it: the local backend in the training process then links both rather than
+    encode and create them there, on the thread whose GIL the training thread needs (creating files
+    was most of a segmentation row's cost there). The ids stay in the row for backends that take
+    arrays (W&B)."""
+    from logbus.samples._pending_image import PendingImage
+
+    for row in rows:
+        for cell in row:
+            if isinstance(cell, PendingImage):
+                for name, (ids, labels) in cell.masks.items():
+                    if name not in cell.mask_files:
+                        cell.mask_files[name] = encoder.encode_mask(ids, labels, overlay=True)
 
 
 def _tensor_in(buffer: Any, dtype: Any, shape: tuple, offset: int) -> Any:

@@ -20,7 +20,10 @@ class PendingImage:
     path: Any  # a Future-like with result() -> path (logbus.samples._encoder_pool.EncodedFile)
     caption: str | None = None
     masks: Mapping[str, tuple[np.ndarray, Mapping[int, str] | None]] = field(default_factory=dict)
+    # name -> a Future-like for the mask's PNG file, where the pipeline encoded it (its worker process).
+    mask_files: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self) -> Image:
         return Image(path=self.path.result(), caption=self.caption,
-                     masks={name: Mask(ids, labels) for name, (ids, labels) in self.masks.items()})
+                     masks={name: Mask(ids, labels, path=self.mask_files[name].result() if name in self.mask_files else None)
+                            for name, (ids, labels) in self.masks.items()})

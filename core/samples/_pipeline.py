@@ -342,6 +342,9 @@ class SamplePipeline:
         """Gives back the scratch files of ``rows`` (image cells of this pipeline's tables)."""
         paths = [path if isinstance(path, str) else path.path for row in rows for cell in row
                  if isinstance(cell, (Image, PendingImage)) and (path := cell.path) is not None]
+        # and the mask files the worker process wrote for them (``Mask.path``), counted the same way
+        paths += [path for row in rows for cell in row if isinstance(cell, Image)
+                  for mask in cell.masks.values() if (path := mask.path) is not None]
         if self._host is not None:
             self._host.release(paths)  # the worker process's encoder counts the files it wrote
         for path in paths:  # and the in-process one its own (a path it does not know is left alone)
@@ -572,6 +575,7 @@ class SamplePipeline:
             return False
         # The same dict the HostStage sends when it opens the pipeline in the worker process.
         self._process_options["folder"] = self.encoder.folder
+        self._process_options["mask_files"] = True  # that backend links mask files too (with their overlays)
         return True
 
     def worker_ready(self, timeout: float) -> bool:

@@ -15,9 +15,7 @@ two ``<img>`` elements. The HTML, CSS and JS live in ``viewer_template.html``.
 
 from __future__ import annotations
 
-import colorsys
 import functools
-import io
 import json
 import math
 import os
@@ -30,25 +28,13 @@ from PIL import Image as PILImage
 
 from logbus.files import METRICS_LINE_FIELDS, hparam_name, metric_name, write_bytes_atomic
 from logbus.files import _strict_json as strict_json
+from logbus.files._overlay import class_colour, encode_overlay, overlay_classes
 
 INDEX = "index.html"
 _DATA_SLOT = "__LOGBUS_RUN_DATA__"
 # One component of a media path as the local backend writes them (``media/samples/val/0000001.png``):
 # no scheme (no ``:``), no ``%``-escapes, no backslash, never ``.``/``..`` or a hidden name.
 _MEDIA_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-# Tableau's 10 and their light partners: distinct on photos and on each other; later ids get hues by
-# the golden angle, so every id has one stable colour across masks, legends and boxes.
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
-            "#dbdb8d", "#9edae5"]
-
-
-def class_colour(class_id: int) -> str:
-    """The ``#rrggbb`` colour of a class id (masks, legend and boxes all use it)."""
-    if 0 <= class_id < len(_PALETTE):
-        return _PALETTE[class_id]
-    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618033988749895) % 1.0, 0.75, 0.95)
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
 def write_viewer(run_dir: str | os.PathLike, cache: "TableCache | None" = None) -> str:
@@ -309,19 +295,9 @@ def _colour_mask(source: str, destination: str, mtime_ns: int, labels: tuple[tup
         mask = np.asarray(image).astype(np.int64)
     if mask.ndim != 2:
         raise ValueError(f"{source}: expected a single-channel class-id mask, got shape {mask.shape}")
-    ids, inverse = np.unique(mask, return_inverse=True)
-    named = dict(labels)
-    # With class labels, ids without one (an ignore index such as 255) stay transparent; without labels,
-    # every id is a class.
-    shown = [int(i) for i in ids if not named or int(i) in named]
-    lut = np.zeros((len(ids), 4), np.uint8)
-    for row, class_id in enumerate(ids.tolist()):
-        if class_id in shown:
-            colour = class_colour(class_id)
-            lut[row] = [int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16), 255]
+    ids, inverse, shown = overlay_classes(mask, labels)
+    # Made already where the sample pipeline's worker process rendered it and the backend linked it
+    # (written after its mask, so never older than it).
     if not os.path.exists(destination) or os.stat(destination).st_mtime_ns < mtime_ns:
-        rgba = lut[inverse.reshape(mask.shape)]
-        buffer = io.BytesIO()
-        PILImage.fromarray(rgba).save(buffer, format="PNG", compress_level=1)
-        write_bytes_atomic(destination, buffer.getvalue())
+        write_bytes_atomic(destination, encode_overlay(mask, ids, inverse, shown))
     return shown

@@ -528,3 +528,68 @@ def test_link_or_copy_links_on_one_filesystem_and_copies_over_a_taken_name(tmp_p
     with pytest.raises(FileNotFoundError):
         link_or_copy_file_atomic(str(tmp_path / "missing.png"), str(tmp_path / "media" / "0000003.png"))
     assert sorted(p.name for p in linked.parent.iterdir()) == ["0000001.png", "0000002.png"]  # no leftovers
+
+
+def test_segmentation_masks_are_encoded_in_the_worker_process_and_hard_linked(logbus_dir):
+    """A segmentation row's masks, and the viewer's overlays of them, reach ``media/`` as hard links of
+    files the worker process wrote in the scratch folder (creating a file costs the backend's thread,
+    in the training process, far more than a link): nothing encoded or created for them there. The
+    run reads back as before: each mask file decodes to the exact class ids, each overlay is the
+    viewer's, and a ground truth seen again is the same file."""
+    from logbus.files._overlay import encode_overlay, overlay_classes
+
+    images, _ = load_digits()
+    images = images[:6]
+    truth = (images[:, 0] > 0.5).long()
+    logits = torch.randn(6, 2, *truth.shape[1:], generator=torch.Generator().manual_seed(0))
+    with logbus.start_run("seg-linked", backends=["local"]) as run:
+        samples = run.samples("segmentation", num_samples=None, class_names={0: "background", 1: "ink"})
+        assert samples.pipeline.worker_ready(120)  # the worker process does the host stage
+        scratch = Path(samples.pipeline.encoder.folder)
+        for step in range(2):
+            samples.add(images, truth, logits, label="seg")
+            samples.log("seg", step=step)
+            assert run.flush(60)
+        masks = sorted((logbus_dir / "seg-linked" / "media").rglob("*.mask.png"))
+        assert len(masks) == 12  # 6 ground truths and 6 predictions, each once for both evals
+        overlays = sorted((logbus_dir / "seg-linked" / "media").rglob("*.overlay.png"))
+        assert [p.name.replace(".overlay.", ".mask.") for p in overlays] == [p.name for p in masks]
+        scratch_files = {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir() if p.name.endswith("k.png")}
+        scratch_files |= {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir() if p.name.endswith("y.png")}
+        assert all((p.stat().st_dev, p.stat().st_ino) in scratch_files and p.stat().st_nlink == 2
+                   for p in masks + overlays)
+        assert samples.pipeline.stats.batches_in_process == 0
+    run_dir = logbus_dir / "seg-linked"
+    passes = read_lines(run_dir / "tables" / "samples" / "seg.jsonl")
+    assert len(passes) == 2 and passes[0]["rows"] == passes[1]["rows"]  # the same files referenced again
+    for row, mask, row_logits in zip(passes[1]["rows"], truth, logits):
+        cell = row[1]
+        np.testing.assert_array_equal(decode(run_dir / cell["masks"]["ground_truth"]["path"]), mask.numpy())
+        np.testing.assert_array_equal(decode(run_dir / cell["masks"]["prediction"]["path"]), row_logits.argmax(0).numpy())
+        assert cell["masks"]["ground_truth"]["class_labels"] == {"0": "background", "1": "ink"}
+        for name in ("ground_truth", "prediction"):
+            mask_path = run_dir / cell["masks"][name]["path"]
+            overlay = mask_path.with_name(mask_path.name.replace(".mask.png", ".overlay.png"))
+            ids = decode(mask_path)
+            assert overlay.read_bytes() == encode_overlay(ids, *overlay_classes(ids, ((0, "background"), (1, "ink"))))
+
+
+def test_a_mask_given_as_ids_and_later_as_an_encoded_file_is_one_file(logbus_dir, tmp_path):
+    """The same mask may arrive as ids (encoded by the pipeline's own threads while the worker process
+    starts) and later with its encoded file (``Mask.path``): one file in the run either way, linked
+    from the encoded one where it is written first."""
+    from logbus.files import encode_mask
+
+    ids = np.random.default_rng(3).integers(0, 3, (6, 4)).astype(np.uint8)
+    encoded = tmp_path / "0123456789abcdef0123456789abcdef.mask.png"
+    encoded.write_bytes(encode_mask(ids))
+    image = np.zeros((6, 4, 3), np.uint8)
+    with logbus.start_run("mixed", backends=["local"]) as run:
+        for step, mask in enumerate([Mask(ids, {1: "a"}), Mask(ids, {1: "a"}, path=str(encoded)),
+                                     Mask(ids.copy(), {1: "a"}), Mask(ids, {1: "b"}, path=str(encoded))]):
+            run.log_table("eval/samples", ["image"], [[Image(pixels=image, masks={"truth": mask})]], step=step)
+    lines = read_lines(logbus_dir / "mixed" / "tables" / "eval" / "samples.jsonl")
+    paths = [line["rows"][0][0]["masks"]["truth"]["path"] for line in lines]
+    assert paths[0] == paths[1] == paths[2] != paths[3]  # other labels: a file of its own (the viewer colours by them)
+    np.testing.assert_array_equal(decode(logbus_dir / "mixed" / paths[3]), ids)
+    assert (logbus_dir / "mixed" / paths[3]).stat().st_ino == encoded.stat().st_ino  # linked, not written

@@ -695,3 +695,44 @@ def test_no_shared_memory_falls_back_to_threads_with_one_warning(make_pipeline, 
     assert pipeline.stats.batches_in_process == 6 and pipeline.stats.batches_dropped == 0
     [said] = [r.getMessage() for r in caplog.records if "sample pipeline" in r.getMessage()]
     assert "No space left on device" in said and "threads of the training process" in said
+
+
+def test_encoder_pool_writes_masks_as_counted_content_named_files(tmp_path):
+    """``encode_mask``: the lossless PNG the local backend would write (``logbus.files.encode_mask``,
+    whatever the image format), named by content and dtype (the same ids again share the file), and
+    counted like an image: the file goes once the last row referring to it is released (no cache)."""
+    from logbus.files import encode_mask
+    from logbus.samples import content_name
+    from logbus.samples._encoder_pool import EncoderPool
+
+    pool = EncoderPool(folder=str(tmp_path), cache_bytes=0, image_format="jpeg", prefix="w0-")
+    ids = np.random.default_rng(0).integers(0, 300, (5, 7)).astype(np.int16)
+    try:
+        first, again, narrower = pool.encode_mask(ids), pool.encode_mask(ids.copy()), pool.encode_mask(ids.astype(np.int32))
+        path = first.result(30)
+        assert again.result(30) == path and narrower.result(30) != path and path.endswith(".mask.png")
+        assert content_name(path) == os.path.basename(path).removeprefix("w0-")  # the backend's dedup key
+        with open(path, "rb") as file:
+            assert file.read() == encode_mask(ids)
+        np.testing.assert_array_equal(np.asarray(PILImage.open(path)), ids)
+        pool.release(path)
+        assert os.path.exists(path)  # one row still refers to it
+        pool.release(path)
+        first.result(30)
+        deadline = time.monotonic() + 10
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)  # released from the write's done callback
+        assert not os.path.exists(path) and os.path.exists(narrower.result(30))
+        # With the viewer's overlay for its labels beside it (part of the name), deleted with it.
+        from logbus.samples import overlay_of
+        with_overlay = pool.encode_mask(ids, {1: "one"}, overlay=True).result(30)
+        assert with_overlay != pool.encode_mask(ids, {1: "uno"}, overlay=True).result(30)
+        overlay = np.asarray(PILImage.open(overlay_of(with_overlay)))
+        assert overlay.shape == (5, 7, 4) and ((overlay[..., 3] == 255) == (ids == 1)).all()  # labelled ids only
+        pool.release(with_overlay)
+        deadline = time.monotonic() + 10
+        while os.path.exists(overlay_of(with_overlay)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(with_overlay) and not os.path.exists(overlay_of(with_overlay))
+    finally:
+        pool.close()
