@@ -42,14 +42,20 @@ class MaskFiles:
         self._written: dict[bytes, str] = {}  # the mask's content -> its file, until release()
         self._names = itertools.count()
 
-    def wandb_mask(self, name: str, data: np.ndarray, class_labels: Mapping[int, str] | None) -> tuple[Any, dict]:
-        """``(the mask for wandb.Image(masks={name: ...}), its classes {id: name})``."""
+    def wandb_mask(self, name: str, data: np.ndarray, class_labels: Mapping[int, str] | None,
+                   path: str | None = None) -> tuple[Any, dict]:
+        """``(the mask for wandb.Image(masks={name: ...}), its classes {id: name})``. ``path``: the
+        mask's PNG already written by the sample pipeline's worker process (``records.Mask.path``, the
+        same ``encode_mask`` bytes), handed to wandb as it is instead of being encoded again here; the
+        pipeline keeps it until every backend has taken the table, and ``run.log`` stages its copy."""
         from logbus.plugins import _wandb_private
 
         labels = ({int(k): v for k, v in class_labels.items()} if class_labels
                   else {int(c): f"class_{int(c)}" for c in np.unique(data)})
         if data.size and int(data.max()) > _MAX_WANDB_CLASS_ID:
             return {"mask_data": data, "class_labels": labels}, labels
+        if path is not None:
+            return _wandb_private.mask_from_file(path, name, labels), labels
         if self._folder is None:
             scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
             self._folder = tempfile.TemporaryDirectory(prefix="logbus-wandb-masks-", dir=scratch)

@@ -533,7 +533,7 @@ def _to_wandb(cell: Any, part: Any = None, mask_files: MaskFiles | None = None) 
     else:
         wandb_masks = {}
         for name, mask in masks.items():
-            wandb_masks[name], labels = mask_files.wandb_mask(name, mask.data, mask.class_labels)
+            wandb_masks[name], labels = mask_files.wandb_mask(name, mask.data, mask.class_labels, mask.path)
             classes.update(labels)
         wandb_masks = wandb_masks or None
     # As wandb.Image derives them from masks given as arrays (its legacy merge: a later mask's name
