@@ -329,6 +329,18 @@ class HostStage:
         self.shared.close()
 
 
+# Added to this process's nice value (0 to 19 on Linux, higher runs later). 10: weight 110 against
+# the training thread's 1024, so a core both want goes about 90 % to training.
+WORKER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    try:
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):  # no nice (Windows) or not allowed: run at the same priority
+        pass
+
+
 def serve(fd: int) -> None:
     """The worker process's loop: host stages of batches in shared memory, and scratch-file releases."""
     from multiprocessing import shared_memory
@@ -339,8 +351,12 @@ def serve(fd: int) -> None:
     from logbus.samples._pending_image import PendingImage
 
     # Background work: one intra-op thread, so that the device stages run here do not compete with
-    # the training process for every core.
+    # the training process for every core; and a lower scheduling priority, so that where cores are
+    # short (2 of them: the training thread, this process's main and two encoder threads) the
+    # scheduler runs the training thread first and this process on what is left, instead of sharing
+    # a core with it. Its work is bounded by the shared-memory budget, not by its speed.
     torch.set_num_threads(1)
+    _lower_priority()
     connection = Connection(fd)
     send_lock = threading.Lock()
 

@@ -618,6 +618,18 @@ def test_per_sample_work_runs_in_a_worker_process(make_pipeline):
         np.testing.assert_array_equal(decode(cell.path), expected[i, :, :, 0])
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="scheduling priorities are POSIX")
+def test_the_worker_process_runs_at_a_lower_priority_than_training(make_pipeline):
+    """Where cores are short, the scheduler must prefer the training thread to the sample work: the
+    worker process's nice value is the training process's plus ``WORKER_NICENESS`` (capped at 19)."""
+    from logbus.samples._host_process import WORKER_NICENESS
+
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pipeline.worker_pid) == min(19, ours + WORKER_NICENESS)
+
+
 def test_a_killed_worker_process_loses_only_its_batches_and_is_replaced(make_pipeline, caplog):
     """The process is stopped with batches in flight, then killed: those batches are counted as lost
     with one warning, the pass still ends (no hang), and the next pass runs in a new process."""
