@@ -359,16 +359,21 @@ def test_unknown_backend_lists_the_known_ones(sites, tmp_path):
     assert known == sorted(known) and {"jsonl-recorder", "local", "wandb"} <= set(known)
 
 
+# A script asking for the example plugin's backend, printing the error it gets.
+ASK_FOR_THE_EXAMPLE_BACKEND = """\
+    from logbus import start_run
+    try:
+        start_run("t", backends=["jsonl-recorder"])
+    except Exception as error:
+        print(error)
+"""
+
+
 def test_an_unknown_backend_names_the_skipped_plugins_and_why(sites, tmp_path):
     """The example plugin is installed but not allowlisted, the broken one is allowlisted but fails to
     import: asking for the example's backend says both, with the reason for each."""
-    result = _python("""\
-        from logbus import start_run
-        try:
-            start_run("t", backends=["jsonl-recorder"])
-        except Exception as error:
-            print(error)
-    """, sites=sites, dists=[EXAMPLE_DIST, BROKEN_DIST], tmp_path=tmp_path, LOGBUS_LOAD_PLUGINS=f"{BROKEN_DIST}, nope")
+    result = _python(ASK_FOR_THE_EXAMPLE_BACKEND, sites=sites, dists=[EXAMPLE_DIST, BROKEN_DIST], tmp_path=tmp_path,
+                     LOGBUS_LOAD_PLUGINS=f"{BROKEN_DIST}, nope")
     assert result.returncode == 0, result.stderr
     message = result.stdout.strip()
     assert message.startswith("unknown backend 'jsonl-recorder'; known backends: "), message
@@ -377,13 +382,8 @@ def test_an_unknown_backend_names_the_skipped_plugins_and_why(sites, tmp_path):
     assert (f"'broken' ({BROKEN_DIST} 0.1.0) ModuleNotFoundError: No module named "
             "'logbus_broken_missing_dependency'") in message
 
-    result = _python("""\
-        from logbus import start_run
-        try:
-            start_run("t", backends=["jsonl-recorder"])
-        except Exception as error:
-            print(error)
-    """, sites=sites, dists=[EXAMPLE_DIST], tmp_path=tmp_path, LOGBUS_DISABLE_PLUGIN_AUTOLOAD="1")
+    result = _python(ASK_FOR_THE_EXAMPLE_BACKEND, sites=sites, dists=[EXAMPLE_DIST], tmp_path=tmp_path,
+                     LOGBUS_DISABLE_PLUGIN_AUTOLOAD="1")
     assert result.returncode == 0, result.stderr
     assert (f"'example' ({EXAMPLE_DIST} 0.1.0) not loaded: LOGBUS_DISABLE_PLUGIN_AUTOLOAD is set and "
             "LOGBUS_LOAD_PLUGINS does not name it") in result.stdout

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gated_recorder import GatedRecorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,27 +29,6 @@ from logbus.plugins.wandb import WandBBackend
 from logbus.records import Box, Image, Mask, Metrics, Table
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:composer.*")
-
-
-class GatedRecorder:
-    """Holds every record until ``gate`` opens, so that records are really queued when the bad call
-    happens, then keeps them."""
-
-    supports = frozenset({Table})
-
-    def __init__(self):
-        self.gate = threading.Event()
-        self.records: list = []
-
-    def log(self, record):
-        self.gate.wait(30)
-        self.records.append(record)
-
-    def close(self, finish):
-        pass
-
-    def steps(self, name: str) -> list[int]:
-        return [r.step for r in self.records if isinstance(r, Metrics) and name in r.values]
 
 
 @dataclass

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from gated_recorder import GatedRecorder
 from torch.overrides import TorchFunctionMode
 
 import logbus
@@ -15,26 +16,6 @@ import logbus.kernels
 from logbus.composer import LogBusLogger
 from logbus.kernels import images_to_uint8_reference
 from logbus.records import Images, Table
-
-
-class GatedRecorder:
-    """Takes images and tables, but only once ``gate`` opens: the caller has long returned by then."""
-
-    supports = frozenset({Images, Table})
-
-    def __init__(self):
-        self.gate = threading.Event()
-        self.records: list = []
-
-    def log(self, record):
-        self.gate.wait(30)
-        self.records.append(record)
-
-    def of_type(self, record_type) -> list:
-        return [record for record in self.records if isinstance(record, record_type)]
-
-    def close(self, finish):
-        pass
 
 
 class CallerThreadCalls(TorchFunctionMode):
