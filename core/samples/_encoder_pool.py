@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from logbus.files import encode_image, encode_mask
-from logbus.files._overlay import encode_overlay, overlay_classes
+from logbus.files._overlay import encode_mask_and_overlay
 from logbus.samples._options import PIPELINE_OPTIONS
 
 CHUNK = 32
@@ -254,14 +254,15 @@ class EncoderPool:
 
     def _write_mask(self, ids: np.ndarray, path: str, mask: Any) -> str:
         """``mask``: True, or the labels of the overlay to write beside it (see ``_Chunk.items``)."""
-        data = encode_mask(ids)
+        if not isinstance(mask, tuple):
+            data = encode_mask(ids)
+            self._write_file(path, data)
+            self._sizes[path] = len(data)
+            return path
+        data, overlay = encode_mask_and_overlay(ids, mask)
         self._write_file(path, data)
-        size = len(data)
-        if isinstance(mask, tuple):  # after the mask: the viewer remakes an overlay older than its mask
-            overlay = encode_overlay(ids, *overlay_classes(ids, mask))
-            self._write_file(overlay_of(path), overlay)
-            size += len(overlay)
-        self._sizes[path] = size
+        self._write_file(overlay_of(path), overlay)  # after the mask: the viewer remakes an overlay older than its mask
+        self._sizes[path] = len(data) + len(overlay)
         return path
 
     @staticmethod
