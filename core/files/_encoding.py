@@ -87,4 +87,4 @@ def encode_mask_8bit(mask: np.ndarray) -> bytes:
     np.subtract(ids[1:], ids[:-1], out=rows[1:, 1:])  # modulo 256, as the PNG filter is defined
     # zlib releases the GIL while it compresses, as Pillow's encoder does.
     return b"".join((PNG_SIGNATURE, png_header(width, height, PNG_GRAYSCALE),
-                     png_chunk(b"IDAT", zlib.compress(rows, PNG_LEVEL)), PNG_END))
+                     png_chunk(b"IDAT", zlib.compress(rows.data, PNG_LEVEL)), PNG_END))
