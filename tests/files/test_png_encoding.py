@@ -1,5 +1,5 @@
-"""Class-id masks and their overlays as the sample pipeline's worker process writes them: the mask PNG
-decodes to the exact ids, and the overlay (a paletted PNG made of the mask's own compressed pixels)
+"""PNGs as logbus writes them (with zlib, not Pillow): images and class-id masks decode to the exact
+pixels and ids, and a mask's overlay (a paletted PNG made of the mask's own compressed pixels)
 shows what the viewer's RGBA overlay shows, in Pillow and in a real headless Chromium."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from logbus.files import encode_mask
+from logbus.files import encode_image, encode_mask
 from logbus.files._overlay import encode_mask_and_overlay, encode_overlay, overlay_classes, paletted_overlay
 
 RNG = np.random.default_rng(0)
@@ -59,6 +59,17 @@ def decode(png: bytes) -> PILImage.Image:
 def viewers_rgba(mask: np.ndarray, labels) -> np.ndarray:
     """The viewer's overlay (``encode_overlay``), decoded: what the paletted one must show."""
     return np.asarray(decode(encode_overlay(mask, *overlay_classes(mask, labels))))
+
+
+@pytest.mark.parametrize(("shape", "mode"), [((5, 7), "L"), ((5, 7, 1), "L"), ((5, 7, 2), "LA"), ((9, 4, 3), "RGB"),
+                                             ((1, 1, 4), "RGBA"), ((64, 3, 3), "RGB")])
+def test_an_image_png_decodes_to_its_exact_pixels(shape, mode):
+    pixels = RNG.integers(0, 256, shape, dtype=np.uint8)
+    image = decode(encode_image(pixels))
+    assert image.mode == mode
+    np.testing.assert_array_equal(np.asarray(image), pixels[..., 0] if shape[-1:] == (1,) else pixels)
+    strided = RNG.integers(0, 256, (10, 8, 3), dtype=np.uint8)[::2, ::-3]  # a view, not contiguous
+    np.testing.assert_array_equal(np.asarray(decode(encode_image(strided))), strided)
 
 
 @pytest.mark.parametrize("case", list(CASES))
