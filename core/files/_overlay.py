@@ -10,8 +10,8 @@ without one) colours each pixel into an RGBA PNG. ``encode_mask_and_overlay`` (t
 the overlay of an 8-bit mask a paletted PNG whose compressed pixels are the mask PNG's own bytes:
 PNG filters and deflate work on bytes whatever the colour type, so the same IDAT read through a
 palette of the class colours (a tRNS chunk making unshown ids transparent) is the coloured overlay,
-with no second compression and no ``np.unique`` (32×32: ~25 µs for both files against ~550 µs,
-measured on the 2-core machine).
+with no second compression and no ``np.unique`` (mask and overlay, one thread's CPU on the 2-core
+machine, medians of 7 rounds: 32×32 42 µs against 574 µs with Pillow; 224×224 77 µs against 2.7 ms).
 """
 
 from __future__ import annotations
