@@ -20,7 +20,7 @@ import colorsys
 import functools
 import io
 import struct
-from typing import Sequence
+from typing import Mapping, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image as PILImage
@@ -34,6 +34,8 @@ from logbus.files._encoding import (
     encode_mask_8bit,
     png_chunk,
 )
+
+Labels = Union[Sequence[Tuple[int, str]], Mapping[int, str]]  # (id, label) pairs or a mapping: either shows the same
 
 # Tableau's 10 and their light partners: distinct on photos and on each other; later ids get hues by
 # the golden angle, so every id has one stable colour across masks, legends and boxes.
@@ -50,7 +52,7 @@ def class_colour(class_id: int) -> str:
     return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
-def overlay_classes(mask: np.ndarray, labels: Sequence[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def overlay_classes(mask: np.ndarray, labels: Labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """``(ids in the mask, inverse indices, the ids shown)``: with class labels, ids without one (an
     ignore index such as 255) stay transparent; without labels, every id is a class."""
     ids, inverse = np.unique(np.asarray(mask).astype(np.int64), return_inverse=True)
@@ -71,7 +73,7 @@ def encode_overlay(mask: np.ndarray, ids: np.ndarray, inverse: np.ndarray, shown
     return buffer.getvalue()
 
 
-def encode_mask_and_overlay(mask: np.ndarray, labels: Sequence[tuple[int, str]]) -> tuple[bytes, bytes]:
+def encode_mask_and_overlay(mask: np.ndarray, labels: Labels) -> tuple[bytes, bytes]:
     """``(encode_mask(mask), its overlay for labels)``: the overlay shows what ``encode_overlay`` does
     (each shown id in its class colour, every other pixel transparent); for ids 0..255 it is the
     paletted PNG that shares the mask's compressed pixels (see the module's docstring)."""
@@ -85,7 +87,7 @@ def encode_mask_and_overlay(mask: np.ndarray, labels: Sequence[tuple[int, str]])
     return encode_mask(ids), encode_overlay(ids, *overlay_classes(ids, labels))
 
 
-def paletted_overlay(mask_png: bytes, labels: Sequence[tuple[int, str]], palette_size: int = 256) -> bytes | None:
+def paletted_overlay(mask_png: bytes, labels: Labels, palette_size: int = 256) -> bytes | None:
     """The overlay of an 8-bit grayscale class-id PNG as a paletted PNG of the same pixel data, or
     None for any other PNG (16-bit ids, colour). ``palette_size``: one more than the largest id in
     the mask (a decoder rejects an index past the palette; a shorter palette is a smaller file)."""
@@ -110,7 +112,8 @@ def paletted_overlay(mask_png: bytes, labels: Sequence[tuple[int, str]], palette
     width, height, depth, _, compression, filtering, interlace = header
     # The mask's own fields but the colour type: its pixel data is read the same way.
     ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, PNG_PALETTE, compression, filtering, interlace))
-    return b"".join((PNG_SIGNATURE, ihdr, _palette(tuple(labels), palette_size), *pixels, PNG_END))
+    pairs = tuple(labels.items()) if isinstance(labels, Mapping) else tuple(labels)  # as overlay_classes takes them
+    return b"".join((PNG_SIGNATURE, ihdr, _palette(pairs, palette_size), *pixels, PNG_END))
 
 
 @functools.lru_cache(maxsize=256)

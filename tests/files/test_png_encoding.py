@@ -107,6 +107,12 @@ def test_the_overlay_is_the_masks_pixels_through_a_palette_and_shows_what_the_vi
         assert (np.asarray(image.convert("RGBA"))[hidden] == 0).all()
 
 
+def test_labels_may_be_a_mapping_as_for_the_viewers_overlay():
+    labels = {1: "a", 2: "b"}
+    _, overlay = encode_mask_and_overlay(IGNORE, labels)
+    np.testing.assert_array_equal(np.asarray(decode(overlay).convert("RGBA")), viewers_rgba(IGNORE, labels))
+
+
 def test_a_palette_too_small_for_the_ids_is_refused():
     with pytest.raises(ValueError, match="palette_size: expected 1..256, got 0"):
         paletted_overlay(encode_mask(IGNORE), (), 0)
