@@ -247,7 +247,7 @@ class Mask(Record):
             raise ValueError(f"mask: expected a 2-D [H, W] array of class ids, got shape {tuple(data.shape)}")
         if not np.issubdtype(data.dtype, np.integer):
             raise TypeError(f"mask: expected an integer array of class ids, got dtype {data.dtype}")
-        if data.size and data.min() < 0:
+        if data.size and data.dtype.kind == "i" and data.min() < 0:  # unsigned ids need no pass over the pixels
             raise ValueError(f"mask: class ids must be >= 0, got minimum {int(data.min())}")
         object.__setattr__(self, "data", data)
         if self.class_labels is not None:

@@ -243,9 +243,9 @@ def test_segmentation_masks_are_coloured_overlays_that_the_page_stacks(chromium,
             overlay = run_dir / mask["path"].replace(".mask.png", ".overlay.png")
             with PILImage.open(run_dir / mask["path"]) as image:
                 ids = np.asarray(image)
-            with PILImage.open(overlay) as image:
-                assert image.mode == "RGBA"
-                rgba = np.asarray(image)
+            with PILImage.open(overlay) as image:  # RGBA, or paletted where the worker process made it
+                assert image.mode in ("RGBA", "P")
+                rgba = np.asarray(image.convert("RGBA"))
             for class_id in np.unique(ids):
                 colour = class_colour(int(class_id))
                 expected = [int(colour[i:i + 2], 16) for i in (1, 3, 5)] + [255]
