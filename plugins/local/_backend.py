@@ -222,25 +222,42 @@ class LocalBackend:
         A mask the sample pipeline already encoded (``mask.path``, a content-named PNG of the same
         bytes ``encode_mask`` makes) is linked, as images are: creating a file in the run folder costs
         this thread, in the training process, 60 µs to 1 ms on ext4 depending on load (measured), a
-        link about 20 µs."""
-        # Keyed by the ids either way: the same mask may come encoded (the worker process) or not (the
-        # pipeline's own threads, while that process starts) and must still be one file.
-        ids = np.ascontiguousarray(mask.data)
-        seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids.data, digest_size=16).digest(),
-                tuple(sorted(class_labels.items())))
+        link about 20 µs. Its overlay is linked too, and the page told so with the mask's class ids
+        (``TableCache.overlay_made``), so the page build neither opens the mask nor stats the overlay."""
+        labels = tuple(sorted((int(k), str(v)) for k, v in (mask.class_labels or {}).items()))
+        seen = (name, _mask_content_name(mask, labels), tuple(sorted(class_labels.items())))
         relative = self._masks.get(seen)
         if relative is None:
             relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
             if mask.path is None:
-                write_bytes_atomic(absolute, encode_mask(ids))
+                write_bytes_atomic(absolute, encode_mask(np.ascontiguousarray(mask.data)))
             else:
                 link_or_copy_file_atomic(mask.path, absolute)
                 try:  # its overlay, which the worker process rendered for these labels: the viewer's, linked
                     os.link(overlay_of(mask.path), absolute[: -len(".mask.png")] + ".overlay.png")
                 except OSError:
                     pass  # none there, or another filesystem: the viewer makes it, as for any mask
+                else:
+                    self._viewer_tables.overlay_made(relative, mask.data, dict(labels))
             self._masks[seen] = relative
         return relative
+
+
+def _mask_content_name(mask: Mask, labels: tuple[tuple[int, str], ...]) -> str:
+    """The content name (``content_name``) of the file the sample pipeline's worker process encodes
+    ``mask`` to with its overlay: read from ``mask.path`` when the worker named it, no byte hashed
+    here; made from the ids as the worker makes it otherwise (the pipeline's own threads encode no
+    masks while the worker process starts: ``Mask.path`` is None then). The same mask arriving either
+    way is then one file in the run. This must stay ``EncoderPool.encode_mask(ids, labels,
+    overlay=True)``'s name: a test compares the two."""
+    if mask.path is not None:
+        named = content_name(mask.path)
+        if named != mask.path:  # a file the pipeline named (any other path: keyed by its ids below)
+            return named
+    ids = np.ascontiguousarray(mask.data)
+    hasher = hashlib.blake2b(ids.view(np.uint8).data, digest_size=16, person=f"{ids.shape}{ids.dtype.str}".encode()[:16])
+    hasher.update(repr(labels).encode())
+    return hasher.hexdigest() + ".mask.png"
 
 
 @logbus.hookimpl

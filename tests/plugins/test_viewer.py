@@ -470,3 +470,48 @@ def test_the_backend_s_cached_refresh_builds_the_same_page_reading_each_table_li
     replacement.write_bytes(garbled + second)
     os.replace(replacement, table)
     assert page(True) == page(False) and '"step":9' in page(True)
+
+
+def test_the_backend_s_page_opens_no_mask_the_worker_process_coloured(logbus_dir, monkeypatch):
+    """A segmentation run whose masks and overlays come from the pipeline's worker process: the local
+    backend's page builds, in the training process, never open a mask with PIL (the legend's class ids
+    come with the linked overlay, ``TableCache.overlay_made``), yet write the page a fresh ``logbus
+    view`` builds from the folder, which does open them."""
+    images, _ = load_digits()
+    images = images[:6]
+    truth = (images[:, 0] > 0.5).long()
+    generator = torch.Generator().manual_seed(0)
+    opened: list[str] = []
+    pil_open = PILImage.open
+    monkeypatch.setattr(PILImage, "open", lambda fp, *args, **kwargs: opened.append(str(fp)) or pil_open(fp, *args, **kwargs))
+    with logbus.start_run("seg-page", backends=["local"]) as run:
+        samples = run.samples("segmentation", num_samples=None, class_names=SEG_CLASSES)
+        assert samples.pipeline.worker_ready(120)
+        for step in range(2):
+            samples.add(images, truth, torch.randn(6, 3, *truth.shape[1:], generator=generator), label="val")
+            samples.log("val", step=step)
+            assert run.flush(60)
+    run_dir = logbus_dir / "seg-page"
+    assert len(list((run_dir / "media").rglob("*.overlay.png"))) == 18  # 6 truths, 12 predictions: all linked
+    assert [path for path in opened if path.endswith(".mask.png")] == []
+    page = (run_dir / "index.html").read_text()
+    assert page == Path(write_viewer(run_dir)).read_text()
+    assert len({path for path in opened if path.endswith(".mask.png")}) == 18  # the count sees a mask opened
+
+
+def test_the_legend_of_an_overlay_made_elsewhere_has_the_classes_it_colours():
+    """``TableCache.overlay_made`` counts the class ids (bincount, or sort for huge ids) where the
+    viewer's own overlays take them from ``overlay_classes``: the same ids, labels or not."""
+    from logbus.files._overlay import overlay_classes
+    from logbus.plugins.local._viewer import TableCache
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 4, (8, 8)).astype(np.uint8)
+    cases = [(small, {0: "a", 2: "c"}), (np.where(small == 3, 255, small).astype(np.uint8), {0: "a", 1: "b", 3: "d"}),
+             (small.astype(np.uint64), None), (rng.integers(0, 1 << 40, (4, 4)), {}),
+             (rng.integers(0, 1 << 40, (4, 4)), {7: "x"}), (np.zeros((0, 3), np.int64), {1: "x"})]
+    cache = TableCache()
+    for number, (ids, labels) in enumerate(cases):
+        cache.overlay_made(f"media/m{number}.mask.png", ids, labels)
+        expected = overlay_classes(ids, tuple(sorted((labels or {}).items())))[2]
+        assert list(cache._overlays[f"media/m{number}.mask.png"]) == expected, (number, labels)
