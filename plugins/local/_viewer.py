@@ -212,7 +212,7 @@ class TableCache:
         flat = np.ascontiguousarray(ids).ravel()
         if not flat.size:
             present: list[int] = []
-        elif int(flat.max()) < _BINCOUNT_LIMIT:
+        elif flat.dtype.itemsize <= 2 or int(flat.max()) < _BINCOUNT_LIMIT:  # (uint8 masks need no max)
             present = np.flatnonzero(np.bincount(flat.astype(np.intp, copy=False))).tolist()
         else:  # a huge id would make bincount allocate a count for every id below it
             present = np.unique(flat).tolist()
@@ -312,11 +312,11 @@ def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...],
     whose overlay their writer made, with its class ids (``TableCache.overlay_made``): nothing to
     open, stat or write for those."""
     overlay = (mask_path[: -len(".mask.png")] if mask_path.endswith(".mask.png") else mask_path) + ".overlay.png"
+    class_ids = made.get(mask_path)
+    if class_ids is not None:  # a hard link its writer made beside the mask, never a symlink: nothing to check
+        return overlay, class_ids
     if media_path(run_dir, overlay) is None:  # the overlay may not be a symlink out of the run either
         raise ValueError(f"mask path {mask_path!r}: its overlay {overlay!r} leaves the run folder")
-    class_ids = made.get(mask_path)
-    if class_ids is not None:
-        return overlay, class_ids
     # The caller checked mask_path with media_path: neither the mask nor its overlay can leave the run.
     # Resolved as media_path did (the folder once per page build), not with a realpath per mask.
     source = _resolved(_realpath(run_dir), mask_path)
