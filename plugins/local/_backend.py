@@ -78,7 +78,7 @@ class LocalBackend:
         self._hparams: dict[str, Any] = {}
         self._files: dict[str, JsonLines] = {}  # relative path -> its open file, metrics.jsonl included
         self._media_count = 0
-        self._folders: set[str] = set()  # media folders made
+        self._folders: dict[str, tuple[str, str]] = {}  # table key -> its media folder, relative and absolute
         self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
         self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
@@ -184,13 +184,13 @@ class LocalBackend:
 
     def _media_path(self, key: str, suffix: str) -> tuple[str, str]:
         self._media_count += 1
-        relative = f"media/{safe_relpath(key)}/{self._media_count:07d}{suffix}"
-        absolute = self._path(relative)
-        folder = os.path.dirname(absolute)
-        if folder not in self._folders:  # once per folder, not per image (a table has thousands)
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
-        return relative, absolute
+        folders = self._folders.get(key)
+        if folders is None:  # once per table key, not per image (a table has thousands)
+            relative_folder = f"media/{safe_relpath(key)}/"
+            folders = self._folders[key] = (relative_folder, self._path(relative_folder))
+            os.makedirs(folders[1], exist_ok=True)
+        name = f"{self._media_count:07d}{suffix}"
+        return folders[0] + name, folders[1] + name
 
     def _cell(self, cell: Any, key: str) -> Any:
         if not isinstance(cell, Image):
@@ -201,12 +201,14 @@ class LocalBackend:
             if relative is None:
                 relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
                 link_or_copy_file_atomic(cell.path, absolute)
+                self._viewer_tables.file_made(relative)
                 self._copied[seen] = relative
         else:
             assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)
             suffix = ".png" if self.image_format == "png" else ".jpg"
             relative, absolute = self._media_path(key, suffix)
             write_bytes_atomic(absolute, encode_image(cell.pixels, self.image_format))
+            self._viewer_tables.file_made(relative)
         masks = {}
         for name, mask in cell.masks.items():
             class_labels = {str(k): v for k, v in (mask.class_labels or {}).items()}
@@ -239,6 +241,7 @@ class LocalBackend:
                     pass  # none there, or another filesystem: the viewer makes it, as for any mask
                 else:
                     self._viewer_tables.overlay_made(relative, mask.data, dict(labels))
+            self._viewer_tables.file_made(relative)
             self._masks[seen] = relative
         return relative
 

@@ -21,7 +21,7 @@ import math
 import os
 import re
 from importlib import resources
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Container, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image as PILImage
@@ -146,6 +146,17 @@ def _metrics(path: str) -> dict[str, list[list]]:
     return dict(sorted(series.items()))
 
 
+class _Made:
+    """What the backend that writes the folder made there itself, in this process, so a page build need
+    not look at the files again (``TableCache.file_made``, ``TableCache.overlay_made``)."""
+
+    __slots__ = ("files", "overlays")
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()  # media paths, relative to the run
+        self.overlays: dict[str, tuple[int, ...]] = {}  # mask path -> the class ids its overlay shows
+
+
 class _TableFile:
     """One ``tables/<key>.jsonl`` as the page shows it: each logged pass as page JSON, and the masks and
     class legend seen so far, extended line by line from ``offset``."""
@@ -157,11 +168,11 @@ class _TableFile:
         self.legend: dict[int, list] = {}
         self.masks: list[str] = []
 
-    def read(self, run_dir: str, path: str, overlays: Mapping[str, tuple[int, ...]]) -> None:
+    def read(self, run_dir: str, path: str, made: _Made) -> None:
         """Takes in the lines written since the last read. Kept between reads, only whole lines are
         taken (the rest waits for the next read); read once, a last line without its newline is taken
         too, and skipped like any line that does not parse (half-written, in a live run).
-        ``overlays``: see ``TableCache.overlay_made``."""
+        ``made``: what the folder's writer made (``TableCache``)."""
         with open(path, "rb") as file:
             file.seek(self.offset)
             text = file.read()
@@ -175,7 +186,7 @@ class _TableFile:
             if not isinstance(record, dict):
                 continue
             record = strict_json.restore(record)
-            rows = [[_cell(run_dir, cell, self.legend, self.masks, overlays) for cell in row]
+            rows = [[_cell(run_dir, cell, self.legend, self.masks, made) for cell in row]
                     for row in record.get("rows") or []]
             self.logs.append(embed_json({"step": record.get("step"), "columns": record.get("columns") or [],
                                          "rows": rows}))
@@ -197,7 +208,13 @@ class TableCache:
     def __init__(self, *, kept: bool = True) -> None:
         self._kept = kept  # False: a single read (``logbus view``), every byte there taken at once
         self._files: dict[str, _TableFile] = {}
-        self._overlays: dict[str, tuple[int, ...]] = {}  # mask path -> the class ids its overlay shows
+        self._made = _Made()
+
+    def file_made(self, path: str) -> None:
+        """Tells the page that the backend made the media file at ``path`` (relative to the run) itself,
+        as a file or a hard link, never a symlink: a page build checks its name and folder as for any
+        path (``media_path``), but does not ``lstat`` it (a system call per file on every new row)."""
+        self._made.files.add(path)
 
     def overlay_made(self, mask_path: str, ids: np.ndarray, labels: Mapping[int, str] | None) -> None:
         """Tells the page that the mask file at ``mask_path`` (relative to the run) has its overlay
@@ -217,7 +234,7 @@ class TableCache:
         else:  # a huge id would make bincount allocate a count for every id below it
             present = np.unique(flat).tolist()
         named = labels or {}
-        self._overlays[mask_path] = tuple(i for i in present if not named or i in named)
+        self._made.overlays[mask_path] = tuple(i for i in present if not named or i in named)
 
     def tables(self, run_dir: str) -> list[_TableFile]:
         """Each ``tables/**/*.jsonl`` with every logged pass, in key order; image cells carry their overlay paths."""
@@ -238,7 +255,7 @@ class TableCache:
                 table = self._files[path] = _TableFile(key, identity, unterminated=not self._kept)
             if status.st_size > table.offset:
                 try:
-                    table.read(run_dir, path, self._overlays)
+                    table.read(run_dir, path, self._made)
                 except FileNotFoundError:
                     continue
             if table.logs:
@@ -246,15 +263,16 @@ class TableCache:
         return tables
 
 
-def media_path(run_dir: str, path: Any) -> str | None:
+def media_path(run_dir: str, path: Any, made: Container[str] = ()) -> str | None:
     """``path`` if it is a plain relative path (``media/x/0000001.png``) that stays inside ``run_dir``
-    once symlinks are resolved, else None: the only kind of path the page may put into ``<img src>``."""
+    once symlinks are resolved, else None: the only kind of path the page may put into ``<img src>``.
+    ``made``: paths of files known not to be symlinks (made by the caller), whose folder alone is resolved."""
     if not isinstance(path, str) or not all(_MEDIA_PART.fullmatch(part) for part in path.split("/")):
         return None
     root = _realpath(run_dir)
     # Both sides are normalised absolute paths (realpath's, and a name the pattern above admits), so a
     # prefix test is the commonpath test without its Python per-component work (thousands of cells).
-    resolved = _resolved(root, path)
+    resolved = _resolved(root, path, path in made)
     if resolved != root and not resolved.startswith(root.rstrip(os.sep) + os.sep):
         return None
     return path
@@ -270,24 +288,25 @@ def _realpath(path: str) -> str:
     return resolved
 
 
-def _resolved(root: str, path: str) -> str:
+def _resolved(root: str, path: str, plain: bool = False) -> str:
     """``realpath(root/path)`` for a page of thousands of image cells: the folder part is resolved once
     per folder (one page build), and the file part costs one ``lstat``; only a file that is itself a
-    symlink takes the full resolution (a per-cell ``realpath`` was most of a page's build time)."""
-    folder, name = os.path.split(os.path.join(root, path))
-    if os.path.islink(os.path.join(folder, name)):
+    symlink takes the full resolution (a per-cell ``realpath`` was most of a page's build time).
+    ``plain``: the file is known not to be a symlink (``_Made.files``): not even the ``lstat``."""
+    joined = os.path.join(root, path)
+    folder, name = os.path.split(joined)
+    if not plain and os.path.islink(joined):
         return os.path.realpath(os.path.join(folder, name))
     return os.path.join(_realpath(folder), name)
 
 
-def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str],
-          made: Mapping[str, tuple[int, ...]]) -> Any:
+def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str], made: _Made) -> Any:
     if not (isinstance(cell, dict) and cell.get("_type") == "image"):
         return cell
     overlays = {}
     mask_cells = cell.get("masks")
     for name, mask in (mask_cells.items() if isinstance(mask_cells, dict) else ()):
-        if not isinstance(mask, dict) or media_path(run_dir, mask.get("path")) is None:
+        if not isinstance(mask, dict) or media_path(run_dir, mask.get("path"), made.files) is None:
             continue
         labels = {int(k): str(v) for k, v in (mask.get("class_labels") or {}).items()}
         try:
@@ -302,24 +321,24 @@ def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str],
     boxes = [{**box, "colour": class_colour(int(box.get("class_id", 0)))} for box in cell.get("boxes") or []
              if isinstance(box, dict)]
     # A refused path is left out of the page altogether (path null): the card says the image is not shown.
-    return {"_type": "image", "path": media_path(run_dir, cell.get("path")), "caption": cell.get("caption"),
+    return {"_type": "image", "path": media_path(run_dir, cell.get("path"), made.files), "caption": cell.get("caption"),
             "overlays": overlays, "boxes": boxes}
 
 
 def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...],
-             made: Mapping[str, tuple[int, ...]]) -> tuple[str, Sequence[int]]:
+             made: _Made) -> tuple[str, Sequence[int]]:
     """The overlay of a class-id mask (written once) and the coloured class ids in it. ``made``: masks
     whose overlay their writer made, with its class ids (``TableCache.overlay_made``): nothing to
     open, stat or write for those."""
     overlay = (mask_path[: -len(".mask.png")] if mask_path.endswith(".mask.png") else mask_path) + ".overlay.png"
-    class_ids = made.get(mask_path)
+    class_ids = made.overlays.get(mask_path)
     if class_ids is not None:  # a hard link its writer made beside the mask, never a symlink: nothing to check
         return overlay, class_ids
     if media_path(run_dir, overlay) is None:  # the overlay may not be a symlink out of the run either
         raise ValueError(f"mask path {mask_path!r}: its overlay {overlay!r} leaves the run folder")
     # The caller checked mask_path with media_path: neither the mask nor its overlay can leave the run.
     # Resolved as media_path did (the folder once per page build), not with a realpath per mask.
-    source = _resolved(_realpath(run_dir), mask_path)
+    source = _resolved(_realpath(run_dir), mask_path, mask_path in made.files)
     class_ids = _colour_mask(source, os.path.join(run_dir, overlay), os.stat(source).st_mtime_ns, labels)
     return overlay, class_ids
 

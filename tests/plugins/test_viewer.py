@@ -475,8 +475,9 @@ def test_the_backend_s_cached_refresh_builds_the_same_page_reading_each_table_li
 def test_the_backend_s_page_opens_no_mask_the_worker_process_coloured(logbus_dir, monkeypatch):
     """A segmentation run whose masks and overlays come from the pipeline's worker process: the local
     backend's page builds, in the training process, never open a mask with PIL (the legend's class ids
-    come with the linked overlay, ``TableCache.overlay_made``), yet write the page a fresh ``logbus
-    view`` builds from the folder, which does open them."""
+    come with the linked overlay, ``TableCache.overlay_made``) nor ``lstat`` a media file the backend
+    made (``TableCache.file_made``), yet write the page a fresh ``logbus view`` builds from the folder,
+    which does both."""
     images, _ = load_digits()
     images = images[:6]
     truth = (images[:, 0] > 0.5).long()
@@ -484,6 +485,9 @@ def test_the_backend_s_page_opens_no_mask_the_worker_process_coloured(logbus_dir
     opened: list[str] = []
     pil_open = PILImage.open
     monkeypatch.setattr(PILImage, "open", lambda fp, *args, **kwargs: opened.append(str(fp)) or pil_open(fp, *args, **kwargs))
+    looked_at: list[str] = []
+    islink = os.path.islink
+    monkeypatch.setattr(os.path, "islink", lambda path: looked_at.append(str(path)) or islink(path))
     with logbus.start_run("seg-page", backends=["local"]) as run:
         samples = run.samples("segmentation", num_samples=None, class_names=SEG_CLASSES)
         assert samples.pipeline.worker_ready(120)
@@ -494,9 +498,11 @@ def test_the_backend_s_page_opens_no_mask_the_worker_process_coloured(logbus_dir
     run_dir = logbus_dir / "seg-page"
     assert len(list((run_dir / "media").rglob("*.overlay.png"))) == 18  # 6 truths, 12 predictions: all linked
     assert [path for path in opened if path.endswith(".mask.png")] == []
+    assert [path for path in looked_at if "/media/" in path] == []
     page = (run_dir / "index.html").read_text()
     assert page == Path(write_viewer(run_dir)).read_text()
-    assert len({path for path in opened if path.endswith(".mask.png")}) == 18  # the count sees a mask opened
+    assert len({path for path in opened if path.endswith(".mask.png")}) == 18  # the counts see what they count
+    assert len({path for path in looked_at if "/media/" in path}) == 6 + 18 * 2  # images, masks and overlays
 
 
 def test_the_legend_of_an_overlay_made_elsewhere_has_the_classes_it_colours():
@@ -514,4 +520,4 @@ def test_the_legend_of_an_overlay_made_elsewhere_has_the_classes_it_colours():
     for number, (ids, labels) in enumerate(cases):
         cache.overlay_made(f"media/m{number}.mask.png", ids, labels)
         expected = overlay_classes(ids, tuple(sorted((labels or {}).items())))[2]
-        assert list(cache._overlays[f"media/m{number}.mask.png"]) == expected, (number, labels)
+        assert list(cache._made.overlays[f"media/m{number}.mask.png"]) == expected, (number, labels)
