@@ -51,6 +51,7 @@ from logbus.records import Artifact, Hyperparameters, Image, Images, Mask, Metri
 from logbus.samples import content_name, overlay_of
 
 DEFAULT_ROOT = "logbus_runs"
+_LABELS_KEPT = 64  # distinct class-label mappings remembered (_labels_of); a table has one or two
 
 
 class LocalBackend:
@@ -80,7 +81,8 @@ class LocalBackend:
         self._media_count = 0
         self._folders: dict[str, tuple[str, str]] = {}  # table key -> its media folder, relative and absolute
         self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
-        self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
+        self._masks: dict[tuple, str] = {}  # (name, content name, labels) -> the mask's file in media/ (written once)
+        self._labels: dict[int, tuple[dict, dict[str, str], tuple]] = {}  # see _labels_of
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
         self._viewer_tables = TableCache()  # the page JSON of the tables' lines, each line read once
 
@@ -211,12 +213,26 @@ class LocalBackend:
             self._viewer_tables.file_made(relative)
         masks = {}
         for name, mask in cell.masks.items():
-            class_labels = {str(k): v for k, v in (mask.class_labels or {}).items()}
-            masks[name] = {"path": self._mask_file(key, name, mask, class_labels), "class_labels": class_labels}
+            class_labels, labels = self._labels_of(mask)
+            masks[name] = {"path": self._mask_file(key, name, mask, labels), "class_labels": class_labels}
         return {"_type": "image", "path": relative, "caption": cell.caption, "masks": masks,
                 "boxes": [asdict(box) for box in cell.boxes]}
 
-    def _mask_file(self, key: str, name: str, mask: Mask, class_labels: dict[str, str]) -> str:
+    def _labels_of(self, mask: Mask) -> tuple[dict[str, str], tuple[tuple[int, str], ...]]:
+        """A mask's class labels as its cell has them (``{"<id>": label}``) and as the key of its file
+        (sorted ``(id, label)`` pairs). Every row of a segmentation table has the same labels: made once
+        per labels, not per mask (found again by the mapping's id, and used only while it is still equal)."""
+        mapping = mask.class_labels or {}
+        known = self._labels.get(id(mapping))
+        if known is not None and known[0] == mapping:
+            return known[1], known[2]
+        if len(self._labels) >= _LABELS_KEPT:
+            self._labels.clear()
+        made = ({str(k): v for k, v in mapping.items()}, tuple(sorted((int(k), str(v)) for k, v in mapping.items())))
+        self._labels[id(mapping)] = (dict(mapping), *made)
+        return made
+
+    def _mask_file(self, key: str, name: str, mask: Mask, labels: tuple[tuple[int, str], ...]) -> str:
         """The mask's file in media/, written once: the same ground truth comes back at every eval, and
         like an image seen again it is referenced, not encoded and written again. The labels are part of
         what is the same, as the viewer colours a mask file once for its labels.
@@ -226,8 +242,7 @@ class LocalBackend:
         this thread, in the training process, 60 µs to 1 ms on ext4 depending on load (measured), a
         link about 20 µs. Its overlay is linked too, and the page told so with the mask's class ids
         (``TableCache.overlay_made``), so the page build neither opens the mask nor stats the overlay."""
-        labels = tuple(sorted((int(k), str(v)) for k, v in (mask.class_labels or {}).items()))
-        seen = (name, _mask_content_name(mask, labels), tuple(sorted(class_labels.items())))
+        seen = (name, _mask_content_name(mask, labels), labels)
         relative = self._masks.get(seen)
         if relative is None:
             relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")

@@ -634,3 +634,21 @@ def test_the_backend_names_a_mask_given_as_ids_as_the_worker_process_names_its_f
                 assert _mask_content_name(Mask(ids, labels, path=path), key) == content_name(path)
     finally:
         pool.close()
+
+
+def test_class_labels_changed_in_place_between_tables_are_written_as_changed(logbus_dir):
+    """The backend works a labels mapping out once for all the rows that share it; a mapping changed in
+    place between two tables is the new labels in the second, with a mask file of its own (the viewer
+    colours a mask file for its labels)."""
+    ids = np.arange(6, dtype=np.uint8).reshape(2, 3) % 2
+    image = np.zeros((2, 3, 3), np.uint8)
+    labels = {0: "background", 1: "ink"}
+    with logbus.start_run("relabelled", backends=["local"]) as run:
+        run.log_table("seg", ["image"], [[Image(pixels=image, masks={"truth": Mask(ids, labels)})]], step=0)
+        assert run.flush()
+        labels[1] = "stroke"
+        run.log_table("seg", ["image"], [[Image(pixels=image, masks={"truth": Mask(ids, labels)})]], step=1)
+    lines = read_lines(logbus_dir / "relabelled" / "tables" / "seg.jsonl")
+    first, second = (line["rows"][0][0]["masks"]["truth"] for line in lines)
+    assert first["class_labels"] == {"0": "background", "1": "ink"}
+    assert second["class_labels"] == {"0": "background", "1": "stroke"} and second["path"] != first["path"]
