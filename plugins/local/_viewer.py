@@ -332,9 +332,9 @@ def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...],
     whose overlay their writer made, with its class ids (``TableCache.overlay_made``): nothing to
     open, stat or write for those."""
     overlay = (mask_path[: -len(".mask.png")] if mask_path.endswith(".mask.png") else mask_path) + ".overlay.png"
-    class_ids = made.overlays.get(mask_path)
-    if class_ids is not None:  # a hard link its writer made beside the mask, never a symlink: nothing to check
-        return overlay, class_ids
+    made_ids = made.overlays.get(mask_path)
+    if made_ids is not None:  # a hard link its writer made beside the mask, never a symlink: nothing to check
+        return overlay, made_ids
     if media_path(run_dir, overlay) is None:  # the overlay may not be a symlink out of the run either
         raise ValueError(f"mask path {mask_path!r}: its overlay {overlay!r} leaves the run folder")
     # The caller checked mask_path with media_path: neither the mask nor its overlay can leave the run.
