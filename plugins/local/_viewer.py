@@ -231,7 +231,7 @@ class TableCache:
             present: list[int] = []
         elif flat.dtype.itemsize <= 2 or int(flat.max()) < _BINCOUNT_LIMIT:  # (uint8 masks need no max)
             # bincount takes any integer type that casts safely to intp as it is (a copy costs more).
-            present = np.flatnonzero(np.bincount(flat if flat.dtype != np.uint64 else flat.astype(np.intp))).tolist()
+            present = np.bincount(flat if flat.dtype != np.uint64 else flat.astype(np.intp)).nonzero()[0].tolist()
         else:  # a huge id would make bincount allocate a count for every id below it
             present = np.unique(flat).tolist()
         named = labels or {}
