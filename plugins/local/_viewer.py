@@ -10,7 +10,9 @@ Only a plain relative path inside the run folder reaches an ``<img src>`` (see
 
 Masks are coloured here, once, into ``*.overlay.png`` RGBA files beside the class-id PNGs: a page opened
 from ``file://`` may not read pixels back from a canvas (a tainted canvas), so the browser only stacks
-two ``<img>`` elements. The HTML, CSS and JS live in ``viewer_template.html``.
+two ``<img>`` elements. Where the sample pipeline's worker process made the overlay already and the
+local backend linked it, the backend tells its ``TableCache`` the mask's class ids, and the page build
+opens nothing for that mask. The HTML, CSS and JS live in ``viewer_template.html``.
 """
 
 from __future__ import annotations
