@@ -54,6 +54,7 @@ def write_viewer(run_dir: str | os.PathLike, cache: "TableCache | None" = None) 
     if not any(os.path.exists(os.path.join(run_dir, name)) for name in ("run.json", "metrics.jsonl", "tables")):
         raise ValueError(f"run_dir: {run_dir!r} is not a logbus run folder (no run.json, metrics.jsonl or tables/)")
     _FOLDERS.clear()  # a folder swapped for a symlink since the last page is resolved anew
+    _INSIDE.clear()
     head = {
         "folder": os.path.basename(os.path.abspath(run_dir)),
         "run": _read_json(os.path.join(run_dir, "run.json")) or {},
@@ -270,18 +271,39 @@ def media_path(run_dir: str, path: Any, made: Container[str] = ()) -> str | None
     """``path`` if it is a plain relative path (``media/x/0000001.png``) that stays inside ``run_dir``
     once symlinks are resolved, else None: the only kind of path the page may put into ``<img src>``.
     ``made``: paths of files known not to be symlinks (made by the caller), whose folder alone is resolved."""
-    if not isinstance(path, str) or not all(_MEDIA_PART.fullmatch(part) for part in path.split("/")):
+    if not isinstance(path, str):
         return None
-    root = _realpath(run_dir)
-    # Both sides are normalised absolute paths (realpath's, and a name the pattern above admits), so a
-    # prefix test is the commonpath test without its Python per-component work (thousands of cells).
-    resolved = _resolved(root, path, path in made)
-    if resolved != root and not resolved.startswith(root.rstrip(os.sep) + os.sep):
+    folder, slash, name = path.rpartition("/")
+    if not _MEDIA_PART.fullmatch(name) or (slash and not _folder_inside(run_dir, folder)):
+        return None
+    if path in made:
+        return path
+    # The folder stays inside the run (resolved once per folder); a file that is itself a symlink may not.
+    joined = os.path.join(_realpath(run_dir), path)
+    if os.path.islink(joined) and not _inside(_realpath(run_dir), os.path.realpath(joined)):
         return None
     return path
 
 
 _FOLDERS: dict[str, str] = {}  # folder -> its realpath, for one page build (write_viewer clears it)
+_INSIDE: dict[tuple[str, str], bool] = {}  # (run folder, media folder) -> media_path's answer for the folder, likewise
+
+
+def _folder_inside(run_dir: str, folder: str) -> bool:
+    """Whether ``folder`` (relative, without the file's name) is made of plain parts and, once symlinks
+    are resolved, inside ``run_dir``: worked out once per folder and page build, not per cell."""
+    inside = _INSIDE.get((run_dir, folder))
+    if inside is None:
+        root = _realpath(run_dir)
+        inside = _INSIDE[(run_dir, folder)] = (all(_MEDIA_PART.fullmatch(part) for part in folder.split("/"))
+                                               and _inside(root, _realpath(os.path.join(root, folder))))
+    return inside
+
+
+def _inside(root: str, resolved: str) -> bool:
+    # Both are normalised absolute paths (realpath's), so a prefix test is the commonpath test without
+    # its Python per-component work (thousands of cells).
+    return resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _realpath(path: str) -> str:

@@ -521,3 +521,39 @@ def test_the_legend_of_an_overlay_made_elsewhere_has_the_classes_it_colours():
         cache.overlay_made(f"media/m{number}.mask.png", ids, labels)
         expected = overlay_classes(ids, tuple(sorted((labels or {}).items())))[2]
         assert list(cache._made.overlays[f"media/m{number}.mask.png"]) == expected, (number, labels)
+
+
+def test_a_media_folder_that_is_a_symlink_out_of_the_run_is_refused(tmp_path):
+    """The folder part of a media path is checked once per folder and page build, not per image: a folder
+    that is a symlink out of the run refuses every image in it, one swapped for a symlink after a page
+    was built is refused by the next build, and a folder inside the run reached through a symlink is fine."""
+    from logbus.plugins.local._viewer import TableCache
+
+    run_dir, outside = tmp_path / "run", tmp_path / "outside"
+    (run_dir / "media" / "in").mkdir(parents=True)
+    outside.mkdir()
+    for folder in (run_dir / "media" / "in", outside):
+        PILImage.fromarray(np.zeros((2, 2, 3), np.uint8)).save(folder / "x.png")
+    (run_dir / "media" / "out").symlink_to(outside, target_is_directory=True)
+    (run_dir / "media" / "alias").symlink_to(run_dir / "media" / "in", target_is_directory=True)
+    paths = ["media/in/x.png", "media/out/x.png", "media/alias/x.png", "media/out/x.png"]
+    (run_dir / "tables").mkdir()
+    table = run_dir / "tables" / "t.jsonl"
+    table.write_text(json.dumps({"key": "t", "step": 0, "columns": ["image"],
+                                 "rows": [[{"_type": "image", "path": path}] for path in paths]}) + "\n")
+    (run_dir / "run.json").write_text('{"name": "folders"}')
+
+    def shown(cache=None) -> list:
+        html = Path(write_viewer(run_dir, cache)).read_text()
+        data = json.loads(html.split('id="run-data">', 1)[1].split("</script>", 1)[0])
+        return [row[0]["path"] for log in data["tables"][0]["logs"] for row in log["rows"]]
+
+    assert shown() == ["media/in/x.png", None, "media/alias/x.png", None]
+    cache = TableCache()
+    assert shown(cache)[0] == "media/in/x.png"
+    (run_dir / "media" / "in").rename(run_dir / "media" / "moved")  # swapped for a symlink out, between builds
+    (run_dir / "media" / "in").symlink_to(outside, target_is_directory=True)
+    with table.open("a") as file:
+        file.write(json.dumps({"key": "t", "step": 1, "columns": ["image"],
+                               "rows": [[{"_type": "image", "path": "media/in/x.png"}]]}) + "\n")
+    assert shown(cache)[-1] is None
