@@ -51,6 +51,7 @@ from logbus.records import Artifact, Hyperparameters, Image, Images, Mask, Metri
 from logbus.samples import content_name, overlay_of
 
 DEFAULT_ROOT = "logbus_runs"
+_LABELS_KEPT = 64  # distinct class-label mappings remembered (_labels_of); a table has one or two
 
 
 class LocalBackend:
@@ -78,9 +79,10 @@ class LocalBackend:
         self._hparams: dict[str, Any] = {}
         self._files: dict[str, JsonLines] = {}  # relative path -> its open file, metrics.jsonl included
         self._media_count = 0
-        self._folders: set[str] = set()  # media folders made
+        self._folders: dict[str, tuple[str, str]] = {}  # table key -> its media folder, relative and absolute
         self._copied: dict[str, str] = {}  # encoded file's content name -> its copy in media/ (written once)
-        self._masks: dict[tuple, str] = {}  # (name, ids, labels) -> the mask's file in media/ (written once)
+        self._masks: dict[tuple, str] = {}  # (name, content name, labels) -> the mask's file in media/ (written once)
+        self._labels: dict[int, tuple[dict, dict[str, str], tuple]] = {}  # see _labels_of
         self._viewer_at = self._viewer_cost = 0.0  # when index.html was last written, and how long that took
         self._viewer_tables = TableCache()  # the page JSON of the tables' lines, each line read once
 
@@ -184,13 +186,13 @@ class LocalBackend:
 
     def _media_path(self, key: str, suffix: str) -> tuple[str, str]:
         self._media_count += 1
-        relative = f"media/{safe_relpath(key)}/{self._media_count:07d}{suffix}"
-        absolute = self._path(relative)
-        folder = os.path.dirname(absolute)
-        if folder not in self._folders:  # once per folder, not per image (a table has thousands)
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
-        return relative, absolute
+        folders = self._folders.get(key)
+        if folders is None:  # once per table key, not per image (a table has thousands)
+            relative_folder = f"media/{safe_relpath(key)}/"
+            folders = self._folders[key] = (relative_folder, self._path(relative_folder))
+            os.makedirs(folders[1], exist_ok=True)
+        name = f"{self._media_count:07d}{suffix}"
+        return folders[0] + name, folders[1] + name
 
     def _cell(self, cell: Any, key: str) -> Any:
         if not isinstance(cell, Image):
@@ -201,20 +203,36 @@ class LocalBackend:
             if relative is None:
                 relative, absolute = self._media_path(key, os.path.splitext(cell.path)[1] or ".png")
                 link_or_copy_file_atomic(cell.path, absolute)
+                self._viewer_tables.file_made(relative)
                 self._copied[seen] = relative
         else:
             assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)
             suffix = ".png" if self.image_format == "png" else ".jpg"
             relative, absolute = self._media_path(key, suffix)
             write_bytes_atomic(absolute, encode_image(cell.pixels, self.image_format))
+            self._viewer_tables.file_made(relative)
         masks = {}
         for name, mask in cell.masks.items():
-            class_labels = {str(k): v for k, v in (mask.class_labels or {}).items()}
-            masks[name] = {"path": self._mask_file(key, name, mask, class_labels), "class_labels": class_labels}
+            class_labels, labels = self._labels_of(mask)
+            masks[name] = {"path": self._mask_file(key, name, mask, labels), "class_labels": class_labels}
         return {"_type": "image", "path": relative, "caption": cell.caption, "masks": masks,
                 "boxes": [asdict(box) for box in cell.boxes]}
 
-    def _mask_file(self, key: str, name: str, mask: Mask, class_labels: dict[str, str]) -> str:
+    def _labels_of(self, mask: Mask) -> tuple[dict[str, str], tuple[tuple[int, str], ...]]:
+        """A mask's class labels as its cell has them (``{"<id>": label}``) and as the key of its file
+        (sorted ``(id, label)`` pairs). Every row of a segmentation table has the same labels: made once
+        per labels, not per mask (found again by the mapping's id, and used only while it is still equal)."""
+        mapping = mask.class_labels or {}
+        known = self._labels.get(id(mapping))
+        if known is not None and known[0] == mapping:
+            return known[1], known[2]
+        if len(self._labels) >= _LABELS_KEPT:
+            self._labels.clear()
+        made = ({str(k): v for k, v in mapping.items()}, tuple(sorted((int(k), str(v)) for k, v in mapping.items())))
+        self._labels[id(mapping)] = (dict(mapping), *made)
+        return made
+
+    def _mask_file(self, key: str, name: str, mask: Mask, labels: tuple[tuple[int, str], ...]) -> str:
         """The mask's file in media/, written once: the same ground truth comes back at every eval, and
         like an image seen again it is referenced, not encoded and written again. The labels are part of
         what is the same, as the viewer colours a mask file once for its labels.
@@ -222,25 +240,42 @@ class LocalBackend:
         A mask the sample pipeline already encoded (``mask.path``, a content-named PNG of the same
         bytes ``encode_mask`` makes) is linked, as images are: creating a file in the run folder costs
         this thread, in the training process, 60 µs to 1 ms on ext4 depending on load (measured), a
-        link about 20 µs."""
-        # Keyed by the ids either way: the same mask may come encoded (the worker process) or not (the
-        # pipeline's own threads, while that process starts) and must still be one file.
-        ids = np.ascontiguousarray(mask.data)
-        seen = (name, ids.shape, ids.dtype.str, hashlib.blake2b(ids.data, digest_size=16).digest(),
-                tuple(sorted(class_labels.items())))
+        link about 20 µs. Its overlay is linked too, and the page told so with the mask's class ids
+        (``TableCache.overlay_made``), so the page build neither opens the mask nor stats the overlay."""
+        seen = (name, _mask_content_name(mask, labels), labels)
         relative = self._masks.get(seen)
         if relative is None:
             relative, absolute = self._media_path(key, f".{safe_filename(name)}.mask.png")
             if mask.path is None:
-                write_bytes_atomic(absolute, encode_mask(ids))
+                write_bytes_atomic(absolute, encode_mask(np.ascontiguousarray(mask.data)))
             else:
                 link_or_copy_file_atomic(mask.path, absolute)
                 try:  # its overlay, which the worker process rendered for these labels: the viewer's, linked
                     os.link(overlay_of(mask.path), absolute[: -len(".mask.png")] + ".overlay.png")
                 except OSError:
                     pass  # none there, or another filesystem: the viewer makes it, as for any mask
+                else:
+                    self._viewer_tables.overlay_made(relative, mask.data, dict(labels))
+            self._viewer_tables.file_made(relative)
             self._masks[seen] = relative
         return relative
+
+
+def _mask_content_name(mask: Mask, labels: tuple[tuple[int, str], ...]) -> str:
+    """The content name (``content_name``) of the file the sample pipeline's worker process encodes
+    ``mask`` to with its overlay: read from ``mask.path`` when the worker named it, no byte hashed
+    here; made from the ids as the worker makes it otherwise (the pipeline's own threads encode no
+    masks while the worker process starts: ``Mask.path`` is None then). The same mask arriving either
+    way is then one file in the run. This must stay ``EncoderPool.encode_mask(ids, labels,
+    overlay=True)``'s name: a test compares the two."""
+    if mask.path is not None:
+        named = content_name(mask.path)
+        if named != mask.path:  # a file the pipeline named (any other path: keyed by its ids below)
+            return named
+    ids = np.ascontiguousarray(mask.data)
+    hasher = hashlib.blake2b(ids.view(np.uint8).data, digest_size=16, person=f"{ids.shape}{ids.dtype.str}".encode()[:16])
+    hasher.update(repr(labels).encode())
+    return hasher.hexdigest() + ".mask.png"
 
 
 @logbus.hookimpl

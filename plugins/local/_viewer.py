@@ -10,7 +10,9 @@ Only a plain relative path inside the run folder reaches an ``<img src>`` (see
 
 Masks are coloured here, once, into ``*.overlay.png`` RGBA files beside the class-id PNGs: a page opened
 from ``file://`` may not read pixels back from a canvas (a tainted canvas), so the browser only stacks
-two ``<img>`` elements. The HTML, CSS and JS live in ``viewer_template.html``.
+two ``<img>`` elements. Where the sample pipeline's worker process made the overlay already and the
+local backend linked it, the backend tells its ``TableCache`` the mask's class ids, and the page build
+opens nothing for that mask. The HTML, CSS and JS live in ``viewer_template.html``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 import os
 import re
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any, Container, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image as PILImage
@@ -35,6 +37,8 @@ _DATA_SLOT = "__LOGBUS_RUN_DATA__"
 # One component of a media path as the local backend writes them (``media/samples/val/0000001.png``):
 # no scheme (no ``:``), no ``%``-escapes, no backslash, never ``.``/``..`` or a hidden name.
 _MEDIA_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# Class ids below this are counted with bincount (an array of this many counts at most), others sorted.
+_BINCOUNT_LIMIT = 1 << 16
 
 
 def write_viewer(run_dir: str | os.PathLike, cache: "TableCache | None" = None) -> str:
@@ -50,6 +54,7 @@ def write_viewer(run_dir: str | os.PathLike, cache: "TableCache | None" = None) 
     if not any(os.path.exists(os.path.join(run_dir, name)) for name in ("run.json", "metrics.jsonl", "tables")):
         raise ValueError(f"run_dir: {run_dir!r} is not a logbus run folder (no run.json, metrics.jsonl or tables/)")
     _FOLDERS.clear()  # a folder swapped for a symlink since the last page is resolved anew
+    _INSIDE.clear()
     head = {
         "folder": os.path.basename(os.path.abspath(run_dir)),
         "run": _read_json(os.path.join(run_dir, "run.json")) or {},
@@ -144,6 +149,17 @@ def _metrics(path: str) -> dict[str, list[list]]:
     return dict(sorted(series.items()))
 
 
+class _Made:
+    """What the backend that writes the folder made there itself, in this process, so a page build need
+    not look at the files again (``TableCache.file_made``, ``TableCache.overlay_made``)."""
+
+    __slots__ = ("files", "overlays")
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()  # media paths, relative to the run
+        self.overlays: dict[str, tuple[int, ...]] = {}  # mask path -> the class ids its overlay shows
+
+
 class _TableFile:
     """One ``tables/<key>.jsonl`` as the page shows it: each logged pass as page JSON, and the masks and
     class legend seen so far, extended line by line from ``offset``."""
@@ -155,10 +171,11 @@ class _TableFile:
         self.legend: dict[int, list] = {}
         self.masks: list[str] = []
 
-    def read(self, run_dir: str, path: str) -> None:
+    def read(self, run_dir: str, path: str, made: _Made) -> None:
         """Takes in the lines written since the last read. Kept between reads, only whole lines are
         taken (the rest waits for the next read); read once, a last line without its newline is taken
-        too, and skipped like any line that does not parse (half-written, in a live run)."""
+        too, and skipped like any line that does not parse (half-written, in a live run).
+        ``made``: what the folder's writer made (``TableCache``)."""
         with open(path, "rb") as file:
             file.seek(self.offset)
             text = file.read()
@@ -172,7 +189,8 @@ class _TableFile:
             if not isinstance(record, dict):
                 continue
             record = strict_json.restore(record)
-            rows = [[_cell(run_dir, cell, self.legend, self.masks) for cell in row] for row in record.get("rows") or []]
+            rows = [[_cell(run_dir, cell, self.legend, self.masks, made) for cell in row]
+                    for row in record.get("rows") or []]
             self.logs.append(embed_json({"step": record.get("step"), "columns": record.get("columns") or [],
                                          "rows": rows}))
 
@@ -193,6 +211,34 @@ class TableCache:
     def __init__(self, *, kept: bool = True) -> None:
         self._kept = kept  # False: a single read (``logbus view``), every byte there taken at once
         self._files: dict[str, _TableFile] = {}
+        self._made = _Made()
+
+    def file_made(self, path: str) -> None:
+        """Tells the page that the backend made the media file at ``path`` (relative to the run) itself,
+        as a file or a hard link, never a symlink: a page build checks its name and folder as for any
+        path (``media_path``), but does not ``lstat`` it (a system call per file on every new row)."""
+        self._made.files.add(path)
+
+    def overlay_made(self, mask_path: str, ids: np.ndarray, labels: Mapping[int, str] | None) -> None:
+        """Tells the page that the mask file at ``mask_path`` (relative to the run) has its overlay
+        beside it already, made after the mask from the class ids ``ids`` for ``labels`` (the sample
+        pipeline's worker process renders it, the backend links both), so a page build takes the
+        legend's class ids from here instead of opening the mask with PIL and making them again: that
+        was most of the backend's per-row cost in the training process. Called once per mask file.
+
+        The ids are those ``overlay_classes`` colours (present in the mask and, with labels, labelled),
+        counted with ``bincount`` where ids are small: a few µs for a 32×32 mask against ~15 µs for
+        ``np.unique`` (the overlay's inverse indices are not needed here)."""
+        flat = np.ascontiguousarray(ids).ravel()
+        if not flat.size:
+            present: list[int] = []
+        elif flat.dtype.itemsize <= 2 or int(flat.max()) < _BINCOUNT_LIMIT:  # (uint8 masks need no max)
+            # bincount takes any integer type that casts safely to intp as it is (a copy costs more).
+            present = np.bincount(flat if flat.dtype != np.uint64 else flat.astype(np.intp)).nonzero()[0].tolist()
+        else:  # a huge id would make bincount allocate a count for every id below it
+            present = np.unique(flat).tolist()
+        named = labels or {}
+        self._made.overlays[mask_path] = tuple(i for i in present if not named or i in named)
 
     def tables(self, run_dir: str) -> list[_TableFile]:
         """Each ``tables/**/*.jsonl`` with every logged pass, in key order; image cells carry their overlay paths."""
@@ -213,7 +259,7 @@ class TableCache:
                 table = self._files[path] = _TableFile(key, identity, unterminated=not self._kept)
             if status.st_size > table.offset:
                 try:
-                    table.read(run_dir, path)
+                    table.read(run_dir, path, self._made)
                 except FileNotFoundError:
                     continue
             if table.logs:
@@ -221,18 +267,43 @@ class TableCache:
         return tables
 
 
-def media_path(run_dir: str, path: Any) -> str | None:
+def media_path(run_dir: str, path: Any, made: Container[str] = ()) -> str | None:
     """``path`` if it is a plain relative path (``media/x/0000001.png``) that stays inside ``run_dir``
-    once symlinks are resolved, else None: the only kind of path the page may put into ``<img src>``."""
-    if not isinstance(path, str) or not all(_MEDIA_PART.fullmatch(part) for part in path.split("/")):
+    once symlinks are resolved, else None: the only kind of path the page may put into ``<img src>``.
+    ``made``: paths of files known not to be symlinks (made by the caller), whose folder alone is resolved."""
+    if not isinstance(path, str):
         return None
-    root = _realpath(run_dir)
-    if os.path.commonpath([root, _resolved(root, path)]) != root:
+    folder, slash, name = path.rpartition("/")
+    if not _MEDIA_PART.fullmatch(name) or (slash and not _folder_inside(run_dir, folder)):
+        return None
+    if path in made:
+        return path
+    # The folder stays inside the run (resolved once per folder); a file that is itself a symlink may not.
+    joined = os.path.join(_realpath(run_dir), path)
+    if os.path.islink(joined) and not _inside(_realpath(run_dir), os.path.realpath(joined)):
         return None
     return path
 
 
 _FOLDERS: dict[str, str] = {}  # folder -> its realpath, for one page build (write_viewer clears it)
+_INSIDE: dict[tuple[str, str], bool] = {}  # (run folder, media folder) -> media_path's answer for the folder, likewise
+
+
+def _folder_inside(run_dir: str, folder: str) -> bool:
+    """Whether ``folder`` (relative, without the file's name) is made of plain parts and, once symlinks
+    are resolved, inside ``run_dir``: worked out once per folder and page build, not per cell."""
+    inside = _INSIDE.get((run_dir, folder))
+    if inside is None:
+        root = _realpath(run_dir)
+        inside = _INSIDE[(run_dir, folder)] = (all(_MEDIA_PART.fullmatch(part) for part in folder.split("/"))
+                                               and _inside(root, _realpath(os.path.join(root, folder))))
+    return inside
+
+
+def _inside(root: str, resolved: str) -> bool:
+    # Both are normalised absolute paths (realpath's), so a prefix test is the commonpath test without
+    # its Python per-component work (thousands of cells).
+    return resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _realpath(path: str) -> str:
@@ -242,27 +313,29 @@ def _realpath(path: str) -> str:
     return resolved
 
 
-def _resolved(root: str, path: str) -> str:
+def _resolved(root: str, path: str, plain: bool = False) -> str:
     """``realpath(root/path)`` for a page of thousands of image cells: the folder part is resolved once
     per folder (one page build), and the file part costs one ``lstat``; only a file that is itself a
-    symlink takes the full resolution (a per-cell ``realpath`` was most of a page's build time)."""
-    folder, name = os.path.split(os.path.join(root, path))
-    if os.path.islink(os.path.join(folder, name)):
+    symlink takes the full resolution (a per-cell ``realpath`` was most of a page's build time).
+    ``plain``: the file is known not to be a symlink (``_Made.files``): not even the ``lstat``."""
+    joined = os.path.join(root, path)
+    folder, name = os.path.split(joined)
+    if not plain and os.path.islink(joined):
         return os.path.realpath(os.path.join(folder, name))
     return os.path.join(_realpath(folder), name)
 
 
-def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str]) -> Any:
+def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str], made: _Made) -> Any:
     if not (isinstance(cell, dict) and cell.get("_type") == "image"):
         return cell
     overlays = {}
     mask_cells = cell.get("masks")
     for name, mask in (mask_cells.items() if isinstance(mask_cells, dict) else ()):
-        if not isinstance(mask, dict) or media_path(run_dir, mask.get("path")) is None:
+        if not isinstance(mask, dict) or media_path(run_dir, mask.get("path"), made.files) is None:
             continue
         labels = {int(k): str(v) for k, v in (mask.get("class_labels") or {}).items()}
         try:
-            overlay, class_ids = _overlay(run_dir, mask["path"], tuple(sorted(labels.items())))
+            overlay, class_ids = _overlay(run_dir, mask["path"], tuple(sorted(labels.items())), made)
         except (OSError, ValueError):  # a missing or unreadable mask: the image still shows
             continue
         overlays[name] = overlay
@@ -273,17 +346,24 @@ def _cell(run_dir: str, cell: Any, legend: dict[int, list], masks: list[str]) ->
     boxes = [{**box, "colour": class_colour(int(box.get("class_id", 0)))} for box in cell.get("boxes") or []
              if isinstance(box, dict)]
     # A refused path is left out of the page altogether (path null): the card says the image is not shown.
-    return {"_type": "image", "path": media_path(run_dir, cell.get("path")), "caption": cell.get("caption"),
+    return {"_type": "image", "path": media_path(run_dir, cell.get("path"), made.files), "caption": cell.get("caption"),
             "overlays": overlays, "boxes": boxes}
 
 
-def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...]) -> tuple[str, list[int]]:
-    """The overlay of a class-id mask (written once) and the coloured class ids in it."""
-    # The caller checked mask_path with media_path: neither the mask nor its overlay can leave the run.
-    source = os.path.realpath(os.path.join(run_dir, mask_path))
+def _overlay(run_dir: str, mask_path: str, labels: tuple[tuple[int, str], ...],
+             made: _Made) -> tuple[str, Sequence[int]]:
+    """The overlay of a class-id mask (written once) and the coloured class ids in it. ``made``: masks
+    whose overlay their writer made, with its class ids (``TableCache.overlay_made``): nothing to
+    open, stat or write for those."""
     overlay = (mask_path[: -len(".mask.png")] if mask_path.endswith(".mask.png") else mask_path) + ".overlay.png"
+    made_ids = made.overlays.get(mask_path)
+    if made_ids is not None:  # a hard link its writer made beside the mask, never a symlink: nothing to check
+        return overlay, made_ids
     if media_path(run_dir, overlay) is None:  # the overlay may not be a symlink out of the run either
         raise ValueError(f"mask path {mask_path!r}: its overlay {overlay!r} leaves the run folder")
+    # The caller checked mask_path with media_path: neither the mask nor its overlay can leave the run.
+    # Resolved as media_path did (the folder once per page build), not with a realpath per mask.
+    source = _resolved(_realpath(run_dir), mask_path, mask_path in made.files)
     class_ids = _colour_mask(source, os.path.join(run_dir, overlay), os.stat(source).st_mtime_ns, labels)
     return overlay, class_ids
 

@@ -579,22 +579,81 @@ def test_segmentation_masks_are_encoded_in_the_worker_process_and_hard_linked(lo
                 np.testing.assert_array_equal(np.asarray(made.convert("RGBA")), np.asarray(expected))
 
 
-def test_a_mask_given_as_ids_and_later_as_an_encoded_file_is_one_file(logbus_dir, tmp_path):
+def test_a_mask_given_as_ids_and_later_as_an_encoded_file_is_one_file(logbus_dir, tmp_path, monkeypatch):
     """The same mask may arrive as ids (encoded by the pipeline's own threads while the worker process
-    starts) and later with its encoded file (``Mask.path``): one file in the run either way, linked
-    from the encoded one where it is written first."""
-    from logbus.files import encode_mask
+    starts) and later with the file the worker process encoded (``Mask.path``, named by its content): one
+    file in the run either way, linked from the encoded one where it is written first, with its overlay.
+    An encoded mask's key is read from its file's name: its ids are not hashed again in the training process."""
+    from types import SimpleNamespace
+
+    from logbus.plugins.local import _backend
+    from logbus.samples import overlay_of
+    from logbus.samples._encoder_pool import EncoderPool
 
     ids = np.random.default_rng(3).integers(0, 3, (6, 4)).astype(np.uint8)
-    encoded = tmp_path / "0123456789abcdef0123456789abcdef.mask.png"
-    encoded.write_bytes(encode_mask(ids))
     image = np.zeros((6, 4, 3), np.uint8)
-    with logbus.start_run("mixed", backends=["local"]) as run:
-        for step, mask in enumerate([Mask(ids, {1: "a"}), Mask(ids, {1: "a"}, path=str(encoded)),
-                                     Mask(ids.copy(), {1: "a"}), Mask(ids, {1: "b"}, path=str(encoded))]):
-            run.log_table("eval/samples", ["image"], [[Image(pixels=image, masks={"truth": mask})]], step=step)
+    hashed = []
+    blake2b = _backend.hashlib.blake2b
+    monkeypatch.setattr(_backend, "hashlib", SimpleNamespace(
+        blake2b=lambda *args, **kwargs: hashed.append(args) or blake2b(*args, **kwargs)))
+    pool = EncoderPool(folder=str(tmp_path), prefix="w0-", cache_bytes=0)  # as the worker process makes them
+    try:
+        encoded_a = pool.encode_mask(ids, {1: "a"}, overlay=True).result(30)
+        encoded_b = pool.encode_mask(ids, {1: "b"}, overlay=True).result(30)
+        with logbus.start_run("mixed", backends=["local"]) as run:
+            for step, mask in enumerate([Mask(ids, {1: "a"}), Mask(ids, {1: "a"}, path=encoded_a),
+                                         Mask(ids.copy(), {1: "a"}), Mask(ids, {1: "b"}, path=encoded_b),
+                                         Mask(ids, {1: "b"})]):
+                run.log_table("eval/samples", ["image"], [[Image(pixels=image, masks={"truth": mask})]], step=step)
+    finally:
+        pool.close()
     lines = read_lines(logbus_dir / "mixed" / "tables" / "eval" / "samples.jsonl")
     paths = [line["rows"][0][0]["masks"]["truth"]["path"] for line in lines]
-    assert paths[0] == paths[1] == paths[2] != paths[3]  # other labels: a file of its own (the viewer colours by them)
-    np.testing.assert_array_equal(decode(logbus_dir / "mixed" / paths[3]), ids)
-    assert (logbus_dir / "mixed" / paths[3]).stat().st_ino == encoded.stat().st_ino  # linked, not written
+    # Other labels: a file of its own (the viewer colours by them).
+    assert paths[0] == paths[1] == paths[2] != paths[3] == paths[4]
+    assert len(hashed) == 3  # the masks given as ids alone; never one given as the worker's file
+    linked = logbus_dir / "mixed" / paths[3]
+    np.testing.assert_array_equal(decode(linked), ids)
+    assert linked.stat().st_ino == os.stat(encoded_b).st_ino  # linked, not written
+    assert linked.with_name(linked.name.replace(".mask.", ".overlay.")).stat().st_ino == os.stat(overlay_of(encoded_b)).st_ino
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
+def test_the_backend_names_a_mask_given_as_ids_as_the_worker_process_names_its_file(tmp_path, dtype):
+    """The one-file-either-way promise above rests on the backend computing, from ids, the content name
+    that the pipeline's ``EncoderPool.encode_mask(..., overlay=True)`` gives the file (ids, shape, dtype
+    and labels): this fails the day one of the two changes without the other."""
+    from logbus.plugins.local._backend import _mask_content_name
+    from logbus.samples import content_name
+    from logbus.samples._encoder_pool import EncoderPool
+
+    rng = np.random.default_rng(0)
+    pool = EncoderPool(folder=str(tmp_path), prefix="w1-", cache_bytes=0)
+    try:
+        for shape in ((5, 7), (7, 5), (1, 1)):
+            for labels in (None, {}, {2: "two", 0: "zero"}):
+                ids = rng.integers(0, 3, shape).astype(dtype)
+                path = pool.encode_mask(ids, labels, overlay=True).result(30)
+                key = tuple(sorted((labels or {}).items()))
+                assert _mask_content_name(Mask(ids, labels), key) == content_name(path) != path
+                assert _mask_content_name(Mask(ids, labels, path=path), key) == content_name(path)
+    finally:
+        pool.close()
+
+
+def test_class_labels_changed_in_place_between_tables_are_written_as_changed(logbus_dir):
+    """The backend works a labels mapping out once for all the rows that share it; a mapping changed in
+    place between two tables is the new labels in the second, with a mask file of its own (the viewer
+    colours a mask file for its labels)."""
+    ids = np.arange(6, dtype=np.uint8).reshape(2, 3) % 2
+    image = np.zeros((2, 3, 3), np.uint8)
+    labels = {0: "background", 1: "ink"}
+    with logbus.start_run("relabelled", backends=["local"]) as run:
+        run.log_table("seg", ["image"], [[Image(pixels=image, masks={"truth": Mask(ids, labels)})]], step=0)
+        assert run.flush()
+        labels[1] = "stroke"
+        run.log_table("seg", ["image"], [[Image(pixels=image, masks={"truth": Mask(ids, labels)})]], step=1)
+    lines = read_lines(logbus_dir / "relabelled" / "tables" / "seg.jsonl")
+    first, second = (line["rows"][0][0]["masks"]["truth"] for line in lines)
+    assert first["class_labels"] == {"0": "background", "1": "ink"}
+    assert second["class_labels"] == {"0": "background", "1": "stroke"} and second["path"] != first["path"]

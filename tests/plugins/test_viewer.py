@@ -470,3 +470,90 @@ def test_the_backend_s_cached_refresh_builds_the_same_page_reading_each_table_li
     replacement.write_bytes(garbled + second)
     os.replace(replacement, table)
     assert page(True) == page(False) and '"step":9' in page(True)
+
+
+def test_the_backend_s_page_opens_no_mask_the_worker_process_coloured(logbus_dir, monkeypatch):
+    """A segmentation run whose masks and overlays come from the pipeline's worker process: the local
+    backend's page builds, in the training process, never open a mask with PIL (the legend's class ids
+    come with the linked overlay, ``TableCache.overlay_made``) nor ``lstat`` a media file the backend
+    made (``TableCache.file_made``), yet write the page a fresh ``logbus view`` builds from the folder,
+    which does both."""
+    images, _ = load_digits()
+    images = images[:6]
+    truth = (images[:, 0] > 0.5).long()
+    generator = torch.Generator().manual_seed(0)
+    opened: list[str] = []
+    pil_open = PILImage.open
+    monkeypatch.setattr(PILImage, "open", lambda fp, *args, **kwargs: opened.append(str(fp)) or pil_open(fp, *args, **kwargs))
+    looked_at: list[str] = []
+    islink = os.path.islink
+    monkeypatch.setattr(os.path, "islink", lambda path: looked_at.append(str(path)) or islink(path))
+    with logbus.start_run("seg-page", backends=["local"]) as run:
+        samples = run.samples("segmentation", num_samples=None, class_names=SEG_CLASSES)
+        assert samples.pipeline.worker_ready(120)
+        for step in range(2):
+            samples.add(images, truth, torch.randn(6, 3, *truth.shape[1:], generator=generator), label="val")
+            samples.log("val", step=step)
+            assert run.flush(60)
+    run_dir = logbus_dir / "seg-page"
+    assert len(list((run_dir / "media").rglob("*.overlay.png"))) == 18  # 6 truths, 12 predictions: all linked
+    assert [path for path in opened if path.endswith(".mask.png")] == []
+    assert [path for path in looked_at if "/media/" in path] == []
+    page = (run_dir / "index.html").read_text()
+    assert page == Path(write_viewer(run_dir)).read_text()
+    assert len({path for path in opened if path.endswith(".mask.png")}) == 18  # the counts see what they count
+    assert len({path for path in looked_at if "/media/" in path}) == 6 + 18 * 2  # images, masks and overlays
+
+
+def test_the_legend_of_an_overlay_made_elsewhere_has_the_classes_it_colours():
+    """``TableCache.overlay_made`` counts the class ids (bincount, or sort for huge ids) where the
+    viewer's own overlays take them from ``overlay_classes``: the same ids, labels or not."""
+    from logbus.files._overlay import overlay_classes
+    from logbus.plugins.local._viewer import TableCache
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 4, (8, 8)).astype(np.uint8)
+    cases = [(small, {0: "a", 2: "c"}), (np.where(small == 3, 255, small).astype(np.uint8), {0: "a", 1: "b", 3: "d"}),
+             (small.astype(np.uint64), None), (rng.integers(0, 1 << 40, (4, 4)), {}),
+             (rng.integers(0, 1 << 40, (4, 4)), {7: "x"}), (np.zeros((0, 3), np.int64), {1: "x"})]
+    cache = TableCache()
+    for number, (ids, labels) in enumerate(cases):
+        cache.overlay_made(f"media/m{number}.mask.png", ids, labels)
+        expected = overlay_classes(ids, tuple(sorted((labels or {}).items())))[2]
+        assert list(cache._made.overlays[f"media/m{number}.mask.png"]) == expected, (number, labels)
+
+
+def test_a_media_folder_that_is_a_symlink_out_of_the_run_is_refused(tmp_path):
+    """The folder part of a media path is checked once per folder and page build, not per image: a folder
+    that is a symlink out of the run refuses every image in it, one swapped for a symlink after a page
+    was built is refused by the next build, and a folder inside the run reached through a symlink is fine."""
+    from logbus.plugins.local._viewer import TableCache
+
+    run_dir, outside = tmp_path / "run", tmp_path / "outside"
+    (run_dir / "media" / "in").mkdir(parents=True)
+    outside.mkdir()
+    for folder in (run_dir / "media" / "in", outside):
+        PILImage.fromarray(np.zeros((2, 2, 3), np.uint8)).save(folder / "x.png")
+    (run_dir / "media" / "out").symlink_to(outside, target_is_directory=True)
+    (run_dir / "media" / "alias").symlink_to(run_dir / "media" / "in", target_is_directory=True)
+    paths = ["media/in/x.png", "media/out/x.png", "media/alias/x.png", "media/out/x.png"]
+    (run_dir / "tables").mkdir()
+    table = run_dir / "tables" / "t.jsonl"
+    table.write_text(json.dumps({"key": "t", "step": 0, "columns": ["image"],
+                                 "rows": [[{"_type": "image", "path": path}] for path in paths]}) + "\n")
+    (run_dir / "run.json").write_text('{"name": "folders"}')
+
+    def shown(cache=None) -> list:
+        html = Path(write_viewer(run_dir, cache)).read_text()
+        data = json.loads(html.split('id="run-data">', 1)[1].split("</script>", 1)[0])
+        return [row[0]["path"] for log in data["tables"][0]["logs"] for row in log["rows"]]
+
+    assert shown() == ["media/in/x.png", None, "media/alias/x.png", None]
+    cache = TableCache()
+    assert shown(cache)[0] == "media/in/x.png"
+    (run_dir / "media" / "in").rename(run_dir / "media" / "moved")  # swapped for a symlink out, between builds
+    (run_dir / "media" / "in").symlink_to(outside, target_is_directory=True)
+    with table.open("a") as file:
+        file.write(json.dumps({"key": "t", "step": 1, "columns": ["image"],
+                               "rows": [[{"_type": "image", "path": "media/in/x.png"}]]}) + "\n")
+    assert shown(cache)[-1] is None
