@@ -2,7 +2,7 @@
 ``log_images``, and the helpers extractor plugins import. May import the bus, records, hookspecs, files, kernels rooms.
 """
 
-from logbus.samples._encoder_pool import content_name, overlay_of
+from logbus.samples._encoder_pool import content_name, mask_content_name, overlay_labels, overlay_of
 from logbus.samples._extractor import IMAGE_OPTIONS, check_batch, check_images, class_names_map, image_options, logits_of
 from logbus.samples._images import images_record
 from logbus.samples._options import HARDEST_BY, IMAGE_FORMATS, PIPELINE_OPTIONS, POLICIES, SAMPLING_OPTIONS, split_options
@@ -25,5 +25,5 @@ __all__ = [
     "PIPELINE_OPTIONS", "SAMPLING_OPTIONS", "split_options", "images_record",
     "SamplingPolicy", "make_policy", "POLICIES", "HARDEST_BY",
     # for backends that store the pipeline's encoded files
-    "IMAGE_FORMATS", "content_name", "overlay_of",
+    "IMAGE_FORMATS", "content_name", "mask_content_name", "overlay_labels", "overlay_of",
 ]

@@ -56,6 +56,23 @@ def content_name(path: str) -> str:
     return match.group(1) if match else path
 
 
+def overlay_labels(labels: Mapping[int, str] | None) -> tuple[tuple[int, str], ...]:
+    """A mask's class labels as sorted ``(id, name)`` pairs: the form its overlay and name are made from."""
+    return tuple(sorted((int(k), str(v)) for k, v in (labels or {}).items()))
+
+
+def mask_content_name(ids: np.ndarray, labels: tuple[tuple[int, str], ...] | None = None) -> str:
+    """The content name (see ``content_name``) of the class-id mask ``ids`` encoded with
+    ``EncoderPool.encode_mask``: with ``labels`` (``overlay_labels``) for one written with its overlay.
+    Public so that a backend given the same mask as ids (the pipeline's own threads encode no masks
+    while its worker process starts) names it as the worker names its file, and keeps one file."""
+    ids = np.ascontiguousarray(ids)
+    hasher = hashlib.blake2b(ids.view(np.uint8).data, digest_size=16, person=f"{ids.shape}{ids.dtype.str}".encode()[:16])
+    if labels is not None:
+        hasher.update(repr(labels).encode())
+    return hasher.hexdigest() + MASK_SUFFIX
+
+
 class _Chunk:
     __slots__ = ("items", "future", "submitted")
 
@@ -163,13 +180,11 @@ class EncoderPool:
         ``labels`` is written beside it too (``overlay_of(path)``, after the mask), goes with it, and
         the labels are part of the file's name."""
         ids = np.ascontiguousarray(ids)
-        hasher = hashlib.blake2b(ids.view(np.uint8).data, digest_size=16,
-                                 person=f"{ids.shape}{ids.dtype.str}".encode()[:16])
         mask: Any = True
         if overlay:
-            mask = tuple(sorted((int(k), str(v)) for k, v in (labels or {}).items()))
-            hasher.update(repr(mask).encode())
-        return self._encode(ids, os.path.join(self.folder, self.prefix + hasher.hexdigest() + MASK_SUFFIX), mask=mask)
+            mask = overlay_labels(labels)
+        name = mask_content_name(ids, mask if overlay else None)
+        return self._encode(ids, os.path.join(self.folder, self.prefix + name), mask=mask)
 
     def _encode(self, pixels: np.ndarray, path: str, *, mask: Any) -> "EncodedFile":
         with self._lock:

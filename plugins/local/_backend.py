@@ -21,7 +21,6 @@ the run folder's filesystem, which ``scratch_folder`` asks the sample pipeline f
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -48,7 +47,7 @@ from logbus.options import Option, Options
 from logbus.plugins._backend_common import fallback_run_started, rank_run_name
 from logbus.plugins.local._viewer import TableCache, write_viewer
 from logbus.records import Artifact, Hyperparameters, Image, Images, Mask, Metrics, RunFinished, RunStarted, Table, as_float
-from logbus.samples import content_name, overlay_of
+from logbus.samples import content_name, mask_content_name, overlay_labels, overlay_of
 
 DEFAULT_ROOT = "logbus_runs"
 _LABELS_KEPT = 64  # distinct class-label mappings remembered (_labels_of); a table has one or two
@@ -228,7 +227,7 @@ class LocalBackend:
             return known[1], known[2]
         if len(self._labels) >= _LABELS_KEPT:
             self._labels.clear()
-        made = ({str(k): v for k, v in mapping.items()}, tuple(sorted((int(k), str(v)) for k, v in mapping.items())))
+        made = ({str(k): v for k, v in mapping.items()}, overlay_labels(mapping))
         self._labels[id(mapping)] = (dict(mapping), *made)
         return made
 
@@ -262,20 +261,15 @@ class LocalBackend:
 
 
 def _mask_content_name(mask: Mask, labels: tuple[tuple[int, str], ...]) -> str:
-    """The content name (``content_name``) of the file the sample pipeline's worker process encodes
-    ``mask`` to with its overlay: read from ``mask.path`` when the worker named it, no byte hashed
-    here; made from the ids as the worker makes it otherwise (the pipeline's own threads encode no
-    masks while the worker process starts: ``Mask.path`` is None then). The same mask arriving either
-    way is then one file in the run. This must stay ``EncoderPool.encode_mask(ids, labels,
-    overlay=True)``'s name: a test compares the two."""
+    """The content name of the file the sample pipeline's worker process encodes ``mask`` to with its
+    overlay: read from ``mask.path`` when the worker named it, no byte hashed here; made from the ids
+    as the worker makes it otherwise (the pipeline's own threads encode no masks while the worker
+    process starts: ``Mask.path`` is None then). The same mask arriving either way is one file."""
     if mask.path is not None:
         named = content_name(mask.path)
         if named != mask.path:  # a file the pipeline named (any other path: keyed by its ids below)
             return named
-    ids = np.ascontiguousarray(mask.data)
-    hasher = hashlib.blake2b(ids.view(np.uint8).data, digest_size=16, person=f"{ids.shape}{ids.dtype.str}".encode()[:16])
-    hasher.update(repr(labels).encode())
-    return hasher.hexdigest() + ".mask.png"
+    return mask_content_name(mask.data, labels)
 
 
 @logbus.hookimpl

@@ -584,8 +584,6 @@ def test_a_mask_given_as_ids_and_later_as_an_encoded_file_is_one_file(logbus_dir
     starts) and later with the file the worker process encoded (``Mask.path``, named by its content): one
     file in the run either way, linked from the encoded one where it is written first, with its overlay.
     An encoded mask's key is read from its file's name: its ids are not hashed again in the training process."""
-    from types import SimpleNamespace
-
     from logbus.plugins.local import _backend
     from logbus.samples import overlay_of
     from logbus.samples._encoder_pool import EncoderPool
@@ -593,9 +591,8 @@ def test_a_mask_given_as_ids_and_later_as_an_encoded_file_is_one_file(logbus_dir
     ids = np.random.default_rng(3).integers(0, 3, (6, 4)).astype(np.uint8)
     image = np.zeros((6, 4, 3), np.uint8)
     hashed = []
-    blake2b = _backend.hashlib.blake2b
-    monkeypatch.setattr(_backend, "hashlib", SimpleNamespace(
-        blake2b=lambda *args, **kwargs: hashed.append(args) or blake2b(*args, **kwargs)))
+    name_from_ids = _backend.mask_content_name
+    monkeypatch.setattr(_backend, "mask_content_name", lambda *args: hashed.append(args) or name_from_ids(*args))
     pool = EncoderPool(folder=str(tmp_path), prefix="w0-", cache_bytes=0)  # as the worker process makes them
     try:
         encoded_a = pool.encode_mask(ids, {1: "a"}, overlay=True).result(30)
