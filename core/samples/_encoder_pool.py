@@ -31,7 +31,10 @@ from logbus.files._overlay import encode_mask_and_overlay
 from logbus.samples._options import PIPELINE_OPTIONS
 
 CHUNK = 32
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+# Never O_TRUNC: a scratch file may be hard-linked into a run folder, and truncating that inode
+# would rewrite the run's file in place under its readers. A name still there (its delete failed)
+# is unlinked and the file created anew.
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 SCRATCH_CACHE_BYTES = PIPELINE_OPTIONS.defaults["scratch_cache_bytes"]
 
 
@@ -290,7 +293,11 @@ class EncoderPool:
         # Each pool names its files apart (``prefix``), so no other pool writes this path. Python's
         # file object and a temporary renamed into place took 7 system calls a file (strace), and a
         # second directory entry; a segmentation row writes four files (two masks, two overlays).
-        descriptor = os.open(path, _WRITE_FLAGS, FILE_MODE)
+        try:
+            descriptor = os.open(path, _WRITE_FLAGS, FILE_MODE)
+        except FileExistsError:
+            os.remove(path)
+            descriptor = os.open(path, _WRITE_FLAGS, FILE_MODE)
         try:
             view = memoryview(data)
             while view:

@@ -748,3 +748,31 @@ def test_encoder_pool_writes_masks_as_counted_content_named_files(tmp_path):
         assert not os.path.exists(with_overlay) and not os.path.exists(overlay_of(with_overlay))
     finally:
         pool.close()
+
+
+def test_a_scratch_name_left_behind_is_written_anew_never_through_a_run_folder_link(tmp_path):
+    """A scratch file may be hard-linked into a run folder. If its name outlives its delete (a failed
+    ``remove``), writing the same image again must make a new file under that name, not truncate and
+    rewrite the inode the run folder shares: its readers would see it half written."""
+    from logbus.samples._encoder_pool import EncoderPool
+
+    pixels = np.random.default_rng(1).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    (tmp_path / "scratch").mkdir()
+    pool = EncoderPool(folder=str(tmp_path / "scratch"), cache_bytes=0)
+    try:
+        path = pool.encode(pixels).result(30)
+        in_run = tmp_path / "in-run.png"
+        os.link(path, in_run)  # as the local backend links it into media/
+        written = in_run.read_bytes()
+        pool.release(path)  # no row refers to it: deleted (no cache)
+        deadline = time.monotonic() + 10
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.link(in_run, path)  # the name left behind, still the run's inode
+        again = pool.encode(pixels).result(30)
+        assert again == path
+        assert os.stat(path).st_ino != os.stat(in_run).st_ino  # a new file, not the run's rewritten
+        assert in_run.read_bytes() == written and in_run.stat().st_nlink == 1
+        np.testing.assert_array_equal(decode(path), pixels)
+    finally:
+        pool.close()
