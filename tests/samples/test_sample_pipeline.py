@@ -252,11 +252,17 @@ def test_nonfinite_logits_are_logged_and_flagged_never_raised(make_pipeline, pol
 
 # -- backpressure ----------------------------------------------------------------------------------
 class GatedClassification(ClassificationExtractor):
-    """A slow host stage: each batch waits until the test opens the gate."""
+    """A slow pipeline: each batch waits in its device stage and in its host stage until the test opens
+    the gate. Both: a policy that keeps a running top-k (``per_class``, ``hardest``) runs only the device
+    stage per batch, and a batch must hold its room until the gate opens whatever the policy."""
 
     def __init__(self, gate: threading.Event, **options):
         super().__init__(**options)
         self.gate = gate
+
+    def device_stage(self, *tensors):
+        assert self.gate.wait(60), "the gate was never opened"
+        return super().device_stage(*tensors)
 
     def host_stage(self, fields, encode):
         assert self.gate.wait(60), "the gate was never opened"
@@ -564,7 +570,7 @@ def test_scratch_space_stays_within_its_cache_across_many_evals(logbus_dir):
 
 # -- close -----------------------------------------------------------------------------------------
 def test_close_with_a_sample_stream_returns_within_its_timeout_and_says_what_was_left(logbus_dir, caplog):
-    """The pipeline's worker is stuck in a host stage (a gate the test holds shut); ``finish(timeout=1)``
+    """The pipeline's worker is stuck in a batch (a gate the test holds shut); ``finish(timeout=1)``
     still returns about then, says how many batches and tables were left, and the worker gives up the
     rest once it is free instead of working on after the run has closed."""
     import logging
@@ -590,7 +596,7 @@ def test_close_with_a_sample_stream_returns_within_its_timeout_and_says_what_was
     assert not clean  # the local backend was still waiting for the table
     assert elapsed < 1.0 + 5, elapsed  # bounded by the timeout (the slack is for a loaded machine), not by the work
     [said] = [r.getMessage() for r in caplog.records if "sample pipeline" in r.getMessage()]
-    # Batch 0 is inside its host stage; batches 1-4 of "eval", 3 of "other" and the "eval" table wait.
+    # Batch 0 is inside its device stage; batches 1-4 of "eval", 3 of "other" and the "eval" table wait.
     assert "not done by the close deadline: 8 batch(es) and 1 table(s) were left" in said, said
     [local] = [r.getMessage() for r in caplog.records if "backend 'local'" in r.getMessage()]
     assert "1 record(s) were not delivered" in local, local  # the table it was waiting for
