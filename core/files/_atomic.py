@@ -97,9 +97,10 @@ def link_or_copy_file_atomic(source: str, path: str) -> bool:
     passes through this process. Returns True when linked; otherwise (another filesystem, links not
     supported, ``path`` taken) it copies with :func:`copy_file_atomic` and returns False.
 
-    Only for a ``source`` that is never rewritten in place (the encoder's scratch files are written
-    whole under another name and renamed): a link shares the file, so a change to one is a change to
-    both. Deleting ``source`` afterwards leaves ``path`` intact."""
+    Only for a ``source`` that is never rewritten in place (the encoder's scratch files are handed out
+    once written and, written again, are made anew with ``O_EXCL``, never truncated): a link shares
+    the file, so a change to one is a change to both. Deleting ``source`` afterwards leaves ``path``
+    intact."""
     try:
         os.link(source, path)
         return True

@@ -250,7 +250,7 @@ class LocalBackend:
             else:
                 link_or_copy_file_atomic(mask.path, absolute)
                 try:  # its overlay, which the worker process rendered for these labels: the viewer's, linked
-                    os.link(overlay_of(mask.path), absolute[: -len(".mask.png")] + ".overlay.png")
+                    os.link(overlay_of(mask.path), overlay_of(absolute))
                 except OSError:
                     pass  # none there, or another filesystem: the viewer makes it, as for any mask
                 else:

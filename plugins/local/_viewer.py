@@ -321,7 +321,7 @@ def _resolved(root: str, path: str, plain: bool = False) -> str:
     joined = os.path.join(root, path)
     folder, name = os.path.split(joined)
     if not plain and os.path.islink(joined):
-        return os.path.realpath(os.path.join(folder, name))
+        return os.path.realpath(joined)
     return os.path.join(_realpath(folder), name)
 
 
