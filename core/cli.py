@@ -67,6 +67,25 @@ def _bench(args: argparse.Namespace) -> int:
                       full=args.full, verbose=args.verbose)
 
 
+def _wandb_relink(args: argparse.Namespace) -> int:
+    from logbus.plugins._wandb_run_file import relink
+
+    status = 0
+    for run_dir in args.run_dirs:
+        try:
+            changed, missing = relink(run_dir)
+        except (OSError, ValueError) as error:
+            print(f"logbus wandb-relink: {run_dir}: {error}", file=sys.stderr)
+            status = 2
+            continue
+        print(f"{run_dir}: {changed} paths rewritten; " + (f"{len(missing)} files missing" if missing
+                                                             else "every file the run names is in the folder"))
+        for path in missing:
+            print(f"  missing: {path}", file=sys.stderr)
+        status = status or (1 if missing else 0)
+    return status
+
+
 def default_plot_path() -> str:
     """``logbus bench``'s chart goes beside the local runs (``$LOGBUS_DIR``, else ``./logbus_runs``),
     never loose in the current folder."""
@@ -98,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--full", action="store_true", help="the full sizes of `make bench` (several minutes)")
     bench.add_argument("--verbose", action="store_true", help="also show pytest-benchmark's own tables")
     bench.set_defaults(func=_bench)
+    relink = commands.add_parser("wandb-relink", help="after moving an offline W&B run folder: point its run file at "
+                                 "the files it holds, so that `wandb sync` finds them")
+    relink.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="an offline run folder (wandb/offline-run-*)")
+    relink.set_defaults(func=_wandb_relink)
     args = parser.parse_args(argv)
     return args.func(args)
 

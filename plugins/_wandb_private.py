@@ -1,5 +1,6 @@
-"""wandb's private API that logbus relies on, in one place: its process-wide artifact cache, and the
-class labels of a mask given as a file (:func:`mask_from_file`).
+"""wandb's private API that logbus relies on, in one place: its process-wide artifact cache, the
+class labels of a mask given as a file (:func:`mask_from_file`), and its staging folder
+(:func:`staging_dir`).
 
 wandb keeps the last 100 artifacts it made in two capped dicts (``artifact_instance_cache`` by
 server id, ``artifact_instance_cache_by_client_id`` by client id). A table that refers to an
@@ -41,6 +42,14 @@ def _caches_or_warn() -> tuple[dict, dict] | None:
             warnings.warn(f"logbus: wandb's artifact cache ({_CACHE_MODULE}) moved ({error}); sample tables are "
                           "logged whole and their artifacts are not freed early", stacklevel=2)
         return None
+
+
+def staging_dir() -> str:
+    """wandb's artifact staging folder (``$WANDB_DATA_DIR/artifacts/staging``), where it copies each
+    file added to an artifact, a table's images and masks included."""
+    from wandb.sdk.artifacts.staging import get_staging_dir
+
+    return str(get_staging_dir())
 
 
 def can_refer_to_tables() -> bool:

@@ -308,8 +308,11 @@ class WandBBackend:
     def close(self, finish: RunFinished) -> None:
         if self.run is not None:
             self._unroute_user_logs()
-            self.run.finish(exit_code=finish.exit_code)
-            self.run = None
+            run, self.run = self.run, None
+            run_dir = os.path.dirname(run.settings.sync_file) if run.offline else None
+            run.finish(exit_code=finish.exit_code)
+            if run_dir is not None:
+                _keep_offline_files(run_dir)
         if self._references:
             from logbus.plugins import _wandb_private
 
@@ -452,6 +455,18 @@ class WandBBackend:
             if len(files) != 1:
                 raise RuntimeError(f"W&B artifact {name} holds {len(files)} files; expected exactly one checkpoint")
             shutil.move(os.path.join(folder, files[0]), destination)
+
+
+def _keep_offline_files(run_dir: str) -> None:
+    """Makes a finished offline run folder hold every file its run file names (see
+    ``_wandb_run_file``): it can then be moved, ``logbus wandb-relink``-ed and synced anywhere."""
+    from logbus.plugins import _wandb_private, _wandb_run_file
+
+    try:
+        _wandb_run_file.keep_staged_files(run_dir, staging_dir=_wandb_private.staging_dir())
+    except (OSError, ValueError, TimeoutError) as error:
+        warnings.warn(f"logbus: the offline W&B run {run_dir} still names files in wandb's staging folder "
+                      f"($WANDB_DATA_DIR/artifacts/staging), so it syncs from this machine only: {error}", stacklevel=2)
 
 
 def _launcher_world_size() -> int:

@@ -403,3 +403,73 @@ def test_a_sample_table_whose_images_changed_gets_a_new_reference_and_a_user_tab
     (_, columns, rows), = wandb_run.tables("user")  # no join key: one table, as before
     assert wandb_run.history[-1]["user._type"] == "table-file"
     np.testing.assert_array_equal(decode(rows[0][1]["file"]), first[0])
+
+
+# -- offline runs that travel ----------------------------------------------------------------------
+def test_an_offline_run_folder_moved_without_wandbs_staging_and_cache_still_names_every_file(wandb_offline, tmp_path):
+    """wandb stages every table image, mask and table file, and every artifact file, under
+    ``$WANDB_DATA_DIR/artifacts/staging`` and the run file names them there by absolute path, so a
+    copied run folder used to keep none of them. The finished run folder now holds them
+    (``logbus-staging/``); in place they resolve with wandb's staging and cache removed, and after
+    the folder moved, ``logbus wandb-relink`` points the run file at them again: every path every
+    artifact record names exists, inside the folder, and every table reads back pixel for pixel."""
+    import shutil
+
+    from logbus.cli import main as logbus_main
+    from logbus.plugins._wandb_run_file import STAGING_FOLDER, read_records, run_file_of
+
+    rng = np.random.default_rng(7)
+    pixels = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(3)]
+    truth = [rng.integers(0, 3, (6, 5), dtype=np.uint8) for _ in range(3)]
+    prediction = [rng.integers(0, 3, (6, 5), dtype=np.uint8) for _ in range(3)]
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights" * 100)
+
+    def rows(step):
+        return [[i, Image(pixels=pixels[i], masks={"ground_truth": Mask(truth[i], {0: "a", 1: "b", 2: "c"}),
+                                                   "prediction": Mask(prediction[i])}), float(step + i)]
+                for i in range(3)]
+
+    # A config record longer than a 32 KiB block: the rewritten run file's framing spans blocks.
+    long_note = "".join(chr(ord("a") + i % 26) for i in range(70_000))
+    with logbus.start_run("travels", backends=[wandb_spec(log_artifacts=True)], config={"note": long_note}) as run:
+        for step in (1, 2):  # a reference table, then joined tables referring to it
+            run.bus.emit(Table("samples/eval", ["id", "image", "score"], rows(step), step=step, join_key="id"))
+        run.log_table("user", ["id", "image", "score"], rows(3), step=3)
+        run.log_artifact(str(checkpoint), "model.pt", type="model")
+
+    run_dir, = find_run_dirs(wandb_offline)
+    for wandb_folder in (".data", ".cache", ".artifacts"):
+        shutil.rmtree(wandb_offline / wandb_folder, ignore_errors=True)
+
+    def named_files(folder) -> list[str]:
+        named = []
+        for record in read_records(run_file_of(folder)):
+            if record.WhichOneof("record_type") == "artifact":
+                named += [entry.local_path for entry in record.artifact.manifest.contents if entry.local_path]
+        return named
+
+    def check(folder) -> None:
+        named = named_files(folder)
+        # 3 tables (reference, joined, user's) with 3 images and their masks, 2 joined tables, a checkpoint
+        assert len(named) >= 20, named
+        assert all(path.startswith(str(folder / STAGING_FOLDER) + os.sep) and os.path.isfile(path)
+                   for path in named), named
+        wandb_run = read_wandb_run(folder)  # wandb's own reader (leet, in Go) checks every chunk's checksum
+        assert wandb_run.config["note"] == long_note and wandb_run.exit_code == 0
+        for key in ("samples/eval", "user"):
+            for _, _, table_rows in wandb_run.tables(key):
+                for i, row in enumerate(table_rows):
+                    np.testing.assert_array_equal(decode(row[1]["file"]), pixels[i])
+                    np.testing.assert_array_equal(decode(row[1]["masks"]["ground_truth"]["file"]), truth[i])
+                    np.testing.assert_array_equal(decode(row[1]["masks"]["prediction"]["file"]), prediction[i])
+        model, = wandb_run.user_artifacts()
+        assert Path(model.files["model.pt"]).read_bytes() == checkpoint.read_bytes()
+
+    check(run_dir)  # in place, wandb's staging gone
+    moved = tmp_path / "another machine" / run_dir.name
+    shutil.move(str(run_dir), str(moved))
+    assert not any(os.path.isfile(path) for path in named_files(moved))  # the old paths: nothing there
+    assert logbus_main(["wandb-relink", str(moved)]) == 0
+    check(moved)
+    assert logbus_main(["wandb-relink", str(moved)]) == 0  # again: nothing to change, nothing missing

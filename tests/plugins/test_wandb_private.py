@@ -5,6 +5,7 @@ moves or changes them."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -138,3 +139,17 @@ def test_a_table_typed_from_one_row_per_signature_is_the_table_wandb_builds_from
     theirs = stored(wandb.Table(columns=columns, data=rows))
     assert ours == theirs
     assert len({tuple(map(_type_signature, row)) for row in cells}) < len(cells)  # some rows were not type-checked
+
+
+def test_the_staging_folder_is_where_wandb_stages_a_tables_files(wandb_offline):
+    """``_wandb_run_file.keep_staged_files`` removes the files it took from this folder."""
+    assert _wandb_private.staging_dir() == str(wandb_offline / ".data" / "artifacts" / "staging")
+    run = wandb.init(project="logbus-tests", reinit="create_new")
+    try:
+        artifact = wandb.Artifact("staged", type="dataset")
+        table = wandb.Table(columns=["x"], data=[[1]])
+        artifact.add(table, "table")
+        local_paths = [entry.local_path for entry in artifact.manifest.entries.values()]
+        assert local_paths and all(os.path.dirname(path) == _wandb_private.staging_dir() for path in local_paths)
+    finally:
+        run.finish()
