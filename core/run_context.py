@@ -19,6 +19,7 @@ from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 from logbus.samples import (
     SAMPLING_OPTIONS,
     SamplePipeline,
+    claim_label,
     cleanup_within_close,
     images_record,
     pipeline_for,
@@ -47,14 +48,27 @@ class SampleStream:
 
     def __init__(self, bus: Bus, pipeline: SamplePipeline):
         self.bus, self.pipeline = bus, pipeline
+        self._labels: set[str] = set()  # labels this stream holds the table key of (see _claim)
         place_scratch([bus], pipeline)  # before the first batch: encoded files where the local backend links them
         bus.on_close(functools.partial(cleanup_within_close, bus, pipeline))
 
+    def _claim(self, label: Any) -> None:
+        # One stream per table key: another stream of this run already logging `{key_prefix}/{label}`
+        # is refused at this stream's first use of the label (logbus.samples._stream_keys).
+        if label not in self._labels and isinstance(label, str):
+            claim_label(self.bus, self.pipeline, label)
+            self._labels.add(label)
+
     def add(self, inputs: Any, targets: Any, outputs: Any, *, label: str = "eval") -> None:
+        """Hands one eval batch to the pipeline. Raises ``ValueError`` at the first use of a
+        ``label`` whose table key (``{key_prefix}/{label}``) another stream of this run logs."""
+        self._claim(label)
         self.pipeline.submit(inputs, targets, outputs, label=label)
 
     def log(self, label: str = "eval", step: int | None = None) -> None:
-        """Logs the table ``samples/{label}`` for the pass so far, in order with everything else."""
+        """Logs the table ``{key_prefix}/{label}`` (``samples/{label}``) for the pass so far, in order
+        with everything else."""
+        self._claim(label)
         self.bus.emit(self.pipeline.table_record(label, step=step))
 
 
@@ -103,7 +117,9 @@ class Run:
     def samples(self, extractor: Any = _SAMPLING["extractor"], num_samples: int | None = _SAMPLING["num_samples"],
                 policy: str = _SAMPLING["policy"], **options: Any) -> SampleStream:
         """A sample stream on this run's bus; ``options`` are the extractor's and the pipeline's
-        (see ``logbus.composer.SampleLogger``)."""
+        (see ``logbus.composer.SampleLogger``). Its tables are ``{key_prefix}/{label}``: a label
+        whose key another stream of this run logs raises ``ValueError`` at its first ``add`` or
+        ``log`` (both would log the same key at the same step, and W&B keeps only the last)."""
         extractor_options, pipeline_options = split_options(options)
         return SampleStream(self.bus, pipeline_for(extractor, extractor_options, num_samples=num_samples,
                                                    policy=policy, **pipeline_options))

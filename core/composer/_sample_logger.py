@@ -29,6 +29,7 @@ from logbus.samples import (
     CLOSE_TIMEOUT,
     SAMPLING_OPTIONS,
     SamplePipeline,
+    claim_key_prefix,
     cleanup_within_close,
     pipeline_for,
     place_scratch,
@@ -118,6 +119,12 @@ class SampleLogger(Callback):
         if not self.buses:
             raise ValueError("SampleLogger: the Trainer needs a logbus logger in `loggers` "
                              "(logbus.composer.WandBLogger or LogBusLogger) to send samples to")
+        # Two SampleLoggers log every evaluator under the same keys: refused here, at Trainer(...).
+        try:
+            claim_key_prefix(self.buses, self.pipeline, "SampleLogger")
+        except ValueError:
+            self.pipeline.cleanup()  # the Trainer is not made: nothing else will stop its worker process
+            raise
         # Before the first batch: the encoded files go where a backend (the local one) links them.
         place_scratch(self.buses, self.pipeline)
         # Every bus's backends read the same encoded files: the pipeline is cleaned up once the last

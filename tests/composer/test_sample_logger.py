@@ -655,3 +655,56 @@ def test_every_logbus_logger_in_the_trainer_gets_the_tables(wandb_offline):
 def test_bad_sample_logger_arguments_raise_at_construction(arguments, error, message):
     with pytest.raises(error, match=message):
         SampleLogger(**arguments)
+
+
+def test_two_sample_loggers_with_one_key_prefix_are_refused_and_distinct_prefixes_keep_both(wandb_offline):
+    """Both would log ``samples/eval`` at every eval step, and W&B keeps only the last table of a step:
+    the Trainer is refused at ``Event.INIT`` with an error naming the key prefix. With a key prefix
+    each, both tables of every eval are in the W&B run."""
+    train, val = digits_loaders(batch_size=64)
+    with pytest.raises(ValueError, match=r"key_prefix: 'samples' is already used by another sample stream on this "
+                                         r"run.*key_prefix='samples-classification'"):
+        Trainer(model=digits_classifier(), train_dataloader=train, eval_dataloader=val, max_duration="2ba",
+                loggers=[LogBusLogger(backends=["local"])], callbacks=[SampleLogger(num_samples=4),
+                                                                     SampleLogger(num_samples=4, policy="reservoir")],
+                device="cpu", progress_bar=False)
+
+    first = SampleLogger(num_samples=4)
+    second = SampleLogger(num_samples=4, policy="reservoir", key_prefix="samples-reservoir")
+    fit(digits_classifier(), train, val, [first, second], [wandb_spec()], max_duration="2ba", eval_interval="2ba")
+    wandb_run = read_only_run(wandb_offline)
+    (step, _, rows), = wandb_run.tables("samples/eval")
+    (reservoir_step, _, reservoir_rows), = wandb_run.tables("samples-reservoir/eval")
+    assert step == reservoir_step == 2
+    assert [row[0] for row in rows] == [0, 1, 2, 3] and len(reservoir_rows) == 4
+
+
+def test_two_sample_streams_logging_one_key_on_a_run_are_refused_at_the_first_add(wandb_offline):
+    """A plain loop's streams may share a key prefix with labels of their own (``eval``, ``train``);
+    the second stream to use a label the first one logs is refused at that ``add``/``log``, naming
+    the key, and nothing logged is lost: each key holds its own stream's table."""
+    import logbus
+
+    images = torch.rand(4, 1, 8, 8)
+    truth = torch.tensor([0, 1, 2, 3])
+    logits = torch.nn.functional.one_hot(truth, 10).float()
+    with logbus.start_run("two-streams", backends=[wandb_spec()]) as run:
+        first = run.samples("classification", num_samples=4)
+        second = run.samples("classification", num_samples=2)
+        first.add(images, truth, logits, label="eval")
+        with pytest.raises(ValueError, match=r"label: 'eval' is already logged as 'samples/eval' by another sample "
+                                             r"stream on this run.*key_prefix='samples-classification'"):
+            second.add(images, truth, logits, label="eval")
+        with pytest.raises(ValueError, match=r"label: 'eval' is already logged as 'samples/eval'"):
+            second.log("eval", step=1)
+        second.add(images, truth, logits, label="train")  # a key of its own: fine
+        own = run.samples("classification", num_samples=3, key_prefix="samples-b")
+        own.add(images, truth, logits, label="eval")
+        first.log("eval", step=1)
+        second.log("train", step=1)
+        own.log("eval", step=1)
+
+    wandb_run = read_only_run(wandb_offline)
+    rows = {key: [(step, len(table_rows)) for step, _, table_rows in wandb_run.tables(key)]
+            for key in ("samples/eval", "samples/train", "samples-b/eval")}
+    assert rows == {"samples/eval": [(1, 4)], "samples/train": [(1, 2)], "samples-b/eval": [(1, 3)]}
