@@ -11,13 +11,16 @@ uses the ``Run`` object rather than ``run.get_url()``, deprecated in 0.19.10 and
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import numbers
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -83,7 +86,58 @@ def _snapshot(value: Any) -> Any:
     copy = getattr(value, "copy", None)
     if type(value).__module__ == "numpy" and copy is not None:
         return copy()
+    wandb = sys.modules.get("wandb")  # a wandb.Table means wandb is imported: never import it here
+    if wandb is not None and isinstance(value, wandb.Table):
+        return WandbTableAtCall.of_table(value)
     return value
+
+
+class WandbTableAtCall:
+    """A ``wandb.Table`` as it was at a user's log call, for the writer thread to log.
+
+    Plain ``wandb.log`` serializes a table during the call; through the bus it is logged later, and
+    user code often keeps adding rows to the same table after the call. So the call keeps the
+    table's columns and rows (a copy of the row lists; cells are kept as they are: ``wandb.Image``
+    and other media are files written when they were made), and the writer logs a table of its own
+    (:meth:`WandBBackend._table_to_log`), never the user's object, which it may be changing.
+
+    :ivar source: the user's table (``None`` for Composer's ``log_table``, which makes a new one).
+    :ivar table: an unlogged copy of it with the columns and rows of the call (for ``log_table``:
+        ``(columns, rows)``, made into a table on the writer).
+    """
+
+    __slots__ = ("source", "table")
+
+    def __init__(self, source: Any, table: Any):
+        self.source, self.table = source, table
+
+    @classmethod
+    def of_table(cls, table: Any) -> "WandbTableAtCall":
+        """:param table: the user's ``wandb.Table``."""
+        at_call = copy.copy(table)  # its log mode, column types and keys as they are now
+        at_call.columns = list(table.columns)
+        at_call.data = [list(row) for row in table.data]
+        return cls(table, at_call)
+
+    @classmethod
+    def of_rows(cls, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> "WandbTableAtCall":
+        """What Composer's ``WandBLogger.log_table`` logs: ``wandb.Table(columns=columns, rows=rows)``,
+        made on the writer thread (wandb type-checks every row as it adds it).
+
+        :param columns: the column names.
+        :param rows: the rows; their cells may be ``wandb`` media (``wandb.Image``...).
+        """
+        return cls(None, ([str(column) for column in columns], [list(row) for row in rows]))
+
+
+def has_wandb_cells(rows: Sequence[Sequence[Any]]) -> bool:
+    """Whether a table row holds a ``wandb`` object (``wandb.Image``, ``wandb.Html``...), which only the
+    W&B backend can log. Checked without importing wandb.
+
+    :param rows: the table's rows.
+    """
+    return any(type(cell).__module__.startswith("wandb.") for row in rows if isinstance(row, (list, tuple))
+               for cell in row)
 
 
 class WandBBackend:
@@ -143,6 +197,8 @@ class WandBBackend:
         self._references: dict[str, tuple[dict[Any, tuple], Any]] = {}
         self._blank_images: dict[tuple[int, int], Any] = {}  # (height, width) -> wandb.Image
         self._mask_files = MaskFiles()
+        # Per user wandb.Table logged through route_user_logs: (the user's table, the one logged for it).
+        self._user_tables: dict[int, tuple[weakref.ref, Any]] = {}
         self._blank_folder: tempfile.TemporaryDirectory | None = None
         # Composer warns at construction, on every rank, where a launcher's WORLD_SIZE already tells a
         # distributed run; without one, the warning waits for the world size that RunStarted brings.
@@ -296,14 +352,48 @@ class WandBBackend:
         return blank
 
     def _log_user_call(self, record: UserLog) -> None:
+        data = {key: self._table_to_log(value) if isinstance(value, WandbTableAtCall) else value
+                for key, value in record.data.items()}
         if record.step is not None:
-            self._run_log(record.data, step=record.step, commit=record.commit)
+            self._run_log(data, step=record.step, commit=record.commit)
             return
         # A step-less call joins the row of the batch it was made in, as Composer's Logger does for
         # step-less metrics, without committing it: wandb's own default (commit, then step + 1) would
         # make it drop every later record of that batch as "step less than current step". If the run
         # is already past that batch (the user logged a later step), it joins the current row.
-        self._run_log(record.data, step=max(record.batch, self._live_run.step), commit=False)
+        self._run_log(data, step=max(record.batch, self._live_run.step), commit=False)
+
+    def _table_to_log(self, at_call: WandbTableAtCall) -> Any:
+        """The table to hand ``run.log`` for a user's table as it was at the call: what wandb would
+        have logged had the call run then. wandb keeps a table's logging state on the table object
+        (``log_mode``: an ``IMMUTABLE`` table is stored once, a ``MUTABLE`` one again after each
+        change, an ``INCREMENTAL`` one as the rows added since the last log), so the same user table
+        gets the same table object here at every call, and the rows added since the last call are
+        added to it with ``add_data``, where wandb does that bookkeeping. Rows changed in another way
+        (edited, removed, columns changed) replace its rows; a ``MUTABLE`` table is then a new one,
+        as wandb logs a mutated one anew."""
+        import wandb
+
+        if at_call.source is None:  # Composer's log_table: a new table, as Composer's logger makes one
+            columns, rows = at_call.table
+            return wandb.Table(columns=columns, data=rows)
+        for key in [key for key, (source, _) in self._user_tables.items() if source() is None]:
+            del self._user_tables[key]  # tables the user dropped since
+        known = self._user_tables.get(id(at_call.source))
+        if known is None or known[0]() is not at_call.source:
+            self._user_tables[id(at_call.source)] = (weakref.ref(at_call.source), at_call.table)
+            return at_call.table
+        table, now = known[1], at_call.table
+        logged = len(table.data)
+        if table.columns == now.columns and now.data[:logged] == table.data:
+            for row in now.data[logged:]:
+                table.add_data(*row)
+        elif table.log_mode == "MUTABLE":
+            self._user_tables[id(at_call.source)] = (known[0], now)
+            return now
+        else:
+            table.columns, table.data = now.columns, now.data
+        return table
 
     def close(self, finish: RunFinished) -> None:
         if self.run is not None:
@@ -318,6 +408,7 @@ class WandBBackend:
 
             _wandb_private.forget(_wandb_private.table_artifact(table) for _, table in self._references.values())
             self._references.clear()
+        self._user_tables.clear()
         if self._blank_folder is not None:
             self._blank_folder.cleanup()
             self._blank_folder = None

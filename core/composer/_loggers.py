@@ -85,6 +85,7 @@ class LogBusLogger(LoggerDestination):
         # hard-linked first so the writer thread uploads what was asked for (see logbus.composer._staging).
         self._staging = Staging()
         self._state: State | None = None
+        self._warned_wandb_tables: set[str] = set()
 
     def _step(self, step: Optional[int]) -> Optional[int]:
         # Traces come without a step. A step-less wandb.log commits wandb's current row, and wandb then
@@ -139,6 +140,24 @@ class LogBusLogger(LoggerDestination):
     def log_table(self, columns: list[str], rows: list[list[Any]], name: str = "Table",
                   step: Optional[int] = None) -> None:
         check_key(name, "name")  # Composer calls the key `name`: say so in the error
+        from logbus.plugins.wandb import UserLog, WandbTableAtCall, has_wandb_cells
+
+        if isinstance(rows, (list, tuple)) and has_wandb_cells(rows):
+            # Composer's WandBLogger logs wandb.Table(columns=columns, rows=rows): cells may be wandb
+            # media (wandb.Image...), which only a W&B backend can log; it gets the table as Composer's
+            # logger would log it, the others cannot store it.
+            takers = [n for n, backend in self.bus.backends.items() if UserLog in getattr(backend, "supports", ())]
+            if not takers:
+                raise TypeError(f"rows: wandb objects (wandb.Image...) in cells need a W&B backend, and this "
+                                f"logger has {list(self.bus.backends)}; use logbus.records.Image for every backend")
+            others = [n for n in self.bus.backends if n not in takers]
+            if others and name not in self._warned_wandb_tables:
+                self._warned_wandb_tables.add(name)
+                warnings.warn(f"log_table: table {name!r} has wandb objects in its cells and goes to {takers} only, "
+                              f"not to {others}; use logbus.records.Image cells for every backend", stacklevel=2)
+            self.bus.emit(UserLog({name: WandbTableAtCall.of_rows(columns, rows)}, step,
+                                  batch=self._step(None) or 0))
+            return
         self.bus.emit(Table(name, columns, rows, step))
 
     def log_images(

@@ -28,7 +28,7 @@ from composer.models import ComposerClassifier
 from local_reader import assert_same_series
 from PIL import Image as PILImage
 from test_composer_adapter import LOSS, ComposerCalls, make_trainer
-from wandb_reader import read_only_run
+from wandb_reader import find_run_dirs, read_only_run, read_wandb_run
 
 from logbus.composer import WandBLogger
 from logbus.demo import DigitsCNN, digits_loaders
@@ -504,3 +504,126 @@ def test_the_logger_pickles_with_wandb_disabled(monkeypatch, tmp_path):
     assert pickle.loads(pickle.dumps(wandb_logger.state_dict())) == wandb_logger.state_dict()
     trainer.close()
     assert wandb.run is None
+
+
+# -- wandb objects as they were at the call ----------------------------------------------------------
+GROWING_BATCHES = 4
+
+
+def pixels_of(batch: int) -> np.ndarray:
+    return np.full((4, 4, 3), 40 + 10 * batch, dtype=np.uint8)
+
+
+def grow(table, batch: int, log) -> None:
+    """The same calls through the drop-in and through plain wandb: a row, the log call, then a row
+    added after the call (not part of what this step logged)."""
+    table.add_data(batch, wandb.Image(pixels_of(batch)))
+    log({"grow": table}, step=batch)
+    table.add_data(-batch, wandb.Image(pixels_of(-batch)))
+
+
+class GrowingTable(Callback):
+    """A user's table that keeps growing across ``wandb.log`` calls; the writer is held until the last
+    call, so that it logs every call after the table has changed again."""
+
+    def __init__(self, log_mode: str, held: threading.Event):
+        self.table = wandb.Table(columns=["batch", "image"], log_mode=log_mode)
+        self.held = held
+
+    def batch_end(self, state, logger):
+        batch = int(state.timestamp.batch)
+        grow(self.table, batch, wandb.log)
+        if batch == GROWING_BATCHES:
+            self.held.set()
+
+
+def stored_tables(run, key: str) -> list:
+    """What a run holds under ``key``: each log call's table type, sizes and mode, and its rows with
+    image cells as their pixels."""
+    items = [(item["_step"], {name.split(".", 1)[1]: value for name, value in item.items()
+                              if name.split(".", 1)[0] == key and name.split(".", 1)[1] in
+                              ("_type", "nrows", "ncols", "log_mode", "increment_num")})
+             for item in run.history if f"{key}._type" in item]
+    tables = [(step, columns, [[decode(cell["file"]).tolist() if isinstance(cell, dict) else cell for cell in row]
+                               for row in rows]) for step, columns, rows in run.tables(key)]
+    return [items, tables]
+
+
+def runs_by_name(folder) -> dict:
+    runs = [read_wandb_run(path) for path in find_run_dirs(folder)]
+    return {run.name: run for run in runs}
+
+
+@pytest.mark.parametrize("log_mode", ["IMMUTABLE", "MUTABLE", "INCREMENTAL"])
+def test_a_growing_user_table_is_stored_as_plain_wandb_stores_the_same_calls(wandb_offline, log_mode):
+    """wandb serializes a table during ``wandb.log``; the drop-in logs it later, on its writer, so it
+    keeps the table as it was at the call and logs it with wandb's own per-mode bookkeeping: the run
+    holds what plain wandb stores for the same calls (``IMMUTABLE``: the first call's table, again;
+    ``MUTABLE``: each call's rows; ``INCREMENTAL``: the rows added since the call before)."""
+    held = threading.Event()
+    wandb_logger = WandBLogger(project="growing", name="drop-in")
+    trainer = make_trainer([wandb_logger], batches=GROWING_BATCHES, callbacks=[GrowingTable(log_mode, held)])
+    writer = wandb_logger.bus.workers[0]
+    original = writer.backend.log
+    writer.backend.log = lambda record: (held.wait(60), original(record))
+    trainer.fit()
+    trainer.close()
+    assert held.is_set()
+
+    plain = wandb.init(project="growing", name="plain", reinit="create_new")
+    table = wandb.Table(columns=["batch", "image"], log_mode=log_mode)
+    for batch in range(1, GROWING_BATCHES + 1):
+        grow(table, batch, plain.log)
+    plain.finish()
+
+    runs = runs_by_name(wandb_offline)
+    expected = stored_tables(runs["plain"], "grow")
+    assert [step for step, _ in expected[0]] == list(range(1, GROWING_BATCHES + 1))
+    assert stored_tables(runs["drop-in"], "grow") == expected
+
+
+class WandbImageTable(Callback):
+    """Composer's ``logger.log_table`` with ``wandb.Image`` cells, as Composer's own logger takes them."""
+
+    def batch_end(self, state, logger):
+        batch = int(state.timestamp.batch)
+        logger.log_table(columns=["image", "batch"], rows=[[wandb.Image(pixels_of(batch)), batch],
+                                                           [wandb.Image(pixels_of(batch + 1)), batch + 1]],
+                         name="predictions", step=batch)
+
+
+def test_composers_log_table_with_wandb_image_cells_is_logged_as_composers_logger_logs_it(wandb_offline):
+    trainer = make_trainer([WandBLogger(project="wandb-cells", name="drop-in")], batches=2,
+                           callbacks=[WandbImageTable()])
+    trainer.fit()
+    trainer.close()
+
+    plain = wandb.init(project="wandb-cells", name="plain", reinit="create_new")
+    for batch in (1, 2):  # what composer.loggers.WandBLogger.log_table does
+        plain.log({"predictions": wandb.Table(columns=["image", "batch"],
+                                              rows=[[wandb.Image(pixels_of(batch)), batch],
+                                                    [wandb.Image(pixels_of(batch + 1)), batch + 1]])}, step=batch)
+    plain.finish()
+
+    runs = runs_by_name(wandb_offline)
+    expected = stored_tables(runs["plain"], "predictions")
+    assert [step for step, _, _ in expected[1]] == [1, 2]
+    assert stored_tables(runs["drop-in"], "predictions") == expected
+
+
+def test_wandb_cells_need_a_wandb_backend_and_the_others_are_told(logbus_dir, wandb_offline):
+    from logbus.composer import LogBusLogger
+
+    rows = [[wandb.Image(pixels_of(1)), 1]]
+    local_only = LogBusLogger(backends=["local"])
+    with pytest.raises(TypeError, match=r"rows: wandb objects \(wandb.Image...\) in cells need a W&B backend"):
+        local_only.log_table(["image", "batch"], rows, name="t", step=1)
+    local_only.post_close()
+    both = LogBusLogger(backends=["local", ("wandb", {"project": "cells"})])
+    with pytest.warns(UserWarning, match=r"log_table: table 't' has wandb objects in its cells and goes to "
+                                         r"\['wandb'\] only, not to \['local'\]"):
+        both.log_table(["image", "batch"], rows, name="t", step=1)
+    both.post_close()
+    (step, columns, (row,)), = read_only_run(wandb_offline).tables("t")
+    assert (step, columns, row[1]) == (1, ["image", "batch"], 1)
+    np.testing.assert_array_equal(decode(row[0]["file"]), pixels_of(1))
