@@ -46,7 +46,9 @@ STAGING_FOLDER = "logbus-staging"
 _HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 _BLOCK_SIZE = 32 * 1024
 _CHUNK_HEADER_SIZE = 7
+_CHUNK_HEADER = struct.Struct("<IHB")  # checksum, length, type
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_KIND_CRC = {kind: zlib.crc32(bytes([kind])) for kind in (_FULL, _FIRST, _MIDDLE, _LAST)}  # crc32 goes on from these
 # wandb-core closes the run file after run.finish() returns (the service is told, not waited for):
 # how long keep_staged_files waits for the last record to be on disk.
 RUN_FILE_CLOSE_TIMEOUT = 30.0
@@ -64,9 +66,10 @@ def run_file_of(run_dir: str | os.PathLike) -> str:
     return found[0]
 
 
-def _chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
+def _chunks(data: bytes) -> Iterator[tuple[int, memoryview]]:
     if data[:len(_HEADER)] != _HEADER:
         raise ValueError(f"not a W&B run file (header {data[:len(_HEADER)]!r})")
+    view = memoryview(data)
     offset = len(_HEADER)
     while offset < len(data):
         left_in_block = _BLOCK_SIZE - offset % _BLOCK_SIZE
@@ -75,33 +78,45 @@ def _chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
             continue
         if offset + _CHUNK_HEADER_SIZE > len(data):
             raise ValueError(f"truncated chunk header at offset {offset}")
-        checksum, length, kind = struct.unpack_from("<IHB", data, offset)
+        checksum, length, kind = _CHUNK_HEADER.unpack_from(data, offset)
         start = offset + _CHUNK_HEADER_SIZE
         end = start + length
-        if end > len(data) or end - (offset - offset % _BLOCK_SIZE) > _BLOCK_SIZE:
+        if end > len(data) or length > left_in_block - _CHUNK_HEADER_SIZE:
             raise ValueError(f"truncated or oversized chunk at offset {offset}")
-        if zlib.crc32(data[start - 1:end]) != checksum:
+        if zlib.crc32(view[start - 1:end]) != checksum:  # over the type byte and the data
             raise ValueError(f"checksum mismatch at offset {offset}")
-        yield kind, data[start:end]
+        yield kind, view[start:end]
         offset = end
 
 
-def _record_bytes(data: bytes) -> Iterator[bytes]:
-    pending: list[bytes] | None = None
-    for kind, payload in _chunks(data):
+def _payloads(data: bytes) -> list[bytes]:
+    """Each record's bytes, chunks joined."""
+    payloads = []
+    pending: list[memoryview] | None = None
+    for kind, piece in _chunks(data):
         if kind == _FULL:
-            yield payload
+            payloads.append(bytes(piece))
         elif kind == _FIRST:
-            pending = [payload]
+            pending = [piece]
         elif kind in (_MIDDLE, _LAST) and pending is not None:
-            pending.append(payload)
+            pending.append(piece)
             if kind == _LAST:
-                yield b"".join(pending)
+                payloads.append(b"".join(pending))
                 pending = None
         else:
             raise ValueError(f"unexpected chunk type {kind}")
     if pending is not None:
         raise ValueError("the last record is incomplete")
+    return payloads
+
+
+def _read(path: str | os.PathLike) -> tuple[list[bytes | None], list[Any]]:
+    from wandb.proto import wandb_internal_pb2
+
+    with open(path, "rb") as file:
+        payloads = _payloads(file.read())
+    record_type = wandb_internal_pb2.Record  # type: ignore[attr-defined]  # generated code, no stubs
+    return list(payloads), [record_type.FromString(payload) for payload in payloads]
 
 
 def read_records(path: str | os.PathLike) -> list[Any]:
@@ -110,46 +125,41 @@ def read_records(path: str | os.PathLike) -> list[Any]:
 
     :param path: the ``.wandb`` file.
     """
-    from wandb.proto import wandb_internal_pb2
-
-    with open(path, "rb") as file:
-        data = file.read()
-    records = []
-    for payload in _record_bytes(data):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        records.append(record)
-    return records
+    return _read(path)[1]
 
 
 def _framed(payloads: list[bytes]) -> bytes:
     """The LevelDB log framing, as ``core/pkg/leveldb/record.go``'s writer lays it out."""
     out = bytearray(_HEADER)
     for payload in payloads:
-        first = True
+        view, first = memoryview(payload), True
         while True:
             left_in_block = _BLOCK_SIZE - len(out) % _BLOCK_SIZE
             if left_in_block < _CHUNK_HEADER_SIZE:
                 out += bytes(left_in_block)
                 continue
             room = left_in_block - _CHUNK_HEADER_SIZE
-            piece, payload = payload[:room], payload[room:]
-            last = not payload
+            piece, view = view[:room], view[room:]
+            last = not view
             kind = (_FULL if last else _FIRST) if first else (_LAST if last else _MIDDLE)
-            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + piece), len(piece), kind) + piece
+            out += _CHUNK_HEADER.pack(zlib.crc32(piece, _KIND_CRC[kind]), len(piece), kind)
+            out += piece
             first = False
             if last:
                 break
     return bytes(out)
 
 
-def write_records(path: str | os.PathLike, records: list[Any]) -> None:
+def write_records(path: str | os.PathLike, records: list[Any], payloads: list[bytes | None] | None = None) -> None:
     """Writes ``records`` as a run file at ``path``, whole: to a temporary name beside it, then renamed.
 
     :param path: the ``.wandb`` file to replace.
     :param records: ``wandb_internal_pb2.Record`` messages, in order.
+    :param payloads: the bytes already serialized for each record, ``None`` where it changed.
     """
-    data = _framed([record.SerializeToString() for record in records])
+    known = payloads if payloads is not None else [None] * len(records)
+    data = _framed([payload if payload is not None else record.SerializeToString()
+                    for payload, record in zip(known, records)])
     temporary = f"{os.fspath(path)}.logbus-tmp"
     with open(temporary, "wb") as file:
         file.write(data)
@@ -158,28 +168,29 @@ def write_records(path: str | os.PathLike, records: list[Any]) -> None:
     os.replace(temporary, path)
 
 
-def _named_paths(records: list[Any]) -> Iterator[tuple[Any, str]]:
-    """``(message, field)`` for every file path a record names outside the run folder's ``files/``:
-    each artifact manifest entry's ``local_path`` and a manifest's ``manifest_file_path``."""
-    for record in records:
+def _named_paths(records: list[Any]) -> Iterator[tuple[int, Any, str]]:
+    """``(record index, message, field)`` for every file path a record names outside the run
+    folder's ``files/``: each artifact manifest entry's ``local_path`` and a manifest's
+    ``manifest_file_path``."""
+    for index, record in enumerate(records):
         if record.WhichOneof("record_type") != "artifact":
             continue
         manifest = record.artifact.manifest
         if manifest.manifest_file_path:
-            yield manifest, "manifest_file_path"
+            yield index, manifest, "manifest_file_path"
         for entry in manifest.contents:
             if entry.local_path:
-                yield entry, "local_path"
+                yield index, entry, "local_path"
 
 
-def _complete_records(path: str, timeout: float) -> list[Any]:
+def _complete_records(path: str, timeout: float) -> tuple[list[bytes | None], list[Any]]:
     """The run file's records once it ends with its exit record and parses to its end."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            records = read_records(path)
+            payloads, records = _read(path)
             if any(record.WhichOneof("record_type") == "exit" for record in records):
-                return records
+                return payloads, records
             problem = "no exit record yet"
         except ValueError as error:
             problem = str(error)
@@ -209,11 +220,11 @@ def keep_staged_files(run_dir: str | os.PathLike, timeout: float = RUN_FILE_CLOS
     """
     run_dir = os.path.abspath(run_dir)
     path = run_file_of(run_dir)
-    records = _complete_records(path, timeout)
+    payloads, records = _complete_records(path, timeout)
     staging = os.path.join(run_dir, STAGING_FOLDER)
     inside = run_dir + os.sep
     linked: dict[str, str] = {}  # the file wandb staged -> its copy in the run folder
-    for message, field in _named_paths(records):
+    for index, message, field in _named_paths(records):
         source = getattr(message, field)
         if os.path.abspath(source).startswith(inside):
             continue
@@ -227,8 +238,9 @@ def keep_staged_files(run_dir: str | os.PathLike, timeout: float = RUN_FILE_CLOS
             _link_or_copy(source, target)
             linked[source] = target
         setattr(message, field, target)
+        payloads[index] = None  # serialized again
     if linked:
-        write_records(path, records)
+        write_records(path, records, payloads)
     if staging_dir is not None:
         wandb_staging = os.path.abspath(staging_dir) + os.sep
         for source in linked:
@@ -250,21 +262,22 @@ def relink(run_dir: str | os.PathLike) -> tuple[int, list[str]]:
     """
     run_dir = os.path.abspath(run_dir)
     path = run_file_of(run_dir)
-    records = read_records(path)
+    payloads, records = _read(path)
     staging = os.path.join(run_dir, STAGING_FOLDER)
     changed = 0
     missing = []
-    for message, field in _named_paths(records):
+    for index, message, field in _named_paths(records):
         named = getattr(message, field)
         parent, name = os.path.split(named)
         if os.path.basename(parent) == STAGING_FOLDER:
             here = os.path.join(staging, name)
             if here != named:
                 setattr(message, field, here)
+                payloads[index] = None  # serialized again
                 changed += 1
                 named = here
         if not os.path.isfile(named):
             missing.append(named)
     if changed:
-        write_records(path, records)
+        write_records(path, records, payloads)
     return changed, missing

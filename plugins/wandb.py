@@ -399,7 +399,9 @@ class WandBBackend:
         if self.run is not None:
             self._unroute_user_logs()
             run, self.run = self.run, None
-            run_dir = os.path.dirname(run.settings.sync_file) if run.offline else None
+            # (settings.mode and sync_file: what every wandb from the floor on has; Run.offline is newer)
+            offline = getattr(run.settings, "mode", None) in ("offline", "dryrun")
+            run_dir = os.path.dirname(run.settings.sync_file) if offline else None
             run.finish(exit_code=finish.exit_code)
             if run_dir is not None:
                 _keep_offline_files(run_dir)
@@ -555,7 +557,7 @@ def _keep_offline_files(run_dir: str) -> None:
 
     try:
         _wandb_run_file.keep_staged_files(run_dir, staging_dir=_wandb_private.staging_dir())
-    except (OSError, ValueError, TimeoutError) as error:
+    except Exception as error:  # noqa: BLE001 - the run is finished and complete where it is: say why, go on
         warnings.warn(f"logbus: the offline W&B run {run_dir} still names files in wandb's staging folder "
                       f"($WANDB_DATA_DIR/artifacts/staging), so it syncs from this machine only: {error}", stacklevel=2)
 

@@ -473,3 +473,22 @@ def test_an_offline_run_folder_moved_without_wandbs_staging_and_cache_still_name
     assert logbus_main(["wandb-relink", str(moved)]) == 0
     check(moved)
     assert logbus_main(["wandb-relink", str(moved)]) == 0  # again: nothing to change, nothing missing
+
+
+def test_the_run_file_is_framed_byte_for_byte_as_wandb_core_frames_it(wandb_offline):
+    """``_wandb_run_file`` rewrites wandb's run file: read and framed again, a file wandb-core wrote
+    (records spanning 32 KiB blocks included) comes out identical, byte for byte."""
+    import wandb
+
+    from logbus.plugins._wandb_run_file import _framed, _payloads, read_records, run_file_of
+
+    run = wandb.init(project="logbus-tests", reinit="create_new", config={"note": "x" * 100_000})
+    for step in range(300):
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+    run_dir = os.path.dirname(run.settings.sync_file)
+    run.finish()
+    data = Path(run_file_of(run_dir)).read_bytes()
+    assert len(data) > 3 * 32 * 1024
+    assert _framed(_payloads(data)) == data
+    kinds = [record.WhichOneof("record_type") for record in read_records(run_file_of(run_dir))]
+    assert kinds.count("history") == 300 and "exit" in kinds
