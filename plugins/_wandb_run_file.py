@@ -115,8 +115,13 @@ def _read(path: str | os.PathLike) -> tuple[list[bytes | None], list[Any]]:
 
     with open(path, "rb") as file:
         payloads = _payloads(file.read())
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # protobuf ships no stubs here
+
     record_type = wandb_internal_pb2.Record  # type: ignore[attr-defined]  # generated code, no stubs
-    return list(payloads), [record_type.FromString(payload) for payload in payloads]
+    try:
+        return list(payloads), [record_type.FromString(payload) for payload in payloads]
+    except DecodeError as error:
+        raise ValueError(f"{os.fspath(path)}: a record is not a wandb record ({error})") from error
 
 
 def read_records(path: str | os.PathLike) -> list[Any]:

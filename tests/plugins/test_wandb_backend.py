@@ -492,3 +492,14 @@ def test_the_run_file_is_framed_byte_for_byte_as_wandb_core_frames_it(wandb_offl
     assert _framed(_payloads(data)) == data
     kinds = [record.WhichOneof("record_type") for record in read_records(run_file_of(run_dir))]
     assert kinds.count("history") == 300 and "exit" in kinds
+
+
+def test_wandb_relink_on_a_folder_without_a_run_file_says_so(tmp_path, capsys):
+    from logbus.cli import main as logbus_main
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run-x.wandb").write_bytes(b"not a run file")
+    assert logbus_main(["wandb-relink", str(tmp_path), str(tmp_path / "bad")]) == 2
+    errors = capsys.readouterr().err
+    assert f"{tmp_path}: run_dir: expected one .wandb run file" in errors
+    assert "not a W&B run file" in errors
