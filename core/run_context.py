@@ -64,7 +64,10 @@ class Run:
     def __init__(self, name: str, *, backends: Sequence[Any] = _DEFAULTS["backends"],
                  config: Mapping[str, Any] | None = _DEFAULTS["config"], rank: int = _DEFAULTS["rank"],
                  world_size: int = _DEFAULTS["world_size"], **bus_options: Any):
+        START_RUN_OPTIONS.check_names(bus_options, "logbus.start_run")
         START_RUN_OPTIONS.check(rank=rank, world_size=world_size)
+        if rank >= world_size:
+            raise ValueError(f"rank: expected 0..{world_size - 1} (below world_size {world_size}), got {rank}")
         start = RunStarted(run_name=name, config=dict(config or {}), rank=rank, world_size=world_size)
         self.name = name
         self.bus = Bus(backends, **bus_options)

@@ -716,7 +716,8 @@ def pipeline_for(extractor: str | Extractor, extractor_options: Mapping[str, Any
     if isinstance(extractor, str):
         from logbus.bus import create_extractor
 
-        extractor = create_extractor(extractor, **dict(extractor_options or {}))
+        extractor = create_extractor(extractor, also_known=(*PIPELINE_OPTIONS, *SAMPLING_OPTIONS),
+                                     **dict(extractor_options or {}))
     elif extractor_options:
         raise TypeError("extractor_options: only for an extractor given by name")
     return SamplePipeline(extractor, **pipeline_options)
