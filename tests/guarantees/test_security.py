@@ -7,6 +7,9 @@ are tested with real installed distributions in ``test_plugins.py::test_load_con
 
 from __future__ import annotations
 
+import argparse
+import collections
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -96,6 +100,72 @@ def test_everything_under_a_secret_looking_key_is_redacted_before_any_backend(wa
         data = path.read_bytes()
         for secret in (b"k-ea1f90", b"k-ea1f91", b"k-ea1f92", b'"pw"'):
             assert secret not in data, (secret, path)
+
+
+@dataclasses.dataclass
+class OptimizerSettings:
+    lr: float = 0.1
+    client_secret: str = "k-ob0003"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    layers: int = 4
+    hf_token: str = "k-ob0002"
+    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
+
+
+Endpoint = collections.namedtuple("Endpoint", "url password")
+
+
+def session_hparams(folder: Path) -> dict:
+    """The TensorBoard HParams dashboard's view of a run (as tests/plugins/test_tensorboard_backend.py reads it)."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = event_accumulator.EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    start = plugin_data_pb2.HParamsPluginData.FromString(content[hparams_metadata.SESSION_START_INFO_TAG])
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.session_start_info.hparams.items()}
+
+
+def test_secrets_inside_objects_are_redacted_by_key_on_every_backend(wandb_offline, logbus_dir, tmp_path):
+    # The usual `config={"args": args}`: an argparse.Namespace holding a dataclass holding a dataclass,
+    # a SimpleNamespace in a list, a named tuple. Each reached every backend as its repr, secrets in it.
+    args = argparse.Namespace(api_key="k-ob0001", epochs=3, model=ModelSettings(),
+                              mirrors=[types.SimpleNamespace(host="m1", auth_token="k-ob0004")],
+                              endpoint=Endpoint("https://x", "k-ob0005"))
+    later = {"deploy": types.SimpleNamespace(region="eu", settings=OptimizerSettings(client_secret="k-ob0006"))}
+    with logbus.start_run("objects", backends=["local", ("wandb", {"project": "security"}),
+                                               ("tensorboard", {"log_dir": str(tmp_path / "tb")})],
+                          config={"args": args}) as run:
+        run.log_hyperparameters(later)
+        run.log({"loss": 1.0}, step=0)
+    args.epochs = 99  # stored as it was at the call
+
+    expected_args = {"api_key": REDACTED, "epochs": 3,
+                     "model": {"layers": 4, "hf_token": REDACTED, "optimizer": {"lr": 0.1, "client_secret": REDACTED}},
+                     "mirrors": [{"host": "m1", "auth_token": REDACTED}], "endpoint": ["https://x", REDACTED]}
+    local = json.loads((logbus_dir / "objects" / "hparams.json").read_text())
+    assert local["args"] == expected_args
+    assert local["deploy"] == {"region": "eu", "settings": {"lr": 0.1, "client_secret": REDACTED}}
+    wandb_config = read_only_run(wandb_offline).config
+    assert wandb_config["args"] == expected_args
+    assert wandb_config["deploy"] == {"region": "eu", "settings": {"lr": 0.1, "client_secret": REDACTED}}
+    tensorboard = session_hparams(tmp_path / "tb" / "objects" / "objects")
+    assert {name: tensorboard[name] for name in ("args/api_key", "args/epochs", "args/model/hf_token",
+                                                 "args/model/optimizer/client_secret", "deploy/settings/client_secret",
+                                                 "deploy/region")} == {
+        "args/api_key": REDACTED, "args/epochs": 3, "args/model/hf_token": REDACTED,
+        "args/model/optimizer/client_secret": REDACTED, "deploy/settings/client_secret": REDACTED,
+        "deploy/region": "eu"}
+    written = files_under(wandb_offline, logbus_dir, tmp_path / "tb")
+    assert any(path.name.startswith("events.out.tfevents") for path in written)
+    for path in written:
+        data = path.read_bytes()
+        assert b"k-ob000" not in data, path
 
 
 class LogsSecrets(Callback):
