@@ -87,7 +87,8 @@ class Option:
 
     def expected(self) -> str:
         """What the option takes, as the error message says it."""
-        what = {"int": "an int", "number": f"a number of {self.unit}" if self.unit else "a number",
+        number = "a number" if self.maximum is not None else "a finite number"  # a range says it otherwise
+        what = {"int": "an int", "number": f"{number} of {self.unit}" if self.unit else number,
                 "bool": "True or False", "str": "a str", "path": "a folder path", "dict": "a dict",
                 "choice": _one_of(self.choices), None: "a valid value"}[self.kind]
         if self.kind in ("int", "number"):

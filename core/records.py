@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from logbus.files import check_artifact_name, check_key
+from logbus.files import check_artifact_name, check_key, check_name
 
 __all__ = [
     "Record",
@@ -145,10 +145,10 @@ class Metrics(Record):
                 raise TypeError(f"metrics: expected a mapping of name -> number, got {type(values).__name__}")
         snapshots = None
         for name, value in values.items():
-            if type(value) in _FAST_NUMBERS and type(name) is str:
+            if name not in _SHOWABLE_NAMES:  # once per name: a set lookup afterwards
+                _check_metric_name(name)
+            if type(value) in _FAST_NUMBERS:
                 continue
-            if not isinstance(name, str):
-                raise TypeError(f"metrics: names must be str, got {name!r} ({type(name).__name__})")
             if not _is_number(value):
                 raise TypeError(
                     f"metrics[{name!r}]: expected a real number or a one-element tensor, "
@@ -168,6 +168,20 @@ class Metrics(Record):
 
     def __repr__(self) -> str:
         return f"Metrics({self.values!r}, step={self.step!r})"
+
+
+# Metric names already checked (see _check_metric_name). Bounded: a caller that makes a new name at every
+# step (``f"loss_{step}"``) gets each checked, never a set that grows without end.
+_SHOWABLE_NAMES: set[str] = set()
+_MAX_REMEMBERED_NAMES = 100_000
+
+
+def _check_metric_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"metrics: names must be str, got {name!r} ({type(name).__name__})")
+    check_name(name, f"metrics[{name!r}]")
+    if len(_SHOWABLE_NAMES) < _MAX_REMEMBERED_NAMES:
+        _SHOWABLE_NAMES.add(name)
 
 
 def _snapshot(value: Any) -> Any:
@@ -368,6 +382,7 @@ class Image(Record):
         if not isinstance(self.masks, Mapping):
             raise TypeError("image.masks: expected a mapping of mask name -> Mask")
         for name, mask in self.masks.items():
+            check_name(name, f"image.masks[{name!r}]")
             if not isinstance(mask, Mask):
                 raise TypeError(f"image.masks[{name!r}]: expected a logbus.records.Mask, got {type(mask).__name__}")
             if height is not None and mask.data.shape != (height, width):
@@ -433,6 +448,8 @@ class Table(Record):
             isinstance(c, str) for c in self.columns
         ):
             raise TypeError(f"columns: expected a list of str, got {self.columns!r:.80}")
+        for index, column in enumerate(self.columns):
+            check_name(column, f"columns[{index}]")
         if len(set(self.columns)) != len(self.columns):
             raise ValueError(f"columns: names must be unique, got {list(self.columns)}")
         width = len(self.columns)

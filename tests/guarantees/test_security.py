@@ -308,7 +308,8 @@ def test_hostile_names_raise_naming_the_argument_or_stay_inside_the_run_folder(t
             call(*args, **kwargs)
         except (TypeError, ValueError) as error:
             argument = str(error).split(":", 1)[0]
-            assert argument in ("key", "name", "artifact name", "run_name", "image.caption"), (what, error)
+            assert argument in ("key", "name", "artifact name", "run_name", "image.caption") or argument.startswith(
+                ("metrics[", "image.masks[")), (what, error)
             refused.setdefault(what, []).append(argument)
 
     for index, name in enumerate(HOSTILE):
@@ -322,12 +323,17 @@ def test_hostile_names_raise_naming_the_argument_or_stay_inside_the_run_folder(t
             refused.setdefault("run name", []).append("run_name")
             run = logbus.start_run(f"run-{index}", backends=backends)
         with run:
-            run.log({name or "empty": 1.0, "loss": 0.5}, step=0)
+            attempt("metric name", run.log, {name or "empty": 1.0}, step=0)  # names no backend can store: refused
+            run.log({"loss": 0.5}, step=0)
             attempt("table key", run.log_table, name, ["a"], [[1]], step=0)
             attempt("images key", run.log_images, name, pixels[None].astype(np.float32) / 255, step=0, channels_last=True)
             attempt("artifact name", run.log_artifact, str(weights), name)
             labels = {0: name or "empty", 1: "ok"}
-            image = Image(pixels=pixels, caption=name, masks={name or "empty": Mask(np.eye(4, dtype=np.int64), labels)})
+            try:
+                image = Image(pixels=pixels, caption=name, masks={name or "empty": Mask(np.eye(4, dtype=np.int64), labels)})
+            except ValueError as error:  # a mask name with control characters: refused, naming it
+                assert str(error).startswith("image.masks["), error
+                image = Image(pixels=pixels, caption=name, masks={"empty": Mask(np.eye(4, dtype=np.int64), labels)})
             run.log_table("samples/hostile", ["name", "image"], [[name, image]], step=1)
             samples = run.samples("classification", num_samples=None, class_names=[name or "empty", "ok"])
             samples.add(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), torch.randn(2, 2))
@@ -339,6 +345,8 @@ def test_hostile_names_raise_naming_the_argument_or_stay_inside_the_run_folder(t
     assert set(refused["table key"]) == set(refused["images key"]) == {"key"}
     assert len(refused["artifact name"]) >= 8 and set(refused["artifact name"]) == {"artifact name"}
     assert refused["run name"] == ["run_name"]  # only the empty one
+    # Metric names with control characters (the NUL, the escape sequence, the line ends) are refused.
+    assert len(refused["metric name"]) == 2 and all(argument.startswith("metrics[") for argument in refused["metric name"])
     # Nothing was written outside the fresh root.
     assert listing(tmp_path, skip=outside_root) == around
     assert {path for path in listing(tmp_path / "d1") if not Path(path).is_relative_to(root)} == {
