@@ -279,6 +279,11 @@ class Hyperparameters(Record):
         object.__setattr__(self, "values", redact_secrets(self.values))
 
 
+# What a float image is converted with: the kernels' conversion (the sample pipeline's rounding), which
+# takes a tensor of one image [H, W, C] as well as a batch. tests/test_records.py runs this advice.
+TO_UINT8_ADVICE = "logbus.kernels.images_to_uint8(torch.as_tensor(pixels), channels_last=True)[0].numpy()"
+
+
 def _to_numpy(array: Any, argument: str) -> np.ndarray:
     if hasattr(array, "detach"):  # torch.Tensor, without importing torch here
         array = array.detach()
@@ -368,7 +373,8 @@ class Image(Record):
                 )
             if pixels.dtype != np.uint8:
                 raise TypeError(
-                    f"image: expected dtype uint8 (convert floats with logbus.to_uint8_images), got {pixels.dtype}"
+                    f"image: expected dtype uint8, got {pixels.dtype} (convert float images in 0..1 with "
+                    f"{TO_UINT8_ADVICE})"
                 )
             object.__setattr__(self, "pixels", pixels)
             height, width = pixels.shape[:2]

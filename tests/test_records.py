@@ -157,3 +157,19 @@ def test_redaction_leaves_non_secret_values_alone():
     values = {"monkey_count": 3, "keyboard": "qwerty", "max_tokens": 512, "token_limit": "8k", "num_keys": 2,
               "client_secret": "s", "OPENAI_API_KEY": "sk"}
     assert redact_secrets(values) == {**values, "client_secret": REDACTED, "OPENAI_API_KEY": REDACTED}
+
+
+def test_a_float_image_is_refused_with_advice_that_runs_and_converts_it():
+    """The error named ``logbus.to_uint8_images``, which does not exist; the advice it gives now is run
+    here as written, and what it makes is accepted."""
+    import logbus.kernels
+
+    pixels = np.linspace(0, 1, 4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    with pytest.raises(TypeError, match=r"^image: expected dtype uint8, got float32 \(convert float images in 0\.\.1 with "
+                                        r"(.+)\)$") as raised:
+        Image(pixels=pixels)
+    advice = re.search(r" with (.+)\)$", str(raised.value)).group(1)
+    converted = eval(advice, {"logbus": logbus, "torch": torch, "pixels": pixels})  # noqa: S307 - our own message
+    image = Image(pixels=converted)
+    assert image.pixels.dtype == np.uint8 and image.pixels.shape == (4, 5, 3)
+    assert image.pixels[0, 0, 0] == 0 and image.pixels[-1, -1, -1] == 255
