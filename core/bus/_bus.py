@@ -33,7 +33,7 @@ BUS_OPTIONS: Options = Options(
     Option("failure_limit", 5, "consecutive failures after which a backend is switched off (the others go on)",
            kind="int", minimum=1),
     Option("close_timeout", 60.0, "seconds closing waits for the backends to drain (at most a week); a backend that "
-           "finishes nothing in that time is abandoned, and no later wait waits for it again",
+           "finishes nothing in that time is abandoned: later waits skip it until it moves again",
            kind="number", minimum=0, unit="seconds"),
 )
 _DEFAULTS = BUS_OPTIONS.defaults

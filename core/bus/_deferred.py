@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 from logbus.records import Record
 
-
 # How long a backend's writer waits for a deferred record's content (a sample table being built) before it
 # counts the record as dropped and goes on with the stream.
 WAIT_SECONDS = 600.0

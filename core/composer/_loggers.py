@@ -41,7 +41,7 @@ LOGBUS_LOGGER_OPTIONS: Options = Options(
     BUS_OPTIONS["failure_limit"],
     BUS_OPTIONS["close_timeout"].but(doc="seconds to wait for the backends to drain, at each of `fit_end`, `close` "
                                          "and the final close (at most a week); a backend that finishes nothing "
-                                         "during one of these waits is abandoned, and the later ones skip it"),
+                                         "during one of these waits is abandoned: the later ones skip it until it moves again"),
     Option("log_stats", True, "log the bus's own `logbus/*` counters (delivered, dropped, failures, pending per "
            "backend) at the end of `fit`", kind="bool"),
 )
