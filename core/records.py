@@ -235,7 +235,7 @@ def _redacted(value: Any, secret_values: frozenset[str], walking: set[int], dept
             items = value.items() if isinstance(value, Mapping) else attributes.items()  # type: ignore[union-attr]
             out = {key: REDACTED if isinstance(key, str) and item is not None and _is_secret_key(key)
                    else _redacted(item, secret_values, walking, depth + 1) for key, item in items}
-            return value._make(out.values()) if isinstance(value, tuple) else out  # a named tuple stays one
+            return type(value)(*out.values()) if isinstance(value, tuple) else out  # a named tuple stays one
         walked = [_redacted(item, secret_values, walking, depth + 1) for item in value]
         if type(value) in (list, tuple, set, frozenset):
             return type(value)(walked)
