@@ -12,9 +12,11 @@ checked by their component; they are still documented and defaulted from here.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, TypeVar
 
 
 class _Required:
@@ -213,3 +215,27 @@ def suggestion(name: str, known: Iterable[str]) -> str:
     if close:
         return f"; did you mean {close[0]!r}?"
     return f" (its options: {', '.join(known)})" if known else ""
+
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def names_misspelt_options(where: str) -> Callable[[_Init], _Init]:
+    """Decorates a constructor with an explicit signature so that a keyword it does not take raises
+    :func:`check_option_names`'s ``TypeError`` (naming ``where`` and the closest keyword it does take)
+    rather than Python's bare "unexpected keyword argument". Checked per construction, not per call
+    of anything hot."""
+
+    def decorate(init: _Init) -> _Init:
+        takes = [parameter.name for parameter in inspect.signature(init).parameters.values()
+                 if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                 and parameter.name != "self"]
+
+        @functools.wraps(init)
+        def checked(*args: Any, **options: Any) -> None:
+            check_option_names(options, takes, where)
+            init(*args, **options)
+
+        return checked  # type: ignore[return-value]
+
+    return decorate

@@ -193,6 +193,13 @@ def test_rank_must_be_below_world_size():
      "extractor 'classification': expected one of its options, got 'num_sample'; did you mean 'num_samples'?"),
     (lambda: __import__("logbus.composer", fromlist=["SampleLogger"]).SampleLogger(compress_levl=3),
      "extractor 'classification': expected one of its options, got 'compress_levl'; did you mean 'compress_level'?"),
+    (lambda: __import__("logbus.composer", fromlist=["LogBusLogger"]).LogBusLogger(close_timout=1.0),
+     "LogBusLogger: expected one of its options, got 'close_timout'; did you mean 'close_timeout'?"),
+    (lambda: __import__("logbus.composer", fromlist=["WandBLogger"]).WandBLogger(projet="x"),
+     "WandBLogger: expected one of its options, got 'projet'; did you mean 'project'?"),
+    (lambda: logbus.Bus([_Quiet()], colour="red"),
+     "Bus: expected one of its options, got 'colour' (its options: backends, close_timeout, failure_limit, "
+     "max_pending_bytes)"),
 ])
 def test_a_misspelt_option_names_the_closest_valid_one(logbus_dir, make, message):
     with pytest.raises(TypeError) as raised:

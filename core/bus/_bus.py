@@ -20,7 +20,7 @@ from logbus.bus._deferred import Deferred
 from logbus.bus._exit_hook import before_interpreter_exit
 from logbus.bus._plugin_manager import create_backend
 from logbus.hookspecs import Backend
-from logbus.options import Option, Options
+from logbus.options import Option, Options, names_misspelt_options
 from logbus.records import Record, RunFinished
 
 log = logging.getLogger("logbus")
@@ -79,6 +79,7 @@ class Bus:
     :param close_timeout: seconds ``close()`` waits by default for backends to drain.
     """
 
+    @names_misspelt_options("Bus")
     def __init__(self, backends: Iterable[Any], *, max_pending_bytes: int = _DEFAULTS["max_pending_bytes"],
                  failure_limit: int = _DEFAULTS["failure_limit"], close_timeout: float = _DEFAULTS["close_timeout"]):
         BUS_OPTIONS.check(max_pending_bytes=max_pending_bytes, failure_limit=failure_limit, close_timeout=close_timeout)

@@ -28,7 +28,7 @@ from composer.utils import dist
 from logbus.bus import BUS_OPTIONS, Bus
 from logbus.composer._staging import Staging
 from logbus.files import check_key, wandb_artifact_name
-from logbus.options import Option, Options
+from logbus.options import Option, Options, names_misspelt_options
 from logbus.plugins._backend_common import fallback_run_started
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 from logbus.samples import images_record
@@ -76,6 +76,7 @@ class LogBusLogger(LoggerDestination):
     :param log_stats: log the bus's own ``logbus/*`` counters at the end of ``fit``.
     """
 
+    @names_misspelt_options("LogBusLogger")
     def __init__(self, backends: Sequence[Any] = _DEFAULTS["backends"], *,
                  max_pending_bytes: int = _DEFAULTS["max_pending_bytes"], failure_limit: int = _DEFAULTS["failure_limit"],
                  close_timeout: float = _DEFAULTS["close_timeout"], log_stats: bool = _DEFAULTS["log_stats"]):
@@ -218,6 +219,7 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
         init_kwargs (dict[str, Any], optional): Any additional init kwargs ``wandb.init``.
     """
 
+    @names_misspelt_options("WandBLogger")
     def __init__(
         self,
         project: Optional[str] = None,
