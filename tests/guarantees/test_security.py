@@ -168,6 +168,22 @@ def test_secrets_inside_objects_are_redacted_by_key_on_every_backend(wandb_offli
         assert b"k-ob000" not in data, path
 
 
+def test_a_namespace_or_dataclass_as_the_whole_config_is_taken_as_wandb_init_takes_it(logbus_dir):
+    args = argparse.Namespace(lr=0.1, api_key="k-ob0007", model=ModelSettings())
+    with logbus.start_run("namespace", config=args) as run:
+        run.log({"loss": 1.0}, step=0)
+    with logbus.start_run("dataclass", config=ModelSettings()):
+        pass
+    assert json.loads((logbus_dir / "namespace" / "hparams.json").read_text()) == {
+        "lr": 0.1, "api_key": REDACTED,
+        "model": {"layers": 4, "hf_token": REDACTED, "optimizer": {"lr": 0.1, "client_secret": REDACTED}}}
+    assert json.loads((logbus_dir / "dataclass" / "hparams.json").read_text()) == {
+        "layers": 4, "hf_token": REDACTED, "optimizer": {"lr": 0.1, "client_secret": REDACTED}}
+    with pytest.raises(TypeError, match=r"^config: expected a mapping, a dataclass or an object with attributes "
+                                        r"\(argparse.Namespace\), got list$"):
+        logbus.start_run("listed", config=[("lr", 0.1)])
+
+
 class LogsSecrets(Callback):
     """A user callback that logs configuration holding the key, the way people do by accident."""
 
