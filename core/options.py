@@ -131,9 +131,10 @@ class Option:
                 "dict": lambda: isinstance(value, dict), "choice": lambda: isinstance(value, str)}[kind]()
 
     def _in_range(self, value: Any) -> bool:
-        if isinstance(value, float) and not math.isfinite(value):  # NaN compares false with every bound; inf
-            return False  # passes a minimum, then overflows the first deadline or count built from it
-
+        # NaN compares false with every bound; inf passes a minimum, then overflows the first deadline
+        # (or count) built from it, at the end of training rather than here.
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         if self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum):
             return False
         return self.maximum is None or value <= self.maximum
