@@ -11,8 +11,12 @@ checked by their component; they are still documented and defaulted from here.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, TypeVar
 
 
 class _Required:
@@ -21,6 +25,13 @@ class _Required:
 
 
 REQUIRED: Any = _Required()  # the default of an option that has none
+
+# The longest wait a ``seconds`` option takes: a week. Every wait is a deadline on ``time.monotonic()``
+# handed to ``threading`` (``Event.wait``, ``Thread.join``), which raises ``OverflowError`` past
+# ``threading.TIMEOUT_MAX`` (about 292 years here, less on some platforms); a bound far inside it, and
+# far beyond any sane deadline, keeps a value such as ``1e300`` from passing the check and failing at
+# the end of training.
+MAX_WAIT_SECONDS = 7 * 24 * 3600
 
 Kind = Literal["int", "number", "bool", "str", "path", "choice", "dict", None]
 _KINDS = ("int", "number", "bool", "str", "path", "choice", "dict", None)
@@ -43,7 +54,8 @@ class Option:
     :param kind: ``int``, ``number`` (int or float), ``bool``, ``str``, ``path`` (str or
         ``os.PathLike``), ``choice`` (one of ``choices``), ``dict``; ``None``: checked by the component.
     :param minimum: the smallest value allowed (``int``, ``number``).
-    :param maximum: the largest value allowed (``int``).
+    :param maximum: the largest value allowed (``int``, ``number``). A ``number`` is always finite (never
+        ``inf`` or NaN); one with ``unit="seconds"`` is at most :data:`MAX_WAIT_SECONDS` unless this says less.
     :param above: ``minimum`` itself is not allowed (``> 0`` rather than ``>= 0``).
     :param choices: the values a ``choice`` takes.
     :param unit: what a number counts, said in the error (``seconds``).
@@ -64,6 +76,8 @@ class Option:
     allows_none: bool = False
 
     def __post_init__(self):
+        if self.kind == "number" and self.unit == "seconds" and self.maximum is None:
+            object.__setattr__(self, "maximum", MAX_WAIT_SECONDS)
         if self.kind not in _KINDS:
             raise ValueError(f"kind: expected one of {_KINDS}, got {self.kind!r}")
         if (self.kind == "choice") != bool(self.choices):
@@ -75,12 +89,13 @@ class Option:
 
     def expected(self) -> str:
         """What the option takes, as the error message says it."""
-        what = {"int": "an int", "number": f"a number of {self.unit}" if self.unit else "a number",
+        number = "a number" if self.maximum is not None else "a finite number"  # a range says it otherwise
+        what = {"int": "an int", "number": f"{number} of {self.unit}" if self.unit else number,
                 "bool": "True or False", "str": "a str", "path": "a folder path", "dict": "a dict",
                 "choice": _one_of(self.choices), None: "a valid value"}[self.kind]
         if self.kind in ("int", "number"):
             if self.minimum is not None and self.maximum is not None:
-                what += f" {self.minimum}..{self.maximum}"
+                what += f" > {self.minimum} and <= {self.maximum}" if self.above else f" {self.minimum}..{self.maximum}"
             elif self.minimum is not None:
                 what += f" {'>' if self.above else '>='} {self.minimum}"
             elif self.maximum is not None:
@@ -116,7 +131,9 @@ class Option:
                 "dict": lambda: isinstance(value, dict), "choice": lambda: isinstance(value, str)}[kind]()
 
     def _in_range(self, value: Any) -> bool:
-        if value != value:  # NaN compares false with every bound
+        # NaN compares false with every bound; inf passes a minimum, then overflows the first deadline
+        # (or count) built from it, at the end of training rather than here.
+        if isinstance(value, float) and not math.isfinite(value):
             return False
         if self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum):
             return False
@@ -169,8 +186,57 @@ class Options(Mapping[str, Option]):
         for name, value in values.items():
             self._options[name].check(value)
 
+    def check_names(self, names: Iterable[str], where: str, *, also: Iterable[str] = ()) -> None:
+        """``TypeError`` naming the first of ``names`` that is not one of these options (nor in ``also``),
+        and the closest valid one (see :func:`check_option_names`)."""
+        check_option_names(names, [*self._options, *also], where)
+
     def markdown(self) -> str:
         """The README table: option, default, meaning."""
         lines = ["| option | default | meaning |", "| --- | --- | --- |"]
         lines += [f"| `{o.name}` | {o.default_markdown()} | {o.doc} |" for o in self._options.values()]
         return "\n".join(lines)
+
+
+def check_option_names(names: Iterable[str], known: Iterable[str], where: str) -> None:
+    """``TypeError`` for the first of ``names`` (keywords a caller gave) not in ``known``: it names
+    ``where`` the keyword went (``logbus.start_run``), the keyword, and the closest known one, as
+    Python's own "unexpected keyword argument" does not (3.11)."""
+    known = list(known)
+    for name in names:
+        if name not in known:
+            raise TypeError(f"{where}: expected one of its options, got {name!r}{suggestion(name, known)}")
+
+
+def suggestion(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'close_timeout'?"`` for the closest of ``known`` to ``name`` (``difflib``), or
+    the options there are when none is close."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (its options: {', '.join(known)})" if known else ""
+
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def names_misspelt_options(where: str) -> Callable[[_Init], _Init]:
+    """Decorates a constructor with an explicit signature so that a keyword it does not take raises
+    :func:`check_option_names`'s ``TypeError`` (naming ``where`` and the closest keyword it does take)
+    rather than Python's bare "unexpected keyword argument". Checked per construction, not per call
+    of anything hot."""
+
+    def decorate(init: _Init) -> _Init:
+        takes = [parameter.name for parameter in inspect.signature(init).parameters.values()
+                 if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                 and parameter.name != "self"]
+
+        @functools.wraps(init)
+        def checked(*args: Any, **options: Any) -> None:
+            check_option_names(options, takes, where)
+            init(*args, **options)
+
+        return checked  # type: ignore[return-value]
+
+    return decorate

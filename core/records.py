@@ -7,16 +7,19 @@ the argument, instead of surfacing later on a writer thread where nobody can act
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import numbers
 import os
 import re
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from logbus.files import check_artifact_name, check_key
+from logbus.files import check_artifact_name, check_key, check_name
 
 __all__ = [
     "Record",
@@ -142,10 +145,10 @@ class Metrics(Record):
                 raise TypeError(f"metrics: expected a mapping of name -> number, got {type(values).__name__}")
         snapshots = None
         for name, value in values.items():
-            if type(value) in _FAST_NUMBERS and type(name) is str:
+            if name not in _SHOWABLE_NAMES:  # once per name: a set lookup afterwards
+                _check_metric_name(name)
+            if type(value) in _FAST_NUMBERS:
                 continue
-            if not isinstance(name, str):
-                raise TypeError(f"metrics: names must be str, got {name!r} ({type(name).__name__})")
             if not _is_number(value):
                 raise TypeError(
                     f"metrics[{name!r}]: expected a real number or a one-element tensor, "
@@ -167,6 +170,20 @@ class Metrics(Record):
         return f"Metrics({self.values!r}, step={self.step!r})"
 
 
+# Metric names already checked (see _check_metric_name). Bounded: a caller that makes a new name at every
+# step (``f"loss_{step}"``) gets each checked, never a set that grows without end.
+_SHOWABLE_NAMES: set[str] = set()
+_MAX_REMEMBERED_NAMES = 100_000
+
+
+def _check_metric_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"metrics: names must be str, got {name!r} ({type(name).__name__})")
+    check_name(name, f"metrics[{name!r}]")
+    if len(_SHOWABLE_NAMES) < _MAX_REMEMBERED_NAMES:
+        _SHOWABLE_NAMES.add(name)
+
+
 def _snapshot(value: Any) -> Any:
     """The value of a one-element array or tensor now. Host data is read at once (cheaper than a
     copy); a device tensor is copied on its device (asynchronous: no sync) and read later."""
@@ -180,25 +197,71 @@ def _check_step(step):
         raise TypeError(f"step: expected a non-negative int or None, got {step!r}")
 
 
+# How deep redaction walks: deeper than any config, shallow enough for Python's recursion limit. What lies
+# deeper is replaced, never passed on unread.
+_MAX_REDACTION_DEPTH = 32
+_SCALARS = (str, bytes, bool, int, float, complex, type(None))
+
+
 def redact_secrets(values: Any, _secret_values: frozenset[str] | None = None) -> Any:
     """Returns a copy of ``values`` where anything under a secret-looking key, and any string equal to
-    the W&B API key in the environment, is replaced by ``REDACTED``. Nested mappings and lists are
-    walked."""
+    the W&B API key in the environment, is replaced by ``REDACTED``.
+
+    Mappings, lists, tuples and sets are walked, and so are objects that hold settings as attributes,
+    where a key is an attribute's name: a dataclass instance becomes the dict of its fields, a named
+    tuple stays one, any other object with public instance attributes (``argparse.Namespace``,
+    ``types.SimpleNamespace``, a config class) becomes the dict of them (``config={"args": args}`` is
+    stored as ``{"args": {"lr": ..., "api_key": "***redacted***"}}``, as W&B stores a Namespace given
+    to ``wandb.config``). Without this an object would reach every backend as its ``repr``, secrets
+    included. Classes, modules, functions, callables (a model) and enum members are kept as they are."""
     if _secret_values is None:
         _secret_values = frozenset(v for v in (os.environ.get("WANDB_API_KEY"),) if v)
-    if isinstance(values, Mapping):
-        out = {}
-        for key, value in values.items():
-            if isinstance(key, str) and value is not None and _is_secret_key(key):
-                out[key] = REDACTED
-            else:
-                out[key] = redact_secrets(value, _secret_values)
-        return out
-    if isinstance(values, (list, tuple)):
-        return type(values)(redact_secrets(v, _secret_values) for v in values)
-    if isinstance(values, str) and values in _secret_values:
-        return REDACTED
-    return values
+    return _redacted(values, _secret_values, set(), 0)
+
+
+def _redacted(value: Any, secret_values: frozenset[str], walking: set[int], depth: int) -> Any:
+    if isinstance(value, _SCALARS):
+        return REDACTED if isinstance(value, str) and value in secret_values else value
+    if depth >= _MAX_REDACTION_DEPTH:
+        return f"<{type(value).__name__} nested deeper than {_MAX_REDACTION_DEPTH} levels, not logged>"
+    if id(value) in walking:
+        return f"<{type(value).__name__} that contains itself>"
+    attributes = None if isinstance(value, Mapping) else _attributes(value)
+    if not isinstance(value, (Mapping, list, tuple, set, frozenset)) and attributes is None:
+        return value
+    walking.add(id(value))
+    try:
+        if isinstance(value, Mapping) or attributes is not None:
+            items = value.items() if isinstance(value, Mapping) else attributes.items()  # type: ignore[union-attr]
+            out = {key: REDACTED if isinstance(key, str) and item is not None and _is_secret_key(key)
+                   else _redacted(item, secret_values, walking, depth + 1) for key, item in items}
+            return type(value)(*out.values()) if isinstance(value, tuple) else out  # a named tuple stays one
+        walked = [_redacted(item, secret_values, walking, depth + 1) for item in value]
+        if type(value) in (list, tuple, set, frozenset):
+            return type(value)(walked)
+        return walked  # a subclass may not take an iterable: its items, as a list
+    finally:
+        walking.discard(id(value))
+
+
+def _attributes(value: Any) -> dict[str, Any] | None:
+    """The settings ``value`` holds as attributes (see :func:`redact_secrets`), or None for an object
+    that is not walked."""
+    if isinstance(value, tuple):
+        return value._asdict() if hasattr(type(value), "_fields") and hasattr(value, "_asdict") else None
+    if isinstance(value, (type, types.ModuleType, enum.Enum, numbers.Number)) or callable(value):
+        return None
+    if dataclasses.is_dataclass(value):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    instance = getattr(value, "__dict__", None)
+    names = list(instance) if isinstance(instance, dict) else []
+    for klass in type(value).__mro__:  # a slotted class (attrs' slots=True) keeps its attributes there
+        slots = vars(klass).get("__slots__", ())
+        names += [slots] if isinstance(slots, str) else list(slots)
+    # Private attributes are an object's workings, not its settings: left out (not passed on either).
+    public = {name: getattr(value, name) for name in dict.fromkeys(names)
+              if isinstance(name, str) and not name.startswith("_") and hasattr(value, name)}
+    return public or None  # a tensor, an array, a path: nothing public to walk, kept as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +277,11 @@ class Hyperparameters(Record):
             if not isinstance(key, str):
                 raise TypeError(f"hyperparameters: keys must be str, got {key!r}")
         object.__setattr__(self, "values", redact_secrets(self.values))
+
+
+# What a float image is converted with: the kernels' conversion (the sample pipeline's rounding), which
+# takes a tensor of one image [H, W, C] as well as a batch. tests/test_records.py runs this advice.
+TO_UINT8_ADVICE = "logbus.kernels.images_to_uint8(torch.as_tensor(pixels), channels_last=True)[0].numpy()"
 
 
 def _to_numpy(array: Any, argument: str) -> np.ndarray:
@@ -305,7 +373,8 @@ class Image(Record):
                 )
             if pixels.dtype != np.uint8:
                 raise TypeError(
-                    f"image: expected dtype uint8 (convert floats with logbus.to_uint8_images), got {pixels.dtype}"
+                    f"image: expected dtype uint8, got {pixels.dtype} (convert float images in 0..1 with "
+                    f"{TO_UINT8_ADVICE})"
                 )
             object.__setattr__(self, "pixels", pixels)
             height, width = pixels.shape[:2]
@@ -319,6 +388,7 @@ class Image(Record):
         if not isinstance(self.masks, Mapping):
             raise TypeError("image.masks: expected a mapping of mask name -> Mask")
         for name, mask in self.masks.items():
+            check_name(name, f"image.masks[{name!r}]")
             if not isinstance(mask, Mask):
                 raise TypeError(f"image.masks[{name!r}]: expected a logbus.records.Mask, got {type(mask).__name__}")
             if height is not None and mask.data.shape != (height, width):
@@ -384,6 +454,8 @@ class Table(Record):
             isinstance(c, str) for c in self.columns
         ):
             raise TypeError(f"columns: expected a list of str, got {self.columns!r:.80}")
+        for index, column in enumerate(self.columns):
+            check_name(column, f"columns[{index}]")
         if len(set(self.columns)) != len(self.columns):
             raise ValueError(f"columns: names must be unique, got {list(self.columns)}")
         width = len(self.columns)

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from logbus.bus import BUS_OPTIONS, Bus
 from logbus.options import REQUIRED, Option, Options
-from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
+from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table, redact_secrets
 from logbus.samples import (
     SAMPLING_OPTIONS,
     SamplePipeline,
@@ -31,7 +31,8 @@ START_RUN_OPTIONS: Options = Options(
     Option("name", REQUIRED, "run name: the W&B run name, the local folder `$LOGBUS_DIR/<name>`, the TensorBoard run"),
     Option("backends", ("local",), "backend names (`logbus plugins` lists them), `(name, options)` pairs (every option "
            "goes to the backend, `name` included) or backend objects"),
-    Option("config", None, "hyperparameters logged when the run starts (secret-looking keys redacted)"),
+    Option("config", None, "hyperparameters logged when the run starts: a mapping, a dataclass or an "
+           "`argparse.Namespace` (secret-looking keys redacted at every depth)"),
     Option("rank", 0, "this process's rank; backends with `rank_zero_only` log on rank 0 only", kind="int", minimum=0),
     Option("world_size", 1, "number of processes; above 1 the local backend, and backends with `rank_zero_only` "
            "`False`, write `<name>-rank<rank>`", kind="int", minimum=1),
@@ -76,10 +77,19 @@ class Run:
     """A logging run on its own bus. All methods validate and enqueue, then return."""
 
     def __init__(self, name: str, *, backends: Sequence[Any] = _DEFAULTS["backends"],
-                 config: Mapping[str, Any] | None = _DEFAULTS["config"], rank: int = _DEFAULTS["rank"],
+                 config: Mapping[str, Any] | Any | None = _DEFAULTS["config"], rank: int = _DEFAULTS["rank"],
                  world_size: int = _DEFAULTS["world_size"], **bus_options: Any):
+        START_RUN_OPTIONS.check_names(bus_options, "logbus.start_run")
         START_RUN_OPTIONS.check(rank=rank, world_size=world_size)
-        start = RunStarted(run_name=name, config=dict(config or {}), rank=rank, world_size=world_size)
+        if rank >= world_size:
+            raise ValueError(f"rank: expected 0..{world_size - 1} (below world_size {world_size}), got {rank}")
+        # As wandb.init(config=...): a mapping, or an argparse.Namespace or dataclass, taken as the dict
+        # of its attributes (redaction walks objects into dicts).
+        values = redact_secrets(config) if config is not None else {}
+        if not isinstance(values, Mapping):
+            raise TypeError(f"config: expected a mapping, a dataclass or an object with attributes "
+                            f"(argparse.Namespace), got {type(config).__name__}")
+        start = RunStarted(run_name=name, config=dict(values), rank=rank, world_size=world_size)
         self.name = name
         self.bus = Bus(backends, **bus_options)
         self.bus.exit_code_if_interrupted = 1  # until finish() is called, an exit means the loop died

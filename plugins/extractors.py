@@ -21,10 +21,14 @@ BUILTIN_EXTRACTORS = {
 
 
 def _lazy(module: str, class_name: str):
+    def imported():
+        return getattr(importlib.import_module(module), class_name)
+
     def factory(**options):
-        return getattr(importlib.import_module(module), class_name)(**options)
+        return imported()(**options)
 
     factory.__qualname__ = factory.__name__ = class_name
+    factory.imported = imported  # type: ignore[attr-defined]  # the plugin host checks option names against it
     return factory
 
 

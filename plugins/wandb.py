@@ -448,7 +448,8 @@ class WandBBackend:
             self._warn_if_artifacts_are_lost()
         if not self.enabled:
             return
-        config = redact_secrets({**dict(kwargs.pop("config", None) or {}), **record.config})
+        # wandb.init takes an argparse.Namespace or a dataclass as config too: redaction walks it into a dict.
+        config = redact_secrets({**redact_secrets(kwargs.pop("config", None) or {}), **record.config})
         # The API key copied into an init argument W&B records with the run is hidden as in the config.
         for key in _RECORDED_INIT_ARGUMENTS:
             if kwargs.get(key) is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import numpy as np
 import pytest
 import torch
@@ -112,12 +115,30 @@ def test_sanitised_names_never_escape(name):
     assert ".." not in wandb_artifact_name(name) and "/" not in wandb_artifact_name(name)
 
 
+# Any name with a visible character and nothing no backend can store (see test_names_no_backend_can_show...).
+SHOWABLE_NAMES = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zl", "Zp")), min_size=1,
+                         max_size=12).filter(str.strip)
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=12),
-                       st.one_of(st.floats(allow_nan=True), st.integers(-10**6, 10**6)), max_size=8))
+@given(st.dictionaries(SHOWABLE_NAMES, st.one_of(st.floats(allow_nan=True), st.integers(-10**6, 10**6)), max_size=8))
 def test_any_mapping_of_numbers_is_valid_metrics(values):
     record = Metrics(values, step=0)
     assert record.values == values
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=12))
+def test_a_metric_name_is_refused_exactly_when_no_backend_can_show_or_store_it(name):
+    """Empty, blank, invisible (only format characters), control characters, line separators, lone
+    surrogates: refused naming the metric; any other name is kept as it is."""
+    unshowable = not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in name) or any(
+        unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name)
+    if unshowable:
+        with pytest.raises(ValueError, match=rf"^metrics\[{re.escape(repr(name))}\]: expected "):
+            Metrics({name: 1.0}, step=0)
+    else:
+        assert Metrics({name: 1.0}, step=0).values == {name: 1.0}
 
 
 @settings(max_examples=40, deadline=None)
@@ -136,3 +157,19 @@ def test_redaction_leaves_non_secret_values_alone():
     values = {"monkey_count": 3, "keyboard": "qwerty", "max_tokens": 512, "token_limit": "8k", "num_keys": 2,
               "client_secret": "s", "OPENAI_API_KEY": "sk"}
     assert redact_secrets(values) == {**values, "client_secret": REDACTED, "OPENAI_API_KEY": REDACTED}
+
+
+def test_a_float_image_is_refused_with_advice_that_runs_and_converts_it():
+    """The error named ``logbus.to_uint8_images``, which does not exist; the advice it gives now is run
+    here as written, and what it makes is accepted."""
+    import logbus.kernels
+
+    pixels = np.linspace(0, 1, 4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    with pytest.raises(TypeError, match=r"^image: expected dtype uint8, got float32 \(convert float images in 0\.\.1 with "
+                                        r"(.+)\)$") as raised:
+        Image(pixels=pixels)
+    advice = re.search(r" with (.+)\)$", str(raised.value)).group(1)
+    converted = eval(advice, {"logbus": logbus, "torch": torch, "pixels": pixels})  # noqa: S307 - our own message
+    image = Image(pixels=converted)
+    assert image.pixels.dtype == np.uint8 and image.pixels.shape == (4, 5, 3)
+    assert image.pixels[0, 0, 0] == 0 and image.pixels[-1, -1, -1] == 255

@@ -60,6 +60,7 @@ class BackendStats:
     pending: int = 0
     enabled: bool = True
     error: str | None = None
+    timed_out: int = 0  # waits (flush or close) that ran out on this backend; one, for a backend that hangs
 
 
 class BackendWorker:
@@ -79,6 +80,8 @@ class BackendWorker:
         self._markers = 0  # flush/close markers in the queue: not records, not counted as pending
         self._in_flight = False  # a record is inside backend.log() right now
         self._consecutive_failures = 0
+        self._progress = 0  # items (records, flush markers) the writer has finished with
+        self._stuck_at: int | None = None  # _progress when a wait ran out without it moving
         self._thread = threading.Thread(target=self._run, name=f"logbus-{name}", daemon=True)
         self._thread.start()
 
@@ -130,6 +133,26 @@ class BackendWorker:
         return not self._thread.is_alive()
 
     @property
+    def progress(self) -> int:
+        """How many queued items the writer has finished with: a wait compares it before and after."""
+        return self._progress
+
+    def stuck(self) -> bool:
+        """Whether an earlier wait for this backend ran out without its writer finishing anything, and
+        it has finished nothing since: waiting for it again would only wait out the deadline again.
+        A backend that moves again (a stalled upload that resumed) is waited for as before."""
+        return self._stuck_at is not None and self._stuck_at == self._progress and self._thread.is_alive()
+
+    def wait_ran_out(self, progress_before: int) -> bool:
+        """Records a wait that ran out; ``True`` when the backend finished nothing during it (it is
+        now :meth:`stuck`), ``False`` when it is only slow."""
+        self.stats.timed_out += 1
+        if self._progress != progress_before:
+            return False
+        self._stuck_at = progress_before
+        return True
+
+    @property
     def pending(self) -> int:
         """Records queued for this backend and not yet delivered (flush/close markers excluded)."""
         return max(0, self._queue.qsize() - self._markers)
@@ -152,44 +175,53 @@ class BackendWorker:
                 time.sleep(POLL_SECONDS)
 
     def _run(self) -> None:
-        while True:
+        closed = False
+        while not closed:
             record = self._next()
-            if isinstance(record, _Flush):
-                with self._bytes_lock:
-                    self._markers -= 1
-                self._flush_backend()
-                record.done.set()
-                continue
-            self.stats.received += 1
-            if type(record) is _Charged:
-                with self._bytes_lock:
-                    record.taken = True
-                    self._pending_bytes -= record.nbytes
-                record = record.deferred
-            elif record.droppable:
-                with self._bytes_lock:
-                    self._pending_bytes -= record.nbytes
-            if isinstance(record, RunFinished):
-                with self._bytes_lock:
-                    self._markers -= 1
-                self._close_backend(record)
-                return
-            if type(record) is Deferred:
-                deferred = record
+            try:
+                closed = self._handle(record)
+            finally:
+                self._progress += 1  # whatever became of the item: a wait tells a slow backend from a stuck one
+
+    def _handle(self, record: Any) -> bool:
+        """Finishes with one queued item; ``True`` once the backend is closed (the thread ends)."""
+        if isinstance(record, _Flush):
+            with self._bytes_lock:
+                self._markers -= 1
+            self._flush_backend()
+            record.done.set()
+            return False
+        self.stats.received += 1
+        if type(record) is _Charged:
+            with self._bytes_lock:
+                record.taken = True
+                self._pending_bytes -= record.nbytes
+            record = record.deferred
+        elif record.droppable:
+            with self._bytes_lock:
+                self._pending_bytes -= record.nbytes
+        if isinstance(record, RunFinished):
+            with self._bytes_lock:
+                self._markers -= 1
+            self._close_backend(record)
+            return True
+        if type(record) is Deferred:
+            deferred = record
+            try:
+                self._in_flight = True  # waiting for the record counts as holding it (undelivered)
                 try:
-                    self._in_flight = True  # waiting for the record counts as holding it (undelivered)
-                    try:
-                        record = self._resolve(deferred)
-                    finally:
-                        self._in_flight = False
-                    if record is not None:
-                        self._deliver_or_discard(record)
+                    record = self._resolve(deferred)
                 finally:
-                    deferred.release()
-                continue
-            self._deliver_or_discard(record)
-            if type(record) is Artifact and record.on_done is not None:
-                self._done_with(record.name, record.on_done)
+                    self._in_flight = False
+                if record is not None:
+                    self._deliver_or_discard(record)
+            finally:
+                deferred.release()
+            return False
+        self._deliver_or_discard(record)
+        if type(record) is Artifact and record.on_done is not None:
+            self._done_with(record.name, record.on_done)
+        return False
 
     def _deliver_or_discard(self, record: Record) -> None:
         if not self.stats.enabled:

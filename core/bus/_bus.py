@@ -20,7 +20,7 @@ from logbus.bus._deferred import Deferred
 from logbus.bus._exit_hook import before_interpreter_exit
 from logbus.bus._plugin_manager import create_backend
 from logbus.hookspecs import Backend
-from logbus.options import Option, Options
+from logbus.options import Option, Options, names_misspelt_options
 from logbus.records import Record, RunFinished
 
 log = logging.getLogger("logbus")
@@ -32,10 +32,13 @@ BUS_OPTIONS: Options = Options(
            kind="int", minimum=1, shown="256 * 2**20"),
     Option("failure_limit", 5, "consecutive failures after which a backend is switched off (the others go on)",
            kind="int", minimum=1),
-    Option("close_timeout", 60.0, "seconds closing waits for the backends to drain; a hung backend is abandoned "
-           "after it", kind="number", minimum=0, unit="seconds"),
+    Option("close_timeout", 60.0, "seconds closing waits for the backends to drain (at most a week); a backend that "
+           "finishes nothing in that time is abandoned: later waits skip it until it moves again",
+           kind="number", minimum=0, unit="seconds"),
 )
 _DEFAULTS = BUS_OPTIONS.defaults
+# ``timeout`` of flush() and close(): close_timeout for one call; None means close_timeout itself.
+_TIMEOUT = BUS_OPTIONS["close_timeout"].but(name="timeout", allows_none=True)
 
 
 def build_backends(specs: Iterable[Any]) -> dict[str, Backend]:
@@ -76,6 +79,7 @@ class Bus:
     :param close_timeout: seconds ``close()`` waits by default for backends to drain.
     """
 
+    @names_misspelt_options("Bus")
     def __init__(self, backends: Iterable[Any], *, max_pending_bytes: int = _DEFAULTS["max_pending_bytes"],
                  failure_limit: int = _DEFAULTS["failure_limit"], close_timeout: float = _DEFAULTS["close_timeout"]):
         BUS_OPTIONS.check(max_pending_bytes=max_pending_bytes, failure_limit=failure_limit, close_timeout=close_timeout)
@@ -122,30 +126,61 @@ class Bus:
             log.warning("logbus: %s emitted after the bus was closed; it is not delivered", type(record).__name__)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Waits until everything emitted so far reached every live backend. False on timeout."""
+        """Waits until everything emitted so far reached every live backend. False on timeout, or when
+        a backend stuck at an earlier wait was skipped.
+
+        :param timeout: seconds to wait at most (``close_timeout`` if ``None``). A backend that finishes
+            nothing during a wait that runs out is stuck (hung): every later wait skips it until it
+            moves again, so a hung backend costs the end of training one ``timeout``, not one per wait.
+        """
+        _TIMEOUT.check(timeout)
+        if self.closed:
+            return True
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
-        done = [worker.request_flush() for worker in self.workers if not self.closed]
-        return all(event.wait(max(0.0, deadline - time.monotonic())) for event in done)
+        waited = [(worker, worker.progress, worker.request_flush()) for worker in self.workers if not worker.stuck()]
+        clean = len(waited) == len(self.workers)
+        for worker, progress, done in waited:
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                clean = False
+                self._ran_out(worker, progress, self.close_timeout if timeout is None else timeout)
+        return clean
 
     def close(self, exit_code: int = 0, *, reason: str | None = None, timeout: float | None = None) -> bool:
         """Delivers everything queued, then closes every backend. Returns within ``timeout`` even if a
-        backend hangs; what could not be delivered is reported. Idempotent."""
+        backend hangs; what could not be delivered is reported. Idempotent.
+
+        :param exit_code: 0 for success; the backends record it.
+        :param reason: why the run ended, when it failed.
+        :param timeout: seconds to wait at most (``close_timeout`` if ``None``); a backend stuck at an
+            earlier wait (see :meth:`flush`) is not waited for again.
+        """
+        _TIMEOUT.check(timeout)
         with self._close_lock:
             if self.closed:
                 return True
             self.closed = True
-        deadline = self._close_deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        seconds = self.close_timeout if timeout is None else timeout
+        deadline = self._close_deadline = time.monotonic() + seconds
         finish = RunFinished(exit_code=exit_code, reason=reason)
+        stuck = {worker.name for worker in self.workers if worker.stuck()}
+        waited = [(worker, worker.progress) for worker in self.workers]
         for worker in self.workers:
             worker.request_close(finish)
         clean = True
-        for worker in self.workers:
-            if not worker.join(deadline - time.monotonic()):
+        for worker, progress in waited:
+            if worker.name in stuck:
                 clean = False
+                log.warning(
+                    "logbus: backend %r did not finish within the close deadline: it finished nothing during an "
+                    "earlier wait, so it was not waited for again; %d record(s) were not delivered to it. Training "
+                    "is not held up; its thread is abandoned.", worker.name, worker.undelivered)
+            elif not worker.join(deadline - time.monotonic()):
+                clean = False
+                worker.wait_ran_out(progress)
                 log.warning(
                     "logbus: backend %r did not finish within the close deadline (%.3g s); %d record(s) were "
                     "not delivered to it. Training is not held up; its thread is abandoned.",
-                    worker.name, self.close_timeout if timeout is None else timeout, worker.undelivered,
+                    worker.name, seconds, worker.undelivered,
                 )
         self._report_losses()
         for callback in self._on_close:
@@ -154,6 +189,12 @@ class Bus:
             except Exception:  # noqa: BLE001
                 log.exception("logbus: a close callback failed")
         return clean
+
+    def _ran_out(self, worker: BackendWorker, progress_before: int, seconds: float) -> None:
+        if worker.wait_ran_out(progress_before):
+            log.warning("logbus: backend %r finished nothing in %.3g s of waiting for it; it is taken for hung, "
+                        "and later waits (flush, close) skip it until it moves again. Training is not held up.",
+                        worker.name, seconds)
 
     def on_close(self, callback) -> None:
         """Runs ``callback()`` once the bus has closed (e.g. to delete files backends have copied);

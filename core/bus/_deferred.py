@@ -16,6 +16,10 @@ from typing import Any, Callable
 
 from logbus.records import Record
 
+# How long a backend's writer waits for a deferred record's content (a sample table being built) before it
+# counts the record as dropped and goes on with the stream.
+WAIT_SECONDS = 600.0
+
 
 class Deferred(Record):
     """Placeholder for a record of type ``record_type`` that ``future`` will produce (or ``None`` if
@@ -26,23 +30,29 @@ class Deferred(Record):
     the record points to (a sample table's scratch files) can be deleted as soon as every backend
     has taken it, not at the end of the run."""
 
-    __slots__ = ("record_type", "future", "timeout", "nbytes", "_holders", "_on_released", "_lock")
+    __slots__ = ("record_type", "future", "timeout", "nbytes", "_holders", "_released", "_on_released", "_lock")
     droppable = True
     nbytes: int  # a slot set at construction, where the other records compute it
 
-    def __init__(self, record_type: type, future: Future, *, timeout: float = 600.0, nbytes: int = 0):
+    def __init__(self, record_type: type, future: Future, *, timeout: float = WAIT_SECONDS, nbytes: int = 0):
         self.record_type = record_type
         self.future = future
         self.timeout = timeout
         self.nbytes = nbytes
         self._holders = 0
+        self._released = False  # the last holder has let go (after at least one held it)
         self._on_released: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     def on_released(self, callback: Callable[[], None]) -> None:
-        """Runs ``callback()`` once every holder has let go (at once if none holds it)."""
+        """Runs ``callback()`` once every holder has let go: when the last one does, or at once, here,
+        if that has already happened. Registered before the record was ever held (before it is
+        emitted, as the sample pipeline does), it waits for the holders to come and go."""
         with self._lock:
-            self._on_released.append(callback)
+            if not self._released:
+                self._on_released.append(callback)
+                return
+        _run_released_callback(callback)
 
     def hold(self) -> None:
         with self._lock:
@@ -53,12 +63,17 @@ class Deferred(Record):
             self._holders -= 1
             if self._holders > 0:
                 return
+            self._released = True
             callbacks, self._on_released = self._on_released, []
         for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # noqa: BLE001 - runs on a backend's writer thread: report, never raise
-                logging.getLogger("logbus").exception("logbus: a release callback of a deferred record failed")
+            _run_released_callback(callback)
+
+
+def _run_released_callback(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # noqa: BLE001 - runs on a backend's writer thread: report, never raise
+        logging.getLogger("logbus").exception("logbus: a release callback of a deferred record failed")
 
 
 class LazyFuture(Future):

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import pluggy
 
 from logbus import hookspecs
+from logbus.options import check_option_names, suggestion
 
 ENTRY_POINT_GROUP = "logbus"
 DEFAULT_PLUGINS = (
@@ -146,7 +147,9 @@ class PluginHost:
             plugin = load()
             self.manager.register(plugin, name=info.name)
             # A hookimpl whose name matches no hook (a typo such as ``register_backend``) would
-            # otherwise load "fine" and register nothing.
+            # otherwise load "fine" and register nothing. pluggy's own check says so naming the
+            # plugin object (a module's file path); this names the plugin and the hook it meant.
+            self._check_hook_names(plugin, info.name)
             self.manager.check_pending()
             info.hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])
             self._collect(plugin, info)
@@ -168,6 +171,16 @@ class PluginHost:
         info.status = "builtin" if info.builtin else "loaded"
         self.plugins.append(info)
         return info
+
+    def _check_hook_names(self, plugin: object, plugin_name: str) -> None:
+        hooks = sorted(name for name, caller in vars(self.manager.hook).items()
+                       if not name.startswith("_") and caller.has_spec())
+        for caller in self.manager.get_hookcallers(plugin) or []:
+            if caller.has_spec() or all(impl.plugin is not plugin or impl.optionalhook
+                                        for impl in caller.get_hookimpls()):
+                continue
+            raise ValueError(f"plugin {plugin_name!r}: expected hooks among {', '.join(hooks)}, got "
+                             f"{caller.name!r}{suggestion(caller.name, hooks)}")
 
     def _collect(self, plugin: object, info: PluginInfo) -> None:
         """Asks one plugin what it registers; all-or-nothing, so a failing plugin leaves no half-state."""
@@ -216,12 +229,15 @@ class PluginHost:
                     for p in self.skipped)
             raise UnknownPluginError(message) from None
 
-    def create(self, kind: str, name: str, /, **options: Any) -> Any:
+    def create(self, kind: str, name: str, /, *, also_known: tuple[str, ...] = (), **options: Any) -> Any:
         """A new object from the factory registered as ``name``, checked against its kind's contract,
         so that a factory returning an incomplete object fails here, naming its plugin, rather than
-        on a writer thread later."""
+        on a writer thread later. An option the factory does not take is a ``TypeError`` naming the
+        closest one it (or ``also_known``: the caller's other options, which a misspelt one may have
+        meant) takes."""
         # Positional-only: ``options`` are the factory's, whatever their names (``name``, ``kind``).
         registration = self.get(kind, name)
+        _check_keywords(registration.factory, options, f"{kind} {name!r}", also_known)
         created = registration.factory(**options)
         missing = hookspecs.missing_members(created, CONTRACTS[kind])
         if missing:
@@ -229,6 +245,25 @@ class PluginHost:
                             f"an object with {_contract(kind)}, got {type(created).__qualname__}, which lacks "
                             f"{', '.join(missing)}")
         return created
+
+
+def _check_keywords(factory: Callable[..., Any], options: dict[str, Any], where: str,
+                    also_known: tuple[str, ...]) -> None:
+    """Names a misspelt option before the factory's call would fail with Python's bare "unexpected
+    keyword argument" (or, for a class, name only the class). A factory that imports its class on
+    first use (``**options`` only) says which with ``imported()``."""
+    imported = getattr(factory, "imported", None)
+    if callable(imported):
+        factory = imported()
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: its own error must do
+        return
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    takes = [parameter.name for parameter in parameters
+             if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    check_option_names(options, [*takes, *also_known], where)
 
 
 def _contract(kind: str) -> str:
@@ -279,6 +314,7 @@ def create_backend(name: str, /, **options: Any) -> hookspecs.Backend:
     return get_plugin_host().create("backend", name, **options)
 
 
-def create_extractor(name: str, /, **options: Any) -> hookspecs.Extractor:
-    """A new extractor registered as ``name``; every option is passed to its factory."""
-    return get_plugin_host().create("extractor", name, **options)
+def create_extractor(name: str, /, *, also_known: tuple[str, ...] = (), **options: Any) -> hookspecs.Extractor:
+    """A new extractor registered as ``name``; every option is passed to its factory. ``also_known``:
+    the caller's own options (the pipeline's), named when a misspelt one reached the extractor."""
+    return get_plugin_host().create("extractor", name, also_known=also_known, **options)

@@ -28,7 +28,7 @@ from composer.utils import dist
 from logbus.bus import BUS_OPTIONS, Bus
 from logbus.composer._staging import Staging
 from logbus.files import check_key, wandb_artifact_name
-from logbus.options import Option, Options
+from logbus.options import Option, Options, names_misspelt_options
 from logbus.plugins._backend_common import fallback_run_started
 from logbus.records import Artifact, Hyperparameters, Metrics, RunStarted, Table
 from logbus.samples import images_record
@@ -40,7 +40,8 @@ LOGBUS_LOGGER_OPTIONS: Options = Options(
     BUS_OPTIONS["max_pending_bytes"],
     BUS_OPTIONS["failure_limit"],
     BUS_OPTIONS["close_timeout"].but(doc="seconds to wait for the backends to drain, at each of `fit_end`, `close` "
-                                         "and the final close"),
+                                         "and the final close (at most a week); a backend that finishes nothing "
+                                         "during one of these waits is abandoned: the later ones skip it until it moves again"),
     Option("log_stats", True, "log the bus's own `logbus/*` counters (delivered, dropped, failures, pending per "
            "backend) at the end of `fit`", kind="bool"),
 )
@@ -70,10 +71,12 @@ class LogBusLogger(LoggerDestination):
     :param max_pending_bytes: per-backend budget for queued images/tables before they are dropped.
     :param failure_limit: consecutive failures after which a backend is switched off.
     :param close_timeout: seconds to wait for backends to drain, at each of ``fit_end``, ``close`` and
-        ``post_close`` (the final close).
+        ``post_close`` (the final close); a backend that finishes nothing during one of these waits is
+        abandoned, and the later ones skip it.
     :param log_stats: log the bus's own ``logbus/*`` counters at the end of ``fit``.
     """
 
+    @names_misspelt_options("LogBusLogger")
     def __init__(self, backends: Sequence[Any] = _DEFAULTS["backends"], *,
                  max_pending_bytes: int = _DEFAULTS["max_pending_bytes"], failure_limit: int = _DEFAULTS["failure_limit"],
                  close_timeout: float = _DEFAULTS["close_timeout"], log_stats: bool = _DEFAULTS["log_stats"]):
@@ -111,7 +114,8 @@ class LogBusLogger(LoggerDestination):
             self.bus.emit(Metrics(self.bus.stats_metrics(), step=int(state.timestamp.batch)))
         # Each of fit_end, close and post_close waits close_timeout on its own: whatever ran between
         # them (a trainer.eval() after fit) cannot eat the final close's time, so a healthy backend
-        # always finishes. A hung one holds the end of training 3 x close_timeout at most.
+        # always finishes. A hung one (it finished nothing during a wait) is skipped by the later
+        # waits, so it holds the end of training one close_timeout, not three.
         self.bus.flush(self.bus.close_timeout)
 
     def close(self, state: State, logger: Logger) -> None:
@@ -234,6 +238,7 @@ class WandBLogger(LogBusLogger, composer.loggers.WandBLogger):
         init_kwargs (dict[str, Any], optional): Any additional init kwargs ``wandb.init``.
     """
 
+    @names_misspelt_options("WandBLogger")
     def __init__(
         self,
         project: Optional[str] = None,

@@ -15,6 +15,7 @@ from logbus.files._naming import (
     METRICS_LINE_FIELDS,
     check_artifact_name,
     check_key,
+    check_name,
     hparam_field,
     hparam_name,
     metric_field,
@@ -28,7 +29,7 @@ from logbus.files._strict_json import NONFINITE, restore
 __all__ = [
     "JsonLines", "copy_file_atomic", "link_or_copy_file_atomic", "write_bytes_atomic", "write_json_atomic",
     "encode_image", "encode_mask",
-    "check_key", "check_artifact_name", "safe_filename", "safe_relpath", "wandb_artifact_name",
+    "check_key", "check_name", "check_artifact_name", "safe_filename", "safe_relpath", "wandb_artifact_name",
     "metric_field", "metric_name", "hparam_field", "hparam_name", "METRICS_LINE_FIELDS", "HPARAMS_FIELDS",
     "NONFINITE", "restore",
 ]

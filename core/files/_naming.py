@@ -9,24 +9,42 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 from logbus.files._strict_json import NONFINITE
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What no backend can show or store in a name: control characters (C0, DEL, C1), the Unicode line and
+# paragraph separators (they break a line in every log, table and JSON-lines reader), and lone
+# surrogates (a str Python holds but UTF-8, JSON writers and protobuf cannot encode).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _WANDB_ARTIFACT_CHARS = re.compile(r"[^A-Za-z0-9\-_.]")
 MAX_NAME = 128
 
 
+def check_name(name: object, argument: str) -> str:
+    """A name a user gives that backends show (a metric name, a table column, a mask name, a sample
+    label): a str with a visible character and nothing :data:`_CONTROL` refuses. ``TypeError`` for
+    a non-str, ``ValueError`` naming ``argument`` for the rest."""
+    if not isinstance(name, str):
+        raise TypeError(f"{argument}: expected a str, got {name!r} ({type(name).__name__})")
+    if not any(not character.isspace() and unicodedata.category(character) != "Cf" for character in name):
+        # blank, or only format characters (zero-width spaces, direction marks): shown as nothing
+        raise ValueError(f"{argument}: expected a name with a visible character, got {name!r}")
+    if _CONTROL.search(name):
+        raise ValueError(f"{argument}: expected no control characters, line separators or lone surrogates, got {name!r}")
+    return name
+
+
 def check_key(key: object, argument: str) -> str:
-    """A logging key such as ``samples/val`` or ``loss/train``: slashes group, but no empty parts,
-    no ``..``, no control characters."""
+    """A logging key such as ``samples/val`` or ``loss/train``: slashes group, but no empty or blank
+    parts, no ``..``, nothing :func:`check_name` refuses."""
     if not isinstance(key, str) or not key:
         raise TypeError(f"{argument}: expected a non-empty str, got {key!r}")
     if _CONTROL.search(key):
         raise ValueError(f"{argument}: control characters are not allowed, got {key!r}")
     parts = key.split("/")
-    if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+    if key.startswith("/") or any(part.strip() in ("", ".", "..") for part in parts):
         raise ValueError(f"{argument}: expected a relative key like 'samples/val' without '..' or empty parts, got {key!r}")
     return key
 

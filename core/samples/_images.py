@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from logbus.bus import Deferred, LazyFuture
-from logbus.files import check_key
+from logbus.files import check_key, check_name
 from logbus.records import Image, Images, Mask, Table, _check_step
 
 
@@ -92,7 +92,8 @@ class ImagesSnapshot:
             raise TypeError("mask_class_labels: expected a mapping of int class id -> str label")
         if masks is not None and not isinstance(masks, Mapping):
             raise TypeError(f"masks: expected a mapping of mask name -> masks, got {type(masks).__name__}")
-        mask_lists = {name: _checked_masks(name, value, sizes) for name, value in (masks or {}).items()}
+        mask_lists = {check_name(name, f"masks[{name!r}]"): _checked_masks(name, value, sizes)
+                      for name, value in (masks or {}).items()}
         # The snapshot: private copies on the data's own device, queued on its current stream.
         self._batches = [(tensor.clone(), layout) for tensor, layout in batches]
         self._masks = {name: [mask.clone() for mask in masks_of_name] for name, masks_of_name in mask_lists.items()}

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from logbus.bus import Deferred
-from logbus.files import check_key
+from logbus.files import check_key, check_name
 from logbus.hookspecs import Extractor
 from logbus.records import Image, Table
 from logbus.samples._encoder_pool import EncoderPool
@@ -358,6 +358,9 @@ class SamplePipeline:
     def _pass(self, label: str) -> _Pass:
         state = self._passes.get(label)
         if state is None:
+            # Checked when a pass starts, on the caller's thread: the table is built later, on the
+            # worker, where a name no backend can store would lose the whole pass.
+            check_key(f"{self.key_prefix}/{check_name(label, 'label')}", "label")
             pass_index = self._pass_counts[label] = self._pass_counts.get(label, -1) + 1
             state = self._passes[label] = _Pass(make_policy(**self._policy_args, pass_index=pass_index))
             state.policy.start_pass()
@@ -716,7 +719,8 @@ def pipeline_for(extractor: str | Extractor, extractor_options: Mapping[str, Any
     if isinstance(extractor, str):
         from logbus.bus import create_extractor
 
-        extractor = create_extractor(extractor, **dict(extractor_options or {}))
+        extractor = create_extractor(extractor, also_known=(*PIPELINE_OPTIONS, *SAMPLING_OPTIONS),
+                                     **dict(extractor_options or {}))
     elif extractor_options:
         raise TypeError("extractor_options: only for an extractor given by name")
     return SamplePipeline(extractor, **pipeline_options)

@@ -243,3 +243,27 @@ def test_a_cuda_metric_is_snapshotted_without_a_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert as_float(record.values["loss"]) == 5.0
+
+
+def test_a_release_callback_registered_after_the_last_release_runs_at_once():
+    """``Deferred.on_released``: registered before the record is held (the sample pipeline registers
+    before it emits), it waits for the holders to come and go; registered once they have all let go,
+    it runs at once (it used to wait for a release that never came, and a table's files were kept)."""
+    from concurrent.futures import Future
+
+    from logbus.bus import Deferred
+
+    recorder = Recorder()
+    bus = Bus([recorder])
+    future: Future = Future()
+    deferred = Deferred(Table, future)
+    ran: list[str] = []
+    deferred.on_released(lambda: ran.append("before emit"))
+    assert ran == []  # nobody has held it yet: not at once
+    bus.emit(deferred)
+    future.set_result(table())
+    assert bus.flush(timeout=30)
+    assert ran == ["before emit"] and [type(r) for r in recorder.records] == [Table]
+    deferred.on_released(lambda: ran.append("after release"))
+    assert ran == ["before emit", "after release"]
+    bus.close(timeout=30)

@@ -474,12 +474,18 @@ def test_a_misspelled_hook_is_reported_not_silently_ignored():
         register("never", object)
 
     module.register_backend = register_backend
+    module.__file__ = "/site-packages/typo_plugin/__init__.py"
     host = PluginHost(load_entry_points=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert host.add_plugin(module) is None
-    assert any(issubclass(w.category, PluginWarning) and "typo_plugin" in str(w.message)
-               and "register_backend" in str(w.message) for w in caught)
+    [warning] = [w for w in caught if issubclass(w.category, PluginWarning)]
+    # Named by the plugin and the hook it meant, not by the module object's repr (a file path).
+    assert host.skipped[-1].error == (
+        "ValueError: plugin 'typo_plugin': expected hooks among register_backends, register_extractors, got "
+        "'register_backend'; did you mean 'register_backends'?")
+    assert host.skipped[-1].error in str(warning.message)
+    assert "/site-packages/" not in str(warning.message) and "<module" not in str(warning.message)
     assert host.skipped[-1].status == "failed"
 
 

@@ -7,6 +7,9 @@ are tested with real installed distributions in ``test_plugins.py::test_load_con
 
 from __future__ import annotations
 
+import argparse
+import collections
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -96,6 +100,88 @@ def test_everything_under_a_secret_looking_key_is_redacted_before_any_backend(wa
         data = path.read_bytes()
         for secret in (b"k-ea1f90", b"k-ea1f91", b"k-ea1f92", b'"pw"'):
             assert secret not in data, (secret, path)
+
+
+@dataclasses.dataclass
+class OptimizerSettings:
+    lr: float = 0.1
+    client_secret: str = "k-ob0003"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    layers: int = 4
+    hf_token: str = "k-ob0002"
+    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
+
+
+Endpoint = collections.namedtuple("Endpoint", "url password")
+
+
+def session_hparams(folder: Path) -> dict:
+    """The TensorBoard HParams dashboard's view of a run (as tests/plugins/test_tensorboard_backend.py reads it)."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = event_accumulator.EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    start = plugin_data_pb2.HParamsPluginData.FromString(content[hparams_metadata.SESSION_START_INFO_TAG])
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.session_start_info.hparams.items()}
+
+
+def test_secrets_inside_objects_are_redacted_by_key_on_every_backend(wandb_offline, logbus_dir, tmp_path):
+    # The usual `config={"args": args}`: an argparse.Namespace holding a dataclass holding a dataclass,
+    # a SimpleNamespace in a list, a named tuple. Each reached every backend as its repr, secrets in it.
+    args = argparse.Namespace(api_key="k-ob0001", epochs=3, model=ModelSettings(),
+                              mirrors=[types.SimpleNamespace(host="m1", auth_token="k-ob0004")],
+                              endpoint=Endpoint("https://x", "k-ob0005"))
+    later = {"deploy": types.SimpleNamespace(region="eu", settings=OptimizerSettings(client_secret="k-ob0006"))}
+    with logbus.start_run("objects", backends=["local", ("wandb", {"project": "security"}),
+                                               ("tensorboard", {"log_dir": str(tmp_path / "tb")})],
+                          config={"args": args}) as run:
+        run.log_hyperparameters(later)
+        run.log({"loss": 1.0}, step=0)
+    args.epochs = 99  # stored as it was at the call
+
+    expected_args = {"api_key": REDACTED, "epochs": 3,
+                     "model": {"layers": 4, "hf_token": REDACTED, "optimizer": {"lr": 0.1, "client_secret": REDACTED}},
+                     "mirrors": [{"host": "m1", "auth_token": REDACTED}], "endpoint": ["https://x", REDACTED]}
+    local = json.loads((logbus_dir / "objects" / "hparams.json").read_text())
+    assert local["args"] == expected_args
+    assert local["deploy"] == {"region": "eu", "settings": {"lr": 0.1, "client_secret": REDACTED}}
+    wandb_config = read_only_run(wandb_offline).config
+    assert wandb_config["args"] == expected_args
+    assert wandb_config["deploy"] == {"region": "eu", "settings": {"lr": 0.1, "client_secret": REDACTED}}
+    tensorboard = session_hparams(tmp_path / "tb" / "objects" / "objects")
+    assert {name: tensorboard[name] for name in ("args/api_key", "args/epochs", "args/model/hf_token",
+                                                 "args/model/optimizer/client_secret", "deploy/settings/client_secret",
+                                                 "deploy/region")} == {
+        "args/api_key": REDACTED, "args/epochs": 3, "args/model/hf_token": REDACTED,
+        "args/model/optimizer/client_secret": REDACTED, "deploy/settings/client_secret": REDACTED,
+        "deploy/region": "eu"}
+    written = files_under(wandb_offline, logbus_dir, tmp_path / "tb")
+    assert any(path.name.startswith("events.out.tfevents") for path in written)
+    for path in written:
+        data = path.read_bytes()
+        assert b"k-ob000" not in data, path
+
+
+def test_a_namespace_or_dataclass_as_the_whole_config_is_taken_as_wandb_init_takes_it(logbus_dir):
+    args = argparse.Namespace(lr=0.1, api_key="k-ob0007", model=ModelSettings())
+    with logbus.start_run("namespace", config=args) as run:
+        run.log({"loss": 1.0}, step=0)
+    with logbus.start_run("dataclass", config=ModelSettings()):
+        pass
+    assert json.loads((logbus_dir / "namespace" / "hparams.json").read_text()) == {
+        "lr": 0.1, "api_key": REDACTED,
+        "model": {"layers": 4, "hf_token": REDACTED, "optimizer": {"lr": 0.1, "client_secret": REDACTED}}}
+    assert json.loads((logbus_dir / "dataclass" / "hparams.json").read_text()) == {
+        "layers": 4, "hf_token": REDACTED, "optimizer": {"lr": 0.1, "client_secret": REDACTED}}
+    with pytest.raises(TypeError, match=r"^config: expected a mapping, a dataclass or an object with attributes "
+                                        r"\(argparse.Namespace\), got list$"):
+        logbus.start_run("listed", config=[("lr", 0.1)])
 
 
 class LogsSecrets(Callback):
@@ -238,7 +324,8 @@ def test_hostile_names_raise_naming_the_argument_or_stay_inside_the_run_folder(t
             call(*args, **kwargs)
         except (TypeError, ValueError) as error:
             argument = str(error).split(":", 1)[0]
-            assert argument in ("key", "name", "artifact name", "run_name", "image.caption"), (what, error)
+            assert argument in ("key", "name", "artifact name", "run_name", "image.caption") or argument.startswith(
+                ("metrics[", "image.masks[")), (what, error)
             refused.setdefault(what, []).append(argument)
 
     for index, name in enumerate(HOSTILE):
@@ -252,12 +339,17 @@ def test_hostile_names_raise_naming_the_argument_or_stay_inside_the_run_folder(t
             refused.setdefault("run name", []).append("run_name")
             run = logbus.start_run(f"run-{index}", backends=backends)
         with run:
-            run.log({name or "empty": 1.0, "loss": 0.5}, step=0)
+            attempt("metric name", run.log, {name or "empty": 1.0}, step=0)  # names no backend can store: refused
+            run.log({"loss": 0.5}, step=0)
             attempt("table key", run.log_table, name, ["a"], [[1]], step=0)
             attempt("images key", run.log_images, name, pixels[None].astype(np.float32) / 255, step=0, channels_last=True)
             attempt("artifact name", run.log_artifact, str(weights), name)
             labels = {0: name or "empty", 1: "ok"}
-            image = Image(pixels=pixels, caption=name, masks={name or "empty": Mask(np.eye(4, dtype=np.int64), labels)})
+            try:
+                image = Image(pixels=pixels, caption=name, masks={name or "empty": Mask(np.eye(4, dtype=np.int64), labels)})
+            except ValueError as error:  # a mask name with control characters: refused, naming it
+                assert str(error).startswith("image.masks["), error
+                image = Image(pixels=pixels, caption=name, masks={"empty": Mask(np.eye(4, dtype=np.int64), labels)})
             run.log_table("samples/hostile", ["name", "image"], [[name, image]], step=1)
             samples = run.samples("classification", num_samples=None, class_names=[name or "empty", "ok"])
             samples.add(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), torch.randn(2, 2))
@@ -269,6 +361,8 @@ def test_hostile_names_raise_naming_the_argument_or_stay_inside_the_run_folder(t
     assert set(refused["table key"]) == set(refused["images key"]) == {"key"}
     assert len(refused["artifact name"]) >= 8 and set(refused["artifact name"]) == {"artifact name"}
     assert refused["run name"] == ["run_name"]  # only the empty one
+    # Metric names with control characters (the NUL, the escape sequence, the line ends) are refused.
+    assert len(refused["metric name"]) == 2 and all(argument.startswith("metrics[") for argument in refused["metric name"])
     # Nothing was written outside the fresh root.
     assert listing(tmp_path, skip=outside_root) == around
     assert {path for path in listing(tmp_path / "d1") if not Path(path).is_relative_to(root)} == {
