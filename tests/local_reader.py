@@ -1,4 +1,4 @@
-"""Reads a local run folder back (see ``plugins/local/_backend.py`` for the format), for the tests."""
+"""Reads a local run folder back (the README's "Local run format"; tables through ``logbus.read_table``), for the tests."""
 
 from __future__ import annotations
 
@@ -49,3 +49,32 @@ def local_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
 def assert_same_series(got, expected):
     assert [step for step, _ in got] == [step for step, _ in expected]
     assert [value for _, value in got] == pytest.approx([value for _, value in expected], rel=1e-6)
+
+
+def read_table(run_dir, key: str, step: int | None = None):
+    """The rows of table ``key`` through ``logbus.read_table`` (the store's reader, README "Local run format")."""
+    import logbus
+
+    return logbus.read_table(run_dir, key, step=step)
+
+
+def table_steps(run_dir, key: str) -> list:
+    """The steps table ``key`` was logged at, in order (one entry per logged table)."""
+    from logbus.plugins.local import list_tables
+
+    tables = list_tables(run_dir)
+    return tables[tables.key == key].step.tolist()
+
+
+def pack_rows(run_dir: Path, kind: str | None = None) -> int:
+    """How many distinct images/masks the run's packs hold (``kind`` "image" or "mask", or both)."""
+    import pyarrow.parquet as pq
+
+    kinds = [kind_ for path in sorted((Path(run_dir) / "packs").glob("*.parquet"))
+             for kind_ in pq.read_table(path, columns=["kind"]).column("kind").to_pylist()]
+    return len(kinds) if kind is None else kinds.count(kind)
+
+
+def store_files(run_dir: Path) -> list[str]:
+    """Every file of the run folder, relative to it, sorted."""
+    return sorted(str(path.relative_to(run_dir)) for path in Path(run_dir).rglob("*") if path.is_file())
