@@ -135,7 +135,7 @@ class StoreWriter:
         if batch.rows:
             self._write(key, ["image"], batch.rows)
 
-    def _write(self, key: str, columns: list[str], rows: list[tuple[int | None, int, Sequence[Any]]]) -> str:
+    def _write(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]]) -> str:
         token = uuid.uuid4().hex
         rows_tmp = os.path.join(self.run_dir, TMP, f"{token}.rows.parquet")
         pack = _PackFile(self, os.path.join(self.run_dir, TMP, f"{token}.pack.parquet"))
@@ -153,7 +153,7 @@ class StoreWriter:
                                 f"written and is lost ({error}); the files written before it are whole") from error
             raise
 
-    def _arrow_table(self, key: str, columns: list[str], rows: list[tuple[int | None, int, Sequence[Any]]],
+    def _arrow_table(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]],
                      pack: _PackFile) -> pa.Table:
         arrays: dict[str, pa.Array] = {
             KEY: pa.array([key] * len(rows), pa.string()),
@@ -212,7 +212,7 @@ class StoreWriter:
         """A cell of a column stored as JSON text: a scalar as itself (a non-finite float as
         ``{"value": null, "_nonfinite": ...}``), an image as its cell with ``"_type": "image"``."""
         if isinstance(value, (Image, _Read)):
-            return strict_json.dumps(dict(self._image_cell(value, pack, []), _type="image"))
+            return strict_json.dumps({**(self._image_cell(value, pack, []) or {}), "_type": "image"})
         if isinstance(value, float) and not np.isfinite(value):
             return strict_json.dumps({"value": value})  # a bare NaN has no document to record its kind in
         return strict_json.dumps(value)
@@ -231,8 +231,10 @@ class StoreWriter:
             pixels = image.pixels
             assert pixels is not None  # records.Image holds pixels or a path
             digest = image.digest or content_hash(pixels)
-            where = self._packed.get(digest)
-            if where is None:
+            known = self._packed.get(digest)
+            if known is not None:
+                where = known
+            else:
                 if self.image_format == RAW:
                     where = pack.add(digest, IMAGE_KIND, RAW, "uint8", pixels.shape, lambda: pixels.tobytes())
                 else:
@@ -391,7 +393,7 @@ def _box(box: Box, labels: Mapping[int, str]) -> dict[str, Any]:
     return fields
 
 
-def _sample_keys(hashes: list[str | None] | None, columns: list[str], rows: list, count: int) -> list[str | None]:
+def _sample_keys(hashes: list[str | None] | None, columns: list[str], rows: Sequence, count: int) -> list[str | None]:
     """Each row's stable key: the content hash of its (first) image, with the dataset index where the
     table has a ``dataset_index`` column; null where the table has no image."""
     if hashes is None:
