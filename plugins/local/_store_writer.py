@@ -100,7 +100,7 @@ class StoreWriter:
     def write_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None) -> str:
         """Writes one table (``records.Table``'s columns and rows) as a rows file; returns its path
         relative to the run folder. Raises :class:`TableLost` if it could not be written."""
-        return self._write(key, list(columns), [(step, index, row) for index, row in enumerate(rows)])
+        return self._write(key, list(columns), [(step, index, row) for index, row in enumerate(rows)], step)
 
     def add_images(self, key: str, images: Sequence[Image], step: int | None) -> None:
         """Buffers one ``log_images`` call; the buffer of ``key`` becomes a rows file past its bounds.
@@ -133,15 +133,17 @@ class StoreWriter:
     def _write_batch(self, key: str) -> None:
         batch = self._batches.pop(key)
         if batch.rows:
-            self._write(key, ["image"], batch.rows)
+            self._write(key, ["image"], batch.rows, batch.rows[0][0])
 
-    def _write(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]]) -> str:
+    def _write(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]],
+               step: int | None) -> str:
+        """Writes ``rows`` (``(step, row index, cells)`` each) as one rows file named by ``step`` (the first
+        row's, for a batch of log_images calls), with a pack of the pixels not stored before."""
         token = uuid.uuid4().hex
         rows_tmp = os.path.join(self.run_dir, TMP, f"{token}.rows.parquet")
         pack = _PackFile(self, os.path.join(self.run_dir, TMP, f"{token}.pack.parquet"))
-        step = rows[0][0] if rows else None
         try:
-            table = self._arrow_table(key, columns, rows, pack)
+            table = self._arrow_table(key, columns, rows, pack, step)
             pq.write_table(table, rows_tmp, row_group_size=ROW_GROUP_ROWS, compression=COMPRESSION)
             pack.finish()  # the pixels first: a row never names a pack that is not there
             return self._publish(rows_tmp, key, step)
@@ -154,7 +156,7 @@ class StoreWriter:
             raise
 
     def _arrow_table(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]],
-                     pack: _PackFile) -> pa.Table:
+                     pack: _PackFile, step: int | None) -> pa.Table:
         arrays: dict[str, pa.Array] = {
             KEY: pa.array([key] * len(rows), pa.string()),
             STEP: pa.array([row[0] for row in rows], pa.int64()),
@@ -182,7 +184,7 @@ class StoreWriter:
             user_arrays[stored] = array
         arrays[SAMPLE_KEY] = pa.array(_sample_keys(sample_hashes, columns, rows, len(rows)), pa.string())
         arrays.update(user_arrays)
-        steps: dict[Any, int] = {}
+        steps: dict[Any, int] = {} if rows else {step: 0}  # an empty table is listed at its step
         for row in rows:
             steps[row[0]] = steps.get(row[0], 0) + 1
         metadata = {META_KEY: key.encode(), META_FORMAT: str(FORMAT_VERSION).encode(),
