@@ -122,6 +122,14 @@ class BackendCapabilities(Protocol):
         once, when the bus is built."""
 
     @property
+    def rank_zero_only(self) -> bool:
+        """``True`` where the backend keeps one run for all the ranks of a multi-process run, written by
+        rank 0 (W&B and TensorBoard by default, as in Composer): ``SampleLogger`` gathers every rank's
+        sample tables to rank 0 for it, one collective per table. ``False`` or absent: the backend keeps
+        what its own rank logs (the local store writes a folder per rank), and gets that rank's tables,
+        with nothing exchanged between ranks. Read when the Trainer starts."""
+
+    @property
     def run_dir(self) -> str | None:
         """The folder the run is written to, if any; ``logbus demo`` prints it after the run."""
 

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from dataclasses import asdict
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from logbus.bus._backend_worker import BackendStats, BackendWorker
 from logbus.bus._deferred import Deferred
@@ -102,8 +102,12 @@ class Bus:
         _close_before_interpreter_exit(self)
 
     # -- caller side -----------------------------------------------------------------------------
-    def emit(self, record: Record) -> None:
-        """Enqueues ``record`` for every backend that supports its type and returns at once."""
+    def emit(self, record: Record, *, to: Collection[str] | None = None) -> None:
+        """Enqueues ``record`` for every backend that supports its type and returns at once.
+
+        :param record: what to deliver.
+        :param to: names (``bus.backends``) of the only backends to offer it to; ``None``: every one.
+        """
         started = _now_ns()
         deferred = record if type(record) is Deferred else None
         if deferred is not None:
@@ -113,7 +117,8 @@ class Bus:
                 self._emitted_after_close(record)
                 return
             for worker in self.workers:
-                worker.offer(record)
+                if to is None or worker.name in to:
+                    worker.offer(record)
         finally:
             if deferred is not None:
                 deferred.release()

@@ -1,7 +1,11 @@
-"""Sample tables of a multi-process run: every rank's rows, gathered to rank 0 at the end of an eval.
+"""Sample tables of a multi-process run: every rank's rows, gathered to rank 0 at the end of an eval,
+for the backends that keep one run for all ranks (``rank_zero_only``: W&B, TensorBoard).
 
 Composer shards eval data across ranks (``dist.get_sampler``), so each rank's pipeline builds a table
-of its own shard. At ``eval_end`` every rank, in this order:
+of its own shard. That table goes to the rank's own backends (the local store writes a folder per rank)
+as it is, with nothing exchanged; ``logbus.read_table`` merges the ranks' folders. Only when rank 0
+has a backend that holds one table (``agree_to_gather``, decided once when the run starts) does every
+rank, at each ``eval_end``, in this order:
 
 1. waits, at most ``timeout`` seconds, for its own pipeline to finish that pass (this is the end of
    the eval, not a training step; in a single-process run nothing waits here);
@@ -150,3 +154,20 @@ def gather_table(future: Future, *, key: str, columns: Sequence[str], step: int 
     except Exception:  # noqa: BLE001 - logging must not end the training run
         log.exception("logbus: could not merge the gathered samples table %r; it is not logged", key)
         return None
+
+
+def holds_one_table(backend: Any) -> bool:
+    """Whether ``backend`` keeps one run for all ranks, written by rank 0 (``BackendCapabilities.rank_zero_only``):
+    only such a backend needs the other ranks' rows, so only it makes a gather happen."""
+    return bool(getattr(backend, "rank_zero_only", False))
+
+
+def agree_to_gather(wanted: bool) -> bool:
+    """Rank 0's ``wanted`` on every rank, in one broadcast when the run starts: every rank then enters the
+    same collectives at every eval, even where one rank's backends differ from rank 0's (a gather that only
+    some ranks entered would hold the others until the Trainer's ``dist_timeout``)."""
+    from composer.utils import dist
+
+    decision = [bool(wanted)]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])

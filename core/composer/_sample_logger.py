@@ -6,15 +6,18 @@ pipeline as it is, and a table per evaluator (``samples/{label}``) is logged at 
 ``state.timestamp.batch``, through the bus of every ``LogBusLogger``/``WandBLogger`` in the Trainer
 (``loggers=[WandBLogger(...), LogBusLogger(backends=["local"])]`` gets the tables in both).
 
-Multi-process runs (``dist.get_world_size() > 1``): each rank samples its own shard of the eval data,
-and at ``eval_end`` the tables are gathered to rank 0 in one collective per table
-(``logbus.composer._sample_gather``), which logs one table with a ``rank`` column. There, and only there,
-``eval_end`` waits (at most ``gather_timeout`` seconds) for the rank's own pipeline to finish the pass.
+Multi-process runs (``dist.get_world_size() > 1``): each rank samples its own shard of the eval data and
+logs its own table to its own backends (the local store: a folder per rank), with nothing exchanged.
+Only for backends that keep one run for all ranks (``rank_zero_only``: W&B, TensorBoard) are the tables
+gathered to rank 0, one collective per table (``logbus.composer._sample_gather``), which logs one table
+with a ``rank`` column to those backends. There, and only there, ``eval_end`` waits (at most
+``gather_timeout`` seconds) for the rank's own pipeline to finish the pass.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Any, Mapping
 
 from composer.core import Callback, State
@@ -23,8 +26,9 @@ from composer.utils import dist
 
 from logbus.bus import Deferred
 from logbus.composer._loggers import LogBusLogger
-from logbus.composer._sample_gather import gather_table
+from logbus.composer._sample_gather import agree_to_gather, gather_table, holds_one_table
 from logbus.options import Option, Options
+from logbus.records import Table
 from logbus.samples import (
     CLOSE_TIMEOUT,
     SAMPLING_OPTIONS,
@@ -43,8 +47,9 @@ SAMPLE_LOGGER_OPTIONS: Options = Options(
     Option("interval", 1, "log every `interval`-th eval of each evaluator", kind="int", minimum=1),
     Option("train_interval", None, "also log a `samples/train` table every `train_interval` training batches",
            kind="int", minimum=1),
-    Option("gather_timeout", 60.0, "multi-process runs: seconds `eval_end` waits for this rank's table before it is "
-           "left out of the one gathered on rank 0; keep it below the Trainer's `dist_timeout` (default 300)",
+    Option("gather_timeout", 60.0, "multi-process runs with a backend that keeps one run for all ranks (W&B, "
+           "TensorBoard): seconds `eval_end` waits for this rank's table before it is left out of the one gathered "
+           "on rank 0; keep it below the Trainer's `dist_timeout` (default 300)",
            kind="number", minimum=0, above=True, unit="seconds"),
 )
 _DEFAULTS = SAMPLE_LOGGER_OPTIONS.defaults
@@ -75,23 +80,27 @@ class SampleLogger(Callback):
         batches (``None``: never).
     :param extractor_options: the extractor's own options (``class_names``, ``mean``, ``std``,
         ``top_k``, ``tokenizer``...), given as keywords.
-    :param gather_timeout: multi-process runs only: seconds ``eval_end`` waits for this rank's table
-        before it is left out of the gathered one. Keep it below the Trainer's ``dist_timeout``
-        (default 300): the other ranks wait that long in the collective.
+    :param gather_timeout: multi-process runs with a backend that keeps one run for all ranks (W&B,
+        TensorBoard) only: seconds ``eval_end`` waits for this rank's table before it is left out of the
+        gathered one. Keep it below the Trainer's ``dist_timeout`` (default 300): the other ranks wait
+        that long in the collective.
     :param pipeline_options: ``seed``, ``hardest_by``, ``max_pending_batches``, ``pinned_pool_bytes``,
         ``encode_workers``, ``image_format``, ``compress_level``, ``key_prefix``.
 
     **Multi-process runs.** Composer gives each rank its own shard of the eval data; the policy applies
     per rank (``first`` with ``num_samples=10`` on 4 ranks: up to 10 rows from each, 40 in all;
-    ``hardest``: each rank's hardest). At the end of each logged eval, every rank waits for its own
-    pipeline (bounded by ``gather_timeout``), then all ranks take part in one ``gather_object`` to
-    rank 0, each sending its rows with the encoded image files' bytes; a rank whose pipeline failed or
-    was late sends nothing, and never skips the collective. Rank 0 logs one table ``samples/{label}``
-    with a ``rank`` column before the extractor's columns (``id`` is the position in that rank's pass,
-    so ``(rank, id)`` is unique). Only rank 0 logs eval tables: with ``rank_zero_only=False`` the table
-    is in the ``-rank0`` run, not repeated in every rank's run, and the local backend writes it in
-    rank 0's folder. ``samples/train`` tables are not gathered (that would be a collective per training
-    batch): each rank logs its own, so with ``rank_zero_only=True`` they are rank 0's.
+    ``hardest``: each rank's hardest). Each rank logs its own table to its own backends, those whose
+    ``rank_zero_only`` is false or absent (the local backend writes it in the rank's folder,
+    ``<name>-rank<r>``; a W&B run per rank with ``rank_zero_only=False`` gets its rank's rows), and no
+    row or byte crosses ranks for them. Where rank 0 has a backend that keeps one run for all ranks
+    (``rank_zero_only=True``: W&B, TensorBoard; decided once, when the run starts), at the end of each
+    logged eval every rank also waits for its own pipeline (bounded by ``gather_timeout``), then all
+    ranks take part in one ``gather_object`` to rank 0, each sending its rows with the encoded image
+    files' bytes; a rank whose pipeline failed or was late sends nothing, and never skips the
+    collective. Rank 0 logs the gathered table ``samples/{label}`` to those backends only, with a
+    ``rank`` column before the extractor's columns (``id`` is the position in that rank's pass, so
+    ``(rank, id)`` is unique). ``samples/train`` tables are never gathered (that would be a collective
+    per training batch): each rank logs its own, so with ``rank_zero_only=True`` they are rank 0's.
     """
 
     def __init__(self, extractor: Any = _DEFAULTS["extractor"], num_samples: int | None = _DEFAULTS["num_samples"],
@@ -108,6 +117,7 @@ class SampleLogger(Callback):
         self.interval, self.train_interval = interval, train_interval
         self.gather_timeout = float(gather_timeout)
         self.buses: list = []
+        self._gathers = False  # multi-process: rank 0 has a backend that keeps one table (set at init)
         self._evals: dict[str, int] = {}
         self._active_label: str | None = None
         self._train_active = False
@@ -142,16 +152,24 @@ class SampleLogger(Callback):
 
         for bus in self.buses:
             bus.on_close(lambda bus=bus: bus_closed(bus))
+        if dist.get_world_size() > 1:
+            wanted = any(holds_one_table(backend) for bus in self.buses for backend in bus.backends.values())
+            self._gathers = agree_to_gather(wanted)
 
-    def _emit(self, record) -> None:
+    def _emit(self, record, *, one_table: bool | None = None) -> None:
+        """Offers ``record`` to the backends of every bus: all of them (``one_table=None``), only those
+        that keep one run for all ranks (``True``), or only the others (``False``)."""
+        targets = [None if one_table is None else
+                   {name for name, backend in bus.backends.items() if holds_one_table(backend) == one_table}
+                   for bus in self.buses]
         if not isinstance(record, Deferred):
-            for bus in self.buses:
-                bus.emit(record)
+            for bus, to in zip(self.buses, targets):
+                bus.emit(record, to=to)
             return
         record.hold()  # until every bus has been offered it: one bus done early cannot release its files
         try:
-            for bus in self.buses:
-                bus.emit(record)
+            for bus, to in zip(self.buses, targets):
+                bus.emit(record, to=to)
         finally:
             record.release()
 
@@ -163,14 +181,31 @@ class SampleLogger(Callback):
     def _log(self, label: str, step: int) -> None:
         self._emit(self.pipeline.table_record(label, step=step))
 
-    def _log_gathered(self, label: str, step: int) -> None:
+    def _log_ranked(self, label: str, step: int) -> None:
         """Every rank calls this once per logged eval (the same evals everywhere: the interval counts
-        evals, not batches), so the collective inside always has all ranks."""
-        future = self.pipeline.end_pass(label, step=step)
-        table = gather_table(future, key=f"{self.pipeline.key_prefix}/{label}", columns=self.pipeline.extractor.columns,
-                             step=step, folder=self.pipeline.encoder.folder, timeout=self.gather_timeout)
-        if table is not None:
-            self._emit(table)
+        evals, not batches), so the collective inside, where there is one, always has all ranks."""
+        record = self.pipeline.table_record(label, step=step)
+        if not self._gathers:
+            self._emit(record, one_table=False)  # this rank's own backends; nothing waits, nothing is exchanged
+            return
+        # This rank's image files stay until the gathered table (which holds rank 0's own cells) is delivered too.
+        record.hold()
+        try:
+            self._emit(record, one_table=False)
+            table = gather_table(record.future, key=f"{self.pipeline.key_prefix}/{label}",
+                                 columns=self.pipeline.extractor.columns, step=step,
+                                 folder=self.pipeline.encoder.folder, timeout=self.gather_timeout)
+        except BaseException:
+            record.release()
+            raise
+        if table is None:  # every rank but 0, or no rank had a table
+            record.release()
+            return
+        done: Future = Future()
+        done.set_result(table)
+        gathered = Deferred(Table, done)
+        gathered.on_released(record.release)
+        self._emit(gathered, one_table=True)
 
     # -- eval ------------------------------------------------------------------------------------
     def eval_start(self, state: State, logger: Logger) -> None:
@@ -189,7 +224,7 @@ class SampleLogger(Callback):
         if self._active_label is not None:
             label, self._active_label = self._active_label, None
             if dist.get_world_size() > 1:
-                self._log_gathered(label, int(state.timestamp.batch))
+                self._log_ranked(label, int(state.timestamp.batch))
             else:
                 self._log(label, int(state.timestamp.batch))
 

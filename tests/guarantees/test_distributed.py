@@ -8,6 +8,7 @@ JSON file; this process reads the offline W&B runs back with ``wandb_reader`` an
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -81,6 +82,59 @@ def eval_set():
     return images[-EVAL_SIZE:], labels[-EVAL_SIZE:]
 
 
+class TurningEvalSet:
+    """The eval set turned by ``turn`` samples, set to the eval's number less one at each eval's start:
+    ``DistributedSampler`` deals position ``p`` to rank ``p % 2``, so at the second eval every sample is on
+    the other rank (the sample key must follow it there)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels, self.turn = images, labels, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, position: int):
+        sample = (position + self.turn) % len(self.images)
+        return self.images[sample], self.labels[sample]
+
+
+class LogbusCollectives:
+    """Counts the ``torch.distributed`` collectives that logbus code calls in this process, and the bytes
+    this rank hands to ``gather`` (the tensor it sends, as ``gather_object`` pads it), through the
+    interpreter's profiling hook (``sys.setprofile``): the real calls are observed, nothing is replaced.
+    A collective counts when a logbus module is on its call stack (Composer's and torchmetrics' own
+    collectives are not logbus's); the ones ``gather_object`` makes inside are counted under their names."""
+
+    WATCHED = ("gather", "gather_object", "all_gather", "all_gather_object", "all_gather_into_tensor", "broadcast",
+               "broadcast_object_list", "all_reduce", "reduce", "scatter", "scatter_object_list", "send", "isend",
+               "all_to_all", "barrier")
+
+    def __init__(self):
+        import inspect
+
+        import torch.distributed.distributed_c10d as c10d
+
+        self.names = {inspect.unwrap(getattr(c10d, name)).__code__: name for name in self.WATCHED}
+        self.calls: dict[str, int] = {}
+        self.gather_bytes = 0
+
+    def __call__(self, frame, event, arg) -> None:
+        if event != "call":
+            return
+        name = self.names.get(frame.f_code)
+        if name is None:
+            return
+        caller = frame.f_back
+        while caller is not None and not caller.f_globals.get("__name__", "").startswith("logbus."):
+            caller = caller.f_back
+        if caller is None:
+            return
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if name == "gather":
+            tensor = frame.f_locals["tensor"]
+            self.gather_bytes += tensor.numel() * tensor.element_size()
+
+
 def run_rank(config: dict[str, Any]) -> None:
     import torch
     from composer import Callback, Trainer
@@ -119,22 +173,32 @@ def run_rank(config: dict[str, Any]) -> None:
 
         def eval_start(self, state, logger):
             self.evals[0] += 1
+            if isinstance(evaluation, TurningEvalSet):
+                evaluation.turn = self.evals[0] - 1
 
+    if config.get("node_local"):  # each rank's local runs on a disk of its own, as on a node-local disk
+        os.environ["LOGBUS_DIR"] = str(Path(config["folder"], f"node{rank}"))
+    collectives = LogbusCollectives()
+    sys.setprofile(collectives)  # this thread: the training thread, where Composer's events run
     images, labels = load_digits()
     train = TensorDataset(images[:256], labels[:256])
-    evaluation = TensorDataset(*eval_set())
+    evaluation = TurningEvalSet(*eval_set()) if config.get("turn_evals") else TensorDataset(*eval_set())
+    loggers = []
     with warnings.catch_warnings(record=True) as at_construction:
         warnings.simplefilter("always")
-        loggers = [WandBLogger(project=config.get("project", "logbus-dist"), name=config["name"],
-                               rank_zero_only=config["rank_zero_only"], log_artifacts=True)]
+        if config.get("wandb", True):
+            loggers.append(WandBLogger(project=config.get("project", "logbus-dist"), name=config["name"],
+                                       rank_zero_only=config["rank_zero_only"], log_artifacts=True))
     if config.get("flaky_rank") is not None:
         loggers.append(LogBusLogger(backends=[FailingBackend(config["flaky_rank"]), "local"]))
+    elif not loggers or config.get("local"):
+        loggers.append(LogBusLogger(backends=["local"]))
     torch.manual_seed(0)
     model = ComposerClassifier(DigitsCNN(), num_classes=10)
     sabotaged = config.get("sabotage_rank") == rank
     # The sabotage patches this process's encoder: the sabotaged rank encodes on its own threads, not in
     # the worker process (which has an encoder of its own that the patch cannot reach).
-    sample_logger = SampleLogger("classification", num_samples=NUM_SAMPLES, policy="first",
+    sample_logger = SampleLogger("classification", num_samples=config.get("num_samples", NUM_SAMPLES), policy="first",
                                  gather_timeout=config.get("gather_timeout", 60.0), worker_process=not sabotaged)
     count_evals = CountEvals()
     if sabotaged:
@@ -148,10 +212,14 @@ def run_rank(config: dict[str, Any]) -> None:
         save_folder="checkpoints", save_interval="1ep",
         device="cpu", dist_timeout=60, progress_bar=False, seed=0, run_name=config["name"],
     )
-    download = try_download(loggers[0], Path(config["folder"]) / f"downloaded-rank{rank}.pt")
+    download = try_download(loggers[0], Path(config["folder"]) / f"downloaded-rank{rank}.pt") if config.get(
+        "wandb", True) else None
     trainer.fit()
     trainer.close()
+    sys.setprofile(None)
     result = {
+        "collectives": collectives.calls,
+        "gather_bytes": collectives.gather_bytes,
         "download": download,
         "rank": rank,
         "world_size": dist.get_world_size(),
@@ -253,20 +321,36 @@ def decode(path) -> np.ndarray:
         return np.asarray(image)
 
 
-def check_gathered_table(columns: list[str], rows: list[list[Any]], image_file, ranks=range(WORLD_SIZE)) -> None:
-    """Rows ``first`` kept on each of ``ranks``: rank ``r``'s ``id`` ``i`` is eval sample ``r + 2 i``
-    (``DistributedSampler`` without shuffling deals the samples out in turn)."""
+def eval_sample(rank: int, row_id: int, turn: int = 0) -> int:
+    """The eval sample that rank ``rank`` saw as its ``row_id``-th: ``DistributedSampler`` without
+    shuffling deals the positions out in turn (``TurningEvalSet`` turns them by ``turn``)."""
+    return (rank + WORLD_SIZE * row_id + turn) % EVAL_SIZE
+
+
+def check_gathered_table(columns: list[str], rows: list[list[Any]], image_file, ranks=range(WORLD_SIZE), *,
+                         rows_per_rank: int = NUM_SAMPLES, turn: int = 0) -> None:
+    """Rows ``first`` kept on each of ``ranks``, gathered with a ``rank`` column: rank ``r``'s ``id``
+    ``i`` is eval sample ``eval_sample(r, i, turn)``."""
+    assert columns[:3] == ["rank", "id", "image"]
+    check_rank_rows(columns[1:], [row[1:] for row in rows], [row[0] for row in rows], image_file, ranks,
+                    rows_per_rank=rows_per_rank, turn=turn)
+
+
+def check_rank_rows(columns: list[str], rows: list[list[Any]], row_ranks: list[int], image_file,
+                    ranks=range(WORLD_SIZE), *, rows_per_rank: int = NUM_SAMPLES, turn: int = 0) -> None:
+    """The extractor's rows (``id``, ``image``, ``truth``...), row ``k`` from rank ``row_ranks[k]``: each of
+    ``ranks`` has its ``rows_per_rank`` first samples, each once, with its true label and its pixels."""
     from logbus.kernels import images_to_uint8_reference
 
     images, labels = eval_set()
     pixels = images_to_uint8_reference(images).numpy()[..., 0]
-    assert columns[:3] == ["rank", "id", "image"] and "truth" in columns
-    keys = [(row[0], row[1]) for row in rows]
-    assert sorted(keys) == [(rank, i) for rank in ranks for i in range(NUM_SAMPLES)]
-    for row in rows:
-        sample = row[0] + WORLD_SIZE * row[1]
+    assert columns[:2] == ["id", "image"] and "truth" in columns
+    keys = [(rank, row[0]) for rank, row in zip(row_ranks, rows)]
+    assert sorted(keys) == [(rank, i) for rank in ranks for i in range(rows_per_rank)]
+    for rank, row in zip(row_ranks, rows):
+        sample = eval_sample(rank, row[0], turn)
         assert row[columns.index("truth")] == int(labels[sample])
-        np.testing.assert_array_equal(decode(image_file(row[2])), pixels[sample])
+        np.testing.assert_array_equal(decode(image_file(row[1])), pixels[sample])
 
 
 def artifacts(run) -> list[tuple[str, str, list[str]]]:
@@ -328,7 +412,7 @@ def test_rank_zero_only_run_holds_every_ranks_samples_and_a_failing_backend_hang
 def test_per_rank_runs_are_grouped_and_each_holds_its_own_ranks_files(wandb_offline, tmp_path):
     from wandb_reader import find_run_dirs, read_wandb_run
 
-    launch(tmp_path, name="per-rank", rank_zero_only=False)
+    results = launch(tmp_path, name="per-rank", rank_zero_only=False)
 
     runs = {run.name: run for run in map(read_wandb_run, find_run_dirs(wandb_offline))}
     assert sorted(runs) == ["per-rank-rank0", "per-rank-rank1"]
@@ -337,12 +421,13 @@ def test_per_rank_runs_are_grouped_and_each_holds_its_own_ranks_files(wandb_offl
         assert run.run["run_group"] == "per-rank" and run.exit_code == 0
         assert [step for step, _ in run.metric("loss/train/total")] == [0, 1, 2, 3]
         assert artifacts(run) == rank_files(rank, checkpoints=rank == 0)
-    # The gathered table is logged once, in rank 0's run.
-    tables = runs["per-rank-rank0"].tables("samples/eval")
-    assert [step for step, _, _ in tables] == [2, 4]
-    for _, columns, rows in tables:
-        check_gathered_table(columns, rows, lambda cell: cell["file"])
-    assert runs["per-rank-rank1"].tables("samples/eval") == []
+        # A run per rank keeps what its rank logs: its own samples, nothing gathered.
+        tables = run.tables("samples/eval")
+        assert [step for step, _, _ in tables] == [2, 4]
+        for _, columns, rows in tables:
+            check_rank_rows(columns, rows, [rank] * len(rows), lambda cell: cell["file"], ranks=[rank])
+    for result in results:  # W&B's own broadcast at Event.INIT; logbus gathers nothing
+        assert "gather_object" not in result["collectives"] and result["gather_bytes"] == 0, result["collectives"]
 
 
 @pytest.mark.timeout(RANK_TIMEOUT + 30)
@@ -361,6 +446,79 @@ def test_a_rank_whose_pipeline_fails_or_is_late_sends_nothing_and_still_joins_th
     assert (results[1]["pipeline"]["tables_dropped"], results[1]["pipeline"]["tables_logged"]) == (1, 1)
     assert results[0]["pipeline"]["tables_dropped"] == 0
     assert not [message for message in results[0]["logbus_messages"] if "samples" in message]
+
+
+def read_ranks(folders: list[Path]):
+    import logbus
+
+    return logbus.read_table([str(folder) for folder in folders], "samples/eval")
+
+
+def check_every_sample_once_per_eval_with_its_rank(rows) -> None:
+    """``read_table`` over the ranks' folders: at each eval every one of the ``EVAL_SIZE`` samples once,
+    from the rank that evaluated it, with its label and pixels; its ``_sample_key`` the same at both evals,
+    though at the second the other rank evaluated it (``TurningEvalSet``)."""
+    keys: dict[int, set[str]] = {}
+    for eval_index, step in enumerate((2, 4)):
+        at_step = rows[rows["_step"] == step]
+        assert len(at_step) == EVAL_SIZE and set(at_step["_rank"]) == set(range(WORLD_SIZE))
+        columns = ["id", "image", "truth"]
+        check_rank_rows(columns, at_step[columns].values.tolist(), at_step["_rank"].tolist(),
+                        lambda cell: io.BytesIO(cell.encoded()[0]), rows_per_rank=EVAL_SIZE // WORLD_SIZE,
+                        turn=eval_index)
+        samples = [eval_sample(rank, row_id, eval_index) for rank, row_id in zip(at_step["_rank"], at_step["id"])]
+        assert sorted(samples) == list(range(EVAL_SIZE))
+        for sample, key in zip(samples, at_step["_sample_key"]):
+            keys.setdefault(sample, set()).add(key)
+    assert all(len(found) == 1 for found in keys.values()), keys  # one key per sample, whatever the rank
+    assert len({key for found in keys.values() for key in found}) == EVAL_SIZE
+
+
+@pytest.mark.timeout(RANK_TIMEOUT + 30)
+def test_each_rank_writes_its_own_rows_and_packs_and_no_byte_crosses_ranks_with_the_local_store(tmp_path):
+    """Local backend only, each rank on a disk of its own (as a node-local disk): each rank's folder holds
+    its own rows and packs, ``read_table`` over both folders gives every eval sample once per eval with
+    its rank, and logbus makes no gather (counted on the real calls: ``LogbusCollectives``)."""
+    import pandas as pd
+
+    results = launch(tmp_path, name="local", wandb=False, rank_zero_only=True, num_samples=None, turn_evals=True,
+                     node_local=True)
+
+    folders = [Path(result["local_run_dir"]) for result in results]
+    assert folders == [tmp_path / f"node{rank}" / f"local-rank{rank}" for rank in range(WORLD_SIZE)]
+    for rank, folder in enumerate(folders):
+        assert sorted(path.name for path in (folder / "rows" / "samples" / "eval").iterdir()) == [
+            f"{step:010d}-r{rank}-0.parquet" for step in (2, 4)]
+        packs = sorted(path.name for path in (folder / "packs").iterdir())
+        assert packs and all(name.startswith(f"r{rank}-") for name in packs)
+        own = pd.read_parquet(folder / "rows" / "samples" / "eval")  # without logbus: this rank's rows only
+        assert set(own["_rank"]) == {rank} and len(own) == EVAL_SIZE
+    check_every_sample_once_per_eval_with_its_rank(read_ranks(folders))
+    for result in results:
+        gathers = {name: count for name, count in result["collectives"].items() if "gather" in name}
+        assert gathers == {} and result["gather_bytes"] == 0, result["collectives"]
+        # The one collective logbus makes: rank 0's "no table to gather" sent to every rank at the start.
+        assert result["collectives"] == {"broadcast_object_list": 1, "broadcast": 2}, result["collectives"]
+        assert result["pipeline"]["rows_logged"] == EPOCHS * EVAL_SIZE // WORLD_SIZE
+
+
+@pytest.mark.timeout(RANK_TIMEOUT + 30)
+def test_with_wandb_too_rank_zeros_wandb_run_gets_the_whole_table_and_each_local_folder_its_own_rows(
+        wandb_offline, tmp_path):
+    from wandb_reader import read_only_run
+
+    results = launch(tmp_path, name="both", rank_zero_only=True, local=True, num_samples=None, turn_evals=True)
+
+    tables = read_only_run(wandb_offline).tables("samples/eval")  # rank 0's run: every rank's rows
+    assert [step for step, _, _ in tables] == [2, 4]
+    for turn, (_, columns, rows) in enumerate(tables):
+        check_gathered_table(columns, rows, lambda cell: cell["file"], rows_per_rank=EVAL_SIZE // WORLD_SIZE,
+                             turn=turn)
+    folders = [Path(result["local_run_dir"]) for result in results]
+    assert [folder.name for folder in folders] == [f"both-rank{rank}" for rank in range(WORLD_SIZE)]
+    check_every_sample_once_per_eval_with_its_rank(read_ranks(folders))
+    for result in results:  # one gather per logged eval, for W&B; rank 1's rows and image bytes in it
+        assert result["collectives"]["gather_object"] == EPOCHS and result["gather_bytes"] > 0, result["collectives"]
 
 
 # -- what travels, without a process group ---------------------------------------------------------
