@@ -55,6 +55,16 @@ def table(rows=1, size=32):
     return Table("samples/val", ["image", "label"], [[Image(pixels=pixels), i] for i in range(rows)], step=0)
 
 
+def test_a_record_emitted_to_some_backends_reaches_only_those():
+    first, second = Recorder("a"), Recorder("b")
+    bus = Bus([first, second])
+    bus.emit(Metrics({"loss": 1.0}, 0), to={"b"})
+    bus.emit(Metrics({"loss": 2.0}, 1), to=set())
+    bus.emit(Metrics({"loss": 3.0}, 2))
+    assert bus.close(timeout=10)
+    assert (first.steps(), second.steps()) == ([2], [0, 2])
+
+
 def test_records_reach_every_backend_in_order():
     first, second = Recorder("a"), Recorder("b")
     bus = Bus([first, second])
