@@ -127,7 +127,8 @@ class BackendCapabilities(Protocol):
         rank 0 (W&B and TensorBoard by default, as in Composer): ``SampleLogger`` gathers every rank's
         sample tables to rank 0 for it, one collective per table. ``False`` or absent: the backend keeps
         what its own rank logs (the local store writes a folder per rank), and gets that rank's tables,
-        with nothing exchanged between ranks. Read when the Trainer starts."""
+        with nothing exchanged between ranks. Read by ``SampleLogger`` when the run starts and at each
+        table it logs."""
 
     @property
     def run_dir(self) -> str | None:

@@ -3,7 +3,8 @@
 Each test starts this file as a script once per rank, with the environment Composer's launcher sets
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``NODE_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``); the ``Trainer`` initialises the process group. Every rank writes what it saw to a
-JSON file; this process reads the offline W&B runs back with ``wandb_reader`` and checks them.
+JSON file, with the collectives logbus called in it (``LogbusCollectives``); this process reads the
+offline W&B runs back with ``wandb_reader`` and the ranks' local folders with ``logbus.read_table``.
 """
 
 from __future__ import annotations
