@@ -1,8 +1,11 @@
-"""The local backend's room: the backend that writes the run folder, and the static viewer that reads it
-back (``index.html``, ``logbus view``). May import ``logbus`` and its rooms, like any plugin.
+"""The local backend's room: the backend that writes the run folder, and the viewer that serves it back
+(``logbus view``, a local HTTP server: ``_view_server.py`` over ``_view_store.py``).
+May import ``logbus`` and its rooms, like any plugin.
 """
 
 from logbus.plugins.local._backend import DEFAULT_ROOT, LocalBackend, register_backends
+from logbus.plugins.local._view_server import ViewerApp
+from logbus.plugins.local._view_server import serve as serve_runs
 from logbus.plugins.local._viewer import write_viewer
 
-__all__ = ["DEFAULT_ROOT", "LocalBackend", "register_backends", "write_viewer"]
+__all__ = ["DEFAULT_ROOT", "LocalBackend", "ViewerApp", "register_backends", "serve_runs", "write_viewer"]
