@@ -144,7 +144,7 @@ class ViewerApp:
             before = {r["_sample_key"]: r for r in _rows_json(store.dataset(table.of(vs)).to_table(
                 columns=[c for c in ("_sample_key", "prediction", "confidence", "correct", "loss")
                          if c in store.dataset(table.of(vs)).schema.names],
-                filter=store.pc.field("_sample_key").isin(page["_sample_key"])), set())}
+                filter=store.at_step(vs) & store.pc.field("_sample_key").isin(page["_sample_key"])), set())}
             for row in rows:
                 row["_vs"] = before.get(row["_sample_key"])
         return _json({"key": table.key, "step": step, "vs": vs, "total": total, "offset": query.offset,

@@ -28,10 +28,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-ROWS = "rows"
-PACKS = "packs"
+from logbus.plugins.local._store_format import JSON_COLUMNS, META_KEY, META_STEPS, PACKS, ROWS
+from logbus.plugins.local._store_reader import run_folders
+
 # A rows file's name: ``<step>-r<rank>-<n>.parquet``, the step zero-padded or ``none``.
-_ROWS_FILE = re.compile(r"(?P<step>\d+|none)-r(?P<rank>\d+)-(?P<n>\d+)\.parquet")
+_ROWS_FILE = re.compile(r"(\d+|none)-r\d+-\d+\.parquet")
 # Pack ids and content hashes as the store writes them: plain names, so no URL part can name a path.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 # The columns the sample extractors write; the filters use them where a table has them.
@@ -55,25 +56,22 @@ class ViewRun:
 
 
 def open_runs(run_dirs: Sequence[str | os.PathLike]) -> list[ViewRun]:
-    """The runs in ``run_dirs``, folders of the same run (its ranks) merged, in the order given.
+    """The runs in ``run_dirs``, folders of the same run (its ranks) merged, in the order given. Each
+    folder is checked as ``logbus.read_table`` checks it (a format-2 store with its ``run.json``).
 
     :param run_dirs: local run folders (``logbus_runs/<name>``)."""
     if isinstance(run_dirs, (str, os.PathLike)):
         raise TypeError(f"run_dirs: expected a list of run folders, got {type(run_dirs).__name__}")
-    runs: dict[str, ViewRun] = {}
-    for run_dir in (os.fspath(d) for d in run_dirs):
+    for run_dir in run_dirs:
         if not os.path.isdir(run_dir):
-            raise FileNotFoundError(f"run_dir: no such folder: {run_dir!r}")
+            raise FileNotFoundError(f"run_dir: no such folder: {os.fspath(run_dir)!r}")
+    runs: dict[str, ViewRun] = {}
+    for run_dir in run_folders(list(run_dirs)):
         info = _read_json(os.path.join(run_dir, "run.json"))
-        if os.path.isdir(os.path.join(run_dir, "tables")) and not os.path.isdir(os.path.join(run_dir, ROWS)):
-            raise ValueError(f"run_dir: {run_dir!r} was written by an earlier logbus (format 1: tables/, media/); "
-                             "`logbus view` reads format 2 (rows/, packs/)")
-        if not info and not any(os.path.exists(os.path.join(run_dir, n)) for n in ("metrics.jsonl", ROWS)):
-            raise ValueError(f"run_dir: {run_dir!r} is not a logbus run folder (no run.json, metrics.jsonl or rows/)")
         name = str(info.get("name") or os.path.basename(os.path.abspath(run_dir)))
         run = runs.setdefault(name, ViewRun(name, [], info))
         run.folders.append(os.path.abspath(run_dir))
-        if info.get("rank", 0) == 0 and info:
+        if info.get("rank", 0) == 0:
             run.info = info
     return list(runs.values())
 
@@ -107,11 +105,17 @@ class TableFiles:
         return self.files[step]
 
 
-@functools.lru_cache(maxsize=4096)
-def _key_of(path: str) -> str | None:
-    """The table key written in a rows file (its ``_key`` column), read once per file."""
-    table = pq.ParquetFile(path).read_row_group(0, columns=["_key"]) if pq.ParquetFile(path).num_row_groups else None
-    return None if table is None or table.num_rows == 0 else str(table.column(0)[0].as_py())
+@functools.lru_cache(maxsize=65536)
+def _contents(path: str) -> tuple[str | None, tuple[int | None, ...]]:
+    """The table key and the steps a rows file holds, from its metadata (``logbus.key``, ``logbus.steps``);
+    read once per file: a finished rows file is never rewritten."""
+    metadata = _schema_of(path).metadata or {}
+    key = metadata.get(META_KEY)
+    try:
+        steps = tuple(step for step, _ in json.loads(metadata.get(META_STEPS, b"[]")))
+    except (ValueError, TypeError):
+        steps = ()
+    return (key.decode("utf-8", "replace") if key else None), steps
 
 
 @functools.lru_cache(maxsize=4096)
@@ -131,11 +135,11 @@ def list_tables(run: ViewRun) -> dict[str, TableFiles]:
                 if match is None:
                     continue
                 path = os.path.join(directory, name)
-                key = _key_of(path)
+                key, steps = _contents(path)
                 if key is None:
                     continue
-                step = None if match["step"] == "none" else int(match["step"])
-                tables.setdefault(key, TableFiles(key, {})).files.setdefault(step, []).append(path)
+                for step in steps:  # a batch of log_images calls may hold several steps in one file
+                    tables.setdefault(key, TableFiles(key, {})).files.setdefault(step, []).append(path)
     return dict(sorted(tables.items()))
 
 
@@ -169,7 +173,7 @@ def json_columns(paths: Sequence[str]) -> set[str]:
     names: set[str] = set()
     for path in paths:
         metadata = _schema_of(path).metadata or {}
-        raw = metadata.get(b"logbus.json_columns")
+        raw = metadata.get(JSON_COLUMNS)
         if raw:
             try:
                 names.update(json.loads(raw))
@@ -203,7 +207,7 @@ def query_rows(table: TableFiles, query: RowQuery) -> tuple[pa.Table, int]:
     :param query: step, filters, sort and page."""
     data = dataset(table.of(query.step))
     names = set(data.schema.names)
-    condition = pc.scalar(True)
+    condition = at_step(query.step)
     for column, value in ((TRUTH, query.truth), (PREDICTION, query.prediction), (CORRECT, query.correct),
                           (FLAG, query.flag)):
         if value is not None:
@@ -227,6 +231,11 @@ def query_rows(table: TableFiles, query: RowQuery) -> tuple[pa.Table, int]:
     return rows.slice(query.offset, query.limit), rows.num_rows
 
 
+def at_step(step: int | None) -> pc.Expression:
+    """Rows of one step (a file may hold several: a batch of ``log_images`` calls)."""
+    return pc.field("_step").is_null() if step is None else pc.field("_step") == step
+
+
 def sample_history(table: TableFiles, sample_key: str) -> pa.Table:
     """Every row of one sample (by its stable ``_sample_key``) at every step, in step order.
 
@@ -241,8 +250,8 @@ def changed_since(table: TableFiles, step: int | None, previous: int | None) -> 
 
     :param table: the table's files.
     :param step: the later eval; ``previous``: the one it is compared with."""
-    now = dataset(table.of(step)).to_table(columns=["_sample_key", PREDICTION])
-    before = dataset(table.of(previous)).to_table(columns=["_sample_key", PREDICTION])
+    now = dataset(table.of(step)).to_table(columns=["_sample_key", PREDICTION], filter=at_step(step))
+    before = dataset(table.of(previous)).to_table(columns=["_sample_key", PREDICTION], filter=at_step(previous))
     before = before.rename_columns(["_sample_key", "previous"])
     joined = now.join(before, "_sample_key", join_type="inner")
     changed = pc.not_equal(joined[PREDICTION], joined["previous"])
@@ -277,22 +286,22 @@ def confusion(table: TableFiles, step: int | None, run: ViewRun) -> dict[str, An
     data = dataset(table.of(step))
     names = data.schema.names
     if TRUTH in names and PREDICTION in names:
-        counts = (data.to_table(columns=[TRUTH, PREDICTION]).group_by([TRUTH, PREDICTION])
+        counts = (data.to_table(columns=[TRUTH, PREDICTION], filter=at_step(step)).group_by([TRUTH, PREDICTION])
                   .aggregate([([], "count_all")]))
         return {"unit": "samples", "truth": counts[TRUTH].to_pylist(), "prediction": counts[PREDICTION].to_pylist(),
-                "count": counts["count_all"].to_pylist(), "labels": _names_from_columns(data)}
+                "count": counts["count_all"].to_pylist(), "labels": _names_from_columns(data, step)}
     for column in image_columns(data.schema):
-        cells = data.to_table(columns=[column])[column].to_pylist()
+        cells = data.to_table(columns=[column], filter=at_step(step))[column].to_pylist()
         pairs = [pair for pair in map(_mask_pair, filter(None, cells)) if pair is not None]
         if pairs:
             return _pixel_confusion(run, pairs, column)
     raise StoreError(f"table: {table.key!r} has neither truth/prediction columns nor masks to compare")
 
 
-def _names_from_columns(data: ds.Dataset) -> dict[int, str]:
+def _names_from_columns(data: ds.Dataset, step: int | None) -> dict[int, str]:
     if "truth_name" not in data.schema.names:
         return {}
-    named = data.to_table(columns=[TRUTH, "truth_name", PREDICTION, "prediction_name"])
+    named = data.to_table(columns=[TRUTH, "truth_name", PREDICTION, "prediction_name"], filter=at_step(step))
     labels = {}
     for ids, texts in ((TRUTH, "truth_name"), (PREDICTION, "prediction_name")):
         unique = named.select([ids, texts]).group_by([ids, texts]).aggregate([])
@@ -408,7 +417,7 @@ def pack_path(run: ViewRun, pack: str) -> str:
     if not _PLAIN_NAME.fullmatch(pack) or pack.startswith("."):
         raise StoreError(f"pack: expected a pack id, got {pack!r}")
     for folder in run.folders:
-        path = os.path.join(folder, PACKS, pack if pack.endswith(".parquet") else pack + ".parquet")
+        path = os.path.join(folder, PACKS, f"{pack}.parquet")
         if os.path.isfile(path):
             return path
     raise StoreError(f"pack: no pack {pack!r} in run {run.name!r}")

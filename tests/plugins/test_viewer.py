@@ -16,13 +16,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
-from viewer_store_fixture import FixtureRun
+import torch
 from werkzeug.serving import make_server
 from werkzeug.test import Client
 
+import logbus
 from logbus.cli import main as cli_main
+from logbus.demo import load_digits
 from logbus.plugins.local import ViewerApp
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -36,72 +37,74 @@ SAMPLES = 40
 SEG_LABELS = {0: "background", 1: "ink", 2: "<b>edge</b>"}
 
 
-# -- a store ----------------------------------------------------------------------------------------
+# -- a store, written by logbus itself --------------------------------------------------------------------
 def predictions(step: int, truth: np.ndarray) -> np.ndarray:
-    """Predictions that improve with the step: sample i is right from eval (i % 4) on, some never."""
-    right_from = np.arange(len(truth)) % 4  # 3: never right at the three evals
-    at = STEPS.index(step)
-    return np.where(right_from <= at, truth, (truth + 1) % len(CLASS_NAMES))
+    """Predictions that improve with the step: sample i is right from eval (i % 4) on (3: never)."""
+    right_from = np.arange(len(truth)) % 4
+    return np.where(right_from <= STEPS.index(step), truth, (truth + 1) % len(CLASS_NAMES))
+
+
+def segmentation_masks() -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth (a square of ink with an edge class inside) and a prediction that misses its top half."""
+    truth = torch.zeros(4, 16, 16, dtype=torch.long)
+    truth[:, 4:12, 4:12] = 1
+    truth[:, 6:10, 6:10] = 2
+    prediction = truth.clone()
+    prediction[:, 4:8, 4:12] = 0
+    return truth, prediction
+
+
+def expected_seg_errors() -> int:
+    truth, prediction = segmentation_masks()
+    return int((truth[0] != prediction[0]).sum())
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A run on two ranks: metrics (user's, logbus's own, Composer's time/*), a classification table at
-    three evals (rows split over the ranks), a segmentation table and a token table."""
+    """A run on two ranks written by logbus's local backend: metrics (the user's, logbus's own counters,
+    a time/ one), a classification sample table at three evals (half the samples on each rank), a
+    segmentation sample table and a table of token texts."""
     root = tmp_path_factory.mktemp("viewer")
-    rng = np.random.default_rng(0)
-    ranks = [FixtureRun(str(root / "demo"), "demo", 0, 2), FixtureRun(str(root / "demo-rank1"), "demo", 1, 2)]
-    for step in range(1, 301):
-        ranks[0].log(step, {"train/loss": 2.0 / step, "eval/accuracy": step / 300, "logbus/emitted": step,
-                            "time/epoch": step // 100, f"train/a_very_long_metric_name_{'x' * 40}": step % 7},
-                     time=1.7e9 + step)
-    images = rng.integers(0, 255, (SAMPLES, 8, 8, 3), dtype=np.uint8)
-    truth = np.arange(SAMPLES) % len(CLASS_NAMES)
-    keys = [f"sample{i:03d}" for i in range(SAMPLES)]
-    for step in STEPS:
-        prediction = predictions(step, truth)
-        confidence = rng.random(SAMPLES)
-        for rank, run in enumerate(ranks):
+    images, _ = load_digits()
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.arange(SAMPLES) % len(CLASS_NAMES)
+    for rank in (0, 1):
+        with logbus.start_run("demo", backends=[("local", {"root": str(root)})], rank=rank, world_size=2) as run:
+            if rank == 0:
+                for step in range(1, 301):
+                    run.log({"train/loss": 2.0 / step, "eval/accuracy": step / 300, "time/epoch": step // 100,
+                             f"train/a_very_long_metric_name_{'x' * 40}": step % 7}, step)
+            samples = run.samples("classification", num_samples=SAMPLES, class_names=CLASS_NAMES)
             part = slice(rank * SAMPLES // 2, (rank + 1) * SAMPLES // 2)
-            run.table("samples/val", step, {
-                "id": list(range(SAMPLES))[part], "image": [run.cell(images[i]) for i in range(SAMPLES)[part]],
-                "truth": truth[part].tolist(), "prediction": prediction[part].tolist(),
-                "confidence": confidence[part].tolist(), "correct": (prediction == truth)[part].tolist(),
-                "loss": (1 - confidence[part]).tolist(), "flag": ["low" if c < 0.2 else "" for c in confidence[part]],
-                "truth_name": [CLASS_NAMES[t] for t in truth[part]],
-                "prediction_name": [CLASS_NAMES[p] for p in prediction[part]]}, keys[part])
-    seg_truth = np.zeros((4, 16, 16), np.uint8)
-    seg_truth[:, 4:12, 4:12] = 1
-    seg_truth[:, 6:10, 6:10] = 2
-    seg_prediction = seg_truth.copy()
-    seg_prediction[:, 4:8, 4:12] = 0  # the top half of the ink missed: 32 - 8 = ... pixels wrong
-    seg_images = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
-    ranks[0].table("samples/seg", 300, {
-        "id": [0, 1, 2, 3],
-        "image": [ranks[0].cell(seg_images[i], {"ground_truth": (seg_truth[i], SEG_LABELS),
-                                                "prediction": (seg_prediction[i], SEG_LABELS)}, caption=SCRIPT)
-                  for i in range(4)],
-        "pixel_accuracy": [float((seg_truth[i] == seg_prediction[i]).mean()) for i in range(4)],
-        "loss": [0.5] * 4, "confidence": [0.9] * 4, "flag": [""] * 4}, [f"seg{i}" for i in range(4)])
-    ranks[0].table("samples/tokens", 300, {
-        "id": [0, 1, 2], "input": ["the cat sat", "a dog ran", SCRIPT], "target": ["on the mat", "far away", "x"],
-        "prediction": ["on a mat", "far away", "y"], "token_accuracy": [0.66, 1.0, 0.0], "loss": [0.3, 0.1, 2.0],
-        "confidence": [0.5, 0.9, 0.1], "flag": ["", "", ""]}, [None, None, None])
+            for step in STEPS:
+                prediction = torch.from_numpy(predictions(step, truth.numpy()))[part]
+                scale = 1 + 4 * torch.rand(len(prediction), 1, generator=generator)  # confidence varies
+                logits = torch.nn.functional.one_hot(prediction, len(CLASS_NAMES)).float() * scale
+                samples.add(images[:SAMPLES][part], truth[part], logits, label="val")
+                samples.log("val", step=step)
+            if rank == 0:
+                seg_truth, seg_prediction = segmentation_masks()
+                seg_images = torch.nn.functional.interpolate(images[:4], size=(16, 16))
+                logits = torch.nn.functional.one_hot(seg_prediction, 3).permute(0, 3, 1, 2).float() * 5
+                segments = run.samples("segmentation", num_samples=4, class_names=SEG_LABELS)
+                segments.add(seg_images, seg_truth, logits, label="seg")
+                segments.log("seg", step=300)
+                run.log_table("samples/tokens", ["input", "target", "prediction", "token_accuracy"],
+                              [["the cat sat", "on the mat", "on a mat", 0.66], ["a dog ran", "far away", "far away", 1.0],
+                               [SCRIPT, "x", "y", 0.0]], step=300)
     return root
 
 
-def expected_seg_errors() -> int:
-    truth = np.zeros((16, 16), np.uint8)
-    truth[4:12, 4:12] = 1
-    truth[6:10, 6:10] = 2
-    prediction = truth.copy()
-    prediction[4:8, 4:12] = 0
-    return int((truth != prediction).sum())
+def rank_folders(run_dir: Path) -> list[str]:
+    """The run's two folders, one per rank, as the local backend named them."""
+    folders = sorted(str(path) for path in run_dir.iterdir() if path.name.startswith("demo"))
+    assert len(folders) == 2, folders
+    return folders
 
 
 @pytest.fixture(scope="module")
 def app(run_dir) -> ViewerApp:
-    return ViewerApp([str(run_dir / "demo"), str(run_dir / "demo-rank1")])
+    return ViewerApp(rank_folders(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +119,18 @@ def get_json(client: Client, path: str, **params) -> dict:
 
 
 def rows_at(run_dir: Path, step: int) -> list[dict]:
-    """The classification rows of one eval, read straight from the Parquet files (both ranks)."""
-    files = sorted(run_dir.glob(f"demo*/rows/samples/val/{step:08d}-*.parquet"))
-    return ds.dataset([str(f) for f in files]).to_table().to_pylist()
+    """The classification rows of one eval as ``logbus.read_table`` reads them (both ranks)."""
+    frame = logbus.read_table(rank_folders(run_dir), "samples/val", step=step)
+    return frame.drop(columns=["image"]).to_dict("records")
+
+
+def key_of(run_dir: Path, sample: int) -> str:
+    """The stable key of the fixture's sample ``sample`` (rank 0 logs samples 0-19, rank 1 20-39)."""
+    return rows_at(run_dir, STEPS[0])[sample]["_sample_key"]
+
+
+def seg_key(run_dir: Path) -> str:
+    return logbus.read_table(rank_folders(run_dir), "samples/seg")["_sample_key"][1]
 
 
 # -- the JSON API ----------------------------------------------------------------------------------
@@ -145,16 +157,16 @@ def test_rows_are_paged_filtered_and_sorted_by_the_server(client, run_dir):
 
 
 def test_one_sample_across_evals_and_the_flip_filters(client, run_dir):
-    history = get_json(client, "/api/history", run=0, key="samples/val", sample="sample005")
+    history = get_json(client, "/api/history", run=0, key="samples/val", sample=key_of(run_dir, 5))
     assert [row["_step"] for row in history["rows"]] == list(STEPS)
     assert [row["correct"] for row in history["rows"]] == [False, True, True]  # 5 % 4 == 1: right from eval 1
     flipped = get_json(client, "/api/rows", run=0, key="samples/val", step=200, only="flipped", size=500)
-    expected = [f"sample{i:03d}" for i in range(SAMPLES) if i % 4 == 1]
+    expected = sorted(key_of(run_dir, i) for i in range(SAMPLES) if i % 4 == 1)
     assert sorted(row["_sample_key"] for row in flipped["rows"]) == expected
     assert all(row["_vs"]["prediction"] != row["prediction"] for row in flipped["rows"])
     always = get_json(client, "/api/rows", run=0, key="samples/val", step=300, only="wrong_always", size=500)
-    assert sorted(row["_sample_key"] for row in always["rows"]) == [f"sample{i:03d}" for i in range(SAMPLES)
-                                                                     if i % 4 == 3]
+    assert sorted(row["_sample_key"] for row in always["rows"]) == sorted(
+        key_of(run_dir, i) for i in range(SAMPLES) if i % 4 == 3)
 
 
 def test_confusion_matrix_of_an_eval_counts_pairs_per_sample_and_per_pixel(client, run_dir):
@@ -198,14 +210,29 @@ def test_bad_arguments_are_named(client):
     assert "sort: table 'samples/val' has no column 'nope'" == body["error"]
 
 
-def test_a_table_written_while_the_server_runs_appears(tmp_path):
-    run = FixtureRun(str(tmp_path / "live"), "live")
-    run.table("first", 1, {"x": [1, 2]}, ["a", "b"])
-    client = Client(ViewerApp([str(tmp_path / "live")]))
-    assert [t["key"] for t in get_json(client, "/api/runs")["runs"][0]["tables"]] == ["first"]
-    run.table("second", 2, {"x": [3]}, ["c"])
-    run.log(1, {"loss": 1.0}, time=1.0)
-    assert [t["key"] for t in get_json(client, "/api/runs")["runs"][0]["tables"]] == ["first", "second"]
+def test_a_table_written_while_the_run_goes_on_appears(tmp_path):
+    """The server started on a run that is still logging lists each table once its file is in place."""
+    def keys(client: Client) -> list[str]:
+        return [t["key"] for t in get_json(client, "/api/runs")["runs"][0]["tables"]]
+
+    def wait_for(client: Client, expected: list[str]) -> list[str]:
+        for _ in range(200):  # the backend writes on its own thread: poll, never assert on time
+            if keys(client) == expected:
+                break
+            threading.Event().wait(0.05)
+        return keys(client)
+
+    with logbus.start_run("live", backends=[("local", {"root": str(tmp_path)})]) as run:
+        run.log_table("first", ["x"], [[1], [2]], step=1)
+        run.log({"loss": 1.0}, 1)
+        for _ in range(200):  # the folder is made on the backend's thread
+            if (tmp_path / "live" / "run.json").exists():
+                break
+            threading.Event().wait(0.05)
+        client = Client(ViewerApp([str(tmp_path / "live")]))
+        assert wait_for(client, ["first"]) == ["first"]
+        run.log_table("second", ["x"], [[3]], step=2)
+        assert wait_for(client, ["first", "second"]) == ["first", "second"]
     assert get_json(client, "/api/metrics")["runs"][0]["values"]["loss"] == [1.0]
 
 
@@ -213,6 +240,7 @@ def test_the_command_refuses_what_is_not_a_run_folder(tmp_path, capsys):
     assert cli_main(["view", "--no-browser", str(tmp_path / "missing")]) == 2
     assert "run_dir: no such folder" in capsys.readouterr().err
     (tmp_path / "old" / "tables").mkdir(parents=True)
+    (tmp_path / "old" / "run.json").write_text('{"name": "old", "format_version": 1}')
     assert cli_main(["view", "--no-browser", str(tmp_path / "old")]) == 2
     assert "format 1" in capsys.readouterr().err
 
@@ -314,8 +342,9 @@ def test_token_table_text_search(chromium, server, tmp_path):
     assert len(rows) == 1 and "a dog ran" in rows[0]["text"]
 
 
-def test_sample_page_follows_one_sample_across_evals(chromium, server, tmp_path):
-    dom = open_page(chromium, server + "#sample?run=0&key=samples/val&sample=sample005", tmp_path / "profile")
+def test_sample_page_follows_one_sample_across_evals(chromium, server, run_dir, tmp_path):
+    url = server + f"#sample?run=0&key=samples/val&sample={key_of(run_dir, 25)}"  # on rank 1
+    dom = open_page(chromium, url, tmp_path / "profile")
     rows = dom.find(tag="tr", **{"class": "row"})
     assert [r["data-step"] for r in rows] == [str(s) for s in STEPS]
     assert [("wrong" in r["class"], "flipped" in r["class"]) for r in rows] == [(True, False), (False, True),
@@ -334,20 +363,21 @@ def test_confusion_page_links_each_cell_to_its_samples(chromium, server, run_dir
     assert {e["text"] for e in dom.find(tag="th", **{"class": "label"})} >= {f"2 {SCRIPT}", f"4 {ONERROR}"}
 
 
-def test_segmentation_layers_class_toggles_and_error_map(chromium, server, tmp_path):
-    dom = open_page(chromium, server + "#sample?run=0&key=samples/seg&sample=seg1", tmp_path / "profile")
+def test_segmentation_layers_class_toggles_and_error_map(chromium, server, run_dir, tmp_path):
+    dom = open_page(chromium, server + f"#sample?run=0&key=samples/seg&sample={seg_key(run_dir)}", tmp_path / "profile")
     assert {e["id"] for e in dom.find(tag="input") if e.get("id", "").startswith("layer-")} == {
         "layer-image", "layer-truth", "layer-prediction", "layer-error", "layer-opacity"}
-    assert [e["data-class"] for e in dom.find(tag="input") if "data-class" in e] == ["0", "1", "2"]
+    toggles = [e for e in dom.find(tag="input") if "data-class" in e]
+    assert [(e["data-class"], "checked" in e) for e in toggles] == [("0", False), ("1", True), ("2", True)]
     assert dom.one(id="error-count")["text"] == f"{expected_seg_errors()} of 256 pixels wrong"
     assert any(e["text"].strip() == "2 <b>edge</b>" for e in dom.find(tag="label", **{"class": "class-toggle"}))
 
 
 @pytest.mark.parametrize("page", ["metrics", "samples", "confusion", "sample"])
-def test_screenshot_of_each_page(chromium, server, tmp_path, page):
+def test_screenshot_of_each_page(chromium, server, run_dir, tmp_path, page):
     fragment = {"metrics": "#metrics", "samples": "#samples?run=0&key=samples/val&step=200",
                 "confusion": "#confusion?run=0&key=samples/val&step=300",
-                "sample": "#sample?run=0&key=samples/seg&sample=seg1"}[page]
+                "sample": f"#sample?run=0&key=samples/seg&sample={seg_key(run_dir)}"}[page]
     shot = tmp_path / f"{page}.png"
     result = subprocess.run([*chromium_args(chromium, tmp_path / "profile"), f"--screenshot={shot}",
                              "--window-size=1200,900", server + fragment], capture_output=True, text=True, timeout=120)

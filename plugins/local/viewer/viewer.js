@@ -47,6 +47,7 @@ function fmt(value) {
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
 }
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 function colour(id) {  // a class's colour: hues spread by the golden angle, so neighbours differ
   return `hsl(${(id * 137.508) % 360}, 80%, 50%)`;
 }
@@ -250,7 +251,7 @@ async function samplePage(params) {
   const main = el("div", {id: "sample"}, el("p", {}, el("a", {href: link("samples", {run: runId, key, step: params.get("step")}), text: "‹ back to the samples"})));
   if (!current || !sample) { main.append(el("p", {class: "error", text: "No such table or sample."})); return main; }
   const body = await api("/api/history", {run: runId, key, sample});
-  main.append(el("h2", {}, "Sample ", el("code", {id: "sample-key", text: sample}), ` of ${key}: ${body.rows.length} rows at ${new Set(body.rows.map(r => r._step)).size} evals`));
+  main.append(el("h2", {}, "Sample ", el("code", {id: "sample-key", text: sample}), ` of ${key}: logged at ${plural(new Set(body.rows.map(r => r._step)).size, "eval")} (${plural(body.rows.length, "row")})`));
   const columns = current.columns.filter(c => !["truth_name", "prediction_name"].includes(c.name));
   let previous = null;
   const rows = body.rows.map(row => {
@@ -303,7 +304,8 @@ async function segmentationView(runId, cell, step) {
   const present = new Set();
   for (const mask of [truth, prediction]) if (mask) for (const id of mask.ids) present.add(id);
   const classes = [...new Set([...present, ...Object.keys(labels).map(Number)])].sort((a, b) => a - b);
-  const hidden = new Set(), layers = {image: true, truth: false, prediction: true, error: false};
+  // The background class starts hidden, so the prediction is seen over the image, not a wash over all of it.
+  const hidden = new Set(classes.filter(id => /^background$/i.test(labels[id] || ""))), layers = {image: true, truth: false, prediction: true, error: false};
   let opacity = 0.6;
   const width = base.naturalWidth, height = base.naturalHeight, scale = Math.max(1, Math.floor(320 / Math.max(width, height)));
   const canvas = el("canvas", {id: "segmentation-canvas", width: width * scale, height: height * scale});
@@ -333,7 +335,7 @@ async function segmentationView(runId, cell, step) {
   const toggle = (name, text) => el("label", {}, el("input", {type: "checkbox", id: "layer-" + name, checked: layers[name],
     onchange: e => { layers[name] = e.target.checked; draw(); }}), " " + text);
   const classToggles = classes.map(id => el("label", {class: "class-toggle"},
-    el("input", {type: "checkbox", "data-class": id, checked: true, onchange: e => { e.target.checked ? hidden.delete(id) : hidden.add(id); draw(); }}),
+    el("input", {type: "checkbox", "data-class": id, checked: !hidden.has(id), onchange: e => { e.target.checked ? hidden.delete(id) : hidden.add(id); draw(); }}),
     el("span", {class: "swatch", style: `background:${`rgb(${rgb(id).map(Math.round).join(",")})`}`}), " " + labelOf(labels, id)));
   draw();
   return el("section", {class: "segmentation", id: "segmentation"},
