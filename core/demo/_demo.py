@@ -72,7 +72,7 @@ def main(epochs: int = 5, backends: list[str] | None = None) -> int:
         optimizers=torch.optim.Adam(model.parameters(), lr=3e-3),
         loggers=[logger],
         # The 100 hardest validation digits of each eval: a table `samples/eval` with image, truth,
-        # prediction, confidence and loss (open the local run's index.html, or the W&B run).
+        # prediction, confidence and loss (`logbus view <local run folder>`, or the W&B run).
         callbacks=[SampleLogger("classification", num_samples=100, policy="hardest",
                                 class_names=[str(digit) for digit in range(10)])],
         progress_bar=True,
@@ -93,7 +93,7 @@ def main(epochs: int = 5, backends: list[str] | None = None) -> int:
             run_dir = os.path.dirname(run_dir)
         print(f"  {name}: {run_dir}")
         if name == "local":
-            print(f"  sample viewer: {os.path.join(run_dir, 'index.html')}  (or: logbus view {run_dir})")
+            print(f"  viewer (metrics, samples, confusion matrix): logbus view {run_dir}")
         if name == "wandb" and os.environ.get("WANDB_MODE") == "offline":
             print(f"  upload the W&B run later with: wandb sync {run_dir}")
     return 0

@@ -8,7 +8,6 @@ from logbus.plugins.local._store_reader import ImageCell, MaskCell, list_tables,
 from logbus.plugins.local._store_writer import StoreWriter, TableLost
 from logbus.plugins.local._view_server import ViewerApp
 from logbus.plugins.local._view_server import serve as serve_runs
-from logbus.plugins.local._viewer import write_viewer
 
-__all__ = ["DEFAULT_ROOT", "LocalBackend", "register_backends", "write_viewer", "StoreWriter", "TableLost",
+__all__ = ["DEFAULT_ROOT", "LocalBackend", "register_backends", "StoreWriter", "TableLost",
            "ImageCell", "MaskCell", "list_tables", "read_metrics", "read_table", "ViewerApp", "serve_runs"]
