@@ -25,8 +25,8 @@ def content_hash(data: bytes | memoryview | np.ndarray) -> str:
     :param data: encoded bytes (a PNG file's content), or an array of pixels or class ids.
     """
     if isinstance(data, np.ndarray):
-        array = np.ascontiguousarray(data)
+        array = data if data.flags.c_contiguous else np.ascontiguousarray(data)
         hasher = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
-        hasher.update(array.view(np.uint8).data if array.size else b"")
+        hasher.update(array.reshape(-1).view(np.uint8))  # one flat byte view: any dtype, no copy
         return hasher.digest()[:DIGEST_BYTES].hex()
     return hashlib.sha256(data).digest()[:DIGEST_BYTES].hex()

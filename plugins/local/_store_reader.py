@@ -177,14 +177,12 @@ def list_tables(runs: Runs) -> pd.DataFrame:
             rank = int(os.path.basename(path).rsplit("-r", 1)[-1].split("-")[0])
             for step, count in json.loads(metadata.get(META_STEPS, b"[]")):
                 entries.append({"key": key, "step": step, "rank": rank, "rows": count, "file": path})
-    frame = pd.DataFrame(entries, columns=["key", "step", "rank", "rows", "file"])
-    if len(frame):
-        frame = frame.sort_values(["key", "step", "rank", "file"], key=_nulls_first, ignore_index=True)
-    return frame
-
-
-def _nulls_first(column: pd.Series) -> pd.Series:
-    return column.fillna(-1) if column.name == "step" else column
+    entries.sort(key=lambda entry: (entry["key"], -1 if entry["step"] is None else entry["step"], entry["rank"],
+                                    entry["file"]))
+    columns = ["key", "step", "rank", "rows", "file"]
+    # step as objects: ints and None, as logged (a column of ints with a None would become floats)
+    return pd.DataFrame({name: pd.Series([entry[name] for entry in entries], dtype=object if name == "step" else None)
+                         for name in columns}, columns=columns)
 
 
 def read_table(runs: Runs, key: str, step: int | None = None) -> pd.DataFrame:

@@ -302,7 +302,7 @@ class _PackFile:
         self.tmp = tmp
         self.id: str | None = None
         self._pending: dict[str, None] = {}  # hashes in this pack (the same image twice in one table: once)
-        self._columns: dict[str, list] = {name: [] for name in PACK_SCHEMA.names}
+        self._rows: list[tuple] = []  # the pack rows not yet written, in PACK_SCHEMA's order
         self._writer: pq.ParquetWriter | None = None
 
     def add(self, digest: str, kind: str, encoding: str, dtype: str, shape: Sequence[int], data) -> str:
@@ -311,22 +311,22 @@ class _PackFile:
             self.id = self.store._new_pack_id()
         if digest not in self._pending:
             self._pending[digest] = None
-            for name, value in zip(PACK_SCHEMA.names, (digest, kind, encoding, dtype, list(shape), data())):
-                self._columns[name].append(value)
-            if len(self._columns["hash"]) >= ROW_GROUP_ROWS:
+            self._rows.append((digest, kind, encoding, dtype, shape, data()))
+            if len(self._rows) >= ROW_GROUP_ROWS:
                 self._write_group()
         return self.id
 
     def _write_group(self) -> None:
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.tmp, PACK_SCHEMA, compression=COMPRESSION)
-        self._writer.write_table(pa.table(self._columns, schema=PACK_SCHEMA), row_group_size=ROW_GROUP_ROWS)
-        self._columns = {name: [] for name in PACK_SCHEMA.names}
+        columns = [list(column) for column in zip(*self._rows)]
+        self._writer.write_table(pa.table(columns, schema=PACK_SCHEMA), row_group_size=ROW_GROUP_ROWS)
+        self._rows = []
 
     def finish(self) -> None:
         if self.id is None:
             return
-        if self._columns["hash"]:
+        if self._rows:
             self._write_group()
         assert self._writer is not None
         self._writer.close()

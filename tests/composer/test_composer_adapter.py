@@ -13,15 +13,16 @@ from pathlib import Path
 import composer
 import composer.loggers
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from composer import Callback, Trainer
 from composer.loggers import LoggerDestination
 from composer.models import ComposerClassifier
-from local_reader import assert_same_series, local_series, read_lines
-from PIL import Image as PILImage
+from local_reader import assert_same_series, decode, local_series, logged_tables, read_lines
 from wandb_reader import read_only_run
 
+import logbus
 import logbus.composer
 from logbus.composer import LogBusLogger, WandBLogger
 from logbus.demo import DigitsCNN, digits_loaders
@@ -54,10 +55,6 @@ def make_trainer(loggers, *, callbacks=(), batches: int = 4, **options) -> Train
                    loggers=list(loggers), callbacks=list(callbacks), device="cpu", progress_bar=False, seed=0,
                    **options)
 
-
-def decode(path) -> np.ndarray:
-    with PILImage.open(path) as image:
-        return np.asarray(image)
 
 
 # -- the drop-in WandBLogger -----------------------------------------------------------------------
@@ -163,22 +160,22 @@ def test_logbus_logger_forwards_every_destination_method_to_every_backend(wandb_
         assert local_series(local_dir, name) == run.metric(name) == [(2, value)]
     assert not any("traces/debug/label" in item for item in run.history)
 
-    [local_table] = read_lines(local_dir / "tables" / "predictions.jsonl")
+    [local_table] = logged_tables(local_dir, "predictions")
     assert (local_table["step"], local_table["columns"], local_table["rows"]) == (2, ["id", "label"],
                                                                                [[0, "cat"], [1, "dog"]])
     assert run.tables("predictions") == [(2, ["id", "label"], [[0, "cat"], [1, "dog"]])]
 
     # Float images in [0, 1] arrive as uint8 (current wandb no longer rescales floats: they would be black).
     expected = [np.rint(image.transpose(1, 2, 0) * 255) for image in FLOAT_IMAGES]
-    [local_images] = read_lines(local_dir / "tables" / "inputs.jsonl")
+    [local_images] = logged_tables(local_dir, "inputs")
     [(step, wandb_images)] = run.images("inputs")
     assert local_images["step"] == step == 2
     for index, (pixels, mask) in enumerate(zip(expected, MASKS)):
         cell = local_images["rows"][index][0]
-        for stored in (decode(local_dir / cell["path"]), decode(wandb_images[index]["file"])):
+        for stored in (decode(cell["file"]), decode(wandb_images[index]["file"])):
             assert stored.shape == (5, 4, 3) and stored.max() > 100
             assert np.abs(stored.astype(int) - pixels).max() <= 1
-        np.testing.assert_array_equal(decode(local_dir / cell["masks"]["segmentation"]["path"]), mask)
+        np.testing.assert_array_equal(decode(cell["masks"]["segmentation"]["file"]), mask)
         assert cell["masks"]["segmentation"]["class_labels"] == {str(k): v for k, v in CLASS_LABELS.items()}
         np.testing.assert_array_equal(decode(wandb_images[index]["masks"]["segmentation"]), mask)
 
@@ -186,8 +183,9 @@ def test_logbus_logger_forwards_every_destination_method_to_every_backend(wandb_
     assert (step, columns, len(rows)) == (2, ["single"], 1)
     assert np.abs(decode(rows[0][0]["file"]).astype(int) - expected[0]).max() <= 1
     # a safe file name: cleaned, plus a short hash of the original key so cleaned names never collide
-    (single_table,) = (local_dir / "tables").glob("single_Table-*.jsonl")
-    assert read_lines(single_table)[0]["columns"] == ["single"]
+    (single_table,) = (local_dir / "rows").glob("single_Table-*")
+    assert logged_tables(local_dir, "single Table")[0]["columns"] == ["single"]
+    assert pd.read_parquet(single_table)._key.tolist() == ["single Table"]
 
     # upload_file: the local backend keeps it; W&B only with log_artifacts=True (Composer's meaning).
     [artifact] = read_lines(local_dir / "artifacts.jsonl")
@@ -299,3 +297,42 @@ def test_uncaught_exception_still_closes_the_runs_as_failed(wandb_offline, logbu
     assert_same_series(local_series(local_dir, LOSS), run.metric(LOSS))
     status = json.loads((local_dir / "run.json").read_text())
     assert (status["status"], status["exit_code"]) == ("failed", 1)
+
+
+def test_composer_autoresume_appends_to_the_run_folder_and_keeps_the_first_attempts_tables(logbus_dir, tmp_path):
+    """A run that failed at batch 3 and is restarted by Composer's autoresume (same run name, its last
+    checkpoint loaded) writes into the same local run folder: the first attempt's metrics and tables stay
+    as written, the second's are appended, and the table logged again at a step the first attempt logged
+    gets a file of its own (never written over)."""
+
+    class TableEveryBatch(Callback):
+        def batch_end(self, state, logger):
+            logger.log_table(["batch"], [[int(state.timestamp.batch)]], name="progress", step=0)
+
+    def trainer(callbacks) -> Trainer:
+        return make_trainer([LogBusLogger(backends=["local"])], callbacks=[TableEveryBatch(), *callbacks], batches=4,
+                            run_name="preempted", save_folder=str(tmp_path / "checkpoints"), save_interval="1ba",
+                            autoresume=True)
+
+    first = trainer([RaiseAtBatch(3)])
+    with pytest.raises(RuntimeError, match="batch 3"):
+        first.fit()
+    first.close()
+    run_dir = logbus_dir / "preempted"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    written = {path: path.read_bytes() for path in (run_dir / "rows").rglob("*.parquet")}
+    first_losses = local_series(run_dir, LOSS)
+
+    second = trainer([])
+    second.fit()
+    second.close()
+    assert sorted(path.name for path in logbus_dir.iterdir()) == ["preempted"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and len(info["resumed_at"]) == 1
+    assert all(path.read_bytes() == data for path, data in written.items())  # the first attempt's tables, as written
+    losses = local_series(run_dir, LOSS)
+    assert losses[:len(first_losses)] == first_losses and len(losses) > len(first_losses)
+    # Resumed from the last checkpoint (after batch 2: batch 3 raised before its checkpoint was saved).
+    assert [step for step, _ in losses] == [0, 1, 2, 2, 3]
+    progress = logbus.read_table(run_dir, "progress")  # every attempt's table, each its own file
+    assert progress.batch.tolist() == [1, 2, 3, 3, 4] and len(list((run_dir / "rows" / "progress").iterdir())) == 5

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from composer import Trainer
 from composer.core import Callback, Evaluator
 from composer.models import ComposerClassifier, ComposerModel
-from PIL import Image as PILImage
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from local_reader import decode, logged_tables, pack_rows
 from wandb_reader import WandbRun, read_only_run
 
+import logbus
 from logbus.composer import LogBusLogger, SampleLogger
 from logbus.demo import DigitsCNN, digits_loaders
 from logbus.kernels import images_to_uint8_reference
@@ -31,27 +32,15 @@ EVAL_SET_SIZE = 297  # digits_loaders: 1,797 images, 1,500 for training
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:composer.*")
 
 
-def decode(path) -> np.ndarray:
-    with PILImage.open(path) as image:
-        return np.asarray(image)
-
 
 def wandb_spec():
     return ("wandb", {"project": "logbus-tests"})
 
 
 def local_tables(logger: LogBusLogger, key: str) -> list[dict]:
-    """Every table the local backend wrote under ``key``, with image paths made absolute."""
-    run_dir = Path(logger.bus.backends["local"].run_dir)
-    tables = [json.loads(line) for line in (run_dir / "tables" / f"{key}.jsonl").read_text().splitlines()]
-    for table in tables:
-        for row in table["rows"]:
-            for cell in row:
-                if isinstance(cell, dict) and cell.get("_type") == "image":
-                    cell["file"] = str(run_dir / cell["path"])
-                    for mask in cell["masks"].values():
-                        mask["file"] = str(run_dir / mask["path"])
-    return tables
+    """Every table the local backend wrote under ``key``, as logged (``local_reader.logged_tables``); an
+    image cell's ``file`` is its cell in the store, which ``decode`` reads."""
+    return logged_tables(Path(logger.bus.backends["local"].run_dir), key)
 
 
 def local_metrics(logger: LogBusLogger) -> list[dict]:
@@ -313,6 +302,37 @@ def test_segmentation_masks_are_the_targets_and_the_model_argmax(wandb_offline):
         np.testing.assert_array_equal(decode(cell["masks"]["ground_truth"]["file"]), masks[i].numpy())
         np.testing.assert_array_equal(decode(cell["masks"]["prediction"]["file"]), predicted[i].numpy())
         assert {int(k): v for k, v in cell["class_labels"].items()} == dict(enumerate(classes))
+
+
+def test_the_local_store_keeps_each_image_and_ground_truth_once_across_evals(logbus_dir):
+    """Three evals of the same images through a real Trainer into the local store: the packs hold each
+    image and each ground-truth mask once (counted in the packs' rows), every eval's rows refer to them
+    by hash and read back exactly, each row's stable key is the same sample's at every eval, and a
+    table is at most two files (its rows and a pack of what was new)."""
+    images, masks = segmentation_data()
+    loader = DataLoader(TensorDataset(images, masks), batch_size=8)
+    torch.manual_seed(0)
+    sample_logger = SampleLogger("segmentation", num_samples=None, class_names=["red", "green", "blue"])
+    _, logger = fit(TinySegmenter(), loader, loader, [sample_logger], ["local"], max_duration="6ba",
+                    eval_interval="2ba")
+    run_dir = Path(logger.bus.backends["local"].run_dir)
+    rows = logbus.read_table(run_dir, "samples/eval")
+    assert sorted(set(rows._step)) == [2, 4, 6] and len(rows) == 3 * 20
+    pixels = images_to_uint8_reference(images).numpy()
+    by_eval = [rows[rows._step == step] for step in (2, 4, 6)]
+    for eval_rows in by_eval:
+        assert eval_rows.id.tolist() == list(range(20))
+        assert eval_rows._sample_key.tolist() == by_eval[0]._sample_key.tolist()
+        for i, cell in enumerate(eval_rows.image):
+            np.testing.assert_array_equal(cell.to_numpy(), pixels[i])
+            np.testing.assert_array_equal(cell.masks["ground_truth"].to_numpy(), masks[i].numpy())
+    distinct_images = len({bytes(p) for p in pixels})
+    distinct_truths = len({m.numpy().tobytes() for m in masks})
+    predictions = {cell.masks["prediction"].hash for cell in rows.image}
+    assert pack_rows(run_dir, "image") == distinct_images
+    assert pack_rows(run_dir, "mask") == distinct_truths + len(predictions)
+    packs = sorted((run_dir / "packs").glob("*.parquet"))
+    assert len(packs) <= 3 and len(list((run_dir / "rows").rglob("*.parquet"))) == 3
 
 
 def test_segmentation_ground_truth_goes_to_wandb_once_and_each_eval_has_its_own_prediction(wandb_offline):

@@ -1,4 +1,5 @@
-"""The local backend's run folder, as documented in ``plugins/local/_backend.py`` (read back with json and Pillow)."""
+"""The local backend's run folder, as the README's "Local run format" documents it (format 2, the packed store),
+read back with json, pandas/pyarrow and ``logbus.read_table``."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from local_reader import local_series, read_lines, strict_loads
+from local_reader import local_series, pack_rows, read_lines, read_table, store_files, strict_loads, table_steps
 from PIL import Image as PILImage
 
 import logbus
@@ -53,6 +55,7 @@ def test_run_json_hparams_and_metrics_lines(logbus_dir):
         "name": "format", "folder": "format", "rank": 0, "world_size": 1, "status": "finished", "exit_code": 0,
         "reason": None}
     assert info["started_at"] <= info["finished_at"] and info["logbus_version"] == logbus.__version__
+    assert info["format_version"] == 2
     assert read_json(run_dir / "hparams.json") == {"lr": 0.2, "layers": [16, 32], "batch_size": 4}
     lines = read_lines(run_dir / "metrics.jsonl")
     assert all(isinstance(line.pop("time"), float) for line in lines)
@@ -97,45 +100,95 @@ def test_table_image_cells_decode_to_the_exact_pixels_and_masks(logbus_dir, tmp_
         ], step=5)
 
     run_dir = logbus_dir / "media"
-    [line] = read_lines(run_dir / "tables" / "eval" / "samples.jsonl")
-    assert (line["step"], line["columns"]) == (5, ["id", "image", "ok"])
-    assert [[row[0], row[2]] for row in line["rows"]] == [[0, True], [1, False], [2, None], [3, True]]
-    cells = [row[1] for row in line["rows"]]
-    assert all(cell["_type"] == "image" and not Path(cell["path"]).is_absolute() for cell in cells)
-    np.testing.assert_array_equal(decode(run_dir / cells[0]["path"]), rgb)
-    np.testing.assert_array_equal(decode(run_dir / cells[1]["path"]), rgba)
-    np.testing.assert_array_equal(decode(run_dir / cells[2]["path"]), grey)
-    assert (run_dir / cells[3]["path"]).read_bytes() == encoded.read_bytes()  # copied, not re-encoded
-    assert [cell["caption"] for cell in cells] == ["rgb", None, None, "as is"]
+    rows = read_table(run_dir, "eval/samples")
+    assert rows.columns.tolist() == ["_key", "_step", "_rank", "_row", "_sample_key", "id", "image", "ok"]
+    assert rows._step.tolist() == [5] * 4 and rows._row.tolist() == [0, 1, 2, 3] and rows._key.tolist() == ["eval/samples"] * 4
+    assert rows.id.tolist() == [0, 1, 2, 3] and rows.ok.tolist() == [True, False, None, True]
+    cells = rows.image.tolist()
+    assert rows._sample_key.tolist() == [cell.hash for cell in cells] and len(set(rows._sample_key)) == 4
+    np.testing.assert_array_equal(cells[0].to_numpy(), rgb)
+    np.testing.assert_array_equal(np.asarray(cells[0].to_pil()), rgb)
+    np.testing.assert_array_equal(cells[1].to_numpy(), rgba)
+    np.testing.assert_array_equal(cells[2].to_numpy(), grey[:, :, None])
+    np.testing.assert_array_equal(np.asarray(cells[2].to_pil()), grey)
+    assert cells[3].encoded() == (encoded.read_bytes(), "image/png")  # stored as it came, not re-encoded
+    np.testing.assert_array_equal(cells[3].to_numpy(), rgb)
+    assert [cell.caption for cell in cells] == ["rgb", None, None, "as is"]
+    masks = cells[0].masks
+    np.testing.assert_array_equal(masks["pred"].to_numpy(), classes)
+    np.testing.assert_array_equal(masks["instances"].to_numpy(), many_classes)
+    assert masks["pred"].to_numpy().dtype == np.int32 and masks["instances"].to_numpy().dtype == np.int64
+    assert masks["pred"].class_labels == {0: "bg", 3: "dog"} and masks["instances"].class_labels is None
+    assert cells[0].boxes == [{"min_x": 1, "min_y": 1, "max_x": 3, "max_y": 4, "class_id": 2, "caption": "cat",
+                               "score": 0.75, "label": "cat"}]
+    # Without logbus: pandas reads every row of the table's folder, image cells as their struct.
+    plain = pd.read_parquet(run_dir / "rows" / "eval" / "samples")
+    assert plain.id.tolist() == [0, 1, 2, 3] and plain.image[0]["hash"] == cells[0].hash
+    assert plain.image[0]["pack"] and plain.image[0]["masks"][0]["name"] == "pred"
 
-    masks = cells[0]["masks"]
-    np.testing.assert_array_equal(decode(run_dir / masks["pred"]["path"]), classes)
-    np.testing.assert_array_equal(decode(run_dir / masks["instances"]["path"]), many_classes)
-    assert masks["pred"]["class_labels"] == {"0": "bg", "3": "dog"} and masks["instances"]["class_labels"] == {}
-    assert cells[0]["boxes"] == [{"min_x": 1, "min_y": 1, "max_x": 3, "max_y": 4, "class_id": 2, "caption": "cat",
-                                  "score": 0.75}]
+
+def test_class_ids_above_65535_and_every_integer_dtype_are_stored_losslessly(logbus_dir):
+    ids = {dtype: np.arange(12, dtype=dtype).reshape(3, 4) for dtype in (np.uint8, np.int16, np.uint16, np.int32)}
+    ids[np.int64] = np.array([[0, 65_535], [65_536, 70_000], [2**40, 5]], dtype=np.int64)  # 70,000 stays 70,000
+    ids[np.uint32] = np.array([[4_000_000_000, 1]], dtype=np.uint32)
+    with logbus.start_run("ids", backends=["local"]) as run:
+        run.log_table("t", ["image"], [[Image(pixels=np.zeros((*mask.shape, 3), np.uint8), masks={"m": Mask(mask)})]
+                                       for mask in ids.values()], step=0)
+    for cell, mask in zip(read_table(logbus_dir / "ids", "t").image, ids.values()):
+        got = cell.masks["m"].to_numpy()
+        assert got.dtype == mask.dtype
+        np.testing.assert_array_equal(got, mask)
 
 
 def test_jpeg_image_format(logbus_dir):
     smooth = np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], 16, axis=0).repeat(3, axis=2)
     with logbus.start_run("jpeg", backends=[("local", {"image_format": "jpeg"})]) as run:
         run.log_table("pictures", ["image"], [[Image(pixels=smooth)]], step=0)
-    [line] = read_lines(logbus_dir / "jpeg" / "tables" / "pictures.jsonl")
-    path = logbus_dir / "jpeg" / line["rows"][0][0]["path"]
-    assert path.suffix == ".jpg"
-    with PILImage.open(path) as image:
+    [cell] = read_table(logbus_dir / "jpeg", "pictures").image
+    data, mime = cell.encoded()
+    assert mime == "image/jpeg" and data.startswith(b"\xff\xd8\xff")
+    with cell.to_pil() as image:
         assert image.format == "JPEG"
-    assert np.abs(decode(path).astype(int) - smooth).mean() < 4  # lossy, but the same picture
+    assert np.abs(cell.to_numpy().astype(int) - smooth).mean() < 4  # lossy, but the same picture
+
+
+def test_png_image_format_stores_a_png_that_decodes_to_the_exact_pixels(logbus_dir):
+    pixels = np.random.default_rng(2).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    with logbus.start_run("png", backends=[("local", {"image_format": "png"})]) as run:
+        run.log_table("pictures", ["image"], [[Image(pixels=pixels)]], step=0)
+    [cell] = read_table(logbus_dir / "png", "pictures").image
+    assert cell.encoded()[0].startswith(b"\x89PNG")
+    np.testing.assert_array_equal(cell.to_numpy(), pixels)
 
 
 def test_image_lists_are_one_column_tables(logbus_dir):
     floats = np.stack([np.zeros((3, 4, 4)), np.ones((3, 4, 4))]).astype(np.float32)
     with logbus.start_run("lists", backends=["local"]) as run:
         run.log_images("inputs", floats, step=7)
-    [line] = read_lines(logbus_dir / "lists" / "tables" / "inputs.jsonl")
-    assert (line["step"], line["columns"], len(line["rows"])) == (7, ["image"], 2)
-    for row, value in zip(line["rows"], (0, 255)):
-        assert (decode(logbus_dir / "lists" / row[0]["path"]) == value).all()
+    rows = read_table(logbus_dir / "lists", "inputs")
+    assert (rows._step.tolist(), rows.columns[5:].tolist(), len(rows)) == ([7, 7], ["image"], 2)
+    for cell, value in zip(rows.image, (0, 255)):
+        assert (cell.to_numpy() == value).all()
+
+
+def test_log_images_called_every_step_is_batched_into_one_file(logbus_dir):
+    """``log_images`` every step is buffered per key and written as one rows file (at close here), not a
+    file per call; each row keeps its own step, and the same picture is stored once."""
+    with logbus.start_run("batched", backends=["local"]) as run:
+        for step in range(50):
+            run.log_images("inputs", np.full((2, 3, 4, 4), step % 5, np.float32) / 4, step=step)
+        run.log_images("other", np.zeros((1, 3, 4, 4), np.float32), step=0)
+    run_dir = logbus_dir / "batched"
+    assert [path for path in store_files(run_dir) if path.startswith("rows/")] == [
+        "rows/inputs/0000000000-r0-0.parquet", "rows/other/0000000000-r0-0.parquet"]
+    rows = read_table(run_dir, "inputs")
+    assert rows._step.tolist() == [step for step in range(50) for _ in range(2)] and rows._row.tolist() == [0, 1] * 50
+    hashes = [cell.hash for cell in rows.image[::2]]
+    assert all(hashes[step] == hashes[step % 5] for step in range(50)) and len(set(hashes)) == 5
+    assert [int(cell.to_numpy()[0, 0, 0]) for cell in rows.image[:10:2]] == sorted({int(c.to_numpy()[0, 0, 0])
+                                                                                   for c in rows.image[:10:2]})
+    assert pack_rows(run_dir) == 5  # five distinct pictures ("other" is the first of them again)
+    assert table_steps(run_dir, "inputs") == list(range(50))
 
 
 def test_artifacts_are_copied_and_listed(logbus_dir, tmp_path):
@@ -172,7 +225,7 @@ def test_nan_and_infinities_are_null_with_their_kind_kept(logbus_dir):
     run_dir = logbus_dir / "nonfinite"
 
     # Every file parses as strict JSON: Python's strict mode, jq and JavaScript's JSON.parse.
-    documents = [run_dir / name for name in ("run.json", "hparams.json", "metrics.jsonl", "tables/t.jsonl")]
+    documents = [run_dir / name for name in ("run.json", "hparams.json", "metrics.jsonl")]
     node_parse = ("const [path] = process.argv.slice(1); const text = require('fs').readFileSync(path, 'utf8');"
                   "for (const doc of path.endsWith('.jsonl') ? text.split('\\n').filter(Boolean) : [text]) JSON.parse(doc)")
     for path in documents:
@@ -188,9 +241,9 @@ def test_nan_and_infinities_are_null_with_their_kind_kept(logbus_dir):
     assert {k: first[k] for k in ("loss", "up", "down", "ok")} == {"loss": None, "up": None, "down": None, "ok": 0.5}
     assert first["_nonfinite"] == [[["loss"], "NaN"], [["up"], "Infinity"], [["down"], "-Infinity"]]
     assert "_nonfinite" not in second and second["loss"] == 1.0
-    [table] = raw_lines(run_dir / "tables" / "t.jsonl")
-    assert table["rows"] == [[0, None, "a"], [1, None, None], [2, None, "c"]]
-    assert table["_nonfinite"] == [[["rows", 0, 1], "NaN"], [["rows", 1, 1], "Infinity"], [["rows", 2, 1], "-Infinity"]]
+    # A table's numbers are Parquet doubles: NaN and infinities as they are.
+    table = pd.read_parquet(run_dir / "rows" / "t")
+    assert table.score.dtype == np.float64 and math.isnan(table.score[0]) and table.score[1:].tolist() == [inf, -inf]
     hparams = strict_loads((run_dir / "hparams.json").read_text())
     assert hparams == {"clip": None, "schedule": {"floor": None, "warmup": [0.5, None]}, "lr": 0.1,
                        "_nonfinite": [[["clip"], "Infinity"], [["schedule", "floor"], "-Infinity"],
@@ -199,7 +252,7 @@ def test_nan_and_infinities_are_null_with_their_kind_kept(logbus_dir):
     # Read back as logged, by the documented rule (local_reader) and by the viewer.
     restored = read_lines(run_dir / "metrics.jsonl")[0]
     assert math.isnan(restored["loss"]) and (restored["up"], restored["down"]) == (inf, -inf)
-    assert [row[1] for row in read_lines(run_dir / "tables" / "t.jsonl")[0]["rows"]][1:] == [inf, -inf]
+    assert read_table(run_dir, "t").score.tolist()[1:] == [inf, -inf]
     data = viewer_data(run_dir)
     assert data["metrics"]["loss"] == [[0, None], [1, 1.0]]  # a gap in the chart, not a missing point
     assert data["hparams"]["lr"] == 0.1 and "_nonfinite" not in data["hparams"]
@@ -249,7 +302,7 @@ def test_metrics_named_step_or_time_cannot_overwrite_the_lines_own_fields(logbus
 
 
 CAPPED_COPY = textwrap.dedent("""
-    import resource, signal, sys
+    import json, resource, signal, sys
     import logbus
     from logbus.records import Image
 
@@ -257,11 +310,14 @@ CAPPED_COPY = textwrap.dedent("""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
     run = logbus.start_run("capped", backends=["local"])
     run.log({"loss": 1.0}, step=0)
+    run.log_table("small", ["id"], [[1]], step=0)
     assert run.flush()
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # from here on, as if the disk were full
     run.log_table("samples", ["image"], [[Image(path=source)]], step=0)
     run.log_artifact(source, "model.png", type="model")
+    run.log({"loss": 0.5}, step=1)
     run.finish()
+    print(json.dumps(run.bus.stats()["backends"]["local"]))
 """)
 
 
@@ -278,26 +334,30 @@ def shm_folder(logbus_dir):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_a_copy_cut_short_never_leaves_a_truncated_image_under_its_name(logbus_dir, shm_folder):
-    # Encoded images from a scratch folder on another filesystem are copied. A copy that fails half way
-    # (here a per-process file-size limit, a real write error from the kernel) must leave no file that
-    # looks finished. (On one filesystem they are hard-linked: no byte written, nothing to cut short.)
-    scratch = shm_folder
-    source = scratch / "noise.png"
+def test_a_table_cut_short_is_lost_whole_and_leaves_no_file_that_looks_finished(logbus_dir, shm_folder):
+    # A write that fails half way (here a per-process file-size limit: a real write error from the kernel,
+    # EFBIG, as a full disk gives ENOSPC) loses that table and that artifact, counted, and leaves no file
+    # under a finished name and no temporary file; what was written before stays whole, training goes on.
+    source = shm_folder / "noise.png"
     PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
     limit = 4096
     assert source.stat().st_size > 2 * limit
     result = subprocess.run([sys.executable, "-c", CAPPED_COPY, str(source), str(limit)], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "LOGBUS_DIR": str(logbus_dir)}, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["failures"] == 2 and stats["enabled"]  # the table and the artifact, counted; the backend goes on
+    assert "'samples' at step 0 (1 rows) could not be written and is lost" in result.stderr
     run_dir = logbus_dir / "capped"
-    assert (run_dir / "metrics.jsonl").exists()
-    written = [path for folder in ("media", "artifacts") for path in (run_dir / folder).rglob("*") if path.is_file()]
-    assert [path.name for path in written if path.name.startswith(".")] == []  # temporary files cleaned up
-    for path in written:  # anything under a finished name is whole
+    assert [line["loss"] for line in read_lines(run_dir / "metrics.jsonl")] == [1.0, 0.5]
+    files = store_files(run_dir)
+    assert [path for path in files if path.startswith(("rows/", "packs/", ".tmp/"))] == [
+        "rows/small/0000000000-r0-0.parquet"]  # the table before the limit, whole; nothing of the lost one
+    assert read_table(run_dir, "small").id.tolist() == [1]
+    assert [path.name for path in (run_dir / "artifacts").rglob("*") if path.name.startswith(".")] == []
+    for path in (run_dir / "artifacts").rglob("*"):  # anything under a finished name is whole
         with PILImage.open(path) as image:
             image.load()
-    assert not (run_dir / "tables" / "samples.jsonl").exists()  # no line points at an image that is not there
 
 
 def test_an_image_encoded_on_threads_then_in_the_worker_process_is_written_once(logbus_dir):
@@ -314,11 +374,11 @@ def test_an_image_encoded_on_threads_then_in_the_worker_process_is_written_once(
         assert samples.pipeline.worker_ready(120)
         samples.add(images, labels, logits, label="val")
         samples.log("val", step=1)
-    first, second = (line["rows"] for line in read_lines(logbus_dir / "threads-then-process" / "tables" / "samples"
-                                                             / "val.jsonl"))
-    image_column = first[0].index(next(cell for cell in first[0] if isinstance(cell, dict)))
-    assert [row[image_column]["path"] for row in first] == [row[image_column]["path"] for row in second]
-    assert len(list((logbus_dir / "threads-then-process" / "media").rglob("*.png"))) == 8
+    run_dir = logbus_dir / "threads-then-process"
+    first, second = (read_table(run_dir, "samples/val", step=step) for step in (0, 1))
+    assert [cell.hash for cell in first.image] == [cell.hash for cell in second.image]
+    assert first._sample_key.tolist() == second._sample_key.tolist()  # the same samples, the same stable keys
+    assert pack_rows(run_dir, "image") == 8
 
 
 def test_ground_truth_masks_seen_again_are_written_once(logbus_dir):
@@ -333,22 +393,25 @@ def test_ground_truth_masks_seen_again_are_written_once(logbus_dir):
             samples.log("seg", step=step)
             assert run.flush()
             if step == 0:
-                first = {path: (path.stat().st_ino, path.stat().st_mtime_ns)
-                         for path in (logbus_dir / "seg" / "media").rglob("*.ground_truth.mask.png")}
+                first = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (logbus_dir / "seg").rglob("*")
+                         if path.is_file() and path.relative_to(logbus_dir / "seg").parts[0] in ("packs", "rows")}
+                assert len(first) == 2  # the first eval's rows and pack
     run_dir = logbus_dir / "seg"
-    passes = read_lines(run_dir / "tables" / "samples" / "seg.jsonl")
-    assert len(passes) == 3
-    cells = [[row[1] for row in table["rows"]] for table in passes]
-    truth_paths = [[cell["masks"]["ground_truth"]["path"] for cell in eval_cells] for eval_cells in cells]
-    assert truth_paths[0] == truth_paths[1] == truth_paths[2] and len(set(truth_paths[0])) == 6
+    rows = read_table(run_dir, "samples/seg")
+    assert rows._step.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    cells = [rows.image[rows._step == step].tolist() for step in range(3)]
+    truth_hashes = [[cell.masks["ground_truth"].hash for cell in eval_cells] for eval_cells in cells]
+    assert truth_hashes[0] == truth_hashes[1] == truth_hashes[2]
     for cell, mask in zip(cells[2], truth):
-        np.testing.assert_array_equal(decode(run_dir / cell["masks"]["ground_truth"]["path"]), mask.numpy())
-    # Written at the first eval, never again (an atomic rewrite would change the inode and the time).
-    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns)
-            for path in (run_dir / "media").rglob("*.ground_truth.mask.png")} == first
-    predictions = [cell["masks"]["prediction"]["path"] for eval_cells in cells for cell in eval_cells]
-    assert len(set(predictions)) == 18  # new predictions each eval: new files
-    assert [cell["path"] for cell in cells[0]] == [cell["path"] for cell in cells[2]]  # images, as before
+        np.testing.assert_array_equal(cell.masks["ground_truth"].to_numpy(), mask.numpy())
+        assert cell.masks["ground_truth"].class_labels == {0: "background", 1: "ink"}
+    # Stored at the first eval, never again: the first eval's files are untouched (an atomic rewrite
+    # would change the inode and the time), and the packs hold each ground truth and image once.
+    assert all((path.stat().st_ino, path.stat().st_mtime_ns) == seen for path, seen in first.items())
+    predictions = {cell.masks["prediction"].hash for eval_cells in cells for cell in eval_cells}
+    assert pack_rows(run_dir, "mask") == len(set(truth_hashes[0])) + len(predictions)
+    assert pack_rows(run_dir, "image") == 6
+    assert [cell.hash for cell in cells[0]] == [cell.hash for cell in cells[2]]  # images, as before
 
 
 # -- hostile names ---------------------------------------------------------------------------------
@@ -378,7 +441,7 @@ def test_hostile_table_keys_in_the_plain_api_are_rejected(logbus_dir, key):
         with pytest.raises((ValueError, TypeError)) as error:
             run.log_table(key, ["a"], [[1]])
         assert repr(key) in str(error.value)
-    assert not (logbus_dir / "keys" / "tables").exists() and not (logbus_dir / "keys" / "media").exists()
+    assert [path for path in store_files(logbus_dir / "keys") if path.startswith(("rows/", "packs/"))] == []
 
 
 def test_plain_api_table_key_error_names_the_key_argument(logbus_dir):
@@ -442,13 +505,23 @@ def test_hostile_mask_names_stay_inside_the_run(logbus_dir):
     with logbus.start_run("masks", backends=["local"]) as run:
         run.log_table("t", ["image"], [[Image(pixels=pixels, masks=masks)]])
     run_dir = logbus_dir / "masks"
-    [line] = read_lines(run_dir / "tables" / "t.jsonl")
-    stored = line["rows"][0][0]["masks"]
-    assert sorted(stored) == sorted(names)
+    [cell] = read_table(run_dir, "t").image
+    assert sorted(cell.masks) == sorted(names)  # names are data in the rows file, never paths
     for index, name in enumerate(names):
-        path = run_dir / stored[name]["path"]
-        assert inside(path, run_dir / "media") and not Path(stored[name]["path"]).is_absolute()
-        np.testing.assert_array_equal(decode(path), np.full((4, 4), index))
+        np.testing.assert_array_equal(cell.masks[name].to_numpy(), np.full((4, 4), index))
+    assert all(inside(run_dir / path, run_dir) for path in store_files(run_dir))
+
+
+def test_table_keys_that_need_cleaning_stay_inside_rows_and_read_back_by_their_key(logbus_dir):
+    keys = ["a b/c", "a_b/c", "samples/val", "samples/val/sub", "~/x", "$HOME/y", "ünï/cödé", "x" * 300]
+    with logbus.start_run("keys", backends=["local"]) as run:
+        for index, key in enumerate(keys):
+            run.log_table(key, ["i"], [[index]], step=0)
+    run_dir = logbus_dir / "keys"
+    rows_files = [path for path in store_files(run_dir) if path.startswith("rows/")]
+    assert len(rows_files) == len(keys) and all(inside(run_dir / path, run_dir / "rows") for path in rows_files)
+    for index, key in enumerate(keys):  # two keys cleaned alike ("a b", "a_b") keep their own rows
+        assert read_table(run_dir, key).i.tolist() == [index]
 
 
 def test_media_copies_are_whole_with_the_run_files_mode_even_when_a_partial_name_is_taken(tmp_path):
@@ -472,45 +545,44 @@ def test_media_copies_are_whole_with_the_run_files_mode_even_when_a_partial_name
     assert sorted(p.name for p in target.parent.iterdir() if p.name.endswith(".partial")) == [stale.name]
 
 
-def test_sample_images_are_hard_linked_from_a_scratch_folder_under_the_root(logbus_dir):
-    """With the local backend on the bus, the pipeline keeps its encoded files in ``<root>/.scratch``
-    (the run folders' filesystem), and each reaches ``media/`` as a hard link of the scratch file: no
-    copy by the backend's thread, which runs in the training process. The run reads back as always and
-    the scratch folder goes at close."""
+def test_sample_images_are_read_into_the_packs_and_the_scratch_folder_goes_at_close(logbus_dir):
+    """With the local backend on the bus, the pipeline keeps its encoded files in ``<root>/.scratch``; the
+    backend reads each file's bytes into a pack when it writes the table (no file per image in the run),
+    the run reads back, and the scratch folder goes at close."""
     images, labels = load_digits()
     images, labels = images[:8], labels[:8]
     logits = torch.nn.functional.one_hot(labels, 10).float()
-    with logbus.start_run("linked", backends=["local"]) as run:
+    with logbus.start_run("packed", backends=["local"]) as run:
         samples = run.samples("classification", num_samples=None, worker_process=False)
         scratch = Path(samples.pipeline.encoder.folder)
         assert scratch.parent == logbus_dir / ".scratch"
         samples.add(images, labels, logits, label="val")
         samples.log("val", step=0)
         assert run.flush(60)
-        media = sorted((logbus_dir / "linked" / "media").rglob("*.png"))
-        assert len(media) == 8
-        # Still referenced from the scratch cache: one file, two names (the scratch one and the run's).
-        scratch_files = {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir()}
-        assert all((p.stat().st_dev, p.stat().st_ino) in scratch_files and p.stat().st_nlink == 2 for p in media)
     assert not scratch.exists()  # the pipeline's scratch folder is gone with the run; the run's files stay
-    (line,) = read_lines(logbus_dir / "linked" / "tables" / "samples" / "val.jsonl")
-    image_column = next(i for i, cell in enumerate(line["rows"][0]) if isinstance(cell, dict))
-    for row, image in zip(line["rows"], images):  # every image readable under its run path
-        assert decode(logbus_dir / "linked" / row[image_column]["path"]).shape[:2] == tuple(image.shape[-2:])
-    assert sorted(p.name for p in logbus_dir.iterdir()) == ["linked"]  # no empty .scratch left in the root
+    run_dir = logbus_dir / "packed"
+    assert [path for path in store_files(run_dir) if path.startswith(("rows/", "packs/"))] == [
+        "packs/r0-000000.parquet", "rows/samples/val/0000000000-r0-0.parquet"]
+    rows = read_table(run_dir, "samples/val")
+    for cell, image in zip(rows.image, images):  # every image decodes to the digit logged
+        expected = (image[0] * 255).round().to(torch.uint8).numpy()
+        assert cell.encoded()[1] == "image/png" and np.abs(cell.to_numpy()[..., 0].astype(int) - expected).max() <= 1
+    assert sorted(p.name for p in logbus_dir.iterdir()) == ["packed"]  # no empty .scratch left in the root
 
 
-def test_scratch_files_on_another_filesystem_are_copied_whole(logbus_dir, shm_folder):
-    """Where the encoder's files are on another filesystem (no link possible), the backend copies them:
-    same bytes, a file of its own."""
+def test_an_encoded_file_is_stored_as_it_was_when_logged(logbus_dir, shm_folder):
+    """An ``Image(path=...)`` is read when its table is written: the run holds those bytes, whatever
+    happens to the file afterwards (here: rewritten, then removed)."""
     source = shm_folder / "noise.png"
     PILImage.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(source)
+    logged = source.read_bytes()
     with logbus.start_run("copied", backends=["local"]) as run:
         run.log_table("samples", ["image"], [[Image(path=str(source))]], step=0)
-    (line,) = read_lines(logbus_dir / "copied" / "tables" / "samples.jsonl")
-    copy = logbus_dir / "copied" / line["rows"][0][0]["path"]
-    assert copy.read_bytes() == source.read_bytes()
-    assert copy.stat().st_nlink == 1 and copy.stat().st_ino != source.stat().st_ino
+        assert run.flush()
+        source.write_bytes(b"rewritten")
+    source.unlink()
+    [cell] = read_table(logbus_dir / "copied", "samples").image
+    assert cell.encoded() == (logged, "image/png")
 
 
 def test_link_or_copy_links_on_one_filesystem_and_copies_over_a_taken_name(tmp_path):
@@ -531,117 +603,34 @@ def test_link_or_copy_links_on_one_filesystem_and_copies_over_a_taken_name(tmp_p
     assert sorted(p.name for p in linked.parent.iterdir()) == ["0000001.png", "0000002.png"]  # no leftovers
 
 
-def test_segmentation_masks_are_encoded_in_the_worker_process_and_hard_linked(logbus_dir):
-    """A segmentation row's masks, and the viewer's overlays of them, reach ``media/`` as hard links of
-    files the worker process wrote in the scratch folder (creating a file costs the backend's thread,
-    in the training process, far more than a link): nothing encoded or created for them there. The
-    run reads back as before: each mask file decodes to the exact class ids, each overlay is the
-    viewer's, and a ground truth seen again is the same file."""
-    from logbus.files._overlay import encode_overlay, overlay_classes
-
+def test_segmentation_masks_from_the_worker_process_read_back_exactly(logbus_dir):
+    """A segmentation row's masks, done in the worker process, read back as the exact class ids with their
+    labels; a ground truth seen again is referenced (the same hash, stored once)."""
     images, _ = load_digits()
     images = images[:6]
     truth = (images[:, 0] > 0.5).long()
     logits = torch.randn(6, 2, *truth.shape[1:], generator=torch.Generator().manual_seed(0))
-    with logbus.start_run("seg-linked", backends=["local"]) as run:
+    with logbus.start_run("seg-worker", backends=["local"]) as run:
         samples = run.samples("segmentation", num_samples=None, class_names={0: "background", 1: "ink"})
         assert samples.pipeline.worker_ready(120)  # the worker process does the host stage
-        scratch = Path(samples.pipeline.encoder.folder)
         for step in range(2):
             samples.add(images, truth, logits, label="seg")
             samples.log("seg", step=step)
             assert run.flush(60)
-        masks = sorted((logbus_dir / "seg-linked" / "media").rglob("*.mask.png"))
-        assert len(masks) == 12  # 6 ground truths and 6 predictions, each once for both evals
-        overlays = sorted((logbus_dir / "seg-linked" / "media").rglob("*.overlay.png"))
-        assert [p.name.replace(".overlay.", ".mask.") for p in overlays] == [p.name for p in masks]
-        scratch_files = {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir() if p.name.endswith("k.png")}
-        scratch_files |= {(p.stat().st_dev, p.stat().st_ino) for p in scratch.iterdir() if p.name.endswith("y.png")}
-        assert all((p.stat().st_dev, p.stat().st_ino) in scratch_files and p.stat().st_nlink == 2
-                   for p in masks + overlays)
         assert samples.pipeline.stats.batches_in_process == 0
-    run_dir = logbus_dir / "seg-linked"
-    passes = read_lines(run_dir / "tables" / "samples" / "seg.jsonl")
-    assert len(passes) == 2 and passes[0]["rows"] == passes[1]["rows"]  # the same files referenced again
-    for row, mask, row_logits in zip(passes[1]["rows"], truth, logits):
-        cell = row[1]
-        np.testing.assert_array_equal(decode(run_dir / cell["masks"]["ground_truth"]["path"]), mask.numpy())
-        np.testing.assert_array_equal(decode(run_dir / cell["masks"]["prediction"]["path"]), row_logits.argmax(0).numpy())
-        assert cell["masks"]["ground_truth"]["class_labels"] == {"0": "background", "1": "ink"}
-        for name in ("ground_truth", "prediction"):
-            mask_path = run_dir / cell["masks"][name]["path"]
-            overlay = mask_path.with_name(mask_path.name.replace(".mask.png", ".overlay.png"))
-            ids = decode(mask_path)
-            viewers = encode_overlay(ids, *overlay_classes(ids, ((0, "background"), (1, "ink"))))
-            # Paletted (the mask's own pixel data through the class colours), shown as the viewer's RGBA one.
-            with PILImage.open(overlay) as made, PILImage.open(io.BytesIO(viewers)) as expected:
-                assert made.mode == "P"
-                np.testing.assert_array_equal(np.asarray(made.convert("RGBA")), np.asarray(expected))
+    run_dir = logbus_dir / "seg-worker"
+    first, second = (read_table(run_dir, "samples/seg", step=step) for step in (0, 1))
+    assert [c.masks["ground_truth"].hash for c in first.image] == [c.masks["ground_truth"].hash for c in second.image]
+    for cell, mask, row_logits in zip(second.image, truth, logits):
+        np.testing.assert_array_equal(cell.masks["ground_truth"].to_numpy(), mask.numpy())
+        np.testing.assert_array_equal(cell.masks["prediction"].to_numpy(), row_logits.argmax(0).numpy())
+        assert cell.masks["ground_truth"].class_labels == {0: "background", 1: "ink"}
+    assert pack_rows(run_dir, "mask") == 12  # 6 ground truths and 6 predictions, each once for both evals
 
 
-def test_a_mask_given_as_ids_and_later_as_an_encoded_file_is_one_file(logbus_dir, tmp_path, monkeypatch):
-    """The same mask may arrive as ids (encoded by the pipeline's own threads while the worker process
-    starts) and later with the file the worker process encoded (``Mask.path``, named by its content): one
-    file in the run either way, linked from the encoded one where it is written first, with its overlay.
-    An encoded mask's key is read from its file's name: its ids are not hashed again in the training process."""
-    from logbus.plugins.local import _backend
-    from logbus.samples import overlay_of
-    from logbus.samples._encoder_pool import EncoderPool
-
-    ids = np.random.default_rng(3).integers(0, 3, (6, 4)).astype(np.uint8)
-    image = np.zeros((6, 4, 3), np.uint8)
-    hashed = []
-    name_from_ids = _backend.mask_content_name
-    monkeypatch.setattr(_backend, "mask_content_name", lambda *args: hashed.append(args) or name_from_ids(*args))
-    pool = EncoderPool(folder=str(tmp_path), prefix="w0-", cache_bytes=0)  # as the worker process makes them
-    try:
-        encoded_a = pool.encode_mask(ids, {1: "a"}, overlay=True).result(30)
-        encoded_b = pool.encode_mask(ids, {1: "b"}, overlay=True).result(30)
-        with logbus.start_run("mixed", backends=["local"]) as run:
-            for step, mask in enumerate([Mask(ids, {1: "a"}), Mask(ids, {1: "a"}, path=encoded_a),
-                                         Mask(ids.copy(), {1: "a"}), Mask(ids, {1: "b"}, path=encoded_b),
-                                         Mask(ids, {1: "b"})]):
-                run.log_table("eval/samples", ["image"], [[Image(pixels=image, masks={"truth": mask})]], step=step)
-    finally:
-        pool.close()
-    lines = read_lines(logbus_dir / "mixed" / "tables" / "eval" / "samples.jsonl")
-    paths = [line["rows"][0][0]["masks"]["truth"]["path"] for line in lines]
-    # Other labels: a file of its own (the viewer colours by them).
-    assert paths[0] == paths[1] == paths[2] != paths[3] == paths[4]
-    assert len(hashed) == 3  # the masks given as ids alone; never one given as the worker's file
-    linked = logbus_dir / "mixed" / paths[3]
-    np.testing.assert_array_equal(decode(linked), ids)
-    assert linked.stat().st_ino == os.stat(encoded_b).st_ino  # linked, not written
-    assert linked.with_name(linked.name.replace(".mask.", ".overlay.")).stat().st_ino == os.stat(overlay_of(encoded_b)).st_ino
-
-
-@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
-def test_the_backend_names_a_mask_given_as_ids_as_the_worker_process_names_its_file(tmp_path, dtype):
-    """The one-file-either-way promise above rests on the backend computing, from ids, the content name
-    that the pipeline's ``EncoderPool.encode_mask(..., overlay=True)`` gives the file (ids, shape, dtype
-    and labels): this fails the day one of the two changes without the other."""
-    from logbus.plugins.local._backend import _mask_content_name
-    from logbus.samples import content_name
-    from logbus.samples._encoder_pool import EncoderPool
-
-    rng = np.random.default_rng(0)
-    pool = EncoderPool(folder=str(tmp_path), prefix="w1-", cache_bytes=0)
-    try:
-        for shape in ((5, 7), (7, 5), (1, 1)):
-            for labels in (None, {}, {2: "two", 0: "zero"}):
-                ids = rng.integers(0, 3, shape).astype(dtype)
-                path = pool.encode_mask(ids, labels, overlay=True).result(30)
-                key = tuple(sorted((labels or {}).items()))
-                assert _mask_content_name(Mask(ids, labels), key) == content_name(path) != path
-                assert _mask_content_name(Mask(ids, labels, path=path), key) == content_name(path)
-    finally:
-        pool.close()
-
-
-def test_class_labels_changed_in_place_between_tables_are_written_as_changed(logbus_dir):
-    """The backend works a labels mapping out once for all the rows that share it; a mapping changed in
-    place between two tables is the new labels in the second, with a mask file of its own (the viewer
-    colours a mask file for its labels)."""
+def test_a_mask_given_twice_is_stored_once_and_its_labels_changed_in_place_are_read_as_changed(logbus_dir):
+    """The same ids are one pack row, whatever their labels; a labels mapping changed in place between two
+    tables is the new labels in the second (the backend works a mapping's JSON out once for its rows)."""
     ids = np.arange(6, dtype=np.uint8).reshape(2, 3) % 2
     image = np.zeros((2, 3, 3), np.uint8)
     labels = {0: "background", 1: "ink"}
@@ -649,8 +638,128 @@ def test_class_labels_changed_in_place_between_tables_are_written_as_changed(log
         run.log_table("seg", ["image"], [[Image(pixels=image, masks={"truth": Mask(ids, labels)})]], step=0)
         assert run.flush()
         labels[1] = "stroke"
-        run.log_table("seg", ["image"], [[Image(pixels=image, masks={"truth": Mask(ids, labels)})]], step=1)
-    lines = read_lines(logbus_dir / "relabelled" / "tables" / "seg.jsonl")
-    first, second = (line["rows"][0][0]["masks"]["truth"] for line in lines)
-    assert first["class_labels"] == {"0": "background", "1": "ink"}
-    assert second["class_labels"] == {"0": "background", "1": "stroke"} and second["path"] != first["path"]
+        run.log_table("seg", ["image"], [[Image(pixels=image, masks={"truth": Mask(ids.copy(), labels)})]], step=1)
+    run_dir = logbus_dir / "relabelled"
+    first, second = (cell.masks["truth"] for cell in read_table(run_dir, "seg").image)
+    assert first.class_labels == {0: "background", 1: "ink"} and second.class_labels == {0: "background", 1: "stroke"}
+    assert first.hash == second.hash and pack_rows(run_dir, "mask") == 1 and pack_rows(run_dir, "image") == 1
+
+
+# -- the packed store: files, column types, resume, ranks, format 1 -----------------------------------
+def test_each_table_is_at_most_two_files_and_rows_holds_only_rows_files(logbus_dir):
+    rng = np.random.default_rng(4)
+    truth = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(20)]
+    with logbus.start_run("files", backends=["local"]) as run:
+        for step in range(4):
+            rows = [[i, Image(pixels=image, masks={"truth": Mask((image[..., 0] > 128).astype(np.int64))}),
+                     float(step)] for i, image in enumerate(truth)]
+            run.log_table("samples/val", ["id", "image", "score"], rows, step=step)
+            run.log_table("plain", ["step"], [[step]], step=step)
+    run_dir = logbus_dir / "files"
+    files = store_files(run_dir)
+    own = {"run.json", "hparams.json", "metrics.jsonl"}
+    assert own <= set(files)
+    rows_files = [path for path in files if path.startswith("rows/")]
+    packs = [path for path in files if path.startswith("packs/")]
+    assert len(rows_files) == 8 and all(path.endswith(".parquet") for path in rows_files)
+    assert len(packs) == 1  # the first eval's pixels; later evals reference them
+    assert set(files) == own | set(rows_files) | set(packs)  # nothing else: no media, no page, no temporary
+    assert len(files) - len(own) <= 3 * 8
+    assert pack_rows(run_dir, "image") == 20 and pack_rows(run_dir, "mask") == len({
+        (image[..., 0] > 128).tobytes() for image in truth})
+    assert len(pd.read_parquet(run_dir / "rows" / "samples" / "val")) == 80  # pandas: every row, no pack file
+    from logbus.plugins.local import list_tables
+
+    tables = list_tables(run_dir)
+    assert tables[["key", "step", "rank", "rows"]].values.tolist() == [
+        ["plain", 0, 0, 1], ["plain", 1, 0, 1], ["plain", 2, 0, 1], ["plain", 3, 0, 1],
+        ["samples/val", 0, 0, 20], ["samples/val", 1, 0, 20], ["samples/val", 2, 0, 20], ["samples/val", 3, 0, 20]]
+    assert all(Path(file).is_file() for file in tables.file)
+
+
+def test_mixed_type_columns_are_json_text_listed_in_the_metadata_and_decoded_by_read_table(logbus_dir):
+    import pyarrow.parquet as pq
+
+    rows = [[1, 1, True, "a", 1.5, None, 2**70], [2, 2.5, False, None, 2, None, 1], [3, "x", None, "c", None, None, 0]]
+    with logbus.start_run("types", backends=["local"]) as run:
+        run.log_table("t", ["int", "mixed", "bool", "str", "number", "empty", "huge"], rows, step=1)
+    [path] = (logbus_dir / "types" / "rows" / "t").glob("*.parquet")
+    schema = pq.read_schema(path)
+    assert [str(schema.field(name).type) for name in ("int", "bool", "str", "number", "mixed", "huge")] == [
+        "int64", "bool", "string", "double", "string", "string"]
+    assert json.loads(schema.metadata[b"logbus.json_columns"]) == ["mixed", "huge"]
+    assert pq.read_table(path).column("mixed").to_pylist() == ["1", "2.5", '"x"']
+    table = read_table(logbus_dir / "types", "t")
+    assert table.mixed.tolist() == [1, 2.5, "x"] and table.huge.tolist() == [2**70, 1, 0]
+    assert table.int.tolist() == [1, 2, 3] and table.number.tolist()[:2] == [1.5, 2.0] and table["empty"].isna().all()
+
+
+def test_a_resumed_run_appends_and_never_replaces_a_finished_table(logbus_dir):
+    """A run that did not finish (it raised: status failed) is resumed by the next run of its name, rank
+    and world size (Composer's autoresume restarts it so): metrics and tables are appended, the tables of
+    the first attempt are kept, even at the same step; a finished run is never appended to."""
+    image = np.full((4, 4, 3), 7, np.uint8)
+    with pytest.raises(RuntimeError):
+        with logbus.start_run("resumed", backends=["local"], config={"lr": 0.1}) as run:
+            run.log({"loss": 1.0}, step=0)
+            run.log_table("samples/val", ["id", "image"], [[0, Image(pixels=image)]], step=10)
+            assert run.flush()
+            raise RuntimeError("preempted")
+    run_dir = logbus_dir / "resumed"
+    first_file = run_dir / "rows" / "samples" / "val" / "0000000010-r0-0.parquet"
+    before = (first_file.stat().st_ino, first_file.stat().st_mtime_ns, first_file.read_bytes())
+    with logbus.start_run("resumed", backends=["local"], config={"epochs": 2}) as run:
+        run.log({"loss": 0.5}, step=10)
+        run.log_table("samples/val", ["id", "image"], [[1, Image(pixels=image)]], step=10)  # the same step again
+    with logbus.start_run("resumed", backends=["local"]) as run:  # the run finished: this is another run
+        run.log({"loss": 9.0}, step=0)
+    assert sorted(path.name for path in logbus_dir.iterdir()) == ["resumed", "resumed-2"]
+    assert (first_file.stat().st_ino, first_file.stat().st_mtime_ns, first_file.read_bytes()) == before
+    assert [line["loss"] for line in read_lines(run_dir / "metrics.jsonl")] == [1.0, 0.5]
+    assert read_table(run_dir, "samples/val").id.tolist() == [0, 1]
+    assert pack_rows(run_dir) == 1  # the resumed run knew the image was stored
+    info = read_json(run_dir / "run.json")
+    assert info["status"] == "finished" and len(info["resumed_at"]) == 1 and info["started_at"] < info["resumed_at"][0]
+    assert read_json(run_dir / "hparams.json") == {"lr": 0.1, "epochs": 2}
+
+
+def test_a_run_folder_still_written_by_a_live_process_is_not_resumed(logbus_dir):
+    with logbus.start_run("live", backends=["local"]) as first:  # still running in this process
+        first.log({"x": 1.0}, step=0)
+        assert first.flush()
+        with logbus.start_run("live", backends=["local"]) as second:
+            second.log({"x": 2.0}, step=0)
+    assert sorted(path.name for path in logbus_dir.iterdir()) == ["live", "live-2"]
+
+
+def test_the_ranks_of_one_run_are_read_as_one_table(logbus_dir):
+    """Each rank writes its own folder (on a shared disk or its node's): read_table merges them by step,
+    rank and row."""
+    for rank in (1, 0):
+        with logbus.start_run("ddp", backends=["local"], rank=rank, world_size=2) as run:
+            run.log({"loss": float(rank)}, step=0)
+            for step in (0, 1):
+                run.log_table("samples/val", ["id", "image"], [
+                    [i, Image(pixels=np.full((2, 2, 3), 10 * rank + i, np.uint8))] for i in range(2)], step=step)
+    runs = [logbus_dir / "ddp-rank0", logbus_dir / "ddp-rank1"]
+    rows = logbus.read_table(runs, "samples/val")
+    assert rows[["_step", "_rank", "_row", "id"]].values.tolist() == [
+        [0, 0, 0, 0], [0, 0, 1, 1], [0, 1, 0, 0], [0, 1, 1, 1], [1, 0, 0, 0], [1, 0, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert [int(cell.to_numpy()[0, 0, 0]) for cell in rows.image[:4]] == [0, 1, 10, 11]
+    assert len(logbus.read_table(runs, "samples/val", step=1)) == 4
+    metrics = logbus.read_metrics(runs)
+    assert metrics[["step", "_rank", "loss"]].values.tolist() == [[0, 0, 0.0], [0, 1, 1.0]]
+
+
+def test_a_format_1_run_folder_is_refused_with_a_clear_error(tmp_path):
+    old = tmp_path / "old-run"
+    (old / "tables").mkdir(parents=True)
+    (old / "run.json").write_text(json.dumps({"name": "old", "status": "finished"}))
+    (old / "tables" / "t.jsonl").write_text('{"key": "t", "step": 0, "columns": ["a"], "rows": [[1]]}\n')
+    for read in (lambda: logbus.read_table(old, "t"), lambda: logbus.read_metrics(old)):
+        with pytest.raises(ValueError, match=r"^runs: .*old-run.* format 1 \(tables/\*\.jsonl and media/.*reads format 2"):
+            read()
+    with pytest.raises(FileNotFoundError, match="^runs: expected a logbus run folder"):
+        logbus.read_table(tmp_path, "t")
+    with pytest.raises(TypeError, match="^key: "):
+        logbus.read_table(old, None)
