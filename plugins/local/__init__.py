@@ -6,8 +6,9 @@ reader, and the viewer that serves it back (``logbus view``, a local HTTP server
 from logbus.plugins.local._backend import DEFAULT_ROOT, LocalBackend, register_backends
 from logbus.plugins.local._store_reader import ImageCell, MaskCell, list_tables, read_metrics, read_table
 from logbus.plugins.local._store_writer import StoreWriter, TableLost
-from logbus.plugins.local._view_server import ViewerApp
+from logbus.plugins.local._view_server import ViewerApp, make_viewer_server
 from logbus.plugins.local._view_server import serve as serve_runs
 
 __all__ = ["DEFAULT_ROOT", "LocalBackend", "register_backends", "StoreWriter", "TableLost",
-           "ImageCell", "MaskCell", "list_tables", "read_metrics", "read_table", "ViewerApp", "serve_runs"]
+           "ImageCell", "MaskCell", "list_tables", "read_metrics", "read_table", "ViewerApp", "make_viewer_server",
+           "serve_runs"]

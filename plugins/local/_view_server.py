@@ -26,7 +26,7 @@ import pyarrow as pa
 from PIL import Image as PILImage
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from logbus.plugins.local import _view_store as store
@@ -111,11 +111,12 @@ class ViewerApp:
                 tables.append({"key": key, "steps": files.steps, "columns": columns,
                                "kind": _table_kind(schema), "rows_files": len(files.of())})
             info = {k: run.info.get(k) for k in ("status", "world_size", "start_time", "end_time", "rank")}
-            runs.append({"id": index, "name": run.name, "ranks": len(run.folders), "info": info, "tables": tables})
+            runs.append({"id": index, "name": run.name, "ranks": len(run.folders), "info": info,
+                         "hparams": store.read_hparams(run), "tables": tables})
         return _json({"runs": runs})
 
     def on_metrics(self, request: Request) -> Response:
-        return _json({"runs": [{"id": i, "name": run.name, **metrics.read()}
+        return _json({"runs": [{"id": i, "name": run.name, "series": metrics.read()}
                                for i, (run, metrics) in enumerate(zip(self.runs, self.metrics))]})
 
     def on_rows(self, request: Request) -> Response:
@@ -317,6 +318,20 @@ def _step(raw: str | None, table: store.TableFiles) -> int | None:
         raise ValueError(f"step: expected an integer or 'none', got {raw!r}") from None
 
 
+class _QuietRequestHandler(WSGIRequestHandler):
+    """No line per request on the terminal (a page asks for dozens of images); errors are still shown."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+def make_viewer_server(app: ViewerApp, host: str = LOOPBACK, port: int = DEFAULT_PORT) -> BaseWSGIServer:
+    """werkzeug's threaded server for ``app`` (not started: call ``serve_forever``).
+
+    :param app: the viewer; ``host``/``port``: where to listen (port 0: any free one)."""
+    return make_server(host, port, app, threaded=True, request_handler=_QuietRequestHandler)
+
+
 def serve(run_dirs: Sequence[str], host: str = LOOPBACK, port: int = DEFAULT_PORT, open_browser: bool = True,
           ready: Callable[[str], None] | None = None) -> None:
     """Serves the run folders until Ctrl-C.
@@ -330,7 +345,7 @@ def serve(run_dirs: Sequence[str], host: str = LOOPBACK, port: int = DEFAULT_POR
     if host not in (LOOPBACK, "localhost", "::1"):
         warnings.warn(f"host: serving on {host!r}, not loopback: anyone who can reach this address can read "
                       "these runs", stacklevel=2)
-    server = make_server(host, port, app, threaded=True)
+    server = make_viewer_server(app, host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}/"
     print(f"logbus view: serving {', '.join(r.name for r in app.runs)} at {url}  (Ctrl-C stops)", flush=True)
     if ready is not None:

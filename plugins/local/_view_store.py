@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from logbus.files import METRICS_LINE_FIELDS, hparam_name, metric_name
 from logbus.plugins.local._store_format import JSON_COLUMNS, META_KEY, META_STEPS, PACKS, ROWS
 from logbus.plugins.local._store_reader import run_folders
 
@@ -39,7 +40,7 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 TRUTH, PREDICTION, CORRECT, FLAG = "truth", "prediction", "correct", "flag"
 # Decoded pixels kept in memory (bytes), least recently used first out.
 PIXEL_CACHE_BYTES = 64 << 20
-METRIC_FIELDS = ("step", "time", "_nonfinite")
+NONFINITE_FIELD = "_nonfinite"  # the strict-JSON field listing a document's NaNs and infinities
 
 
 class StoreError(ValueError):
@@ -239,10 +240,26 @@ def at_step(step: int | None) -> pc.Expression:
 def sample_history(table: TableFiles, sample_key: str) -> pa.Table:
     """Every row of one sample (by its stable ``_sample_key``) at every step, in step order.
 
+    Two passes: the key column alone finds the sample's step, rank and row in each eval (sample keys
+    are hashes, so no row group can be skipped on them); then each eval's file is read only in the row
+    group that holds that row (``_row`` grows through a file, so its statistics skip the others). One
+    pass over every column costs twice as much at 100,000 rows (measured: benchmarks/bench_viewer.py).
+
     :param table: the table's files.
     :param sample_key: the sample's ``_sample_key``."""
-    rows = dataset(table.of()).to_table(filter=pc.field("_sample_key") == sample_key)
-    return rows.sort_by([("_step", "ascending"), ("_rank", "ascending")])
+    match = pc.field("_sample_key") == sample_key
+    hits = dataset(table.of()).to_table(columns=["_step", "_rank", "_row"], filter=match)
+    parts = []
+    for step in {row["_step"] for row in hits.select(["_step"]).to_pylist()}:
+        where = hits.filter(pc.is_null(hits["_step"]) if step is None else pc.equal(hits["_step"], step))
+        rows = functools.reduce(lambda a, b: a | b, [(pc.field("_rank") == rank) & (pc.field("_row") == row)
+                                                     for rank, row in zip(where["_rank"].to_pylist(),
+                                                                          where["_row"].to_pylist())])
+        parts.append(dataset(table.of(step)).to_table(filter=match & at_step(step) & rows))
+    if not parts:
+        return dataset(table.of()).schema.empty_table()
+    history = pa.concat_tables(parts, promote_options="permissive")
+    return history.sort_by([("_step", "ascending"), ("_rank", "ascending")])
 
 
 def changed_since(table: TableFiles, step: int | None, previous: int | None) -> pa.Array:
@@ -452,17 +469,17 @@ def pixels(run: ViewRun, pack: str, content_hash: str) -> np.ndarray:
 
 # -- metrics ---------------------------------------------------------------------------------------
 class MetricsFile:
-    """``metrics.jsonl`` read incrementally: each call reads only the lines written since the last
-    (the file only grows by whole lines while the run writes it)."""
+    """``metrics.jsonl`` read incrementally: each call reads only the lines written since the last (the
+    file only grows by whole lines while the run writes it). Each metric is a series of the lines that
+    have it, ``[steps, times, values]``; a NaN or an infinity is ``None`` there (a gap in its chart),
+    and names are the user's (``metric/step`` in the file is the user's ``step``)."""
 
     def __init__(self, path: str):
-        self.path, self.offset = path, 0
-        self.steps: list[Any] = []
-        self.times: list[Any] = []
-        self.values: dict[str, list[Any]] = {}
+        self.path, self.offset, self.lines = path, 0, 0
+        self.series: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
         self.lock = threading.Lock()
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> dict[str, list[list[Any]]]:
         with self.lock:
             try:
                 with open(self.path, "rb") as file:
@@ -479,18 +496,27 @@ class MetricsFile:
                     continue
                 if not isinstance(record, dict):
                     continue
-                n = len(self.steps)
-                self.steps.append(record.get("step"))
-                self.times.append(record.get("time"))
-                for name, value in record.items():
-                    if name in METRIC_FIELDS or not isinstance(value, (int, float, type(None))):
+                step = record.get("step")
+                step = step if isinstance(step, int) and not isinstance(step, bool) else self.lines
+                self.lines += 1
+                for field, value in record.items():
+                    if field in METRICS_LINE_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
                         continue
-                    column = self.values.setdefault(name, [])
-                    column.extend([None] * (n - len(column)))
-                    column.append(value)
-            n = len(self.steps)
-            for column in self.values.values():
-                column.extend([None] * (n - len(column)))
+                    steps, times, values = self.series.setdefault(metric_name(field), ([], [], []))
+                    steps.append(step)
+                    times.append(record.get("time"))
+                    values.append(value)
             # Copies: the caller serialises them while another request may read more lines.
-            return {"step": list(self.steps), "time": list(self.times),
-                    "values": {name: list(column) for name, column in self.values.items()}}
+            return {name: [list(part) for part in parts] for name, parts in sorted(self.series.items())}
+
+
+def read_hparams(run: ViewRun) -> dict[str, Any]:
+    """The run's hyperparameters under the user's names, non-finite values as ``None``.
+
+    :param run: the run (its rank 0 folder's ``hparams.json``)."""
+    for folder in run.folders:
+        hparams = _read_json(os.path.join(folder, "hparams.json"))
+        if hparams:
+            hparams.pop(NONFINITE_FIELD, None)
+            return {hparam_name(field): value for field, value in hparams.items()}
+    return {}

@@ -104,21 +104,16 @@ function smooth(values, weight) {  // exponential moving average, debiased as Te
   });
 }
 function series(run, name, axis, weight) {
-  const xs = [], ys = [];
-  const values = run.values[name] || [];
-  const t0 = run.time.find(t => t !== null);
-  for (let i = 0; i < values.length; i++) {
-    const x = axis === "time" ? (run.time[i] === null ? null : run.time[i] - t0) : run.step[i];
-    if (values[i] === null || x === null) continue;
-    xs.push(x); ys.push(values[i]);
-  }
-  const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b]);
-  return [order.map(i => xs[i]), smooth(order.map(i => ys[i]), weight)];
+  const [steps, times, values] = run.series[name] || [[], [], []];
+  const t0 = Math.min(...Object.values(run.series).map(([, t]) => t.find(x => x !== null) ?? Infinity));
+  const xs = axis === "time" ? times.map(t => t === null ? null : t - t0) : steps;
+  const order = xs.map((_, i) => i).filter(i => xs[i] !== null).sort((a, b) => xs[a] - xs[b]);
+  return [order.map(i => xs[i]), smooth(order.map(i => values[i]), weight)];
 }
 function chart(host, name, runs, axis, weight) {
   const tables = runs.map(run => series(run, name, axis, weight)).filter(([xs]) => xs.length);
   const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
-  const shown = runs.filter(run => (run.values[name] || []).some(v => v !== null));
+  const shown = runs.filter(run => series(run, name, axis, 0)[0].length);
   const opts = {
     width: Math.max(280, host.clientWidth - 8), height: 200, legend: {show: runs.length > 1},
     scales: {x: {time: false}},
@@ -131,7 +126,7 @@ async function metricsPage(params) {
   const axis = params.get("x") === "time" ? "time" : "step";
   const weight = Math.min(0.99, Math.max(0, Number(params.get("smooth") || 0)));
   const {runs} = await api("/api/metrics");
-  const names = [...new Set(runs.flatMap(run => Object.keys(run.values)))].sort();
+  const names = [...new Set(runs.flatMap(run => Object.keys(run.series)))].sort();
   const groups = new Map();
   for (const name of names) {
     const group = groupOf(name);
