@@ -110,7 +110,7 @@ class ViewerApp:
                 columns = [{"name": f.name, "type": _type_name(f.type)} for f in schema if not f.name.startswith("_")]
                 tables.append({"key": key, "steps": files.steps, "columns": columns,
                                "kind": _table_kind(schema), "rows_files": len(files.of())})
-            info = {k: run.info.get(k) for k in ("status", "world_size", "start_time", "end_time", "rank")}
+            info = {k: run.info.get(k) for k in ("status", "world_size", "started_at", "finished_at", "rank")}
             runs.append({"id": index, "name": run.name, "ranks": len(run.folders), "info": info,
                          "hparams": store.read_hparams(run), "tables": tables})
         return _json({"runs": runs})

@@ -14,6 +14,7 @@ the pages. A run, table, sample or pixel is named by index, key and hash in the 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
@@ -40,6 +41,9 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 TRUTH, PREDICTION, CORRECT, FLAG = "truth", "prediction", "correct", "flag"
 # Decoded pixels kept in memory (bytes), least recently used first out.
 PIXEL_CACHE_BYTES = 64 << 20
+# Rows files whose sample-key column is kept in memory (about 36 bytes a row: 1,000 files of 10,000 rows
+# would be 360 MB, so the oldest go first).
+KEY_FILES_KEPT = 256
 NONFINITE_FIELD = "_nonfinite"  # the strict-JSON field listing a document's NaNs and infinities
 
 
@@ -237,27 +241,41 @@ def at_step(step: int | None) -> pc.Expression:
     return pc.field("_step").is_null() if step is None else pc.field("_step") == step
 
 
+@functools.lru_cache(maxsize=KEY_FILES_KEPT)
+def _sample_keys_of(path: str) -> tuple[pa.Array, tuple[int, ...]]:
+    """A rows file's ``_sample_key`` column, and the first row of each row group: read once per file (a
+    finished file never changes), so a sample is found among 1,000,000 rows by comparing strings in
+    memory (milliseconds), not by decoding every file's key column again (about a second)."""
+    file = pq.ParquetFile(path)
+    keys = file.read(columns=["_sample_key"]).column(0).combine_chunks()
+    starts = tuple(itertools.accumulate((file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)),
+                                        initial=0))
+    return keys, starts
+
+
 def sample_history(table: TableFiles, sample_key: str) -> pa.Table:
     """Every row of one sample (by its stable ``_sample_key``) at every step, in step order.
 
-    Two passes: the key column alone finds the sample's step, rank and row in each eval (sample keys
-    are hashes, so no row group can be skipped on them); then each eval's file is read only in the row
-    group that holds that row (``_row`` grows through a file, so its statistics skip the others). One
-    pass over every column costs twice as much at 100,000 rows (measured: benchmarks/bench_viewer.py).
+    Each file's key column is kept in memory once read (:func:`_sample_keys_of`); the rows found are
+    read from their row group alone. One scan of every column of every file costs a hundred times
+    more at 1,000,000 rows (measured: benchmarks/bench_viewer.py).
 
     :param table: the table's files.
     :param sample_key: the sample's ``_sample_key``."""
-    match = pc.field("_sample_key") == sample_key
-    hits = dataset(table.of()).to_table(columns=["_step", "_rank", "_row"], filter=match)
+    schema = dataset(table.of()).schema
     parts = []
-    for step in {row["_step"] for row in hits.select(["_step"]).to_pylist()}:
-        where = hits.filter(pc.is_null(hits["_step"]) if step is None else pc.equal(hits["_step"], step))
-        rows = functools.reduce(lambda a, b: a | b, [(pc.field("_rank") == rank) & (pc.field("_row") == row)
-                                                     for rank, row in zip(where["_rank"].to_pylist(),
-                                                                          where["_row"].to_pylist())])
-        parts.append(dataset(table.of(step)).to_table(filter=match & at_step(step) & rows))
+    for path in dict.fromkeys(table.of()):  # a file of several steps is listed under each
+        keys, starts = _sample_keys_of(path)
+        found = np.flatnonzero(pc.fill_null(pc.equal(keys, sample_key), False).to_numpy(zero_copy_only=False))
+        if not len(found):
+            continue
+        file = pq.ParquetFile(path)
+        groups = np.searchsorted(starts, found, side="right") - 1
+        for group in np.unique(groups):
+            rows = file.read_row_group(int(group)).take(pa.array(found[groups == group] - starts[group]))
+            parts.append(rows.cast(pa.schema([schema.field(n) for n in rows.schema.names])))
     if not parts:
-        return dataset(table.of()).schema.empty_table()
+        return schema.empty_table()
     history = pa.concat_tables(parts, promote_options="permissive")
     return history.sort_by([("_step", "ascending"), ("_rank", "ascending")])
 
@@ -287,9 +305,15 @@ def wrong_at_every_eval(table: TableFiles) -> pa.Array:
     """The sample keys that are wrong at every eval they were logged at.
 
     :param table: the table's files (a classification table: it has ``correct``)."""
-    data = dataset(table.of())
+    return _wrong_at_every_eval(tuple(table.of()), table.key)
+
+
+@functools.lru_cache(maxsize=16)
+def _wrong_at_every_eval(paths: tuple[str, ...], key: str) -> pa.Array:
+    """Cached by the files: a new eval is a new file, so a new answer (the files themselves never change)."""
+    data = dataset(paths)
     if CORRECT not in data.schema.names:
-        raise StoreError(f"correct: table {table.key!r} has no column 'correct'")
+        raise StoreError(f"correct: table {key!r} has no column 'correct'")
     rows = data.to_table(columns=["_sample_key", CORRECT], filter=pc.field("_sample_key").is_valid())
     grouped = rows.group_by("_sample_key").aggregate([(CORRECT, "any")])
     return grouped.filter(pc.invert(pc.fill_null(grouped[f"{CORRECT}_any"], False)))["_sample_key"].combine_chunks()

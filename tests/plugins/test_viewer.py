@@ -287,9 +287,9 @@ class Dom(HTMLParser):
             self.stack.append(element)
 
     def handle_endtag(self, tag):
-        while self.stack:
-            if self.stack.pop()["tag"] == tag:
-                break
+        if any(element["tag"] == tag for element in self.stack):  # </canvas> closes nothing on the stack
+            while self.stack.pop()["tag"] != tag:
+                pass
 
     def handle_data(self, data):
         for element in self.stack:
@@ -323,6 +323,25 @@ def test_metrics_page_leads_with_the_users_groups_and_folds_logbus_and_time(chro
     titles = [e["text"] for e in dom.find(tag="h3")]
     assert titles == ["eval/accuracy", "train/a_very_long_metric_name_" + "x" * 40, "train/loss"]
     assert len(dom.find(tag="canvas")) == 3  # uPlot drew one chart each
+
+
+def test_metrics_of_two_runs_are_overlaid_on_a_wall_time_axis(chromium, tmp_path):
+    for name, scale in (("first-run", 1.0), ("second-run", 2.0)):
+        with logbus.start_run(name, backends=[("local", {"root": str(tmp_path / "runs")})]) as run:
+            for step in range(20):
+                run.log({"train/loss": scale / (step + 1)}, step)
+    httpd = make_viewer_server(ViewerApp([str(tmp_path / "runs" / "first-run"), str(tmp_path / "runs" / "second-run")]),
+                               "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}/#metrics?x=time&smooth=0.5"
+        dom = open_page(chromium, url, tmp_path / "profile")
+    finally:
+        httpd.shutdown()
+    [chart] = dom.find(**{"data-metric": "train/loss"})
+    assert "first-run" in chart["text"] and "second-run" in chart["text"]  # the legend names both runs
+    assert "seconds since start" in chart["text"]
+    assert dom.one(id="metrics-smooth")["value"] == "0.5"
 
 
 def test_samples_page_shows_a_filtered_sorted_page_of_an_eval(chromium, server, run_dir, tmp_path):

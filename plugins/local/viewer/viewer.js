@@ -63,8 +63,9 @@ function table(runId, key) {
   const run = RUNS.runs[runId];
   return run ? run.tables.find(t => t.key === key) : undefined;
 }
-function labelOf(labels, id) {
-  return labels && labels[id] !== undefined ? `${id} ${labels[id]}` : String(id);
+function labelOf(labels, id) {  // "3 cat"; just "3" where the class is named by its id
+  const name = labels ? labels[id] : undefined;
+  return name !== undefined && name !== null && name !== "" && String(name) !== String(id) ? `${id} ${name}` : String(id);
 }
 
 // -- chooser of run, table and step, shared by the table pages ---------------------------------------
@@ -118,7 +119,7 @@ function chart(host, name, runs, axis, weight) {
     width: Math.max(280, host.clientWidth - 8), height: 200, legend: {show: runs.length > 1},
     scales: {x: {time: false}},
     axes: [{label: axis === "time" ? "seconds since start" : "step"}, {}],
-    series: [{}].concat(shown.map((run, i) => ({label: run.name, stroke: colour(run.id + 1), width: 1.5, spanGaps: true}))),
+    series: [{label: axis === "time" ? "seconds since start" : "step"}].concat(shown.map((run, i) => ({label: run.name, stroke: colour(run.id + 1), width: 1.5, spanGaps: true}))),
   };
   new uPlot(opts, data, host);
 }
@@ -227,7 +228,7 @@ async function samplesPage(params) {
       shown.map(c => {
         let value = row[c.name];
         const td = el("td", {class: "col-" + c.type});
-        if ((c.name === "truth" || c.name === "prediction") && row[c.name + "_name"]) value = `${row[c.name]} ${row[c.name + "_name"]}`;
+        if (c.name === "truth" || c.name === "prediction") value = labelOf({[row[c.name]]: row[c.name + "_name"]}, row[c.name]);
         td.append(cellNode(runId, c, value));
         return td;
       }),
