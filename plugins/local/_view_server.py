@@ -17,7 +17,6 @@ import json
 import math
 import sys
 import threading
-import warnings
 from importlib import resources
 from typing import Any, Callable, Sequence
 
@@ -343,8 +342,8 @@ def serve(run_dirs: Sequence[str], host: str = LOOPBACK, port: int = DEFAULT_POR
     :param ready: called with the URL once the server listens (tests)."""
     app = ViewerApp(run_dirs)
     if host not in (LOOPBACK, "localhost", "::1"):
-        warnings.warn(f"host: serving on {host!r}, not loopback: anyone who can reach this address can read "
-                      "these runs", stacklevel=2)
+        print(f"logbus view: warning: host {host!r} is not loopback: anyone who can reach this address can read "
+              "these runs", file=sys.stderr)
     server = make_viewer_server(app, host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}/"
     print(f"logbus view: serving {', '.join(r.name for r in app.runs)} at {url}  (Ctrl-C stops)", flush=True)
@@ -355,8 +354,9 @@ def serve(run_dirs: Sequence[str], host: str = LOOPBACK, port: int = DEFAULT_POR
 
         webbrowser.open(url)
     try:
-        server.serve_forever()
+        server.serve_forever()  # werkzeug's returns on Ctrl-C
     except KeyboardInterrupt:
-        print("logbus view: stopped", file=sys.stderr)
+        pass
     finally:
         server.server_close()
+    print("logbus view: stopped", file=sys.stderr)

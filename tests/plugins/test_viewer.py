@@ -8,6 +8,7 @@ follow a link or change a select, which sets the hash, so each view is opened by
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -243,6 +244,26 @@ def test_the_command_refuses_what_is_not_a_run_folder(tmp_path, capsys):
     (tmp_path / "old" / "run.json").write_text('{"name": "old", "format_version": 1}')
     assert cli_main(["view", "--no-browser", str(tmp_path / "old")]) == 2
     assert "format 1" in capsys.readouterr().err
+
+
+def test_the_command_serves_until_ctrl_c(run_dir):
+    """`logbus view` as a user runs it: it prints the URL, answers there, and Ctrl-C stops it cleanly."""
+    import signal
+    import sys
+    import urllib.request
+
+    command = [sys.executable, "-m", "logbus.cli", "view", *rank_folders(run_dir), "--port", "0", "--no-browser"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line
+        with urllib.request.urlopen(url.group(0) + "api/runs", timeout=60) as response:
+            assert json.load(response)["runs"][0]["name"] == "demo"
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and err.strip().endswith("logbus view: stopped"), err
 
 
 # -- in a real browser --------------------------------------------------------------------------------
