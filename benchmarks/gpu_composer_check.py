@@ -168,9 +168,10 @@ def rows_read_back(folder: str, run_name: str, evals: int, eval_samples: int) ->
         run = read_wandb_run(run_dir)
         if run.run.get("display_name") == run_name:
             wandb_rows = [len(rows) for _, _, rows in run.tables("samples/eval")]
-    for path in sorted(Path(folder, run_name).glob("tables/**/*.jsonl")):
-        for line in path.read_text().splitlines():
-            local_rows.append(len(json.loads(line)["rows"]))
+    from logbus.plugins.local import list_tables
+
+    tables = list_tables(os.path.join(folder, run_name))
+    local_rows = tables[tables.key == "samples/eval"].rows.tolist()
     expected = [eval_samples] * evals
     return {"wandb": wandb_rows, "local": local_rows, "expected": expected,
             "passed": wandb_rows == expected and local_rows == expected}

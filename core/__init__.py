@@ -4,11 +4,10 @@ Importing logbus loads no plugin and starts no thread; plugins are found on firs
 """
 
 from logbus import _deprecated
+from logbus._version import __version__
 from logbus.hookspecs import hookimpl
 
 _deprecated.install()  # logbus.sample_pipeline, logbus.plugin_manager, logbus.strict_json (moved)
-
-from logbus._version import __version__
 
 __all__ = ["hookimpl", "Bus", "Run", "start_run", "records", "read_table", "read_metrics", "__version__"]
 

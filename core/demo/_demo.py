@@ -72,7 +72,7 @@ def main(epochs: int = 5, backends: list[str] | None = None) -> int:
         optimizers=torch.optim.Adam(model.parameters(), lr=3e-3),
         loggers=[logger],
         # The 100 hardest validation digits of each eval: a table `samples/eval` with image, truth,
-        # prediction, confidence and loss (`logbus view <local run folder>`, or the W&B run).
+        # prediction, confidence and loss (`logbus view` on the local run, or the W&B run).
         callbacks=[SampleLogger("classification", num_samples=100, policy="hardest",
                                 class_names=[str(digit) for digit in range(10)])],
         progress_bar=True,
@@ -94,6 +94,7 @@ def main(epochs: int = 5, backends: list[str] | None = None) -> int:
         print(f"  {name}: {run_dir}")
         if name == "local":
             print(f"  viewer (metrics, samples, confusion matrix): logbus view {run_dir}")
+            print(f"  in Python: logbus.read_table({run_dir!r}, 'samples/eval')")
         if name == "wandb" and os.environ.get("WANDB_MODE") == "offline":
             print(f"  upload the W&B run later with: wandb sync {run_dir}")
     return 0

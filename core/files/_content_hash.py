@@ -27,6 +27,6 @@ def content_hash(data: bytes | memoryview | np.ndarray) -> str:
     if isinstance(data, np.ndarray):
         array = data if data.flags.c_contiguous else np.ascontiguousarray(data)
         hasher = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
-        hasher.update(array.reshape(-1).view(np.uint8))  # one flat byte view: any dtype, no copy
+        hasher.update(array.reshape(-1).view(np.uint8).data)  # one flat byte view: any dtype, no copy
         return hasher.digest()[:DIGEST_BYTES].hex()
     return hashlib.sha256(data).digest()[:DIGEST_BYTES].hex()

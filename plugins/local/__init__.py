@@ -1,6 +1,5 @@
-"""The local backend's room: the backend that writes the run folder (a packed Parquet store), the store's
-reader, and the viewer that serves it back (``logbus view``, a local HTTP server: ``_view_server.py`` over
-``_view_store.py``). May import ``logbus`` and its rooms, like any plugin.
+"""The local backend's room: the run folder's writer and reader, and `logbus view` that serves it back.
+May import ``logbus`` and its rooms, like any plugin. The viewer is ``_view_server.py`` over ``_view_store.py``.
 """
 
 from logbus.plugins.local._backend import DEFAULT_ROOT, LocalBackend, register_backends

@@ -237,7 +237,8 @@ def _image(cell: dict | None, folder: str, packs: _Packs) -> ImageCell | None:
     if not isinstance(cell, dict):
         return None
     masks = {}
-    for mask in cell.get("masks") if cell.get("masks") is not None else ():
+    listed = cell.get("masks")  # a list, or from pandas an array (whose truth value is an error)
+    for mask in listed if listed is not None else ():
         labels = json.loads(mask["class_labels"]) if mask["class_labels"] else None
         masks[mask["name"]] = MaskCell(mask["name"], mask["hash"], _pack_path(folder, mask["pack"]),
                                        {int(k): v for k, v in labels.items()} if labels is not None else None, packs)

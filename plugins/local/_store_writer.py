@@ -100,7 +100,7 @@ class StoreWriter:
     def write_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None) -> str:
         """Writes one table (``records.Table``'s columns and rows) as a rows file; returns its path
         relative to the run folder. Raises :class:`TableLost` if it could not be written."""
-        return self._write(key, list(columns), [(step, index, row) for index, row in enumerate(rows)])
+        return self._write(key, list(columns), [(step, index, row) for index, row in enumerate(rows)], step)
 
     def add_images(self, key: str, images: Sequence[Image], step: int | None) -> None:
         """Buffers one ``log_images`` call; the buffer of ``key`` becomes a rows file past its bounds.
@@ -133,15 +133,17 @@ class StoreWriter:
     def _write_batch(self, key: str) -> None:
         batch = self._batches.pop(key)
         if batch.rows:
-            self._write(key, ["image"], batch.rows)
+            self._write(key, ["image"], batch.rows, batch.rows[0][0])
 
-    def _write(self, key: str, columns: list[str], rows: list[tuple[int | None, int, Sequence[Any]]]) -> str:
+    def _write(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]],
+               step: int | None) -> str:
+        """Writes ``rows`` (``(step, row index, cells)`` each) as one rows file named by ``step`` (the first
+        row's, for a batch of log_images calls), with a pack of the pixels not stored before."""
         token = uuid.uuid4().hex
         rows_tmp = os.path.join(self.run_dir, TMP, f"{token}.rows.parquet")
         pack = _PackFile(self, os.path.join(self.run_dir, TMP, f"{token}.pack.parquet"))
-        step = rows[0][0] if rows else None
         try:
-            table = self._arrow_table(key, columns, rows, pack)
+            table = self._arrow_table(key, columns, rows, pack, step)
             pq.write_table(table, rows_tmp, row_group_size=ROW_GROUP_ROWS, compression=COMPRESSION)
             pack.finish()  # the pixels first: a row never names a pack that is not there
             return self._publish(rows_tmp, key, step)
@@ -153,8 +155,8 @@ class StoreWriter:
                                 f"written and is lost ({error}); the files written before it are whole") from error
             raise
 
-    def _arrow_table(self, key: str, columns: list[str], rows: list[tuple[int | None, int, Sequence[Any]]],
-                     pack: _PackFile) -> pa.Table:
+    def _arrow_table(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]],
+                     pack: _PackFile, step: int | None) -> pa.Table:
         arrays: dict[str, pa.Array] = {
             KEY: pa.array([key] * len(rows), pa.string()),
             STEP: pa.array([row[0] for row in rows], pa.int64()),
@@ -182,7 +184,7 @@ class StoreWriter:
             user_arrays[stored] = array
         arrays[SAMPLE_KEY] = pa.array(_sample_keys(sample_hashes, columns, rows, len(rows)), pa.string())
         arrays.update(user_arrays)
-        steps: dict[Any, int] = {}
+        steps: dict[Any, int] = {} if rows else {step: 0}  # an empty table is listed at its step
         for row in rows:
             steps[row[0]] = steps.get(row[0], 0) + 1
         metadata = {META_KEY: key.encode(), META_FORMAT: str(FORMAT_VERSION).encode(),
@@ -212,7 +214,7 @@ class StoreWriter:
         """A cell of a column stored as JSON text: a scalar as itself (a non-finite float as
         ``{"value": null, "_nonfinite": ...}``), an image as its cell with ``"_type": "image"``."""
         if isinstance(value, (Image, _Read)):
-            return strict_json.dumps(dict(self._image_cell(value, pack, []), _type="image"))
+            return strict_json.dumps({**(self._image_cell(value, pack, []) or {}), "_type": "image"})
         if isinstance(value, float) and not np.isfinite(value):
             return strict_json.dumps({"value": value})  # a bare NaN has no document to record its kind in
         return strict_json.dumps(value)
@@ -231,8 +233,10 @@ class StoreWriter:
             pixels = image.pixels
             assert pixels is not None  # records.Image holds pixels or a path
             digest = image.digest or content_hash(pixels)
-            where = self._packed.get(digest)
-            if where is None:
+            known = self._packed.get(digest)
+            if known is not None:
+                where = known
+            else:
                 if self.image_format == RAW:
                     where = pack.add(digest, IMAGE_KIND, RAW, "uint8", pixels.shape, lambda: pixels.tobytes())
                 else:
@@ -391,7 +395,7 @@ def _box(box: Box, labels: Mapping[int, str]) -> dict[str, Any]:
     return fields
 
 
-def _sample_keys(hashes: list[str | None] | None, columns: list[str], rows: list, count: int) -> list[str | None]:
+def _sample_keys(hashes: list[str | None] | None, columns: list[str], rows: Sequence, count: int) -> list[str | None]:
     """Each row's stable key: the content hash of its (first) image, with the dataset index where the
     table has a ``dataset_index`` column; null where the table has no image."""
     if hashes is None:

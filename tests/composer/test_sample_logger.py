@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from composer import Trainer
 from composer.core import Callback, Evaluator
 from composer.models import ComposerClassifier, ComposerModel
+from local_reader import decode, logged_tables, pack_rows
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from local_reader import decode, logged_tables, pack_rows
 from wandb_reader import WandbRun, read_only_run
 
 import logbus

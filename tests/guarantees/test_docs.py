@@ -323,35 +323,39 @@ def test_the_plugin_example_works_as_written(pytester):
 
 
 def test_the_local_run_format_names_the_files_the_local_backend_writes(logbus_dir):
-    """Every ``key`` → ``file`` example of the table row is logged through a real local run, and the
-    files of ``tables/`` are exactly those; the first image goes where the ``media/`` row says."""
+    """Every ``key`` at step N → ``file`` example of the rows row is logged through a real local run, and
+    the files of ``rows/`` are exactly those; their first columns, the pack's fields and run.json's
+    format version are the ones the section names."""
     import numpy as np
+    import pyarrow.parquet as pq
 
     from logbus import start_run
     from logbus.records import Image
 
     section = CHAPTERS["Local run format"]
-    (tables_row,) = [row for row in table_rows(section) if row[0] == "`tables/<key>.jsonl`"]
-    examples = re.findall(r"`([^`]+)` → `(tables/[^`]+)`", tables_row[1])
-    assert len(examples) >= 2, tables_row
-    fields = re.search(r"`\{(\"[^`]*)\}`", tables_row[1]).group(1)
-    (media_row,) = [row for row in table_rows(section) if row[0].startswith("`media/")]
-    first_image = re.search(r"`(media/[^`]+\.png)`", media_row[1]).group(1)
-    media_key = first_image.split("/", 1)[1].rsplit("/", 1)[0]
+    (rows_row,) = [row for row in table_rows(section) if row[0] == "`rows/<key>/<step>-r<rank>-<n>.parquet`"]
+    examples = re.findall(r"`([^`]+)` at step (\d+) → `(rows/[^`]+)`", rows_row[1])
+    assert len(examples) >= 2, rows_row
+    (packs_row,) = [row for row in table_rows(section) if row[0] == "`packs/<id>.parquet`"]
+    pack_fields = re.search(r"one row per distinct image or mask \(([^)]*)\)", packs_row[1]).group(1)
+    columns = re.search(r"Every rows file has the columns (.*?)then the table's own", " ".join(section.split()))
+    first_columns = re.findall(r"`(_\w+)`", columns.group(1))
 
-    pixels = np.zeros((4, 4, 3), np.uint8)
     with start_run("format", backends=["local"]) as run:
-        run.log_table(media_key, ["id", "image"], [[0, Image(pixels=pixels)]], step=1)
-        for key, _ in examples:
-            run.log_table(key, ["id"], [[1]], step=2)
+        for key, step, _ in examples:
+            run.log_table(key, ["id", "image"], [[1, Image(pixels=np.full((2, 2, 3), int(step), np.uint8))]],
+                          step=int(step))
     run_dir = logbus_dir / "format"
-    written = {str(path.relative_to(run_dir)) for path in (run_dir / "tables").rglob("*.jsonl")}
-    assert written == {f"tables/{media_key}.jsonl"} | {file for _, file in examples}
-    for key, file in examples:
-        line = json.loads((run_dir / file).read_text())
-        assert line["key"] == key and list(line) == re.findall(r'"(\w+)"', fields)
-    cell = json.loads((run_dir / "tables" / f"{media_key}.jsonl").read_text())["rows"][0][1]
-    assert cell["path"] == first_image and (run_dir / first_image).is_file()
+    written = {str(path.relative_to(run_dir)) for path in (run_dir / "rows").rglob("*") if path.is_file()}
+    assert written == {file for _, _, file in examples}
+    for key, _, file in examples:
+        table = pq.read_table(run_dir / file)
+        assert table.column_names[:5] == first_columns == ["_key", "_step", "_rank", "_row", "_sample_key"]
+        assert table.column("_key").to_pylist() == [key] and table.column_names[5:] == ["id", "image"]
+    packs = list((run_dir / "packs").glob("*.parquet"))
+    assert packs and all(pq.read_schema(path).names == re.findall(r"`(\w+)`", pack_fields) for path in packs)
+    assert json.loads((run_dir / "run.json").read_text())["format_version"] == 2
+    assert "`\"format_version\": 2`" in section
 
 
 def test_no_sentence_promises_that_sample_tables_are_never_dropped():

@@ -394,6 +394,37 @@ def small_disk(tmp_path, monkeypatch):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+def test_a_table_that_fills_the_disk_is_lost_counted_and_the_run_goes_on(small_disk, caplog, recwarn):
+    """A table bigger than the free space (2,000 noise images, ~6 MB, on a 1 MiB disk) fails while its
+    pack is written: that table is lost, counted once with a clear message, its partial files removed
+    (so the space comes back), the tables before it stay whole, and the run goes on: later metrics and
+    tables are written."""
+    rng = np.random.default_rng(0)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        run = logbus.start_run("overflow", backends=["local"])
+        run.log_table("samples/val", ["id", "image"], [[0, Image(pixels=rng.integers(0, 256, (8, 8, 3), np.uint8))]],
+                      step=0)
+        noise = rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
+        run.log_table("samples/val", ["id", "image"], [[i, Image(pixels=noise[i])] for i in range(2000)], step=1)
+        for step in range(2, 12):
+            run.log({"loss": 1.0 / step}, step=step)
+        run.log_table("samples/val", ["id"], [[2]], step=2)
+        assert run.finish()
+
+    run_dir = small_disk / "overflow"
+    stats = run.bus.stats()["backends"]["local"]
+    assert stats["failures"] == 1 and stats["enabled"] is True
+    [error] = told(caplog, "local")["error"]
+    assert "the table 'samples/val' at step 1 (2000 rows) could not be written and is lost" in error
+    assert "No space left on device" in error
+    tables = logbus.read_table(run_dir, "samples/val")
+    assert tables._step.tolist() == [0, 2] and tables.id.tolist() == [0, 2]
+    assert tables.image[0].to_numpy().shape == (8, 8, 3)
+    assert [line["step"] for line in read_lines(run_dir / "metrics.jsonl")] == list(range(2, 12))
+    assert list((run_dir / ".tmp").iterdir()) == [] and len(list((run_dir / "packs").iterdir())) == 1
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
 def test_a_full_disk_switches_the_local_backend_off_and_keeps_what_it_wrote_whole(small_disk, caplog, recwarn):
     healthy = Recorder("healthy")
     rng = np.random.default_rng(0)
@@ -419,9 +450,10 @@ def test_a_full_disk_switches_the_local_backend_off_and_keeps_what_it_wrote_whol
     assert before_full < written < total
     assert lines == [{"step": step, "time": line["time"], "loss": 1.0 / (step + 1), "step_again": float(step)}
                      for step, line in enumerate(lines)]  # exactly the first `written` steps, whole
-    tables = read_lines(run_dir / "tables" / "samples" / "val.jsonl")
-    assert [table["step"] for table in tables] == list(range(before_full))
-    assert all((run_dir / table["rows"][0][1]["path"]).stat().st_size > 0 for table in tables)
+    tables = logbus.read_table(run_dir, "samples/val")  # the tables written before the disk filled, whole
+    assert tables._step.tolist() == tables.id.tolist() == list(range(before_full))
+    assert all(cell.to_numpy().shape == (16, 16, 3) for cell in tables.image)
+    assert [path for path in (run_dir / ".tmp").iterdir()] == []  # nothing half-written left behind
     assert json.loads((run_dir / "hparams.json").read_text()) == {"lr": 0.1}
 
     stats = run.bus.stats()["backends"]["local"]

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from composer import Callback, Trainer
@@ -375,15 +376,19 @@ def test_a_process_killed_mid_write_leaves_every_json_file_and_every_line_whole(
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # it never closed
         metrics, _ = check_jsonl(run_dir / "metrics.jsonl")
         assert [line["step"] for line in metrics] == list(range(len(metrics))) and len(metrics) >= 100
-        tables, _ = check_jsonl(run_dir / "tables" / "samples" / "val.jsonl")
-        assert tables and all(len(table["rows"]) == 1000 for table in tables)
-        images, _ = check_jsonl(run_dir / "tables" / "samples" / "images.jsonl")
-        for table in images:  # an image line is written after its file: the file is whole
-            with PILImage.open(run_dir / table["rows"][0][1]["path"]) as image:
-                assert image.size == (8, 8) and np.asarray(image).shape == (8, 8, 3)
+        # Every rows and pack file under its finished name is whole Parquet (linked there once complete).
+        for path in [*(run_dir / "rows").rglob("*.parquet"), *(run_dir / "packs").glob("*.parquet")]:
+            pq.read_table(path)
+        tables = logbus.read_table(run_dir, "samples/val")
+        assert len(tables) and len(tables) == 1000 * len(set(tables._step))
+        images = logbus.read_table(run_dir, "samples/images")
+        assert len(images)
+        for cell in images.image:  # a rows file is linked after its pack: every image is there, whole
+            assert cell.to_numpy().shape == (8, 8, 3)
         leftovers = [p.name for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".png")
                      and p.name.startswith(".")]
         assert leftovers == []  # a temporary file never looks like a finished one
+        assert [p for p in (run_dir / "rows").rglob("*") if p.is_file() and not p.name.endswith(".parquet")] == []
 
 
 KILLED_BEFORE_RENAME = textwrap.dedent("""
@@ -408,13 +413,14 @@ def test_a_write_killed_before_its_rename_leaves_nothing_that_looks_finished(tmp
 
 
 def test_every_file_of_a_run_folder_gets_the_same_permissions(logbus_dir):
-    # Atomic writes go through mkstemp (0600): run.json, hparams.json and the media must not end up
+    # Atomic writes go through mkstemp (0600): run.json, hparams.json and the rows and pack files must not end up
     # private while metrics.jsonl next to them follows the umask (a run folder shared with a team).
     with logbus.start_run("modes", backends=["local"], config={"lr": 0.1}) as run:
         run.log({"loss": 1.0}, step=0)
         run.log_table("samples/val", ["image"], [[Image(pixels=np.zeros((4, 4, 3), np.uint8))]], step=0)
     modes = {path.relative_to(logbus_dir).as_posix(): oct(path.stat().st_mode & 0o777)
              for path in (logbus_dir / "modes").rglob("*") if path.is_file()}
-    assert {"modes/run.json", "modes/hparams.json", "modes/metrics.jsonl", "modes/index.html"} <= set(modes)
+    assert {"modes/run.json", "modes/hparams.json", "modes/metrics.jsonl", "modes/packs/r0-000000.parquet",
+            "modes/rows/samples/val/0000000000-r0-0.parquet"} <= set(modes)
     assert len(set(modes.values())) == 1, modes
     assert modes["modes/metrics.jsonl"] == oct(0o644 & ~os.umask(os.umask(0o022)))

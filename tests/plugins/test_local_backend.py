@@ -3,7 +3,6 @@ read back with json, pandas/pyarrow and ``logbus.read_table``."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from local_reader import decode, logged_tables
 from PIL import Image as PILImage
 from wandb_reader import read_only_run
 
@@ -49,11 +50,6 @@ def run_pass(pipeline: SamplePipeline, batches, *, label: str = "eval", step: in
 def column(table: Table, name: str) -> list:
     index = table.columns.index(name)
     return [row[index] for row in table.rows]
-
-
-def decode(path) -> np.ndarray:
-    with PILImage.open(path) as image:
-        return np.asarray(image)
 
 
 @pytest.fixture
@@ -498,7 +494,6 @@ def test_scratch_files_are_deleted_once_every_backend_has_taken_the_table(wandb_
     """Local and W&B both take each table (the local run copies, W&B reads the file at log time); then
     the encoded files go at once (``scratch_cache_bytes=0``), while the run is still open, and what
     both backends stored stays readable."""
-    import json
 
     import logbus
 
@@ -516,14 +511,14 @@ def test_scratch_files_are_deleted_once_every_backend_has_taken_the_table(wandb_
                                                                   f"the table: {scratch_files(stream.pipeline)}")
     assert run.finish()
 
-    tables = [json.loads(line) for line in (logbus_dir / "scratch" / "tables" / "samples" / "eval.jsonl").open()]
+    tables = logged_tables(logbus_dir / "scratch", "samples/eval")
     wandb_tables = read_only_run(wandb_offline).tables("samples/eval")
     assert len(tables) == len(wandb_tables) == 3
     for local, (_, columns, rows), images in zip(tables, wandb_tables, images_per_eval):
         expected = images_to_uint8_reference(images).numpy()[:, :, :, 0]
         image = columns.index("image")
         for i, (local_row, wandb_row) in enumerate(zip(local["rows"], rows)):
-            np.testing.assert_array_equal(decode(logbus_dir / "scratch" / local_row[image]["path"]), expected[i])
+            np.testing.assert_array_equal(decode(local_row[image]["file"]), expected[i])
             np.testing.assert_array_equal(decode(wandb_row[image]["file"]), expected[i])
 
 
