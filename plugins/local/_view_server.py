@@ -58,6 +58,7 @@ class ViewerApp:
         self.metrics = [store.MetricsFile(_metrics_path(run)) for run in self.runs]
         self.urls = Map([
             Rule("/", endpoint="index"),
+            Rule("/favicon.ico", endpoint="favicon"),
             Rule("/static/<name>", endpoint="static"),
             Rule("/api/runs", endpoint="runs"),
             Rule("/api/metrics", endpoint="metrics"),
@@ -90,6 +91,9 @@ class ViewerApp:
     # -- page --------------------------------------------------------------------------------------
     def on_index(self, request: Request) -> Response:
         return self.on_static(request, "index.html")
+
+    def on_favicon(self, request: Request) -> Response:
+        return Response(status=204)  # none: a browser asks for it on every page
 
     def on_static(self, request: Request, name: str) -> Response:
         if name not in STATIC_FILES:

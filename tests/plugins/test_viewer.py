@@ -435,3 +435,91 @@ def test_the_page_loads_nothing_from_elsewhere():
     text = "".join(folder.joinpath(n).read_text() for n in ("index.html", "viewer.js", "viewer.css"))
     assert not re.search(r"https?://", text.replace("https://github.com/leeoniya/uPlot", ""))
     assert "innerHTML" not in text
+
+
+# -- clicking through, with Playwright driving the same Chromium -----------------------------------------
+@pytest.fixture(scope="module")
+def browser_page(chromium, server):
+    """A Playwright page in the Chromium on PATH (``executable_path``: nothing is downloaded). A failing
+    test leaves a screenshot of what the page showed in build/viewer-screenshots/."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        yield page, server, errors
+        browser.close()
+
+
+def ready(page) -> None:
+    page.wait_for_selector("html[data-viewer=ready]", timeout=30_000)
+
+
+@pytest.fixture
+def clicked(browser_page, request):
+    page, server, errors = browser_page
+    errors.clear()
+    yield page, server
+    shot = Path(__file__).resolve().parents[2] / "build" / "viewer-screenshots" / f"{request.node.name}.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot))  # kept for a look at what the last step showed, failed or not
+    assert not errors, errors  # no script error and no refused load (CSP) on the way
+
+
+def test_clicking_from_a_filtered_page_to_one_samples_history(clicked, run_dir):
+    page, server = clicked
+    page.goto(server + "#samples?run=0&key=samples/val&step=200")
+    ready(page)
+    page.select_option("#filter-outcome", "wrong")
+    ready(page)
+    page.click("a.sort[data-column=loss]")
+    ready(page)
+    expected = sorted((row for row in rows_at(run_dir, 200) if not row["correct"]), key=lambda row: row["loss"])
+    assert page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.sample)") == [
+        row["_sample_key"] for row in expected]
+    page.click("tr.row >> nth=0 >> a.history")
+    ready(page)
+    steps = page.locator("#history-table tr.row").evaluate_all("rows => rows.map(r => r.dataset.step)")
+    assert steps == [str(step) for step in STEPS]
+    page.go_back()
+    ready(page)
+    assert page.locator("#filter-outcome").input_value() == "wrong"
+
+
+def test_clicking_a_confusion_cell_lists_its_samples(clicked, run_dir):
+    page, server = clicked
+    page.goto(server + "#confusion?run=0&key=samples/val&step=100")
+    ready(page)
+    page.click("td[data-truth='1'][data-prediction='2'] a")
+    ready(page)
+    shown = page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.sample)")
+    assert sorted(shown) == sorted(row["_sample_key"] for row in rows_at(run_dir, 100)
+                                   if (row["truth"], row["prediction"]) == (1, 2))
+    assert page.locator("#filter-truth").input_value() == "1"
+
+
+def test_toggling_segmentation_layers_changes_the_pixels(clicked, run_dir):
+    page, server = clicked
+    page.goto(server + f"#sample?run=0&key=samples/seg&sample={seg_key(run_dir)}")
+    ready(page)
+
+    def red_pixels() -> int:  # pure red: the error map's colour
+        return page.evaluate("""() => { const c = document.getElementById('segmentation-canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+            for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 0 && d[i + 2] === 0) n++;
+            return n; }""")
+
+    for layer in ("image", "prediction"):
+        page.uncheck(f"#layer-{layer}")
+    page.fill("#layer-opacity", "1")
+    page.dispatch_event("#layer-opacity", "input")
+    assert red_pixels() == 0
+    page.check("#layer-error")
+    scale = (page.evaluate("document.getElementById('segmentation-canvas').width") // 16) ** 2
+    assert red_pixels() == expected_seg_errors() * scale  # each wrong pixel, drawn scale x scale
+    truth, prediction = segmentation_masks()
+    page.uncheck("input[data-class='1']")  # errors where the truth is ink are hidden with its class
+    assert red_pixels() == int(((truth[0] != prediction[0]) & (truth[0] == 2)).sum()) * scale > 0
