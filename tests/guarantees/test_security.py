@@ -25,7 +25,6 @@ from composer import Callback, Trainer
 from composer.models import ComposerClassifier
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image as PILImage
 from wandb_reader import read_only_run
 
 import logbus
