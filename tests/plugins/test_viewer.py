@@ -92,6 +92,7 @@ def run_dir(tmp_path_factory) -> Path:
                 run.log_table("samples/tokens", ["input", "target", "prediction", "token_accuracy"],
                               [["the cat sat", "on the mat", "on a mat", 0.66], ["a dog ran", "far away", "far away", 1.0],
                                [SCRIPT, "x", "y", 0.0]], step=300)
+                run.log_table("notes", ["text"], [["logged without a step"]])
     return root
 
 
@@ -138,7 +139,7 @@ def test_runs_lists_the_tables_of_both_ranks_merged(client):
     body = get_json(client, "/api/runs")
     assert [(run["name"], run["ranks"]) for run in body["runs"]] == [("demo", 2)]
     tables = {table["key"]: table for table in body["runs"][0]["tables"]}
-    assert set(tables) == {"samples/val", "samples/seg", "samples/tokens"}
+    assert set(tables) == {"samples/val", "samples/seg", "samples/tokens", "notes"}
     assert tables["samples/val"]["steps"] == list(STEPS)
     assert tables["samples/val"]["kind"] == "classification" and tables["samples/seg"]["kind"] == "segmentation"
     assert tables["samples/val"]["rows_files"] == 6  # three evals, two ranks
@@ -375,6 +376,12 @@ def test_samples_page_shows_a_filtered_sorted_page_of_an_eval(chromium, server, 
     assert dom.one(id="page-count")["text"] == f"rows 1–{len(expected)} of {len(expected)} (page 1 of 1)"
     assert len(dom.find(tag="img", **{"class": "thumb"})) == len(expected)
     assert any(SCRIPT in e["text"] for e in dom.find(tag="td"))  # the hostile class name, shown as text
+
+
+def test_a_table_logged_without_a_step_is_shown(chromium, server, client, tmp_path):
+    assert get_json(client, "/api/rows", run=0, key="notes", step="none")["rows"][0]["text"] == "logged without a step"
+    dom = open_page(chromium, server + "#samples?run=0&key=notes&step=none", tmp_path / "profile")
+    assert [e["text"] for e in dom.find(tag="tr", **{"class": "row"})] == ["logged without a step–"]
 
 
 def test_token_table_text_search(chromium, server, tmp_path):

@@ -47,6 +47,7 @@ function fmt(value) {
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
 }
+function stepName(step) { return step === null ? "none" : String(step); }
 function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 function colour(id) {  // a class's colour: hues spread by the golden angle, so neighbours differ
   return `hsl(${(id * 137.508) % 360}, 80%, 50%)`;
@@ -75,9 +76,9 @@ function chooser(page, params, extra) {
   const keys = run ? run.tables.map(t => t.key) : [];
   const key = keys.includes(params.get("key")) ? params.get("key") : keys[0];
   const current = table(runId, key);
-  const steps = current ? current.steps : [];
+  const steps = (current ? current.steps : []).map(stepName);  // "none": rows logged without a step
   const stepParam = params.get("step");
-  const step = stepParam !== null && steps.map(String).includes(stepParam) ? stepParam : (steps.length ? String(steps[steps.length - 1]) : "");
+  const step = stepParam !== null && steps.includes(stepParam) ? stepParam : (steps.length ? steps[steps.length - 1] : "");
   const go = change => { location.hash = link(page, Object.assign({run: runId, key, step}, extra || {}, change)); };
   const bar = el("div", {class: "chooser"},
     el("label", {}, "run ", el("select", {id: "choose-run", onchange: e => go({run: e.target.value, key: "", step: ""})},
@@ -85,8 +86,8 @@ function chooser(page, params, extra) {
     el("label", {}, "table ", el("select", {id: "choose-table", onchange: e => go({key: e.target.value, step: ""})},
       keys.map(k => el("option", {value: k, selected: k === key, text: k})))),
     el("label", {}, "step ", el("select", {id: "choose-step", onchange: e => go({step: e.target.value})},
-      steps.map(s => el("option", {value: s === null ? "none" : s, selected: String(s) === step, text: s === null ? "none" : s})))));
-  return {runId, key, step: step === "null" ? "none" : step, table: current, bar};
+      steps.map(s => el("option", {value: s, selected: s === step, text: s})))));
+  return {runId, key, step, table: current, bar};
 }
 
 // -- Metrics ---------------------------------------------------------------------------------------------
@@ -264,7 +265,7 @@ async function samplePage(params) {
   const withMasks = body.rows.filter(r => columns.some(c => c.type === "image" && r[c.name] && r[c.name].masks.length));
   if (withMasks.length) {
     const wanted = params.get("step");
-    const row = withMasks.find(r => String(r._step) === wanted) || withMasks[withMasks.length - 1];
+    const row = withMasks.find(r => stepName(r._step) === wanted) || withMasks[withMasks.length - 1];
     const column = columns.find(c => c.type === "image" && row[c.name] && row[c.name].masks.length);
     main.append(await segmentationView(runId, row[column.name], row._step));
   }
