@@ -503,7 +503,8 @@ class MetricsFile:
         self.series: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
         self.lock = threading.Lock()
 
-    def read(self) -> dict[str, list[list[Any]]]:
+    def read(self) -> tuple[int, dict[str, list[list[Any]]]]:
+        """How far the file has been read, and every metric's series up to there."""
         with self.lock:
             try:
                 with open(self.path, "rb") as file:
@@ -531,7 +532,7 @@ class MetricsFile:
                     times.append(record.get("time"))
                     values.append(value)
             # Copies: the caller serialises them while another request may read more lines.
-            return {name: [list(part) for part in parts] for name, parts in sorted(self.series.items())}
+            return self.offset, {name: [list(part) for part in parts] for name, parts in sorted(self.series.items())}
 
 
 def read_hparams(run: ViewRun) -> dict[str, Any]:

@@ -234,8 +234,15 @@ def test_a_table_written_while_the_run_goes_on_appears(tmp_path):
         assert wait_for(client, ["first"]) == ["first"]
         run.log_table("second", ["x"], [[3]], step=2)
         assert wait_for(client, ["first", "second"]) == ["first", "second"]
+        steps, _, values = get_json(client, "/api/metrics")["runs"][0]["series"]["loss"]
+        assert (steps, values) == ([1], [1.0])
+        run.log({"loss": 0.5}, 2)
+        for _ in range(200):  # the answer kept from the last ask is not served once the file grew
+            if get_json(client, "/api/metrics")["runs"][0]["series"]["loss"][0] == [1, 2]:
+                break
+            threading.Event().wait(0.05)
     steps, _, values = get_json(client, "/api/metrics")["runs"][0]["series"]["loss"]
-    assert (steps, values) == ([1], [1.0])
+    assert (steps, values) == ([1, 2], [1.0, 0.5])
 
 
 def test_the_command_refuses_what_is_not_a_run_folder(tmp_path, capsys):
