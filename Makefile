@@ -44,13 +44,13 @@ EXAMPLE_BUILD := build/example-plugin
 
 # The viewer's tests drive a real headless Chromium. When none is on PATH, `make test` says so and
 # installs Debian's chromium with apt-get (needs root; at most 5 minutes); where that fails it says
-# that too, and those tests skip with one line (tests/plugins/test_viewer.py).
+# that too, and those tests fail with one line saying how to get one (tests/plugins/test_viewer.py).
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  echo "make test: the viewer tests need chromium; installing it with apt-get (at most 5 minutes)"; \
 	  timeout 300 sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends -o DPkg::Lock::Timeout=60 chromium' >/dev/null 2>&1 \
-	  || echo "make test: chromium could not be installed; the viewer's browser tests will skip"; }
+	  || echo "make test: chromium could not be installed; the viewer's browser tests will fail"; }
 
 test: editable browser
 	$(BIN)/ruff check core plugins kernels tests benchmarks $(EXAMPLE)

@@ -38,25 +38,14 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(epochs=args.epochs, backends=args.backends.split(","))
 
 
-def _has_display() -> bool:
-    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def _view(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from logbus.plugins.local import write_viewer
+    from logbus.plugins.local import serve_runs
 
     try:
-        path = write_viewer(args.run_dir)
-    except (FileNotFoundError, ValueError) as error:
+        serve_runs(args.run_dirs, host=args.host, port=args.port, open_browser=not args.no_browser)
+    except (FileNotFoundError, ValueError, OSError) as error:
         print(f"logbus view: {error}", file=sys.stderr)
         return 2
-    print(path)
-    if not args.write_only and _has_display():
-        import webbrowser
-
-        webbrowser.open(Path(path).resolve().as_uri())
     return 0
 
 
@@ -105,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--backends", default="wandb,local", help="comma-separated backend names")
     demo.set_defaults(func=_demo)
-    view = commands.add_parser("view", help="write RUN_DIR/index.html (a static viewer) and open it in a browser")
-    view.add_argument("run_dir", metavar="RUN_DIR", help="a local run folder (logbus_runs/<name>)")
-    view.add_argument("--write-only", action="store_true", help="write the page, do not open a browser")
+    view = commands.add_parser("view", help="serve run folders to a browser: metrics, samples, confusion matrices")
+    view.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                      help="local run folders (logbus_runs/<name>); ranks of one run are merged, runs overlaid")
+    view.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; another is warned about)")
+    view.add_argument("--port", type=int, default=6007, help="TCP port (default 6007; 0 picks a free one)")
+    view.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
     view.set_defaults(func=_view)
     bench = commands.add_parser("bench", help="measure logging overhead on this machine (about a minute)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1,5 +1,5 @@
 """A built wheel imports exactly as the editable install does: the three source folders map into one
-``logbus`` namespace, and the package data (digits, viewer template, the PEP 561 ``py.typed``
+``logbus`` namespace, and the package data (digits, the viewer's page, the PEP 561 ``py.typed``
 marker) ships inside it."""
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ print(logbus.__file__)
 print(logbus.plugins.local.__file__)
 print(logbus.kernels.__file__)
 print(importlib.resources.files("logbus.demo").joinpath("data/digits.csv.gz").is_file())
-print(importlib.resources.files("logbus.plugins.local").joinpath("viewer_template.html").is_file())
+print(all(importlib.resources.files("logbus.plugins.local").joinpath("viewer", name).is_file()
+          for name in ("index.html", "viewer.js", "viewer.css", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE")))
 print(importlib.resources.files("logbus").joinpath("py.typed").is_file())
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,

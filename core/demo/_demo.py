@@ -93,7 +93,7 @@ def main(epochs: int = 5, backends: list[str] | None = None) -> int:
             run_dir = os.path.dirname(run_dir)
         print(f"  {name}: {run_dir}")
         if name == "local":
-            print(f"  sample viewer: logbus view {run_dir}")
+            print(f"  viewer (metrics, samples, confusion matrix): logbus view {run_dir}")
             print(f"  in Python: logbus.read_table({run_dir!r}, 'samples/eval')")
         if name == "wandb" and os.environ.get("WANDB_MODE") == "offline":
             print(f"  upload the W&B run later with: wandb sync {run_dir}")

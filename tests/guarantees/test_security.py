@@ -29,13 +29,11 @@ from composer import Callback, Trainer
 from composer.models import ComposerClassifier
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image as PILImage
 from wandb_reader import read_only_run
 
 import logbus
 from logbus.composer import LogBusLogger, WandBLogger
 from logbus.demo import DigitsCNN, digits_loaders
-from logbus.plugins.local._viewer import write_viewer
 from logbus.records import REDACTED, Hyperparameters, Image, Mask, RunStarted, Table, redact_secrets
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:composer.*")
@@ -384,21 +382,26 @@ def test_hostile_names_raise_naming_the_argument_or_stay_inside_the_run_folder(t
             assert len(path.name) <= 255 and all(c.isalnum() or c in "._-" for c in path.name), path
 
 
-def test_the_viewer_never_writes_outside_the_run_folder_from_a_tampered_table(tmp_path):
-    # `logbus view` may be pointed at a run folder someone sent you: its table lines are not trusted.
+def test_the_viewer_never_reads_outside_the_run_folder_from_a_tampered_table(tmp_path):
+    # `logbus view` may be pointed at a run folder someone sent you: its rows files are not trusted. An image
+    # cell whose pack id is a path is refused by the server, which writes no file at all.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from werkzeug.test import Client
+
+    from logbus.plugins.local import ViewerApp
+
     run_dir, outside = tmp_path / "run", tmp_path / "outside"
-    (run_dir / "tables").mkdir(parents=True)
+    with logbus.start_run("run", backends=[("local", {"root": str(tmp_path)})]) as run:
+        run.log_table("t", ["x"], [[1]], step=0)
     outside.mkdir()
-    PILImage.fromarray(np.eye(4, dtype=np.uint8)).save(outside / "victim.mask.png")
-    PILImage.fromarray(np.eye(4, dtype=np.uint8)).save(outside / "victim.png")
-    (run_dir / "run.json").write_text("{}")
-    cell = {"_type": "image", "path": "../outside/victim.png", "caption": None, "boxes": [],
-            "masks": {"a": {"path": "../outside/victim.mask.png", "class_labels": {}},
-                      "b": {"path": str(outside / "victim.png"), "class_labels": {}}}}
-    (run_dir / "tables" / "t.jsonl").write_text(json.dumps({"step": 0, "columns": ["image"], "rows": [[cell]]}) + "\n")
-    before = sorted(os.listdir(outside))
-    write_viewer(run_dir)
-    assert sorted(os.listdir(outside)) == before
+    pq.write_table(pa.table({"hash": ["h"], "kind": ["image"], "encoding": ["raw"], "dtype": ["uint8"],
+                             "shape": [[4, 4]], "data": [np.eye(4, dtype=np.uint8).tobytes()]}), outside / "victim.parquet")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    client = Client(ViewerApp([str(run_dir)]))
+    for pack in ("../outside/victim", "..%2Foutside%2Fvictim", str(outside / "victim"), "..", ".tmp"):
+        assert client.get(f"/img/0/{pack}/h").status_code == 404, pack
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 # -- atomic files under SIGKILL --------------------------------------------------------------------

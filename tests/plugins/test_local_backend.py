@@ -22,7 +22,6 @@ from PIL import Image as PILImage
 import logbus
 from logbus.demo import load_digits
 from logbus.files import _strict_json as strict_json
-from logbus.plugins.local._viewer import write_viewer
 from logbus.records import Box, Image, Mask
 
 
@@ -205,9 +204,16 @@ def test_artifacts_are_copied_and_listed(logbus_dir, tmp_path):
 
 # -- strict JSON, namespaced metrics, media written whole and once ---------------------------------
 def viewer_data(run_dir: Path) -> dict:
-    """The run as the viewer embeds it into index.html."""
-    html = Path(write_viewer(run_dir)).read_text()
-    return json.loads(html.split('id="run-data">', 1)[1].split("</script>", 1)[0])
+    """The run as `logbus view` serves it (its JSON API): each metric's ``[[step, value], ...]`` and the
+    hyperparameters."""
+    from werkzeug.test import Client
+
+    from logbus.plugins.local import ViewerApp
+
+    client = Client(ViewerApp([str(run_dir)]))
+    series = client.get("/api/metrics").get_json()["runs"][0]["series"]
+    return {"metrics": {name: [list(point) for point in zip(steps, values)] for name, (steps, _, values) in series.items()},
+            "hparams": client.get("/api/runs").get_json()["runs"][0]["hparams"]}
 
 
 def raw_lines(path: Path) -> list[dict]:
