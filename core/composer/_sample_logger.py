@@ -161,7 +161,8 @@ class SampleLogger(Callback):
         evals, not batches), so the collective inside always has all ranks."""
         future = self.pipeline.end_pass(label, step=step)
         table = gather_table(future, key=f"{self.pipeline.key_prefix}/{label}", columns=self.pipeline.extractor.columns,
-                             step=step, folder=self.pipeline.encoder.folder, timeout=self.gather_timeout)
+                             step=step, folder=self.pipeline.encoder.folder, timeout=self.gather_timeout,
+                             pipeline=self.pipeline)
         if table is not None:
             self._emit(table)
 

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -45,16 +46,22 @@ log = logging.getLogger("logbus")
 MAX_RESTARTS = 3
 MAX_ATTACHED = 16  # shared buffers the process keeps mapped
 SHARED_WAIT_SECONDS = 60.0  # how long a batch waits for a free shared buffer before it is dropped
+STOP_SECONDS = 10.0  # a stopped worker that has not ended by then (hung, SIGSTOPped) is killed
 
 # on_done(rows, error text): rows on success; error text on failure; both None: lost with the process.
 Done = Callable[[list | None, str | None], None]
 
 
 class _Process:
-    """The worker process shared by every pipeline, and the thread that reads its answers."""
+    """The worker process shared by every pipeline, and the threads that talk to it.
+
+    Nothing is sent on the socket by a caller's thread: messages go to an outbox that a sender thread
+    of its own writes out. A worker that does not read (hung, stopped, busy) then fills the socket
+    and blocks that thread alone; the lock the training thread's next batch needs is only ever held
+    for bookkeeping, never across a send."""
 
     def __init__(self):
-        self._lock = threading.Lock()  # the socket's send side, the in-flight table, restarts
+        self._lock = threading.Lock()  # the in-flight table, the outbox, restarts
         self._in_flight: dict[int, tuple[SharedPool, Any, Done]] = {}
         self._opening: dict[int, tuple[threading.Event, list]] = {}
         self._closing: dict[int, threading.Event] = {}  # pipelines whose files the process is deleting
@@ -63,16 +70,30 @@ class _Process:
         self.restarts = 0
         self.generation = 0  # bumped at each restart: pipelines opened before must open again
         self.broken = False
+        self.stopped = False  # the last pipeline closed: the process was asked to end, not restarted
+        self.last_answer = time.monotonic()  # when the process last answered (a hung one stops answering)
         self._start()
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-c", f"from logbus.samples._host_process import serve; serve({theirs.fileno()})"]
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+        # -I: isolated (no PYTHON* variables, no user site, and neither the current directory nor the
+        # script's own on sys.path): a ``queue.py`` in the training script's working directory must not
+        # shadow the standard library in here. The training process's import path follows, after the
+        # interpreter's own, without its working directory, so that logbus and the extractor's plugin
+        # import as they do there and nothing there shadows a module the worker needs.
+        working_directory = os.path.abspath(os.getcwd())
+        paths = [path for path in sys.path if path and os.path.abspath(path) != working_directory]
+        bootstrap = ("import sys; sys.path.extend(p for p in sys.argv[1:] if p not in sys.path); "
+                     f"from logbus.samples._host_process import serve; serve({theirs.fileno()})")
+        command = [sys.executable, "-I", "-c", bootstrap, *paths]
         # Its own session: a Ctrl-C in the terminal goes to training, which then closes the pipeline.
-        self.popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=environment, start_new_session=True)
+        self.popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
         self._connection = Connection(ours.detach())
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_all, args=(self._connection, self._outbox),
+                                        name="logbus-host-sender", daemon=True)
+        self._sender.start()
         self._receiver = threading.Thread(target=self._receive, args=(self._connection, self.popen),
                                           name="logbus-host-receiver", daemon=True)
         self._receiver.start()
@@ -81,25 +102,62 @@ class _Process:
     def pid(self) -> int:
         return self.popen.pid
 
+    @staticmethod
+    def _send_all(connection: Connection, outbox: queue.SimpleQueue) -> None:
+        """The sender thread: writes the outbox to the socket until the stop marker (None) or until
+        the process is gone (its receiver then counts what it held as lost)."""
+        while True:
+            message = outbox.get()
+            if message is None:
+                break
+            try:
+                connection.send(message)
+            except (OSError, ValueError):  # the process is gone, or the connection was closed
+                break
+        try:
+            connection.close()  # the worker reads EOF and ends
+        except OSError:
+            pass
+
     def send(self, message: tuple) -> bool:
-        """Sends under the lock; False if the process is gone (its receiver deals with the rest)."""
+        """Queues ``message`` for the sender thread and returns at once; False if the process is gone."""
         with self._lock:
             return self._send_locked(message)
 
     def _send_locked(self, message: tuple) -> bool:
-        try:
-            self._connection.send(message)
-            return True
-        except OSError:
+        if self.broken or self.stopped:
             return False
+        self._outbox.put(message)
+        return True
+
+    def stop(self) -> None:
+        """The last pipeline closed: the worker is asked to end (its socket closes after what is queued)
+        and, if it has not within ``STOP_SECONDS`` (hung, stopped), is killed. Its shared memory and
+        its 100s of MB go with it."""
+        with self._lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            self._outbox.put(None)
+        popen = self.popen
+
+        def reap() -> None:
+            try:
+                popen.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+        threading.Thread(target=reap, name="logbus-host-reaper", daemon=True).start()
 
     def open(self, key: int, extractor: bytes, options: dict[str, Any]) -> tuple[int, threading.Event, list]:
         """Sends a pipeline's extractor to the process without waiting: (generation, event, answer);
         once ``event`` is set, ``answer[0]`` is the error (None: loaded)."""
         done, answer = threading.Event(), []
         with self._lock:
-            if self.broken:
-                answer.append("the worker process could not be restarted")
+            if self.broken or self.stopped:
+                answer.append("the worker process could not be restarted" if self.broken
+                              else "the worker process was stopped")
                 done.set()
             else:
                 self._opening[key] = (done, answer)
@@ -124,12 +182,28 @@ class _Process:
         """``kind``: ``"batch"`` (host fields, numpy) or ``"raw"`` (a batch's tensors, device stage there).
         A ``generation`` other than the live process's (None: the pipeline never opened) is ``"broken"``."""
         with self._lock:
-            if self.broken or generation != self.generation:
+            if self.broken or self.stopped or generation != self.generation:
                 return "broken"
             number = next(self._numbers)
             self._in_flight[number] = (pool, buffer, on_done)
             self._send_locked((kind, key, number, buffer.name, layout))
         return "sent"
+
+    def _restart_locked(self, popen: subprocess.Popen, exit_code: int, lost: int) -> None:
+        restart = self.restarts < MAX_RESTARTS
+        log.warning("logbus: the sample pipelines' worker process (pid %s) ended with exit code %s; %d batch(es) "
+                    "it held are lost; %s", popen.pid, exit_code, lost,
+                    "starting a new one" if restart else "from now on samples are processed in the training process")
+        started = False
+        if restart:
+            self.restarts += 1
+            try:
+                self._start()
+                started = True
+            except Exception:  # noqa: BLE001 - no new process: the pipelines do the work themselves
+                log.exception("logbus: could not start a new worker process for the sample pipelines")
+        self.generation += 1
+        self.broken = not started
 
     # -- receiver thread -------------------------------------------------------------------------
     def _receive(self, connection: Connection, popen: subprocess.Popen) -> None:
@@ -138,6 +212,7 @@ class _Process:
                 message = connection.recv()
             except (EOFError, OSError):
                 break
+            self.last_answer = time.monotonic()
             kind = message[0]
             if kind == "closed":
                 with self._lock:
@@ -180,20 +255,8 @@ class _Process:
                 closed.set()
             if _exiting:
                 return
-            restart = self.restarts < MAX_RESTARTS
-            log.warning("logbus: the sample pipelines' worker process (pid %s) ended with exit code %s; %d batch(es) "
-                        "it held are lost; %s", popen.pid, exit_code, len(lost),
-                        "starting a new one" if restart else "from now on samples are processed in the training process")
-            started = False
-            if restart:
-                self.restarts += 1
-                try:
-                    self._start()
-                    started = True
-                except Exception:  # noqa: BLE001 - no new process: the pipelines do the work themselves
-                    log.exception("logbus: could not start a new worker process for the sample pipelines")
-            self.generation += 1
-            self.broken = not started
+            if not self.stopped:  # else asked to end: no warning, nothing to restart
+                self._restart_locked(popen, exit_code, len(lost))
         for done, answer in opening.values():
             answer.append("the worker process ended while loading the extractor")
             done.set()
@@ -208,12 +271,32 @@ _keys = itertools.count()
 _exiting = False
 
 
-def _process() -> _Process:
-    global _shared
+_users = 0  # open HostStages: the process is stopped when the last one closes
+
+
+def _attach_process() -> _Process:
+    """The shared worker process, started if there is none (or the last one was stopped), for one
+    more pipeline; give it back with ``_detach_process``."""
+    global _shared, _users
     with _shared_lock:
         if _shared is None:
             _shared = _Process()
+        _users += 1
         return _shared
+
+
+def _detach_process(process: _Process) -> None:
+    """One pipeline less; the last one stops the process (a later pipeline starts a new one), so a
+    worker never outlives the runs that use it, nor keeps their shared memory mapped."""
+    global _shared, _users
+    with _shared_lock:
+        if process is not _shared:
+            return  # stopped already (a pipeline of an earlier process generation)
+        _users -= 1
+        if _users > 0:
+            return
+        _shared = None
+    process.stop()
 
 
 @atexit.register
@@ -240,8 +323,9 @@ class HostStage:
         self._extractor = pickle.dumps(extractor)
         self._options = encoder_options
         self.key = next(_keys)
-        self.shared = SharedPool(shared_bytes)
-        self.process = _process()
+        self.shared = SharedPool(shared_bytes, on_drop=self._forget)
+        self.process = _attach_process()
+        self._closed = False
         self._generation: int | None = None
         self._opening: list | None = None  # [event, answer] of the last open
         self.error: str | None = None
@@ -275,10 +359,10 @@ class HostStage:
             return False
         return True
 
-    def submit(self, fields: dict[str, np.ndarray], on_done: Done) -> str:
+    def submit(self, fields: dict[str, np.ndarray], on_done: Done, wait: float = SHARED_WAIT_SECONDS) -> str:
         """Copies ``fields`` into a shared buffer and hands them over; ``on_done`` is called from the
-        receiver thread. Returns ``"sent"``; ``"full"`` when no buffer was free within
-        ``SHARED_WAIT_SECONDS`` (the caller drops the batch); ``"broken"`` when the extractor is not
+        receiver thread. Returns ``"sent"``; ``"full"`` when no buffer was free within ``wait``
+        seconds (the caller drops the batch); ``"broken"`` when the extractor is not
         loaded in a live process, or not yet (the caller does the work itself). Raises ``OSError`` when
         shared memory cannot be created."""
         if not self.ready():
@@ -287,7 +371,7 @@ class HostStage:
         for name, array in fields.items():
             layout.append((name, array.dtype.str, array.shape, offset))
             offset += (array.nbytes + 15) // 16 * 16  # every field aligned for its dtype view
-        buffer = self.shared.acquire(offset, timeout=SHARED_WAIT_SECONDS)
+        buffer = self.shared.acquire(offset, timeout=wait)
         if buffer is None:
             return "full"
         for (_, dtype, shape, start), array in zip(layout, fields.values()):
@@ -320,13 +404,23 @@ class HostStage:
         if paths and self._generation is not None and not self.lost:
             self.process.send(("release", self.key, paths))
 
+    def _forget(self, name: str) -> None:
+        """A shared buffer this pipeline unlinked: the process unmaps it too (else it stays in memory)."""
+        if self._generation is not None and not self.lost:
+            self.process.send(("forget", self.key, name))
+
     def close(self, timeout: float = 0.0) -> None:
-        """Forgets this pipeline in the process and frees its shared memory; the process stays for
-        others. Waits up to ``timeout`` seconds for the process to delete the scratch files it wrote
-        (one delete per image: that work belongs off the training process too)."""
+        """Forgets this pipeline in the process (which unmaps its shared buffers) and frees its shared
+        memory. Waits up to ``timeout`` seconds for the process to delete the scratch files it wrote
+        (one delete per image: that work belongs off the training process too). The last pipeline to
+        close stops the process. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._generation is not None and not self.lost:
             self.process.close_pipeline(self.key).wait(max(0.0, timeout))
         self.shared.close()
+        _detach_process(self.process)
 
 
 # Added to this process's nice value (0 to 19 on Linux, higher runs later). 10: weight 110 against
@@ -403,6 +497,13 @@ def serve(fd: int) -> None:
                 resource_tracker.register = register
     pipelines: dict[int, tuple[Any, EncoderPool]] = {}
     attached: dict[str, shared_memory.SharedMemory] = {}
+    owners: dict[str, int] = {}  # buffer name -> pipeline key: a closed pipeline's buffers are unmapped
+
+    def detach(name: str) -> None:
+        owners.pop(name, None)
+        buffer = attached.pop(name, None)
+        if buffer is not None:
+            _detach(buffer)
 
     def counters(key):
         encoder = pipelines[key][1] if key in pipelines else None
@@ -412,7 +513,7 @@ def serve(fd: int) -> None:
         while True:
             try:
                 message = connection.recv()
-            except EOFError:  # the training process is gone
+            except (EOFError, OSError):  # the training process is gone (closed, or killed: a reset)
                 return
             kind, key = message[0], message[1]
             if kind == "open":
@@ -425,7 +526,11 @@ def serve(fd: int) -> None:
                 if key in pipelines:
                     for path in message[2]:
                         pipelines[key][1].release(path)
+            elif kind == "forget":
+                detach(message[2])
             elif kind == "close":
+                for name in [name for name, owner in owners.items() if owner == key]:
+                    detach(name)
                 extractor_and_encoder = pipelines.pop(key, None)
                 if extractor_and_encoder is not None:
                     extractor_and_encoder[1].close(wait=False)
@@ -437,8 +542,9 @@ def serve(fd: int) -> None:
                     extractor, encoder = pipelines[key]
                     if name not in attached:
                         while len(attached) >= MAX_ATTACHED:  # the training process may have freed old ones
-                            _detach(attached.pop(next(iter(attached))))
+                            detach(next(iter(attached)))
                         attached[name] = attach(name=name)
+                        owners[name] = key
                     buffer = attached[name]
                     if kind == "raw":
                         fields = _device_stage_here(extractor, buffer, layout)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import queue
 import threading
 import time
@@ -65,7 +66,8 @@ class PipelineStats:
     encoded: int = 0
     reused: int = 0
     pinned_peak_bytes: int = 0
-    batches_lost: int = 0  # held by a worker process that died
+    batches_lost: int = 0  # held by a worker process that died, or that stopped answering (worker_stall_timeout)
+    batches_after_close: int = 0  # offered after close(): not processed
     batches_in_process: int = 0  # per-sample work done in the training process (no worker process, or not yet)
 
 
@@ -77,6 +79,7 @@ class _Pass:
     policy: SamplingPolicy
     rows: dict[int, list] = field(default_factory=dict)
     outstanding: int = 0  # batches handed to the worker process whose rows have not come back
+    given_up: bool = False  # the worker process stopped answering: rows still coming are not this table's
 
 
 _BATCH, _END, _STOP = "batch", "end", "stop"
@@ -108,6 +111,11 @@ class SamplePipeline:
         process fed through shared memory (``logbus.samples._host_process``), so that it never holds the
         training process's GIL; ``False``: on threads of the training process. Falls back to threads,
         with a warning, when the extractor does not pickle or shared memory cannot be had.
+    :param worker_stall_timeout: seconds a finished pass waits for a worker process that answers
+        nothing; then the batches it holds are counted lost and the table is logged without them, so
+        that the metrics after it on the bus are delivered (a hung worker costs sample rows, never
+        metrics). ``encode_workers`` ``None``: one per core this process may use, shared among the
+        ranks of the node (``default_encode_workers``).
     """
 
     def __init__(self, extractor: Extractor, *, num_samples: int | None = _DEFAULTS["num_samples"],
@@ -116,7 +124,8 @@ class SamplePipeline:
                  pinned_pool_bytes: int = _DEFAULTS["pinned_pool_bytes"], encode_workers: int = _DEFAULTS["encode_workers"],
                  image_format: str = _DEFAULTS["image_format"], compress_level: int = _DEFAULTS["compress_level"],
                  key_prefix: str = _DEFAULTS["key_prefix"], scratch_cache_bytes: int = _DEFAULTS["scratch_cache_bytes"],
-                 worker_process: bool = _DEFAULTS["worker_process"]):
+                 worker_process: bool = _DEFAULTS["worker_process"],
+                 worker_stall_timeout: float = _DEFAULTS["worker_stall_timeout"]):
         # Every option is checked before any thread or folder exists: a bad one raises here, on the
         # caller's thread, instead of failing every table later on the worker.
         if not (all(callable(getattr(extractor, method, None)) for method in ("check", "device_stage", "host_stage"))
@@ -128,7 +137,8 @@ class SamplePipeline:
         PIPELINE_OPTIONS.check(seed=seed, hardest_by=hardest_by,  # hardest_by whatever the policy: a typo is a typo
                                max_pending_batches=max_pending_batches, pinned_pool_bytes=pinned_pool_bytes,
                                encode_workers=encode_workers, image_format=image_format, compress_level=compress_level,
-                               scratch_cache_bytes=scratch_cache_bytes, worker_process=worker_process)
+                               scratch_cache_bytes=scratch_cache_bytes, worker_process=worker_process,
+                               worker_stall_timeout=worker_stall_timeout)
         if key_prefix == "":
             raise ValueError("key_prefix: expected a relative key like 'samples', got ''")
         check_key(key_prefix, "key_prefix")
@@ -144,6 +154,13 @@ class SamplePipeline:
                                  num_classes=getattr(extractor, "num_classes", None))
         make_policy(**self._policy_args)  # validate now, on the caller's thread
         self.stats = PipelineStats()
+        # Counters are written by the training thread, the pipeline's thread and the worker process's
+        # receiver thread: every update goes through ``_count``, under one lock.
+        self._stats_lock = threading.Lock()
+        self._warned_closed = False
+        self.worker_stall_timeout = float(worker_stall_timeout)
+        if encode_workers is None:
+            encode_workers = default_encode_workers()
         self.pinned = PinnedPool(pinned_pool_bytes)
         self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level,
                                    cache_bytes=scratch_cache_bytes)
@@ -177,8 +194,14 @@ class SamplePipeline:
 
     # -- training thread -------------------------------------------------------------------------
     def submit(self, inputs: Any, targets: Any, outputs: Any, *, label: str = "eval") -> None:
-        """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once."""
+        """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once. After ``close`` the
+        batch is not processed: it is counted (``batches_after_close``) and one warning says so, as the
+        bus does for a record emitted after it closed (an eval after ``fit`` must not fail training)."""
         inputs, targets, outputs = self.extractor.check(inputs, targets, outputs)
+        if self._closed:
+            self._after_close("a batch")
+            self._count(batches_after_close=1)
+            return
         batch_size = int(outputs.shape[0])
         state = self._pass(label)
         policy = state.policy
@@ -199,8 +222,7 @@ class SamplePipeline:
             process = None  # no worker process (yet) or no shared memory: the pipeline's thread does it
         room = shared is not False if process is not None else self._take_room(nbytes)
         if not room:  # the budget is spent: the only reason to drop
-            self.stats.batches_submitted += 1
-            self.stats.batches_dropped += 1
+            self._count(batches_submitted=1, batches_dropped=1)
             policy.skip(batch_size)
             return
         first_id = policy.seen
@@ -213,7 +235,7 @@ class SamplePipeline:
             else:
                 self._give_back_room(nbytes)
             return
-        self.stats.batches_submitted += 1
+        self._count(batches_submitted=1)
         if process is not None:
             self._submit_to_process(process, shared, state, inputs, targets, outputs, chosen, first_id)
             return
@@ -313,6 +335,11 @@ class SamplePipeline:
         """Closes the pass for ``label``; the future gets its ``Table`` (or None if it was dropped)."""
         future: Future = Future()
         state = self._passes.pop(label, None)
+        if self._closed:  # no thread is left to build it (its batches were not processed either)
+            self._after_close("the end of a pass")
+            self._count(tables_dropped=1)
+            future.set_result(None)
+            return future
         if state is None:
             future.set_result(None)
             return future
@@ -355,6 +382,18 @@ class SamplePipeline:
         batch starts a new pass instead of continuing the old one's sample ids and quota."""
         self._passes.pop(label, None)
 
+    def _count(self, **increments: int) -> None:
+        """Adds to ``stats`` counters, under the one lock every thread that counts takes."""
+        with self._stats_lock:
+            for name, increment in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + increment)
+
+    def _after_close(self, what: str) -> None:
+        if not self._warned_closed:
+            self._warned_closed = True
+            log.warning("logbus: sample pipeline: %s came after the pipeline was closed; it is not processed "
+                        "(counted in its stats)", what)
+
     def _pass(self, label: str) -> _Pass:
         state = self._passes.get(label)
         if state is None:
@@ -376,11 +415,12 @@ class SamplePipeline:
         if not finished:
             # The worker may be inside a long host stage: from its next item on it only gives up.
             self._abandon.set()
-        self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
-        if self._host is not None:
-            self.stats.encoded += self._host.counters[0]
-            self.stats.reused += self._host.counters[1]
-        self.stats.pinned_peak_bytes = self.pinned.peak_bytes
+        with self._stats_lock:
+            self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
+            if self._host is not None:
+                self.stats.encoded += self._host.counters[0]
+                self.stats.reused += self._host.counters[1]
+            self.stats.pinned_peak_bytes = self.pinned.peak_bytes
         stats = self.stats
         if stats.batches_lost:
             log.warning("logbus: sample pipeline: %d batch(es) were lost with a worker process that died",
@@ -428,12 +468,12 @@ class SamplePipeline:
                     finally:
                         self._passes_done += 1
             except Exception:  # noqa: BLE001 - a broken extractor must not kill training
-                self.stats.errors += 1
+                self._count(errors=1)
                 if self.stats.errors == 1 and not self._abandon.is_set():
                     log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s",
                               traceback.format_exc())
                 if kind == _END and not item[4].done():
-                    self.stats.tables_dropped += 1
+                    self._count(tables_dropped=1)
                     item[4].set_result(None)
 
     def _give_up(self, item: tuple) -> None:
@@ -445,7 +485,7 @@ class SamplePipeline:
                 self.pinned.release(item[4][2])
         else:
             self._passes_done += 1
-            self.stats.tables_dropped += 1
+            self._count(tables_dropped=1)
             if not item[4].done():
                 item[4].set_result(None)
 
@@ -587,15 +627,19 @@ class SamplePipeline:
     def _host_stage(self, host: dict[str, np.ndarray], state: _Pass) -> None:
         process = self._host_process()
         if process is not None and sum(a.nbytes for a in host.values()) > process.shared.max_bytes:
-            for part in _row_chunks(host, process.shared.max_bytes):  # larger than the budget: in parts
-                self._host_stage(part, state)
-            return
+            parts = _row_chunks(host, process.shared.max_bytes)
+            if len(parts) > 1:  # larger than the budget: in parts
+                for part in parts:
+                    self._host_stage(part, state)
+                return
+            process = None  # one sample alone larger than the whole budget: done here, not lost
         if process is not None:
             ids = host["sample_id"].tolist()
             with self._arrived:
                 state.outstanding += 1
             try:
-                sent = process.submit(host, functools.partial(self._rows_arrived, state, ids))
+                sent = process.submit(host, functools.partial(self._rows_arrived, state, ids),
+                                      wait=self.worker_stall_timeout)
             except OSError as error:  # shared memory could not be created: do it here from now on
                 log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
                             "processed on threads of the training process", error)
@@ -606,30 +650,57 @@ class SamplePipeline:
             with self._arrived:
                 state.outstanding -= 1
             if sent == "full":  # the shared-memory budget is exhausted: the only reason to drop here
-                self.stats.batches_dropped += 1
+                self._count(batches_dropped=1)
                 return
-        self.stats.batches_in_process += 1
+        self._count(batches_in_process=1)
         rows = state.rows
         new_rows = self.extractor.host_stage(host, self.encoder.encode)
         self.encoder.flush()
         for sample_id, row in zip(host["sample_id"].tolist(), new_rows):
             rows[sample_id] = row
-        self.stats.samples_processed += len(new_rows)
+        self._count(samples_processed=len(new_rows))
 
     def _rows_arrived(self, state: _Pass, ids: list[int], rows: list | None, error: str | None) -> None:
         """From the worker process's receiver thread: one batch's rows, its error, or its loss."""
         with self._arrived:
+            if state.given_up:  # counted lost when its table went without it: its files are not needed
+                if rows is not None:
+                    self.release_rows(rows)
+                return
             if rows is not None:
                 state.rows.update(zip(ids, rows))
-                self.stats.samples_processed += len(rows)
+                self._count(samples_processed=len(rows))
             elif error is not None:
-                self.stats.errors += 1
+                self._count(errors=1)
                 if self.stats.errors == 1:
                     log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s", error)
             else:
-                self.stats.batches_lost += 1
+                self._count(batches_lost=1)
             state.outstanding -= 1
             self._arrived.notify_all()
+
+    def _wait_for_worker(self, state: _Pass) -> None:
+        """Waits for the rows the worker process still owes this pass, as long as it answers: once it
+        has answered nothing for ``worker_stall_timeout`` seconds (hung, stopped, starved), the batches
+        it holds are counted lost and the table goes without them. A table the bus holds in its ordered
+        queue (``Deferred``) must not hold the metrics behind it for longer than that."""
+        started = time.monotonic()
+        with self._arrived:
+            while state.outstanding and not self._abandon.is_set():
+                self._arrived.wait(0.1)
+                host = self._host
+                if host is None or not state.outstanding:
+                    continue
+                silent = time.monotonic() - max(started, host.process.last_answer)
+                if silent > self.worker_stall_timeout:
+                    state.given_up = True
+                    lost, state.outstanding = state.outstanding, 0
+                    self._count(batches_lost=lost)
+                    log.warning("logbus: sample pipeline: the worker process (pid %s) answered nothing for %.3g s "
+                                "(worker_stall_timeout); %d batch(es) of this table are counted lost and it is "
+                                "logged without them", host.process.pid, silent, lost)
+            if state.outstanding:
+                raise RuntimeError("the sample pipeline was closed before the worker process sent this table's rows")
 
     def _finish_pass(self, label: str, state: _Pass, step: int | None, future: Future) -> None:
         policy, rows = state.policy, state.rows
@@ -641,11 +712,7 @@ class SamplePipeline:
                     self._to_host_stage(fields, stream, state, keeps=policy.keeps)
             else:
                 self._to_host_stage(fields, None, state, keeps=policy.keeps)
-        with self._arrived:
-            while state.outstanding and not self._abandon.is_set():
-                self._arrived.wait(0.1)
-            if state.outstanding:
-                raise RuntimeError("the sample pipeline was closed before the worker process sent this table's rows")
+        self._wait_for_worker(state)
         kept = policy.kept()
         ids = [i for i in rows if kept is None or i in kept]
         if kept is not None:  # converted, then evicted by a later winner: their files are not needed
@@ -658,9 +725,23 @@ class SamplePipeline:
         # set (a backend checks the content before it refers to an earlier eval's images).
         table = Table(f"{self.key_prefix}/{label}", columns, table_rows, step,
                       join_key="id" if "id" in columns else None)
-        self.stats.rows_logged += len(table_rows)
-        self.stats.tables_logged += 1
+        self._count(rows_logged=len(table_rows), tables_logged=1)
         future.set_result(table)
+
+
+def default_encode_workers() -> int:
+    """Encoders for one pipeline when ``encode_workers`` is ``None``: the cores this process may run on
+    (its CPU affinity, not the host's count: a container or a job scheduler gives it fewer), shared
+    among the ranks of this node (``LOCAL_WORLD_SIZE``, set by torchrun and Composer's launcher)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return max(1, cores // ranks)
 
 
 def _row_chunks(fields: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
