@@ -114,8 +114,11 @@ class _Process:
                 connection.send(message)
             except (OSError, ValueError):  # the process is gone, or the connection was closed
                 break
+        # Shuts the sending half only: the worker reads EOF and ends, while the receiver thread still
+        # reads to the end (it closes the connection; closing it here would pull it from under it).
         try:
-            connection.close()  # the worker reads EOF and ends
+            with socket.socket(fileno=os.dup(connection.fileno())) as half:
+                half.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
@@ -177,16 +180,16 @@ class _Process:
                 done.set()
         return done
 
-    def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: list, on_done: Done,
-               kind: str = "batch") -> str:
-        """``kind``: ``"batch"`` (host fields, numpy) or ``"raw"`` (a batch's tensors, device stage there).
-        A ``generation`` other than the live process's (None: the pipeline never opened) is ``"broken"``."""
+    def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: list,
+               on_done: Done) -> str:
+        """A batch's host fields (numpy, in ``buffer``) for the host stage. A ``generation`` other than the
+        live process's (None: the pipeline never opened) is ``"broken"``."""
         with self._lock:
             if self.broken or self.stopped or generation != self.generation:
                 return "broken"
             number = next(self._numbers)
             self._in_flight[number] = (pool, buffer, on_done)
-            self._send_locked((kind, key, number, buffer.name, layout))
+            self._send_locked(("batch", key, number, buffer.name, layout))
         return "sent"
 
     def _restart_locked(self, popen: subprocess.Popen, exit_code: int, lost: int) -> None:
@@ -237,6 +240,10 @@ class _Process:
             pool, buffer, on_done = entry
             pool.release(buffer)
             on_done(payload, None) if kind == "rows" else on_done(None, payload)
+        try:
+            connection.close()
+        except OSError:
+            pass
         self._lost(popen)
 
     def _lost(self, popen: subprocess.Popen) -> None:
@@ -320,7 +327,11 @@ class HostStage:
     """
 
     def __init__(self, extractor: Any, encoder_options: dict[str, Any], *, shared_bytes: int):
-        self._extractor = pickle.dumps(extractor)
+        # Only what the worker runs (the host stage), where the extractor offers it apart from its device
+        # stage (``host_part()``): the built-ins' live in a module without torch, which the worker then
+        # never imports.
+        host_part = getattr(extractor, "host_part", None)
+        self._extractor = pickle.dumps(host_part() if callable(host_part) else extractor)
         self._options = encoder_options
         self.key = next(_keys)
         self.shared = SharedPool(shared_bytes, on_drop=self._forget)
@@ -381,24 +392,6 @@ class HostStage:
             self.shared.release(buffer)
         return sent
 
-    def submit_batch(self, buffer: Any, tensors: dict[str, Any], on_done: Done) -> str:
-        """A CPU batch's chosen rows (``inputs``, ``targets``, ``outputs``, ``sample_id`` tensors) copied
-        into ``buffer`` (from ``shared.acquire``, which the caller did without waiting) and handed over
-        whole: the process runs the extractor's device stage (the uint8 conversion, softmax) as well as
-        the host stage, so the training process's cost is one copy and one message per batch. Returns
-        ``"sent"``, or ``"broken"`` when the process is gone (the buffer is then released here)."""
-        layout, offset = [], 0
-        for name, tensor in tensors.items():
-            nbytes = tensor.numel() * tensor.element_size()
-            layout.append((name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset))
-            if nbytes:  # torch copies without holding the GIL
-                _tensor_in(buffer, tensor.dtype, tensor.shape, offset).copy_(tensor)
-            offset += (nbytes + 15) // 16 * 16
-        sent = self.process.submit(self.key, self._generation, self.shared, buffer, layout, on_done, kind="raw")
-        if sent != "sent":
-            self.shared.release(buffer)
-        return sent
-
     def release(self, paths: list[str]) -> None:
         """Scratch files no longer referred to by ``paths``' rows (see ``EncoderPool.release``)."""
         if paths and self._generation is not None and not self.lost:
@@ -439,17 +432,13 @@ def serve(fd: int) -> None:
     """The worker process's loop: host stages of batches in shared memory, and scratch-file releases."""
     from multiprocessing import shared_memory
 
-    import torch
-
     from logbus.samples._encoder_pool import EncoderPool
     from logbus.samples._pending_image import PendingImage
 
-    # Background work: one intra-op thread, so that the device stages run here do not compete with
-    # the training process for every core; and a lower scheduling priority, so that where cores are
-    # short (2 of them: the training thread, this process's main and two encoder threads) the
-    # scheduler runs the training thread first and this process on what is left, instead of sharing
-    # a core with it. Its work is bounded by the shared-memory budget, not by its speed.
-    torch.set_num_threads(1)
+    # Background work at a lower scheduling priority, so that where cores are short the scheduler runs
+    # the training thread first and this process on what is left, instead of sharing a core with it.
+    # Its work is bounded by the shared-memory budget, not by its speed. No torch here: device stages
+    # run in the training process (torch ops there do not hold the GIL), host stages need numpy.
     _lower_priority()
     connection = Connection(fd)
     send_lock = threading.Lock()
@@ -519,6 +508,7 @@ def serve(fd: int) -> None:
             if kind == "open":
                 try:
                     pipelines[key] = (pickle.loads(message[2]), EncoderPool(**message[3]))
+                    _one_torch_thread()
                     send(("opened", key, None))
                 except Exception as error:  # noqa: BLE001 - e.g. a class defined in the training script
                     send(("opened", key, f"{type(error).__name__}: {error}"))
@@ -546,11 +536,8 @@ def serve(fd: int) -> None:
                         attached[name] = attach(name=name)
                         owners[name] = key
                     buffer = attached[name]
-                    if kind == "raw":
-                        fields = _device_stage_here(extractor, buffer, layout)
-                    else:
-                        fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
-                                  for field, dtype, shape, offset in layout}
+                    fields: dict[str, np.ndarray] = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
+                                                     for field, dtype, shape, offset in layout}
                     rows = extractor.host_stage(fields, encoder.encode)
                     if encoder.mask_files:
                         _encode_masks(rows, encoder)
@@ -586,30 +573,12 @@ def _encode_masks(rows: list, encoder: Any) -> None:
                         cell.mask_files[name] = encoder.encode_mask(ids, labels, overlay=True)
 
 
-def _tensor_in(buffer: Any, dtype: Any, shape: tuple, offset: int) -> Any:
-    """A tensor of ``dtype`` and ``shape`` over a shared buffer at ``offset`` (torch, not numpy: the
-    batch may hold dtypes numpy has not, bfloat16)."""
-    import torch
-
-    count = 1
-    for size in shape:
-        count *= size
-    if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(buffer.buf, dtype=dtype, count=count, offset=offset).view(shape)
-
-
-def _device_stage_here(extractor: Any, buffer: Any, layout: list) -> dict[str, np.ndarray]:
-    """A raw CPU batch's device stage, run in this process: its torch ops would otherwise run in the
-    training process (on CPU there is no device to leave them to)."""
-    import torch
-
-    tensors = {name: _tensor_in(buffer, getattr(torch, dtype), shape, offset) for name, dtype, shape, offset in layout}
-    fields = extractor.device_stage(tensors["inputs"], tensors["targets"], tensors["outputs"])
-    fields["sample_id"] = tensors["sample_id"]
-    # Host stages read numpy arrays; a field that is a view of the shared buffer (a tokens extractor's
-    # inputs) is read before the answer goes back, as in the "batch" path.
-    return {name: value.numpy() for name, value in fields.items()}
+def _one_torch_thread() -> None:
+    """An extractor whose host part imported torch (a third-party one) gets one intra-op thread here,
+    so that its torch ops do not compete with the training process for every core."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _detach(buffer) -> None:

@@ -44,7 +44,8 @@ PIPELINE_OPTIONS: Options = Options(
     Option("key_prefix", "samples", "tables are logged as `{key_prefix}/{label}`"),  # logbus.files.check_key
     Option("scratch_cache_bytes", 64 * 2**20, "encoded image files wait in a scratch folder (`.scratch` under the "
            "local backend's root when it is on the bus, so that it hard-links them into the run; else `/dev/shm` "
-           "where it has 256 MB free, else the temporary folder on disk, with one warning) until every backend has taken their table; after that, files no table refers to are kept for a "
+           "where it has 256 MB free, else the temporary folder on disk, with one warning) until every backend has "
+           "taken their table; after that, files no table refers to are kept for a "
            "later eval to reuse up to this many bytes, the least recently used deleted first",
            kind="int", minimum=0, shown="64 * 2**20"),
     Option("worker_process", True, "build rows and encode images in a worker process fed through shared memory (one "

@@ -215,13 +215,7 @@ class SamplePipeline:
         rows = min(batch_size, self._policy_args["num_samples"]) if self._policy_args["policy"] == "first" else batch_size
         nbytes = sum(t.numel() // max(1, batch_size) * t.element_size() * rows for t in (inputs, targets, outputs))
         nbytes += 8 * rows + 4 * 16  # the sample ids, and each field's alignment in a shared buffer
-        process = None if outputs.is_cuda or policy.on_device else self._host_process()
-        # A buffer, False (the budget is spent) or None (no worker process for it); a buffer whenever process is set.
-        shared: Any = self._shared_buffer(process, nbytes) if process is not None else None
-        if shared is None:
-            process = None  # no worker process (yet) or no shared memory: the pipeline's thread does it
-        room = shared is not False if process is not None else self._take_room(nbytes)
-        if not room:  # the budget is spent: the only reason to drop
+        if not self._take_room(nbytes):  # the budget is spent: the only reason to drop
             self._count(batches_submitted=1, batches_dropped=1)
             policy.skip(batch_size)
             return
@@ -230,15 +224,9 @@ class SamplePipeline:
         if policy.on_device:
             policy.seen += batch_size
         elif not chosen:
-            if process is not None:
-                process.shared.release(shared)
-            else:
-                self._give_back_room(nbytes)
+            self._give_back_room(nbytes)
             return
         self._count(batches_submitted=1)
-        if process is not None:
-            self._submit_to_process(process, shared, state, inputs, targets, outputs, chosen, first_id)
-            return
         self._batches_queued += 1
         if outputs.is_cuda:
             # The device stage is issued now, on the side stream: the worker thread gets its results
@@ -246,6 +234,8 @@ class SamplePipeline:
             self._queue.put((_BATCH, nbytes, state, "issued", self._issue_device_stage(
                 state, inputs, targets, outputs, chosen, first_id)))
             return
+        # A CPU batch: its device stage runs on the pipeline's thread (torch ops, which do not hold the
+        # GIL), which hands the host fields to the worker process; the worker imports no torch.
         self._queue.put((_BATCH, nbytes, state, "raw", (inputs, targets, outputs, chosen, first_id)))
 
     def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> tuple:
@@ -276,41 +266,6 @@ class SamplePipeline:
             return ("host", *copied)
         except Exception:  # noqa: BLE001 - reported by the worker, in order with the batch
             return ("error", traceback.format_exc())
-
-    def _shared_buffer(self, process: HostStage, nbytes: int):
-        """A shared buffer of ``nbytes`` without waiting; False when the budget is spent (the batch is
-        dropped); None when the batch alone is larger than the budget (the pipeline's thread copies it
-        in parts) or shared memory cannot be had (the batch goes to the pipeline's thread)."""
-        if nbytes > process.shared.max_bytes:
-            return None
-        try:
-            buffer = process.shared.acquire(nbytes, timeout=0)
-        except OSError as error:  # shared memory could not be created: do it here from now on
-            log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
-                        "processed on threads of the training process", error)
-            process.error = f"{type(error).__name__}: {error}"
-            self._warned_in_process = True  # said once, here
-            return None
-        return False if buffer is None else buffer
-
-    def _submit_to_process(self, process: HostStage, buffer, state: _Pass, inputs, targets, outputs, chosen,
-                           first_id: int) -> None:
-        """A CPU batch straight from the training thread to the worker process: its chosen rows copied
-        into shared memory, one message; selection and conversion happen there, not here."""
-        if len(chosen) != outputs.shape[0]:
-            if chosen == list(range(len(chosen))):
-                inputs, targets, outputs = inputs[:len(chosen)], targets[:len(chosen)], outputs[:len(chosen)]
-            else:
-                index = torch.tensor(chosen, dtype=torch.long)
-                inputs, targets, outputs = (t.index_select(0, index) for t in (inputs, targets, outputs))
-        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
-        with self._arrived:
-            state.outstanding += 1
-        tensors = {"inputs": inputs.detach(), "targets": targets.detach(), "outputs": outputs.detach(),
-                   "sample_id": torch.from_numpy(sample_ids)}
-        sent = process.submit_batch(buffer, tensors, functools.partial(self._rows_arrived, state, sample_ids.tolist()))
-        if sent != "sent":  # the process died just now: its batches are lost, counted as such
-            self._rows_arrived(state, [], None, None)
 
     def _take_room(self, nbytes: int) -> bool:
         """Room for a batch the pipeline's thread holds: a batch count (``max_pending_batches``, when

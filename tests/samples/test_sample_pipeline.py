@@ -987,3 +987,75 @@ def test_a_hung_worker_costs_its_sample_table_counted_never_a_metric(logbus_dir,
     finally:
         os.kill(pid, signal.SIGCONT)
         pipeline.cleanup(60)
+
+
+# -- what the worker process costs (issue 17, item 2) -----------------------------------------------
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the worker's memory map from /proc")
+@pytest.mark.parametrize("extractor", ["classification", "segmentation"])
+def test_the_worker_process_never_imports_torch_for_the_built_in_extractors(make_pipeline, extractor):
+    """The worker runs host stages only (numpy, Pillow): the extractors' device stages run in the
+    training process, and what it unpickles (``host_part()``) lives in a module without torch, which
+    costs about 2 s of CPU and 500 MB at every start. Rows still arrive whole."""
+    pipeline = make_pipeline(extractor, {"class_names": CLASS_NAMES}, num_samples=None)
+    assert pipeline.worker_ready(120)
+    if extractor == "classification":
+        batches = make_batches(2, 3, seed=60)
+    else:
+        generator = torch.Generator().manual_seed(61)
+        batches = [(torch.rand(3, 3, 8, 8, generator=generator), torch.randint(0, 4, (3, 8, 8), generator=generator),
+                    torch.randn(3, 4, 8, 8, generator=generator)) for _ in range(2)]
+    table = run_pass(pipeline, batches)
+    assert column(table, "id") == list(range(6)) and pipeline.stats.batches_in_process == 0
+    with open(f"/proc/{pipeline.worker_pid}/maps") as maps:
+        mapped = maps.read()
+    assert "libtorch" not in mapped and "/torch/" not in mapped
+
+
+def test_encoders_default_to_this_process_cores_shared_among_the_node_ranks(make_pipeline, monkeypatch):
+    """``encode_workers=None`` (the default): the cores this process may run on (its affinity, not the
+    host's count), divided among the ranks of the node (``LOCAL_WORLD_SIZE``), at least one."""
+    from logbus.samples._pipeline import default_encode_workers
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_encode_workers() == cores
+    assert make_pipeline(worker_process=False).encoder._executor._max_workers == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))
+    assert default_encode_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    pipeline = make_pipeline(worker_process=False)
+    assert pipeline.encoder._executor._max_workers == max(1, cores // 2)
+    assert make_pipeline(worker_process=False, encode_workers=3).encoder._executor._max_workers == 3
+
+
+def test_scratch_files_fall_back_to_disk_with_one_warning_where_tmpfs_is_small(monkeypatch, caplog):
+    """Docker's default ``/dev/shm`` is 64 MB, and the batches' shared memory needs it too: below
+    ``TMPFS_MIN_FREE_BYTES`` free, encoded files wait in the temporary folder on disk, said once.
+
+    A fake ``statvfs`` here, on purpose: filling the real ``/dev/shm`` would fail every other process
+    on this shared machine."""
+    import logging
+    import tempfile
+
+    from logbus.samples import _encoder_pool
+
+    real = os.statvfs
+
+    def small(path):
+        stats = real(path)
+        if path != "/dev/shm":
+            return stats
+        return os.statvfs_result((stats.f_bsize, stats.f_frsize, stats.f_blocks, 10, 10, *tuple(stats)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", small)
+    monkeypatch.setattr(_encoder_pool, "_scratch_parent", None)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        pools = [_encoder_pool.EncoderPool(workers=1) for _ in range(2)]
+    try:
+        assert all(os.path.dirname(pool.folder) == tempfile.gettempdir() for pool in pools)
+        said = [r.getMessage() for r in caplog.records if "/dev/shm" in r.getMessage()]
+        assert len(said) == 1 and "on disk" in said[0], said
+    finally:
+        for pool in pools:
+            pool.close()
+    monkeypatch.setattr(_encoder_pool, "_scratch_parent", None)  # the next pool chooses again
