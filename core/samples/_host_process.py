@@ -40,6 +40,18 @@ from typing import Any, Callable
 import numpy as np
 
 from logbus.samples._shared_pool import SharedPool
+from logbus.samples._worker_protocol import (
+    Batch,
+    BatchDone,
+    ClosePipeline,
+    Field,
+    Forget,
+    OpenPipeline,
+    PipelineClosed,
+    PipelineOpened,
+    Release,
+    Sent,
+)
 
 log = logging.getLogger("logbus")
 
@@ -122,12 +134,12 @@ class _Process:
         except OSError:
             pass
 
-    def send(self, message: tuple) -> bool:
+    def send(self, message: Any) -> bool:
         """Queues ``message`` for the sender thread and returns at once; False if the process is gone."""
         with self._lock:
             return self._send_locked(message)
 
-    def _send_locked(self, message: tuple) -> bool:
+    def _send_locked(self, message: Any) -> bool:
         if self.broken or self.stopped:
             return False
         self._outbox.put(message)
@@ -166,7 +178,7 @@ class _Process:
                 self._opening[key] = (done, answer)
                 # Files of a process that died are left to their tables; the new one names its own apart.
                 options = dict(options, prefix=f"w{self.generation}-")
-                self._send_locked(("open", key, extractor, options))
+                self._send_locked(OpenPipeline(key, extractor, options))
             return self.generation, done, answer
 
     def close_pipeline(self, key: int) -> threading.Event:
@@ -175,22 +187,22 @@ class _Process:
         done = threading.Event()
         with self._lock:
             self._closing[key] = done
-            if not self._send_locked(("close", key)):
+            if not self._send_locked(ClosePipeline(key)):
                 del self._closing[key]
                 done.set()
         return done
 
-    def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: list,
-               on_done: Done) -> str:
+    def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: tuple[Field, ...],
+               on_done: Done) -> Sent:
         """A batch's host fields (numpy, in ``buffer``) for the host stage. A ``generation`` other than the
-        live process's (None: the pipeline never opened) is ``"broken"``."""
+        live process's (None: the pipeline never opened) is ``Sent.BROKEN``."""
         with self._lock:
             if self.broken or self.stopped or generation != self.generation:
-                return "broken"
+                return Sent.BROKEN
             number = next(self._numbers)
             self._in_flight[number] = (pool, buffer, on_done)
-            self._send_locked(("batch", key, number, buffer.name, layout))
-        return "sent"
+            self._send_locked(Batch(key, number, buffer.name, layout))
+        return Sent.SENT
 
     def _restart_locked(self, popen: subprocess.Popen, exit_code: int, lost: int) -> None:
         restart = self.restarts < MAX_RESTARTS
@@ -216,30 +228,25 @@ class _Process:
             except (EOFError, OSError):
                 break
             self.last_answer = time.monotonic()
-            kind = message[0]
-            if kind == "closed":
+            if type(message) is PipelineClosed:
                 with self._lock:
-                    closed = self._closing.pop(message[1], None)
+                    closed = self._closing.pop(message.key, None)
                 if closed is not None:
                     closed.set()
-                continue
-            if kind == "opened":
-                _, key, error = message
+            elif type(message) is PipelineOpened:
                 with self._lock:
-                    waiting = self._opening.pop(key, None)
+                    waiting = self._opening.pop(message.key, None)
                 if waiting is not None:
-                    waiting[1].append(error)
+                    waiting[1].append(message.error)
                     waiting[0].set()
-                continue
-            _, number, payload, key, counters = message
-            self.counters[key] = counters
-            with self._lock:
-                entry = self._in_flight.pop(number, None)
-            if entry is None:
-                continue
-            pool, buffer, on_done = entry
-            pool.release(buffer)
-            on_done(payload, None) if kind == "rows" else on_done(None, payload)
+            elif type(message) is BatchDone:
+                self.counters[message.key] = message.counters
+                with self._lock:
+                    entry = self._in_flight.pop(message.number, None)
+                if entry is not None:
+                    pool, buffer, on_done = entry
+                    pool.release(buffer)
+                    on_done(message.rows, message.error)
         try:
             connection.close()
         except OSError:
@@ -370,37 +377,37 @@ class HostStage:
             return False
         return True
 
-    def submit(self, fields: dict[str, np.ndarray], on_done: Done, wait: float = SHARED_WAIT_SECONDS) -> str:
+    def submit(self, fields: dict[str, np.ndarray], on_done: Done, wait: float = SHARED_WAIT_SECONDS) -> Sent:
         """Copies ``fields`` into a shared buffer and hands them over; ``on_done`` is called from the
-        receiver thread. Returns ``"sent"``; ``"full"`` when no buffer was free within ``wait``
-        seconds (the caller drops the batch); ``"broken"`` when the extractor is not
+        receiver thread. Returns ``Sent.SENT``; ``Sent.FULL`` when no buffer was free within ``wait``
+        seconds (the caller drops the batch); ``Sent.BROKEN`` when the extractor is not
         loaded in a live process, or not yet (the caller does the work itself). Raises ``OSError`` when
         shared memory cannot be created."""
         if not self.ready():
-            return "broken"
+            return Sent.BROKEN
         layout, offset = [], 0
         for name, array in fields.items():
-            layout.append((name, array.dtype.str, array.shape, offset))
+            layout.append(Field(name, array.dtype.str, tuple(array.shape), offset))
             offset += (array.nbytes + 15) // 16 * 16  # every field aligned for its dtype view
         buffer = self.shared.acquire(offset, timeout=wait)
         if buffer is None:
-            return "full"
-        for (_, dtype, shape, start), array in zip(layout, fields.values()):
-            np.copyto(np.ndarray(shape, dtype, buffer=buffer.buf, offset=start), array)
-        sent = self.process.submit(self.key, self._generation, self.shared, buffer, layout, on_done)
-        if sent != "sent":
+            return Sent.FULL
+        for field, array in zip(layout, fields.values()):
+            np.copyto(np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset), array)
+        sent = self.process.submit(self.key, self._generation, self.shared, buffer, tuple(layout), on_done)
+        if sent is not Sent.SENT:
             self.shared.release(buffer)
         return sent
 
     def release(self, paths: list[str]) -> None:
         """Scratch files no longer referred to by ``paths``' rows (see ``EncoderPool.release``)."""
         if paths and self._generation is not None and not self.lost:
-            self.process.send(("release", self.key, paths))
+            self.process.send(Release(self.key, paths))
 
     def _forget(self, name: str) -> None:
         """A shared buffer this pipeline unlinked: the process unmaps it too (else it stays in memory)."""
         if self._generation is not None and not self.lost:
-            self.process.send(("forget", self.key, name))
+            self.process.send(Forget(self.key, name))
 
     def close(self, timeout: float = 0.0) -> None:
         """Forgets this pipeline in the process (which unmaps its shared buffers) and frees its shared
@@ -429,132 +436,158 @@ def _lower_priority() -> None:
 
 
 def serve(fd: int) -> None:
-    """The worker process's loop: host stages of batches in shared memory, and scratch-file releases."""
-    from multiprocessing import shared_memory
-
-    from logbus.samples._encoder_pool import EncoderPool
-    from logbus.samples._pending_image import PendingImage
-
+    """The worker process's entry point: host stages of batches in shared memory, and scratch-file
+    releases, until the training process closes the socket (or is gone)."""
     # Background work at a lower scheduling priority, so that where cores are short the scheduler runs
     # the training thread first and this process on what is left, instead of sharing a core with it.
     # Its work is bounded by the shared-memory budget, not by its speed. No torch here: device stages
     # run in the training process (torch ops there do not hold the GIL), host stages need numpy.
     _lower_priority()
-    connection = Connection(fd)
-    send_lock = threading.Lock()
+    _Worker(Connection(fd)).run()
 
-    def send(message: tuple) -> None:
-        with send_lock:
-            connection.send(message)
 
-    # Rows go back once their images are written, from a thread of their own, in order: meanwhile
-    # this loop goes on with the next batch's rows and hashes while the encoder threads compress.
-    outbox: queue.SimpleQueue = queue.SimpleQueue()
+class _Worker:
+    """The worker process's state: each pipeline's host part and encoder pool, the shared buffers it
+    has mapped, and the thread that sends rows back once their images are written."""
 
-    def send_when_encoded() -> None:
+    def __init__(self, connection: Connection):
+        from logbus.samples._encoder_pool import EncoderPool
+
+        self._encoder_pool = EncoderPool
+        self._connection = connection
+        self._send_lock = threading.Lock()
+        self._pipelines: dict[int, tuple[Any, Any]] = {}  # key -> (host part, EncoderPool)
+        self._attached: dict[str, Any] = {}  # buffer name -> SharedMemory
+        self._owners: dict[str, int] = {}  # buffer name -> pipeline key: a closed pipeline's buffers are unmapped
+        self._attach = _untracked_attach()
+        # Rows go back once their images are written, from a thread of their own, in order: meanwhile
+        # the loop goes on with the next batch's rows and hashes while the encoder threads compress.
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_when_encoded, name="logbus-host-sender", daemon=True)
+
+    def run(self) -> None:
+        self._sender.start()
+        handlers: dict[type, Callable[[Any], None]] = {
+            OpenPipeline: self._open, Batch: self._batch, Release: self._release, Forget: self._forget,
+            ClosePipeline: self._close}
+        try:
+            while True:
+                try:
+                    message = self._connection.recv()
+                except (EOFError, OSError):  # the training process is gone (closed, or killed: a reset)
+                    return
+                handlers[type(message)](message)
+        finally:
+            self._outbox.put(None)
+            self._sender.join(60)
+            for _, encoder in self._pipelines.values():
+                encoder.close(wait=False)
+            for buffer in self._attached.values():
+                _detach(buffer)
+
+    def _send(self, message: Any) -> None:
+        with self._send_lock:
+            self._connection.send(message)
+
+    def _counters(self, key: int) -> tuple[int, int, int]:
+        encoder = self._pipelines[key][1] if key in self._pipelines else None
+        return (encoder.encoded, encoder.reused, encoder.deleted) if encoder is not None else (0, 0, 0)
+
+    def _open(self, message: OpenPipeline) -> None:
+        try:
+            self._pipelines[message.key] = (pickle.loads(message.extractor),
+                                            self._encoder_pool(**message.encoder_options))
+            _one_torch_thread()
+            self._send(PipelineOpened(message.key, None))
+        except Exception as error:  # noqa: BLE001 - e.g. a class defined in the training script
+            self._send(PipelineOpened(message.key, f"{type(error).__name__}: {error}"))
+
+    def _release(self, message: Release) -> None:
+        if message.key in self._pipelines:
+            encoder = self._pipelines[message.key][1]
+            for path in message.paths:
+                encoder.release(path)
+
+    def _forget(self, message: Forget) -> None:
+        self._detach(message.buffer_name)
+
+    def _detach(self, name: str) -> None:
+        self._owners.pop(name, None)
+        buffer = self._attached.pop(name, None)
+        if buffer is not None:
+            _detach(buffer)
+
+    def _close(self, message: ClosePipeline) -> None:
+        for name in [name for name, owner in self._owners.items() if owner == message.key]:
+            self._detach(name)
+        pipeline = self._pipelines.pop(message.key, None)
+        if pipeline is not None:
+            pipeline[1].close(wait=False)
+            pipeline[1].remove_files()
+        self._send(PipelineClosed(message.key))
+
+    def _batch(self, message: Batch) -> None:
+        try:
+            host_part, encoder = self._pipelines[message.key]
+            name = message.buffer_name
+            if name not in self._attached:
+                while len(self._attached) >= MAX_ATTACHED:  # the training process may have freed old ones
+                    self._detach(next(iter(self._attached)))
+                self._attached[name] = self._attach(name)
+                self._owners[name] = message.key
+            buffer = self._attached[name]
+            fields: dict[str, np.ndarray] = {
+                field.name: np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset)
+                for field in message.fields}
+            rows = host_part.host_stage(fields, encoder.encode)
+            if encoder.mask_files:
+                _encode_masks(rows, encoder)
+            # Host stages copy what they keep (encode copies the pixels): the training process
+            # reuses the buffer once the answer is sent, maybe before the files are written.
+            del fields
+            encoder.flush()
+            self._outbox.put((message, rows, None))
+        except Exception:  # noqa: BLE001 - reported by the pipeline, which counts the batch as an error
+            self._outbox.put((message, None, traceback.format_exc()))
+
+    def _send_when_encoded(self) -> None:
+        from logbus.samples._pending_image import PendingImage
+
         while True:
-            item = outbox.get()
+            item = self._outbox.get()
             if item is None:
                 return
-            number, key, rows, error = item
+            message, rows, error = item
             if error is None:
                 try:
                     rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in row] for row in rows]
                 except Exception:  # noqa: BLE001 - an encode failed: the batch is reported as an error
-                    error = traceback.format_exc()
+                    rows, error = None, traceback.format_exc()
             try:
-                send(("rows", number, rows, key, counters(key)) if error is None
-                     else ("error", number, error, key, counters(key)))
+                self._send(BatchDone(message.key, message.number, rows, error, self._counters(message.key)))
             except OSError:  # the training process is gone
                 return
 
-    sender = threading.Thread(target=send_when_encoded, name="logbus-host-sender", daemon=True)
-    sender.start()
-    # This process only maps segments the training process made and will unlink. Python < 3.13 would
-    # have it register them with a resource tracker of its own, which unlinks them when this process
-    # ends, under the training process's feet: attach untracked.
+
+def _untracked_attach() -> Callable[[str], Any]:
+    """Maps a shared-memory segment by name without registering it. This process only maps segments
+    the training process made and will unlink. Python < 3.13 would have it register them with a
+    resource tracker of its own, which unlinks them when this process ends, under the training
+    process's feet."""
+    from multiprocessing import shared_memory
+
     if sys.version_info >= (3, 13):
-        attach = functools.partial(shared_memory.SharedMemory, track=False)
-    else:
-        from multiprocessing import resource_tracker
+        return functools.partial(shared_memory.SharedMemory, track=False)
+    from multiprocessing import resource_tracker
 
-        def attach(name: str) -> shared_memory.SharedMemory:
-            register, resource_tracker.register = resource_tracker.register, lambda *args: None
-            try:
-                return shared_memory.SharedMemory(name=name)
-            finally:
-                resource_tracker.register = register
-    pipelines: dict[int, tuple[Any, EncoderPool]] = {}
-    attached: dict[str, shared_memory.SharedMemory] = {}
-    owners: dict[str, int] = {}  # buffer name -> pipeline key: a closed pipeline's buffers are unmapped
+    def attach(name: str) -> shared_memory.SharedMemory:
+        register, resource_tracker.register = resource_tracker.register, lambda *args: None
+        try:
+            return shared_memory.SharedMemory(name=name)
+        finally:
+            resource_tracker.register = register
 
-    def detach(name: str) -> None:
-        owners.pop(name, None)
-        buffer = attached.pop(name, None)
-        if buffer is not None:
-            _detach(buffer)
-
-    def counters(key):
-        encoder = pipelines[key][1] if key in pipelines else None
-        return (encoder.encoded, encoder.reused, encoder.deleted) if encoder is not None else (0, 0, 0)
-
-    try:
-        while True:
-            try:
-                message = connection.recv()
-            except (EOFError, OSError):  # the training process is gone (closed, or killed: a reset)
-                return
-            kind, key = message[0], message[1]
-            if kind == "open":
-                try:
-                    pipelines[key] = (pickle.loads(message[2]), EncoderPool(**message[3]))
-                    _one_torch_thread()
-                    send(("opened", key, None))
-                except Exception as error:  # noqa: BLE001 - e.g. a class defined in the training script
-                    send(("opened", key, f"{type(error).__name__}: {error}"))
-            elif kind == "release":
-                if key in pipelines:
-                    for path in message[2]:
-                        pipelines[key][1].release(path)
-            elif kind == "forget":
-                detach(message[2])
-            elif kind == "close":
-                for name in [name for name, owner in owners.items() if owner == key]:
-                    detach(name)
-                extractor_and_encoder = pipelines.pop(key, None)
-                if extractor_and_encoder is not None:
-                    extractor_and_encoder[1].close(wait=False)
-                    extractor_and_encoder[1].remove_files()
-                send(("closed", key))
-            else:
-                _, _, number, name, layout = message
-                try:
-                    extractor, encoder = pipelines[key]
-                    if name not in attached:
-                        while len(attached) >= MAX_ATTACHED:  # the training process may have freed old ones
-                            detach(next(iter(attached)))
-                        attached[name] = attach(name=name)
-                        owners[name] = key
-                    buffer = attached[name]
-                    fields: dict[str, np.ndarray] = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
-                                                     for field, dtype, shape, offset in layout}
-                    rows = extractor.host_stage(fields, encoder.encode)
-                    if encoder.mask_files:
-                        _encode_masks(rows, encoder)
-                    # Host stages copy what they keep (encode copies the pixels): the training process
-                    # reuses the buffer once the answer is sent, maybe before the files are written.
-                    del fields
-                    encoder.flush()
-                    outbox.put((number, key, rows, None))
-                except Exception:  # noqa: BLE001 - reported by the pipeline, which counts the batch as an error
-                    outbox.put((number, key, None, traceback.format_exc()))
-    finally:
-        outbox.put(None)
-        sender.join(60)
-        for _, encoder in pipelines.values():
-            encoder.close(wait=False)
-        for buffer in attached.values():
-            _detach(buffer)
+    return attach
 
 
 def _encode_masks(rows: list, encoder: Any) -> None:

@@ -50,6 +50,7 @@ from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
 from logbus.samples._pending_image import PendingImage
 from logbus.samples._pinned_pool import PinnedPool
 from logbus.samples._policies import SamplingPolicy, make_policy
+from logbus.samples._worker_protocol import Sent
 
 log = logging.getLogger("logbus")
 
@@ -598,13 +599,13 @@ class SamplePipeline:
             except OSError as error:  # shared memory could not be created: do it here from now on
                 log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
                             "processed on threads of the training process", error)
-                process.error, sent = f"{type(error).__name__}: {error}", "broken"
+                process.error, sent = f"{type(error).__name__}: {error}", Sent.BROKEN
                 self._warned_in_process = True  # said once, here
-            if sent == "sent":
+            if sent is Sent.SENT:
                 return
             with self._arrived:
                 state.outstanding -= 1
-            if sent == "full":  # the shared-memory budget is exhausted: the only reason to drop here
+            if sent is Sent.FULL:  # the shared-memory budget is exhausted: the only reason to drop here
                 self._count(batches_dropped=1)
                 return
         self._count(batches_in_process=1)
