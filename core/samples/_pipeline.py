@@ -83,7 +83,69 @@ class _Pass:
     given_up: bool = False  # the worker process stopped answering: rows still coming are not this table's
 
 
-_BATCH, _END, _STOP = "batch", "end", "stop"
+# What the training thread queues to the pipeline's thread: one small frozen type per item.
+@dataclass(frozen=True)
+class _CpuBatch:
+    """A CPU batch as offered: its device stage runs on the pipeline's thread."""
+
+    inputs: Any
+    targets: Any
+    outputs: Any
+    chosen: list[int] | None
+    first_id: int
+
+
+@dataclass(frozen=True)
+class _CopiedToHost:
+    """A CUDA batch's converted rows, copied into a pinned ``buffer``; valid once ``done`` completes."""
+
+    host: dict[str, np.ndarray]
+    buffer: Any
+    done: Any
+
+
+@dataclass(frozen=True)
+class _OnDevice:
+    """A CUDA batch's converted rows, left on the device: no pinned buffer was free at submit."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _TakenByPolicy:
+    """A device policy's running top-k took the batch: nothing to do until the end of the pass."""
+
+
+@dataclass(frozen=True)
+class _DeviceStageFailed:
+    """The device stage raised at submit (reported in order with the batch, never into training)."""
+
+    traceback: str
+
+
+_Issued = _CopiedToHost | _OnDevice | _TakenByPolicy | _DeviceStageFailed
+
+
+@dataclass(frozen=True)
+class _QueuedBatch:
+    nbytes: int  # room it holds (``_take_room``)
+    state: _Pass
+    work: _CpuBatch | _Issued
+
+
+@dataclass(frozen=True)
+class _QueuedPassEnd:
+    label: str
+    state: _Pass
+    step: int | None
+    future: Future
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """``close``: the pipeline's thread ends once it reaches this."""
+
+
 CLOSE_TIMEOUT = 60.0  # seconds close() waits for queued work by default
 _DEFAULTS = {**SAMPLING_OPTIONS.defaults, **PIPELINE_OPTIONS.defaults}
 
@@ -232,23 +294,23 @@ class SamplePipeline:
         if outputs.is_cuda:
             # The device stage is issued now, on the side stream: the worker thread gets its results
             # (in pinned memory, or small device fields), never the batch tensors themselves.
-            self._queue.put((_BATCH, nbytes, state, "issued", self._issue_device_stage(
+            self._queue.put(_QueuedBatch(nbytes, state, self._issue_device_stage(
                 state, inputs, targets, outputs, chosen, first_id)))
             return
         # A CPU batch: its device stage runs on the pipeline's thread (torch ops, which do not hold the
         # GIL), which hands the host fields to the worker process; the worker imports no torch.
-        self._queue.put((_BATCH, nbytes, state, "raw", (inputs, targets, outputs, chosen, first_id)))
+        self._queue.put(_QueuedBatch(nbytes, state, _CpuBatch(inputs, targets, outputs, chosen, first_id)))
 
-    def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> tuple:
+    def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> _Issued:
         """On the training thread, for a CUDA batch: launches (never waits for) the side stream's work
         on it: selection, the extractor's fused kernels, and the copy into a pinned buffer (or, for a
         device policy, its running top-k). The inputs are recorded on the side stream, so the caching
         allocator does not hand their memory to the training stream's next batch before the side
         stream has read them: training drops its references at once and nothing holds batch tensors
-        on the GPU while the worker catches up. Returns the worker's part: ``("host", arrays, buffer,
-        event)``, ``("fields", device fields)`` where no pinned buffer was free now (the worker copies
-        them in parts; they are the converted rows, not the batch), ``("none",)`` for a device
-        policy, or ``("error", text)``: a broken extractor must not raise into training."""
+        on the GPU while the worker catches up. Returns the worker's part: ``_CopiedToHost``,
+        ``_OnDevice`` where no pinned buffer was free now (the worker copies them in parts; they are
+        the converted rows, not the batch), ``_TakenByPolicy`` for a device policy, or
+        ``_DeviceStageFailed``: a broken extractor must not raise into training."""
         stream = self._side_stream(outputs.device)
         try:
             # Everything the training stream queued so far (the batch's forward pass) comes first.
@@ -260,13 +322,13 @@ class SamplePipeline:
                 fields = self._select_and_convert(inputs, targets, outputs, chosen, first_id)
                 if state.policy.on_device:
                     state.policy.top.update(fields, state.policy.scores(fields))
-                    return ("none",)
+                    return _TakenByPolicy()
                 copied = self._copy_to_host(fields, stream, wait=False)
             if copied is None:
-                return ("fields", fields)
-            return ("host", *copied)
+                return _OnDevice(fields)
+            return _CopiedToHost(*copied)
         except Exception:  # noqa: BLE001 - reported by the worker, in order with the batch
-            return ("error", traceback.format_exc())
+            return _DeviceStageFailed(traceback.format_exc())
 
     def _take_room(self, nbytes: int) -> bool:
         """Room for a batch the pipeline's thread holds: a batch count (``max_pending_batches``, when
@@ -300,7 +362,7 @@ class SamplePipeline:
             future.set_result(None)
             return future
         self._passes_queued += 1
-        self._queue.put((_END, label, state, step, future))
+        self._queue.put(_QueuedPassEnd(label, state, step, future))
         return future
 
     @property
@@ -365,7 +427,7 @@ class SamplePipeline:
         if self._closed:
             return not self._worker.is_alive()
         self._closed = True
-        self._queue.put((_STOP,))
+        self._queue.put(_Stop())
         self._worker.join(max(0.0, timeout))
         finished = not self._worker.is_alive()
         if not finished:
@@ -404,23 +466,23 @@ class SamplePipeline:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            kind = item[0]
-            if kind == _STOP:
+            if type(item) is _Stop:
                 return
             if self._abandon.is_set():
                 self._give_up(item)
                 continue
+            future = item.future if type(item) is _QueuedPassEnd else None
             try:
-                if kind == _BATCH:
+                if type(item) is _QueuedBatch:
                     try:
-                        self._process_batch(*item[2:])
+                        self._process_batch(item.state, item.work)
                     finally:
                         self._batches_done += 1
-                        self._give_back_room(item[1])
+                        self._give_back_room(item.nbytes)
                         item = None  # drop the batch tensors now, not at the next get()
                 else:
                     try:
-                        self._finish_pass(*item[1:])
+                        self._finish_pass(item.label, item.state, item.step, item.future)
                     finally:
                         self._passes_done += 1
             except Exception:  # noqa: BLE001 - a broken extractor must not kill training
@@ -428,22 +490,22 @@ class SamplePipeline:
                 if self.stats.errors == 1 and not self._abandon.is_set():
                     log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s",
                               traceback.format_exc())
-                if kind == _END and not item[4].done():
+                if future is not None and not future.done():
                     self._count(tables_dropped=1)
-                    item[4].set_result(None)
+                    future.set_result(None)
 
-    def _give_up(self, item: tuple) -> None:
+    def _give_up(self, item: _QueuedBatch | _QueuedPassEnd) -> None:
         """After the close deadline: nothing more is processed; tables resolve to ``None``."""
-        if item[0] == _BATCH:
+        if isinstance(item, _QueuedBatch):
             self._batches_done += 1
-            self._give_back_room(item[1])
-            if item[3] == "issued" and item[4][0] == "host":
-                self.pinned.release(item[4][2])
+            self._give_back_room(item.nbytes)
+            if type(item.work) is _CopiedToHost:
+                self.pinned.release(item.work.buffer)
         else:
             self._passes_done += 1
             self._count(tables_dropped=1)
-            if not item[4].done():
-                item[4].set_result(None)
+            if not item.future.done():
+                item.future.set_result(None)
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
         # One side stream per device for both threads (the training thread issues, the worker copies
@@ -453,25 +515,21 @@ class SamplePipeline:
                 self._side_streams[device] = torch.cuda.Stream(device=device)
             return self._side_streams[device]
 
-    def _process_batch(self, state: _Pass, kind: str, work: tuple) -> None:
-        if kind == "raw":  # a CPU batch: its device stage runs here (torch ops, without the GIL)
-            self._device_stage(state, *work)
-            return
-        what = work[0]
-        if what == "error":
-            raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work[1]}")
-        if what == "host":
-            host, buffer, done = work[1:]
+    def _process_batch(self, state: _Pass, work: _CpuBatch | _Issued) -> None:
+        if type(work) is _CpuBatch:  # its device stage runs here (torch ops, without the GIL)
+            self._device_stage(state, work.inputs, work.targets, work.outputs, work.chosen, work.first_id)
+        elif type(work) is _DeviceStageFailed:
+            raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work.traceback}")
+        elif type(work) is _CopiedToHost:
             try:
-                done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
-                self._host_stage(host, state)
+                work.done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
+                self._host_stage(work.host, state)
             finally:
-                self.pinned.release(buffer)
-        elif what == "fields":
-            fields = work[1]
-            stream = self._side_stream(next(iter(fields.values())).device)
+                self.pinned.release(work.buffer)
+        elif type(work) is _OnDevice:
+            stream = self._side_stream(next(iter(work.fields.values())).device)
             with torch.cuda.stream(stream):
-                self._to_host_stage(fields, stream, state)
+                self._to_host_stage(work.fields, stream, state)
 
     def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id):
         """A CPU batch on the pipeline's thread: selection, the extractor's device stage, then either
