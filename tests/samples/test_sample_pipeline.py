@@ -1059,3 +1059,25 @@ def test_scratch_files_fall_back_to_disk_with_one_warning_where_tmpfs_is_small(m
         for pool in pools:
             pool.close()
     monkeypatch.setattr(_encoder_pool, "_scratch_parent", None)  # the next pool chooses again
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the worker's memory map from /proc")
+def test_the_worker_unmaps_the_shared_memory_of_a_pipeline_that_closed(make_pipeline):
+    """A pipeline that closes unlinks its shared buffers; the worker, still serving another pipeline,
+    unmaps them too (before, it kept up to 16 mapped, so their memory stayed in use)."""
+    first, second = make_pipeline(num_samples=None), make_pipeline(num_samples=None)
+    assert first.worker_ready(120) and second.worker_ready(120)
+    run_pass(first, make_batches(2, 4, seed=70))
+    names = [buffer.name.lstrip("/") for buffer in first._host.shared._all]
+    pid = first.worker_pid
+    assert names
+
+    def mapped() -> set[str]:
+        with open(f"/proc/{pid}/maps") as maps:
+            text = maps.read()
+        return {name for name in names if name in text}
+
+    assert mapped() == set(names)
+    first.cleanup()
+    eventually(lambda: not mapped(), "the worker still maps a closed pipeline's shared memory")
+    assert column(run_pass(second, make_batches(1, 3)), "id") == [0, 1, 2]
