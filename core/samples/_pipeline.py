@@ -86,13 +86,13 @@ class _Pass:
 # What the training thread queues to the pipeline's thread: one small frozen type per item.
 @dataclass(frozen=True)
 class _CpuBatch:
-    """A CPU batch as offered: its device stage runs on the pipeline's thread."""
+    """A CPU batch's chosen rows (all rows for a device policy), copied on the training thread so that a
+    caller may reuse its tensors at once; their device stage runs on the pipeline's thread."""
 
     inputs: Any
     targets: Any
     outputs: Any
-    chosen: list[int] | None
-    first_id: int
+    sample_ids: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -297,9 +297,11 @@ class SamplePipeline:
             self._queue.put(_QueuedBatch(nbytes, state, self._issue_device_stage(
                 state, inputs, targets, outputs, chosen, first_id)))
             return
-        # A CPU batch: its device stage runs on the pipeline's thread (torch ops, which do not hold the
-        # GIL), which hands the host fields to the worker process; the worker imports no torch.
-        self._queue.put(_QueuedBatch(nbytes, state, _CpuBatch(inputs, targets, outputs, chosen, first_id)))
+        # A CPU batch: its chosen rows are copied here (one torch copy a tensor, which does not hold the
+        # GIL; the caller may refill its tensors at once), and their device stage runs on the pipeline's
+        # thread (torch ops, likewise), which hands the host fields to the worker process: the worker
+        # imports no torch.
+        self._queue.put(_QueuedBatch(nbytes, state, _copy_rows(inputs, targets, outputs, chosen, first_id)))
 
     def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> _Issued:
         """On the training thread, for a CUDA batch: launches (never waits for) the side stream's work
@@ -517,7 +519,7 @@ class SamplePipeline:
 
     def _process_batch(self, state: _Pass, work: _CpuBatch | _Issued) -> None:
         if type(work) is _CpuBatch:  # its device stage runs here (torch ops, without the GIL)
-            self._device_stage(state, work.inputs, work.targets, work.outputs, work.chosen, work.first_id)
+            self._device_stage(state, work)
         elif type(work) is _DeviceStageFailed:
             raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work.traceback}")
         elif type(work) is _CopiedToHost:
@@ -531,10 +533,11 @@ class SamplePipeline:
             with torch.cuda.stream(stream):
                 self._to_host_stage(work.fields, stream, state)
 
-    def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id):
-        """A CPU batch on the pipeline's thread: selection, the extractor's device stage, then either
-        the device policy's running top-k or the host stage."""
-        fields = self._select_and_convert(inputs, targets, outputs, chosen, first_id)
+    def _device_stage(self, state: _Pass, batch: _CpuBatch) -> None:
+        """A CPU batch's rows on the pipeline's thread: the extractor's device stage, then either the
+        device policy's running top-k or the host stage."""
+        fields = self.extractor.device_stage(batch.inputs, batch.targets, batch.outputs)
+        fields["sample_id"] = torch.from_numpy(batch.sample_ids)
         if not state.policy.on_device:
             self._to_host_stage(fields, None, state)
             return
@@ -741,6 +744,24 @@ class SamplePipeline:
                       join_key="id" if "id" in columns else None)
         self._count(rows_logged=len(table_rows), tables_logged=1)
         future.set_result(table)
+
+
+def _copy_rows(inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, chosen: list[int] | None,
+               first_id: int) -> _CpuBatch:
+    """The ``chosen`` rows of a CPU batch (all of them for ``None``) as tensors of their own."""
+    batch_size = outputs.shape[0]
+    sample_ids: np.ndarray
+    if chosen is None or chosen == list(range(batch_size)):
+        rows = [t.detach().clone() for t in (inputs, targets, outputs)]
+        sample_ids = np.arange(first_id, first_id + batch_size, dtype=np.int64)
+    else:
+        if chosen == list(range(len(chosen))):  # "first": a prefix, no index tensor
+            rows = [t.detach()[:len(chosen)].clone() for t in (inputs, targets, outputs)]
+        else:
+            index = torch.tensor(chosen, dtype=torch.long)
+            rows = [t.detach().index_select(0, index) for t in (inputs, targets, outputs)]
+        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
+    return _CpuBatch(inputs=rows[0], targets=rows[1], outputs=rows[2], sample_ids=sample_ids)
 
 
 def default_encode_workers() -> int:

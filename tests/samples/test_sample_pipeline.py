@@ -1081,3 +1081,26 @@ def test_the_worker_unmaps_the_shared_memory_of_a_pipeline_that_closed(make_pipe
     first.cleanup()
     eventually(lambda: not mapped(), "the worker still maps a closed pipeline's shared memory")
     assert column(run_pass(second, make_batches(1, 3)), "id") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("worker_process", [True, False])
+def test_a_batch_refilled_in_place_after_submit_logs_what_was_offered(make_pipeline, tmp_path, worker_process):
+    """A loop that refills one preallocated batch in place (a reused input buffer): ``submit`` keeps its
+    own copy of the chosen rows, so the table holds what was offered, whenever the pipeline's thread
+    gets to it (here: after the refill, the gate held shut until then)."""
+    gate = tmp_path / "open"
+    pipeline = make_pipeline(FileGatedClassification(gate, class_names=CLASS_NAMES), num_samples=None,
+                             worker_process=worker_process)
+    if worker_process:
+        assert pipeline.worker_ready(120)
+    [(images, labels, logits)] = make_batches(1, 4, seed=80)
+    offered = images_to_uint8_reference(images.clone()).numpy()
+    truths = labels.tolist()
+    pipeline.submit(images, labels, logits)
+    images.fill_(0.0)
+    labels.fill_(3)
+    gate.touch()
+    table = pipeline.end_pass("eval", step=0).result(timeout=60)
+    assert column(table, "truth") == truths
+    for i, cell in enumerate(column(table, "image")):
+        np.testing.assert_array_equal(decode(cell.path), offered[i, :, :, 0])
