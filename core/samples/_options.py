@@ -30,7 +30,7 @@ PIPELINE_OPTIONS: Options = Options(
     Option("max_pending_batches", None, "optional cap on the batches the pipeline's thread may hold; `None`: only "
            "`pinned_pool_bytes` bounds them", kind="int", minimum=1),
     Option("pinned_pool_bytes", 256 * 2**20, "the memory budget of batches in flight, and the only bound at default "
-           "settings: shared memory for CPU batches on their way to the worker process, pinned host memory for "
+           "settings: shared memory for batches' rows on their way to the worker process, pinned host memory for "
            "device-to-host copies, and (each budget separately) bytes of batches the pipeline's thread holds; a batch "
            "that finds its budget spent is dropped and counted, training never waits. A batch larger than the whole "
            "budget goes through in parts", kind="int", minimum=1, shown="256 * 2**20"),

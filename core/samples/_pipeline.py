@@ -1,12 +1,13 @@
 """The sample pipeline: prediction samples from eval batches to a table, without stalling training.
 
 On the training thread, ``submit`` checks shapes (metadata only) and lets the sampling policy pick
-indices from batch sizes. A CPU batch then goes straight to the worker process
-(``logbus.samples._host_process``): its chosen rows are copied into shared memory (one torch copy, which
-does not hold the GIL) and one message names them; the worker process runs the extractor's device
-stage (the uint8 conversion) and host stage, so the training process's cost is per batch, not per
-sample. Nothing waits: the memory budget of batches in flight (``pinned_pool_bytes``) is the only
-bound at default settings; when it is spent the batch is dropped and counted.
+indices from batch sizes. A CPU batch's chosen rows are then copied (one torch copy a tensor, which
+does not hold the GIL, so that the caller may refill its tensors at once) and queued to the pipeline's
+thread, which runs the extractor's device stage (torch ops, likewise) and hands the host fields to the
+worker process (``logbus.samples._host_process``) through shared memory, one message a batch: the
+worker process runs the host stage and imports no torch. The training process's cost is per batch,
+not per sample. Nothing waits: the memory budget of batches in flight (``pinned_pool_bytes``) is the
+only bound at default settings; when it is spent the batch is dropped and counted.
 
 A CUDA batch: ``submit`` issues the device stage at once, on a dedicated side stream that first
 waits for the training stream's work so far: selection, the extractor's fused kernels, and the copy
@@ -17,8 +18,8 @@ afterwards. The pipeline's worker thread gets the pinned buffer and the copy's e
 the event (the worker, not training) and runs the host stage. A device policy's running top-k is
 updated on the side stream the same way; its rows are copied at ``end_pass``.
 
-Other batches (CPU batches without a worker process, CPU device policies) are queued to the worker
-thread as they are, and the same stages run there (torch ops on the CPU, which do not hold the GIL).
+Without a worker process (not up yet, or ``worker_process=False``) the host stage runs on the
+pipeline's thread too, on threads of the training process.
 
 At ``end_pass`` the training thread gets a future of the finished ``Table``; adapters emit it on the
 bus as a ``Deferred`` so that it lands in order with the metrics logged around it.
@@ -160,7 +161,7 @@ class SamplePipeline:
     :param hardest_by: ``loss`` or ``confidence``, for the ``hardest`` policy.
     :param max_pending_batches: optional cap on the batches queued to the worker thread (``None``:
         only ``pinned_pool_bytes`` bounds them).
-    :param pinned_pool_bytes: the memory budget of batches in flight: shared memory for CPU batches
+    :param pinned_pool_bytes: the memory budget of batches in flight: shared memory for batches' rows
         on their way to the worker process, pinned host memory for device-to-host copies, and bytes
         of batches queued to the worker thread (each separately). A batch that finds its budget spent
         is dropped and counted.
