@@ -215,6 +215,12 @@ class ExtractorCapabilities(Protocol):
     def num_classes(self) -> int | None:
         """The number of classes, which ``policy="per_class"`` needs (an int >= 1); default None."""
 
+    def host_part(self) -> Any:
+        """What the sample pipeline's worker process runs ``host_stage`` on, pickled: an object with this
+        extractor's ``host_stage``, from a module that imports only what the host stage needs (numpy),
+        so that the worker never imports torch (seconds of CPU at every start). Default: the extractor
+        itself (its module's imports are paid there)."""
+
 
 # -- checking an object against a contract ---------------------------------------------------------
 

@@ -6,7 +6,6 @@ Device stage: one fused pass for image -> uint8 NHWC and one for argmax + softma
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -15,7 +14,8 @@ import torch.nn.functional as F
 
 from logbus.kernels import images_to_uint8, logits_summary
 from logbus.options import Option, Options
-from logbus.samples import IMAGE_OPTIONS, PendingImage, check_batch, check_images, class_names_map, image_options, logits_of
+from logbus.plugins._host_stages import ClassificationHostStage
+from logbus.samples import IMAGE_OPTIONS, check_batch, check_images, class_names_map, image_options, logits_of
 
 
 class ClassificationExtractor:
@@ -45,6 +45,7 @@ class ClassificationExtractor:
         self.num_classes = len(self.class_names) if self.class_names else None
         self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
         self.top_k = top_k
+        self._host_part = ClassificationHostStage(self.class_names, top_k)
         self.columns = ["id", "image", "truth", "prediction", "confidence", "correct", "loss", "flag"]
         if top_k > 1:
             self.columns.append("top_k")
@@ -91,23 +92,10 @@ class ClassificationExtractor:
         return fields
 
     def host_stage(self, fields: dict[str, np.ndarray], encode) -> list[list]:
-        # Whole columns to Python objects at once: per-element numpy indexing costs more than the rest.
-        ids, truths, predictions = (fields[k].tolist() for k in ("sample_id", "truth", "prediction"))
-        confidences, losses, finites = (fields[k].tolist() for k in ("confidence", "loss", "finite"))
-        rows = []
-        for i, (sample_id, truth, prediction, confidence, loss, finite) in enumerate(
-                zip(ids, truths, predictions, confidences, losses, finites)):
-            row = [sample_id, PendingImage(encode(fields["image"][i])), truth, prediction,
-                   None if math.isnan(confidence) else confidence, finite and truth == prediction,
-                   None if math.isnan(loss) else loss, "" if finite else "nonfinite"]
-            if self.top_k > 1:
-                row.append(", ".join(f"{self._name(int(c))}:{p:.3f}" for c, p in
-                                     zip(fields["topk_indices"][i], fields["topk_probs"][i]) if c >= 0))
-            if self.class_names:
-                row += [self._name(truth), self._name(prediction) if prediction >= 0 else ""]
-            rows.append(row)
-        return rows
+        return self._host_part.host_stage(fields, encode)
 
-    def _name(self, class_id: int) -> str:
-        return self.class_names.get(class_id, str(class_id)) if self.class_names else str(class_id)
+    def host_part(self) -> Any:
+        """What the sample pipeline's worker process runs ``host_stage`` on: an object of a module without
+        torch (``logbus.plugins._host_stages``), or this extractor where a subclass has its own host stage."""
+        return self._host_part if type(self).host_stage is ClassificationExtractor.host_stage else self
 

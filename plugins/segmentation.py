@@ -6,7 +6,6 @@ K <= 255, else int16), both fused kernels; per-sample pixel accuracy and mean cr
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -15,7 +14,8 @@ import torch.nn.functional as F
 
 from logbus.kernels import images_to_uint8, segmentation_mask
 from logbus.options import Option, Options
-from logbus.samples import IMAGE_OPTIONS, PendingImage, check_batch, check_images, class_names_map, image_options, logits_of
+from logbus.plugins._host_stages import SegmentationHostStage
+from logbus.samples import IMAGE_OPTIONS, check_batch, check_images, class_names_map, image_options, logits_of
 
 
 class SegmentationExtractor:
@@ -38,6 +38,7 @@ class SegmentationExtractor:
                  value_range: str = options.defaults["value_range"],
                  channels_last: bool | None = options.defaults["channels_last"]):
         self.class_names = class_names_map(class_names)
+        self._host_part = SegmentationHostStage(self.class_names)
         self.num_classes = None
         self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
         self.columns = ["id", "image", "pixel_accuracy", "loss", "confidence", "flag"]
@@ -88,13 +89,10 @@ class SegmentationExtractor:
         }
 
     def host_stage(self, fields: dict[str, np.ndarray], encode) -> list[list]:
-        rows = []
-        for i in range(len(fields["sample_id"])):
-            masks = {"ground_truth": (np.array(fields["truth"][i]), self.class_names),
-                     "prediction": (np.array(fields["prediction"][i]), self.class_names)}
-            loss, finite = float(fields["loss"][i]), bool(fields["finite"][i])
-            rows.append([int(fields["sample_id"][i]), PendingImage(encode(fields["image"][i]), masks=masks),
-                         float(fields["pixel_accuracy"][i]), None if math.isnan(loss) else loss,
-                         float(fields["confidence"][i]), "" if finite else "nonfinite"])
-        return rows
+        return self._host_part.host_stage(fields, encode)
+
+    def host_part(self) -> Any:
+        """What the sample pipeline's worker process runs ``host_stage`` on: an object of a module without
+        torch (``logbus.plugins._host_stages``), or this extractor where a subclass has its own host stage."""
+        return self._host_part if type(self).host_stage is SegmentationExtractor.host_stage else self
 

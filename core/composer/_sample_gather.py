@@ -18,7 +18,10 @@ rank, at each ``eval_end``, in this order:
 Rank 0 writes the received files into its pipeline's scratch folder, named by their content (an
 image seen again in a later eval is the same file, so backends copy or upload it once), and builds
 one ``Table`` with a ``rank`` column in front: ``id`` stays the sample's position in its rank's pass,
-so ``(rank, id)`` is unique.
+so ``(rank, id)`` is unique. Its encoder pool counts those files as its own (``EncoderPool.adopt``):
+the table goes on the bus as a ``Deferred`` whose release gives back every scratch file it refers
+to once every backend has taken it, as a single-process eval's table does; the other ranks give
+their files back once their bytes are packed.
 
 ``gather_object`` rather than ``all_gather_object``: only the logging rank needs the rows, so the
 others send and receive nothing but the sizes.
@@ -32,16 +35,18 @@ import os
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin on Python 3.10
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from logbus.bus import Deferred
 from logbus.files import write_bytes_atomic
 from logbus.records import Box, Image, Mask, Table
 
 log = logging.getLogger("logbus")
 
 RANK_COLUMN = "rank"
+Adopt = Callable[[str, bytes], Any]  # writes a received file and counts it (``EncoderPool.adopt``)
 
 
 @dataclass
@@ -69,12 +74,16 @@ def pack_image(image: Image) -> PackedImage:
                        boxes=[asdict(box) for box in image.boxes], box_class_labels=image.box_class_labels)
 
 
-def unpack_image(packed: PackedImage, folder: str) -> Image:
+def unpack_image(packed: PackedImage, folder: str, adopt: Adopt | None = None) -> Image:
+    """``adopt(path, data)``: writes and counts the file (``EncoderPool.adopt``); without it the file is
+    written here, once, and never deleted by logbus."""
     path = None
     if packed.data is not None:
         digest = hashlib.blake2b(packed.data, digest_size=16).hexdigest()
         path = os.path.join(folder, f"gathered-{digest}{packed.suffix}")
-        if not os.path.exists(path):  # same bytes, same name: an earlier eval's file is reused as it is
+        if adopt is not None:
+            adopt(path, packed.data)
+        elif not os.path.exists(path):  # same bytes, same name: an earlier eval's file is reused as it is
             write_bytes_atomic(path, packed.data)
     return Image(pixels=packed.pixels, path=path, caption=packed.caption,
                  masks={name: Mask(data, labels) for name, (data, labels) in packed.masks.items()},
@@ -110,9 +119,9 @@ def gather_to_rank_zero(payload: Any) -> list[Any] | None:
 
 
 def merge_tables(own: Table | None, payloads: Sequence[dict[str, Any] | None], *, key: str,
-                 columns: Sequence[str], step: int | None, folder: str) -> Table | None:
+                 columns: Sequence[str], step: int | None, folder: str, adopt: Adopt | None = None) -> Table | None:
     """Rank 0's own table and the other ranks' payloads (index = rank; index 0 unused) as one table
-    with a ``rank`` column, or ``None`` if no rank had a table."""
+    with a ``rank`` column, or ``None`` if no rank had a table. ``adopt``: see ``unpack_image``."""
     columns = list(own.columns) if own is not None else list(columns)
     rows = [[0, *row] for row in own.rows] if own is not None else []
     found = own is not None
@@ -124,16 +133,42 @@ def merge_tables(own: Table | None, payloads: Sequence[dict[str, Any] | None], *
             log.warning("logbus: the samples of rank %d have columns %s, rank 0's are %s; rank %d is left out "
                         "of %r", rank, payload["columns"], columns, rank, key)
             continue
-        rows.extend([rank, *[unpack_image(cell, folder) if isinstance(cell, PackedImage) else cell for cell in row]]
+        rows.extend([rank, *[unpack_image(cell, folder, adopt) if isinstance(cell, PackedImage) else cell
+                             for cell in row]]
                     for row in payload["rows"])
     if not found:
         return None
     return Table(key, [RANK_COLUMN, *columns], rows, step)
 
 
+def gathered_record(own: Table | None, payloads: Sequence[dict[str, Any] | None], pipeline: Any, *, key: str,
+                    step: int | None, release_own: bool = True) -> Deferred | None:
+    """Rank 0's merged table as a record for the bus whose release gives every scratch file it refers
+    to back to ``pipeline`` (a ``SamplePipeline``): the gathered ones, written into and counted by its
+    encoder pool, and its own rows' files unless ``release_own`` is False (a record of its own, emitted to
+    the rank's own backends, gives those back). ``None`` if no rank had a table."""
+    encoder = pipeline.encoder
+    table = merge_tables(own, payloads, key=key, columns=pipeline.extractor.columns, step=step,
+                         folder=encoder.folder, adopt=encoder.adopt)
+    if table is None:
+        if own is not None and release_own:
+            pipeline.release_rows(own.rows)
+        return None
+    # merge_tables puts rank 0's own rows first
+    released = table.rows if release_own or own is None else table.rows[len(own.rows):]
+    done: Future = Future()
+    done.set_result(table)
+    record = Deferred(Table, done)
+    record.on_released(lambda: pipeline.release_rows(released))
+    return record
+
+
 def gather_table(future: Future, *, key: str, columns: Sequence[str], step: int | None, folder: str,
-                 timeout: float) -> Table | None:
+                 timeout: float, pipeline: Any = None, release_own: bool = True) -> Table | Deferred | None:
     """Steps 1-3 above for one table: the merged table on rank 0, ``None`` on the other ranks.
+    ``pipeline``: the rank's ``SamplePipeline``; with it every scratch file is given back (on rank 0 the
+    table comes as a ``Deferred`` that does so once every backend has taken it, see ``gathered_record``).
+    ``release_own``: False where this rank's own table is a record of its own that gives its files back.
 
     Every rank calls this exactly once per table; nothing before the collective raises."""
     from composer.utils import dist
@@ -146,10 +181,14 @@ def gather_table(future: Future, *, key: str, columns: Sequence[str], step: int 
             payload = pack_table(own)
         except Exception:  # noqa: BLE001 - e.g. a scratch file gone: send nothing rather than skip the collective
             log.exception("logbus: could not pack the samples table %r of rank %d; its samples are left out", key, rank)
+        if pipeline is not None and release_own:  # packed (or lost): this rank's files are not needed any more
+            pipeline.release_rows(own.rows)
     payloads = gather_to_rank_zero(payload)
     if payloads is None:  # every rank but 0
         return None
     try:
+        if pipeline is not None:
+            return gathered_record(own, payloads, pipeline, key=key, step=step, release_own=release_own)
         return merge_tables(own, payloads, key=key, columns=columns, step=step, folder=folder)
     except Exception:  # noqa: BLE001 - logging must not end the training run
         log.exception("logbus: could not merge the gathered samples table %r; it is not logged", key)

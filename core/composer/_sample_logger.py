@@ -17,7 +17,6 @@ with a ``rank`` column to those backends. There, and only there, ``eval_end`` wa
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 from typing import Any, Mapping
 
 from composer.core import Callback, State
@@ -28,7 +27,6 @@ from logbus.bus import Deferred
 from logbus.composer._loggers import LogBusLogger
 from logbus.composer._sample_gather import agree_to_gather, gather_table, holds_one_table
 from logbus.options import Option, Options
-from logbus.records import Table
 from logbus.samples import (
     CLOSE_TIMEOUT,
     SAMPLING_OPTIONS,
@@ -188,22 +186,22 @@ class SampleLogger(Callback):
         if not self._gathers:
             self._emit(record, one_table=False)  # this rank's own backends; nothing waits, nothing is exchanged
             return
-        # This rank's image files stay until the gathered table (which holds rank 0's own cells) is delivered too.
+        # This rank's image files stay until the gathered table (which holds rank 0's own cells) is delivered
+        # too: the record's own release gives them back, so the gather gives back only what it adopted.
         record.hold()
         try:
             self._emit(record, one_table=False)
-            table = gather_table(record.future, key=f"{self.pipeline.key_prefix}/{label}",
-                                 columns=self.pipeline.extractor.columns, step=step,
-                                 folder=self.pipeline.encoder.folder, timeout=self.gather_timeout)
+            gathered = gather_table(record.future, key=f"{self.pipeline.key_prefix}/{label}",
+                                    columns=self.pipeline.extractor.columns, step=step,
+                                    folder=self.pipeline.encoder.folder, timeout=self.gather_timeout,
+                                    pipeline=self.pipeline, release_own=False)
         except BaseException:
             record.release()
             raise
-        if table is None:  # every rank but 0, or no rank had a table
+        if gathered is None:  # every rank but 0, or no rank had a table
             record.release()
             return
-        done: Future = Future()
-        done.set_result(table)
-        gathered = Deferred(Table, done)
+        assert isinstance(gathered, Deferred)  # with a pipeline, rank 0's table comes as a record
         gathered.on_released(record.release)
         self._emit(gathered, one_table=True)
 

@@ -14,6 +14,7 @@ has the same path, which backends that remember what they copied (the local back
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Mapping
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no owner locks, no sweeping of stale scratch folders
+    fcntl = None  # type: ignore[assignment]
 
 from logbus.files import encode_image, encode_mask
 from logbus.files._atomic import FILE_MODE
@@ -76,6 +82,104 @@ def mask_content_name(ids: np.ndarray, labels: tuple[tuple[int, str], ...] | Non
     return hasher.hexdigest() + MASK_SUFFIX
 
 
+SCRATCH_PREFIX = "logbus-media-"
+_OWNER_SUFFIX = ".owner"  # beside an owned scratch folder: locked (flock) for as long as its owner lives
+_TMPFS = "/dev/shm"
+# tmpfs is used for scratch files only while it has this much room: Docker's default /dev/shm is 64 MB,
+# and a full one would fail the shared memory batches travel in as well.
+TMPFS_MIN_FREE_BYTES = 256 * 2**20
+_scratch_parent: str | None = None
+_swept: set[str] = set()
+
+
+def scratch_parent() -> str:
+    """Where pools put their own scratch folders: RAM-backed ``/dev/shm`` where it can be written and has
+    ``TMPFS_MIN_FREE_BYTES`` free (creating thousands of small files is where a slow disk hurts most),
+    else the temporary folder on disk, with one warning. Chosen once per process; stale folders of dead
+    processes there are swept then (``sweep_stale_scratch``)."""
+    global _scratch_parent
+    if _scratch_parent is None:
+        parent = tempfile.gettempdir()
+        if os.access(_TMPFS, os.W_OK):
+            try:
+                stats = os.statvfs(_TMPFS)
+                free = stats.f_bavail * stats.f_frsize
+            except OSError:
+                free = 0
+            if free >= TMPFS_MIN_FREE_BYTES:
+                parent = _TMPFS
+            else:
+                logging.getLogger("logbus").warning(
+                    "logbus: %s has %d MB free (less than %d MB); encoded sample images wait in %s on disk "
+                    "instead (Docker: --shm-size raises it)", _TMPFS, free // 2**20, TMPFS_MIN_FREE_BYTES // 2**20,
+                    parent)
+        _scratch_parent = parent
+    sweep_stale_scratch(_scratch_parent)
+    return _scratch_parent
+
+
+def _owned_folder(parent: str) -> tuple[tempfile.TemporaryDirectory, int | None]:
+    """A new scratch folder under ``parent`` and the descriptor of its owner lock (``<folder>.owner``
+    beside it, locked by this process, see ``sweep_stale_scratch``). The lock is taken on a temporary
+    name and then renamed into place, so that a sweeper never finds an owner file unlocked."""
+    owned = tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=parent)
+    if fcntl is None:
+        return owned, None
+    path = owned.name + _OWNER_SUFFIX
+    descriptor = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    os.rename(path + ".new", path)
+    return owned, descriptor
+
+
+def _unlock(folder: str, descriptor: int | None) -> None:
+    """Deletes ``folder``'s owner file and lets go of its lock (the folder itself is gone already)."""
+    if descriptor is not None:
+        try:
+            os.remove(folder + _OWNER_SUFFIX)
+        except OSError:
+            pass
+        try:
+            os.close(descriptor)  # releases the flock
+        except OSError:
+            pass
+
+
+def sweep_stale_scratch(parent: str) -> int:
+    """Deletes scratch folders under ``parent`` whose owner is gone (a training process killed with
+    SIGKILL never deleted its own): a folder whose owner lock can be taken has no living owner, in
+    this process's pid namespace or in any other that shares the folder (no pid is compared). Once
+    per folder and process. Returns how many were deleted."""
+    if fcntl is None or parent in _swept:
+        return 0
+    _swept.add(parent)
+    deleted = 0
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith(SCRATCH_PREFIX) and name.endswith(_OWNER_SUFFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        owner = os.path.join(parent, name)
+        try:
+            descriptor = os.open(owner, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue  # swept by another process just now
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            continue  # its owner is alive
+        try:
+            shutil.rmtree(owner[: -len(_OWNER_SUFFIX)], ignore_errors=True)
+            os.remove(owner)
+            deleted += 1
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
+    return deleted
+
+
 class _Chunk:
     __slots__ = ("items", "future", "submitted")
 
@@ -121,15 +225,15 @@ class EncoderPool:
         self.mask_files = mask_files
         self.image_format = image_format
         self.options = {"compress_level": compress_level, "quality": quality}
-        # Scratch space for encoded files until backends copy them: RAM-backed /dev/shm when there is
-        # one (creating thousands of small files is where a slow disk hurts most).
-        scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self._owned: tempfile.TemporaryDirectory[str] | None = None
+        self._lock_file: int | None = None  # held while this pool owns its folder (see ``_owned_folder``)
         self._parent: str | None = None  # the folder given to ``move``, removed at close once empty
         if folder is None:
-            self._owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=scratch)
+            self._owned, self._lock_file = _owned_folder(scratch_parent())
             folder = self._owned.name
-        self.folder = folder
+        # Absolute: the worker process keeps the working directory it started in, and a training
+        # process may change its own between two runs (a sweep, Hydra's multirun).
+        self.folder = os.path.abspath(folder)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logbus-encode")
         self._files: dict[str, EncodedFile] = {}  # path -> handle, for every file on disk or on its way
         self._refs: dict[str, int] = {}  # path -> rows referring to it (absent: none)
@@ -151,13 +255,17 @@ class EncoderPool:
         with self._lock:
             if self._owned is None or self._files or self._chunk is not None:
                 return False
+            parent = os.path.abspath(parent)  # see ``folder`` in __init__
             try:
                 os.makedirs(parent, exist_ok=True)
-                owned = tempfile.TemporaryDirectory(prefix="logbus-media-", dir=parent)
+                sweep_stale_scratch(parent)
+                owned, lock_file = _owned_folder(parent)
             except OSError:
                 return False
             old, self._owned, self.folder = self._owned, owned, owned.name
+            old_lock, self._lock_file = self._lock_file, lock_file
             self._parent = parent
+        _unlock(old.name, old_lock)
         try:
             old.cleanup()  # empty: nothing was ever written in it
         except OSError:
@@ -209,6 +317,34 @@ class EncoderPool:
             if len(self._chunk.items) >= CHUNK:
                 self._submit_locked()
             return handle
+
+    def adopt(self, path: str, data: bytes) -> str:
+        """A file another rank encoded, written here as ``path`` (named by its content, in this pool's
+        folder) unless this pool has it already, and counted like the files this pool encodes: the
+        rows that refer to it give it back with ``release``, and it goes past the cache as theirs do
+        (a gathered table's files are not kept to the end of the run). Returns ``path``."""
+        with self._lock:
+            self._refs[path] = self._refs.get(path, 0) + 1
+            handle = self._files.get(path)
+            if handle is not None and not handle.failed:
+                self.reused += 1
+                size = self._unreferenced.pop(path, None)
+                if size is not None:
+                    self._unreferenced_bytes -= size
+                return path
+            # Unknown to this pool, so nothing here deletes it meanwhile: written outside the lock.
+            chunk = _Chunk()
+            chunk.submitted = True
+            self._files[path] = EncodedFile(self, chunk, 0, path)
+        try:
+            self._write_file(path, data)
+        except BaseException as error:
+            chunk.future.set_exception(error)
+            raise
+        with self._lock:
+            self._sizes[path] = len(data)
+        chunk.future.set_result([path])
+        return path
 
     def release(self, path: str) -> None:
         """One row that referred to ``path`` is gone (its table was taken by every backend, or the
@@ -347,6 +483,8 @@ class EncoderPool:
         self._executor.shutdown(wait=wait)
         if self._owned is not None:
             shutil.rmtree(self._owned.name, ignore_errors=True)
+            _unlock(self._owned.name, self._lock_file)
+        self._lock_file = None
         if self._parent is not None:  # a run root keeps no empty .scratch; another pipeline's stays
             try:
                 os.rmdir(self._parent)

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -39,22 +40,40 @@ from typing import Any, Callable
 import numpy as np
 
 from logbus.samples._shared_pool import SharedPool
+from logbus.samples._worker_protocol import (
+    Batch,
+    BatchDone,
+    ClosePipeline,
+    Field,
+    Forget,
+    OpenPipeline,
+    PipelineClosed,
+    PipelineOpened,
+    Release,
+    Sent,
+)
 
 log = logging.getLogger("logbus")
 
 MAX_RESTARTS = 3
 MAX_ATTACHED = 16  # shared buffers the process keeps mapped
 SHARED_WAIT_SECONDS = 60.0  # how long a batch waits for a free shared buffer before it is dropped
+STOP_SECONDS = 10.0  # a stopped worker that has not ended by then (hung, SIGSTOPped) is killed
 
 # on_done(rows, error text): rows on success; error text on failure; both None: lost with the process.
 Done = Callable[[list | None, str | None], None]
 
 
 class _Process:
-    """The worker process shared by every pipeline, and the thread that reads its answers."""
+    """The worker process shared by every pipeline, and the threads that talk to it.
+
+    Nothing is sent on the socket by a caller's thread: messages go to an outbox that a sender thread
+    of its own writes out. A worker that does not read (hung, stopped, busy) then fills the socket
+    and blocks that thread alone; the lock the training thread's next batch needs is only ever held
+    for bookkeeping, never across a send."""
 
     def __init__(self):
-        self._lock = threading.Lock()  # the socket's send side, the in-flight table, restarts
+        self._lock = threading.Lock()  # the in-flight table, the outbox, restarts
         self._in_flight: dict[int, tuple[SharedPool, Any, Done]] = {}
         self._opening: dict[int, tuple[threading.Event, list]] = {}
         self._closing: dict[int, threading.Event] = {}  # pipelines whose files the process is deleting
@@ -63,16 +82,30 @@ class _Process:
         self.restarts = 0
         self.generation = 0  # bumped at each restart: pipelines opened before must open again
         self.broken = False
+        self.stopped = False  # the last pipeline closed: the process was asked to end, not restarted
+        self.last_answer = time.monotonic()  # when the process last answered (a hung one stops answering)
         self._start()
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-c", f"from logbus.samples._host_process import serve; serve({theirs.fileno()})"]
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+        # -I: isolated (no PYTHON* variables, no user site, and neither the current directory nor the
+        # script's own on sys.path): a ``queue.py`` in the training script's working directory must not
+        # shadow the standard library in here. The training process's import path follows, after the
+        # interpreter's own, without its working directory, so that logbus and the extractor's plugin
+        # import as they do there and nothing there shadows a module the worker needs.
+        working_directory = os.path.abspath(os.getcwd())
+        paths = [path for path in sys.path if path and os.path.abspath(path) != working_directory]
+        bootstrap = ("import sys; sys.path.extend(p for p in sys.argv[1:] if p not in sys.path); "
+                     f"from logbus.samples._host_process import serve; serve({theirs.fileno()})")
+        command = [sys.executable, "-I", "-c", bootstrap, *paths]
         # Its own session: a Ctrl-C in the terminal goes to training, which then closes the pipeline.
-        self.popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=environment, start_new_session=True)
+        self.popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
         self._connection = Connection(ours.detach())
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_all, args=(self._connection, self._outbox),
+                                        name="logbus-host-sender", daemon=True)
+        self._sender.start()
         self._receiver = threading.Thread(target=self._receive, args=(self._connection, self.popen),
                                           name="logbus-host-receiver", daemon=True)
         self._receiver.start()
@@ -81,31 +114,71 @@ class _Process:
     def pid(self) -> int:
         return self.popen.pid
 
-    def send(self, message: tuple) -> bool:
-        """Sends under the lock; False if the process is gone (its receiver deals with the rest)."""
+    @staticmethod
+    def _send_all(connection: Connection, outbox: queue.SimpleQueue) -> None:
+        """The sender thread: writes the outbox to the socket until the stop marker (None) or until
+        the process is gone (its receiver then counts what it held as lost)."""
+        while True:
+            message = outbox.get()
+            if message is None:
+                break
+            try:
+                connection.send(message)
+            except (OSError, ValueError):  # the process is gone, or the connection was closed
+                break
+        # Shuts the sending half only: the worker reads EOF and ends, while the receiver thread still
+        # reads to the end (it closes the connection; closing it here would pull it from under it).
+        try:
+            with socket.socket(fileno=os.dup(connection.fileno())) as half:
+                half.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def send(self, message: Any) -> bool:
+        """Queues ``message`` for the sender thread and returns at once; False if the process is gone."""
         with self._lock:
             return self._send_locked(message)
 
-    def _send_locked(self, message: tuple) -> bool:
-        try:
-            self._connection.send(message)
-            return True
-        except OSError:
+    def _send_locked(self, message: Any) -> bool:
+        if self.broken or self.stopped:
             return False
+        self._outbox.put(message)
+        return True
+
+    def stop(self) -> None:
+        """The last pipeline closed: the worker is asked to end (its socket closes after what is queued)
+        and, if it has not within ``STOP_SECONDS`` (hung, stopped), is killed. Its shared memory and
+        its 100s of MB go with it."""
+        with self._lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            self._outbox.put(None)
+        popen = self.popen
+
+        def reap() -> None:
+            try:
+                popen.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+        threading.Thread(target=reap, name="logbus-host-reaper", daemon=True).start()
 
     def open(self, key: int, extractor: bytes, options: dict[str, Any]) -> tuple[int, threading.Event, list]:
         """Sends a pipeline's extractor to the process without waiting: (generation, event, answer);
         once ``event`` is set, ``answer[0]`` is the error (None: loaded)."""
         done, answer = threading.Event(), []
         with self._lock:
-            if self.broken:
-                answer.append("the worker process could not be restarted")
+            if self.broken or self.stopped:
+                answer.append("the worker process could not be restarted" if self.broken
+                              else "the worker process was stopped")
                 done.set()
             else:
                 self._opening[key] = (done, answer)
                 # Files of a process that died are left to their tables; the new one names its own apart.
                 options = dict(options, prefix=f"w{self.generation}-")
-                self._send_locked(("open", key, extractor, options))
+                self._send_locked(OpenPipeline(key, extractor, options))
             return self.generation, done, answer
 
     def close_pipeline(self, key: int) -> threading.Event:
@@ -114,22 +187,38 @@ class _Process:
         done = threading.Event()
         with self._lock:
             self._closing[key] = done
-            if not self._send_locked(("close", key)):
+            if not self._send_locked(ClosePipeline(key)):
                 del self._closing[key]
                 done.set()
         return done
 
-    def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: list, on_done: Done,
-               kind: str = "batch") -> str:
-        """``kind``: ``"batch"`` (host fields, numpy) or ``"raw"`` (a batch's tensors, device stage there).
-        A ``generation`` other than the live process's (None: the pipeline never opened) is ``"broken"``."""
+    def submit(self, key: int, generation: int | None, pool: SharedPool, buffer: Any, layout: tuple[Field, ...],
+               on_done: Done) -> Sent:
+        """A batch's host fields (numpy, in ``buffer``) for the host stage. A ``generation`` other than the
+        live process's (None: the pipeline never opened) is ``Sent.BROKEN``."""
         with self._lock:
-            if self.broken or generation != self.generation:
-                return "broken"
+            if self.broken or self.stopped or generation != self.generation:
+                return Sent.BROKEN
             number = next(self._numbers)
             self._in_flight[number] = (pool, buffer, on_done)
-            self._send_locked((kind, key, number, buffer.name, layout))
-        return "sent"
+            self._send_locked(Batch(key, number, buffer.name, layout))
+        return Sent.SENT
+
+    def _restart_locked(self, popen: subprocess.Popen, exit_code: int, lost: int) -> None:
+        restart = self.restarts < MAX_RESTARTS
+        log.warning("logbus: the sample pipelines' worker process (pid %s) ended with exit code %s; %d batch(es) "
+                    "it held are lost; %s", popen.pid, exit_code, lost,
+                    "starting a new one" if restart else "from now on samples are processed in the training process")
+        started = False
+        if restart:
+            self.restarts += 1
+            try:
+                self._start()
+                started = True
+            except Exception:  # noqa: BLE001 - no new process: the pipelines do the work themselves
+                log.exception("logbus: could not start a new worker process for the sample pipelines")
+        self.generation += 1
+        self.broken = not started
 
     # -- receiver thread -------------------------------------------------------------------------
     def _receive(self, connection: Connection, popen: subprocess.Popen) -> None:
@@ -138,30 +227,30 @@ class _Process:
                 message = connection.recv()
             except (EOFError, OSError):
                 break
-            kind = message[0]
-            if kind == "closed":
+            self.last_answer = time.monotonic()
+            if type(message) is PipelineClosed:
                 with self._lock:
-                    closed = self._closing.pop(message[1], None)
+                    closed = self._closing.pop(message.key, None)
                 if closed is not None:
                     closed.set()
-                continue
-            if kind == "opened":
-                _, key, error = message
+            elif type(message) is PipelineOpened:
                 with self._lock:
-                    waiting = self._opening.pop(key, None)
+                    waiting = self._opening.pop(message.key, None)
                 if waiting is not None:
-                    waiting[1].append(error)
+                    waiting[1].append(message.error)
                     waiting[0].set()
-                continue
-            _, number, payload, key, counters = message
-            self.counters[key] = counters
-            with self._lock:
-                entry = self._in_flight.pop(number, None)
-            if entry is None:
-                continue
-            pool, buffer, on_done = entry
-            pool.release(buffer)
-            on_done(payload, None) if kind == "rows" else on_done(None, payload)
+            elif type(message) is BatchDone:
+                self.counters[message.key] = message.counters
+                with self._lock:
+                    entry = self._in_flight.pop(message.number, None)
+                if entry is not None:
+                    pool, buffer, on_done = entry
+                    pool.release(buffer)
+                    on_done(message.rows, message.error)
+        try:
+            connection.close()
+        except OSError:
+            pass
         self._lost(popen)
 
     def _lost(self, popen: subprocess.Popen) -> None:
@@ -180,20 +269,8 @@ class _Process:
                 closed.set()
             if _exiting:
                 return
-            restart = self.restarts < MAX_RESTARTS
-            log.warning("logbus: the sample pipelines' worker process (pid %s) ended with exit code %s; %d batch(es) "
-                        "it held are lost; %s", popen.pid, exit_code, len(lost),
-                        "starting a new one" if restart else "from now on samples are processed in the training process")
-            started = False
-            if restart:
-                self.restarts += 1
-                try:
-                    self._start()
-                    started = True
-                except Exception:  # noqa: BLE001 - no new process: the pipelines do the work themselves
-                    log.exception("logbus: could not start a new worker process for the sample pipelines")
-            self.generation += 1
-            self.broken = not started
+            if not self.stopped:  # else asked to end: no warning, nothing to restart
+                self._restart_locked(popen, exit_code, len(lost))
         for done, answer in opening.values():
             answer.append("the worker process ended while loading the extractor")
             done.set()
@@ -208,12 +285,32 @@ _keys = itertools.count()
 _exiting = False
 
 
-def _process() -> _Process:
-    global _shared
+_users = 0  # open HostStages: the process is stopped when the last one closes
+
+
+def _attach_process() -> _Process:
+    """The shared worker process, started if there is none (or the last one was stopped), for one
+    more pipeline; give it back with ``_detach_process``."""
+    global _shared, _users
     with _shared_lock:
         if _shared is None:
             _shared = _Process()
+        _users += 1
         return _shared
+
+
+def _detach_process(process: _Process) -> None:
+    """One pipeline less; the last one stops the process (a later pipeline starts a new one), so a
+    worker never outlives the runs that use it, nor keeps their shared memory mapped."""
+    global _shared, _users
+    with _shared_lock:
+        if process is not _shared:
+            return  # stopped already (a pipeline of an earlier process generation)
+        _users -= 1
+        if _users > 0:
+            return
+        _shared = None
+    process.stop()
 
 
 @atexit.register
@@ -237,11 +334,16 @@ class HostStage:
     """
 
     def __init__(self, extractor: Any, encoder_options: dict[str, Any], *, shared_bytes: int):
-        self._extractor = pickle.dumps(extractor)
+        # Only what the worker runs (the host stage), where the extractor offers it apart from its device
+        # stage (``host_part()``): the built-ins' live in a module without torch, which the worker then
+        # never imports.
+        host_part = getattr(extractor, "host_part", None)
+        self._extractor = pickle.dumps(host_part() if callable(host_part) else extractor)
         self._options = encoder_options
         self.key = next(_keys)
-        self.shared = SharedPool(shared_bytes)
-        self.process = _process()
+        self.shared = SharedPool(shared_bytes, on_drop=self._forget)
+        self.process = _attach_process()
+        self._closed = False
         self._generation: int | None = None
         self._opening: list | None = None  # [event, answer] of the last open
         self.error: str | None = None
@@ -275,58 +377,50 @@ class HostStage:
             return False
         return True
 
-    def submit(self, fields: dict[str, np.ndarray], on_done: Done) -> str:
+    def submit(self, fields: dict[str, np.ndarray], on_done: Done, wait: float = SHARED_WAIT_SECONDS) -> Sent:
         """Copies ``fields`` into a shared buffer and hands them over; ``on_done`` is called from the
-        receiver thread. Returns ``"sent"``; ``"full"`` when no buffer was free within
-        ``SHARED_WAIT_SECONDS`` (the caller drops the batch); ``"broken"`` when the extractor is not
+        receiver thread. Returns ``Sent.SENT``; ``Sent.FULL`` when no buffer was free within ``wait``
+        seconds (the caller drops the batch); ``Sent.BROKEN`` when the extractor is not
         loaded in a live process, or not yet (the caller does the work itself). Raises ``OSError`` when
         shared memory cannot be created."""
         if not self.ready():
-            return "broken"
+            return Sent.BROKEN
         layout, offset = [], 0
         for name, array in fields.items():
-            layout.append((name, array.dtype.str, array.shape, offset))
+            layout.append(Field(name, array.dtype.str, tuple(array.shape), offset))
             offset += (array.nbytes + 15) // 16 * 16  # every field aligned for its dtype view
-        buffer = self.shared.acquire(offset, timeout=SHARED_WAIT_SECONDS)
+        buffer = self.shared.acquire(offset, timeout=wait)
         if buffer is None:
-            return "full"
-        for (_, dtype, shape, start), array in zip(layout, fields.values()):
-            np.copyto(np.ndarray(shape, dtype, buffer=buffer.buf, offset=start), array)
-        sent = self.process.submit(self.key, self._generation, self.shared, buffer, layout, on_done)
-        if sent != "sent":
-            self.shared.release(buffer)
-        return sent
-
-    def submit_batch(self, buffer: Any, tensors: dict[str, Any], on_done: Done) -> str:
-        """A CPU batch's chosen rows (``inputs``, ``targets``, ``outputs``, ``sample_id`` tensors) copied
-        into ``buffer`` (from ``shared.acquire``, which the caller did without waiting) and handed over
-        whole: the process runs the extractor's device stage (the uint8 conversion, softmax) as well as
-        the host stage, so the training process's cost is one copy and one message per batch. Returns
-        ``"sent"``, or ``"broken"`` when the process is gone (the buffer is then released here)."""
-        layout, offset = [], 0
-        for name, tensor in tensors.items():
-            nbytes = tensor.numel() * tensor.element_size()
-            layout.append((name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset))
-            if nbytes:  # torch copies without holding the GIL
-                _tensor_in(buffer, tensor.dtype, tensor.shape, offset).copy_(tensor)
-            offset += (nbytes + 15) // 16 * 16
-        sent = self.process.submit(self.key, self._generation, self.shared, buffer, layout, on_done, kind="raw")
-        if sent != "sent":
+            return Sent.FULL
+        for field, array in zip(layout, fields.values()):
+            np.copyto(np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset), array)
+        sent = self.process.submit(self.key, self._generation, self.shared, buffer, tuple(layout), on_done)
+        if sent is not Sent.SENT:
             self.shared.release(buffer)
         return sent
 
     def release(self, paths: list[str]) -> None:
         """Scratch files no longer referred to by ``paths``' rows (see ``EncoderPool.release``)."""
         if paths and self._generation is not None and not self.lost:
-            self.process.send(("release", self.key, paths))
+            self.process.send(Release(self.key, paths))
+
+    def _forget(self, name: str) -> None:
+        """A shared buffer this pipeline unlinked: the process unmaps it too (else it stays in memory)."""
+        if self._generation is not None and not self.lost:
+            self.process.send(Forget(self.key, name))
 
     def close(self, timeout: float = 0.0) -> None:
-        """Forgets this pipeline in the process and frees its shared memory; the process stays for
-        others. Waits up to ``timeout`` seconds for the process to delete the scratch files it wrote
-        (one delete per image: that work belongs off the training process too)."""
+        """Forgets this pipeline in the process (which unmaps its shared buffers) and frees its shared
+        memory. Waits up to ``timeout`` seconds for the process to delete the scratch files it wrote
+        (one delete per image: that work belongs off the training process too). The last pipeline to
+        close stops the process. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._generation is not None and not self.lost:
             self.process.close_pipeline(self.key).wait(max(0.0, timeout))
         self.shared.close()
+        _detach_process(self.process)
 
 
 # Added to this process's nice value (0 to 19 on Linux, higher runs later). 10: weight 110 against
@@ -342,126 +436,158 @@ def _lower_priority() -> None:
 
 
 def serve(fd: int) -> None:
-    """The worker process's loop: host stages of batches in shared memory, and scratch-file releases."""
-    from multiprocessing import shared_memory
-
-    import torch
-
-    from logbus.samples._encoder_pool import EncoderPool
-    from logbus.samples._pending_image import PendingImage
-
-    # Background work: one intra-op thread, so that the device stages run here do not compete with
-    # the training process for every core; and a lower scheduling priority, so that where cores are
-    # short (2 of them: the training thread, this process's main and two encoder threads) the
-    # scheduler runs the training thread first and this process on what is left, instead of sharing
-    # a core with it. Its work is bounded by the shared-memory budget, not by its speed.
-    torch.set_num_threads(1)
+    """The worker process's entry point: host stages of batches in shared memory, and scratch-file
+    releases, until the training process closes the socket (or is gone)."""
+    # Background work at a lower scheduling priority, so that where cores are short the scheduler runs
+    # the training thread first and this process on what is left, instead of sharing a core with it.
+    # Its work is bounded by the shared-memory budget, not by its speed. No torch here: device stages
+    # run in the training process (torch ops there do not hold the GIL), host stages need numpy.
     _lower_priority()
-    connection = Connection(fd)
-    send_lock = threading.Lock()
+    _Worker(Connection(fd)).run()
 
-    def send(message: tuple) -> None:
-        with send_lock:
-            connection.send(message)
 
-    # Rows go back once their images are written, from a thread of their own, in order: meanwhile
-    # this loop goes on with the next batch's rows and hashes while the encoder threads compress.
-    outbox: queue.SimpleQueue = queue.SimpleQueue()
+class _Worker:
+    """The worker process's state: each pipeline's host part and encoder pool, the shared buffers it
+    has mapped, and the thread that sends rows back once their images are written."""
 
-    def send_when_encoded() -> None:
+    def __init__(self, connection: Connection):
+        from logbus.samples._encoder_pool import EncoderPool
+
+        self._encoder_pool = EncoderPool
+        self._connection = connection
+        self._send_lock = threading.Lock()
+        self._pipelines: dict[int, tuple[Any, Any]] = {}  # key -> (host part, EncoderPool)
+        self._attached: dict[str, Any] = {}  # buffer name -> SharedMemory
+        self._owners: dict[str, int] = {}  # buffer name -> pipeline key: a closed pipeline's buffers are unmapped
+        self._attach = _untracked_attach()
+        # Rows go back once their images are written, from a thread of their own, in order: meanwhile
+        # the loop goes on with the next batch's rows and hashes while the encoder threads compress.
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_when_encoded, name="logbus-host-sender", daemon=True)
+
+    def run(self) -> None:
+        self._sender.start()
+        handlers: dict[type, Callable[[Any], None]] = {
+            OpenPipeline: self._open, Batch: self._batch, Release: self._release, Forget: self._forget,
+            ClosePipeline: self._close}
+        try:
+            while True:
+                try:
+                    message = self._connection.recv()
+                except (EOFError, OSError):  # the training process is gone (closed, or killed: a reset)
+                    return
+                handlers[type(message)](message)
+        finally:
+            self._outbox.put(None)
+            self._sender.join(60)
+            for _, encoder in self._pipelines.values():
+                encoder.close(wait=False)
+            for buffer in self._attached.values():
+                _detach(buffer)
+
+    def _send(self, message: Any) -> None:
+        with self._send_lock:
+            self._connection.send(message)
+
+    def _counters(self, key: int) -> tuple[int, int, int]:
+        encoder = self._pipelines[key][1] if key in self._pipelines else None
+        return (encoder.encoded, encoder.reused, encoder.deleted) if encoder is not None else (0, 0, 0)
+
+    def _open(self, message: OpenPipeline) -> None:
+        try:
+            self._pipelines[message.key] = (pickle.loads(message.extractor),
+                                            self._encoder_pool(**message.encoder_options))
+            _one_torch_thread()
+            self._send(PipelineOpened(message.key, None))
+        except Exception as error:  # noqa: BLE001 - e.g. a class defined in the training script
+            self._send(PipelineOpened(message.key, f"{type(error).__name__}: {error}"))
+
+    def _release(self, message: Release) -> None:
+        if message.key in self._pipelines:
+            encoder = self._pipelines[message.key][1]
+            for path in message.paths:
+                encoder.release(path)
+
+    def _forget(self, message: Forget) -> None:
+        self._detach(message.buffer_name)
+
+    def _detach(self, name: str) -> None:
+        self._owners.pop(name, None)
+        buffer = self._attached.pop(name, None)
+        if buffer is not None:
+            _detach(buffer)
+
+    def _close(self, message: ClosePipeline) -> None:
+        for name in [name for name, owner in self._owners.items() if owner == message.key]:
+            self._detach(name)
+        pipeline = self._pipelines.pop(message.key, None)
+        if pipeline is not None:
+            pipeline[1].close(wait=False)
+            pipeline[1].remove_files()
+        self._send(PipelineClosed(message.key))
+
+    def _batch(self, message: Batch) -> None:
+        try:
+            host_part, encoder = self._pipelines[message.key]
+            name = message.buffer_name
+            if name not in self._attached:
+                while len(self._attached) >= MAX_ATTACHED:  # the training process may have freed old ones
+                    self._detach(next(iter(self._attached)))
+                self._attached[name] = self._attach(name)
+                self._owners[name] = message.key
+            buffer = self._attached[name]
+            fields: dict[str, np.ndarray] = {
+                field.name: np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset)
+                for field in message.fields}
+            rows = host_part.host_stage(fields, encoder.encode)
+            if encoder.mask_files:
+                _encode_masks(rows, encoder)
+            # Host stages copy what they keep (encode copies the pixels): the training process
+            # reuses the buffer once the answer is sent, maybe before the files are written.
+            del fields
+            encoder.flush()
+            self._outbox.put((message, rows, None))
+        except Exception:  # noqa: BLE001 - reported by the pipeline, which counts the batch as an error
+            self._outbox.put((message, None, traceback.format_exc()))
+
+    def _send_when_encoded(self) -> None:
+        from logbus.samples._pending_image import PendingImage
+
         while True:
-            item = outbox.get()
+            item = self._outbox.get()
             if item is None:
                 return
-            number, key, rows, error = item
+            message, rows, error = item
             if error is None:
                 try:
                     rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in row] for row in rows]
                 except Exception:  # noqa: BLE001 - an encode failed: the batch is reported as an error
-                    error = traceback.format_exc()
+                    rows, error = None, traceback.format_exc()
             try:
-                send(("rows", number, rows, key, counters(key)) if error is None
-                     else ("error", number, error, key, counters(key)))
+                self._send(BatchDone(message.key, message.number, rows, error, self._counters(message.key)))
             except OSError:  # the training process is gone
                 return
 
-    sender = threading.Thread(target=send_when_encoded, name="logbus-host-sender", daemon=True)
-    sender.start()
-    # This process only maps segments the training process made and will unlink. Python < 3.13 would
-    # have it register them with a resource tracker of its own, which unlinks them when this process
-    # ends, under the training process's feet: attach untracked.
+
+def _untracked_attach() -> Callable[[str], Any]:
+    """Maps a shared-memory segment by name without registering it. This process only maps segments
+    the training process made and will unlink. Python < 3.13 would have it register them with a
+    resource tracker of its own, which unlinks them when this process ends, under the training
+    process's feet."""
+    from multiprocessing import shared_memory
+
     if sys.version_info >= (3, 13):
-        attach = functools.partial(shared_memory.SharedMemory, track=False)
-    else:
-        from multiprocessing import resource_tracker
+        return functools.partial(shared_memory.SharedMemory, track=False)
+    from multiprocessing import resource_tracker
 
-        def attach(name: str) -> shared_memory.SharedMemory:
-            register, resource_tracker.register = resource_tracker.register, lambda *args: None
-            try:
-                return shared_memory.SharedMemory(name=name)
-            finally:
-                resource_tracker.register = register
-    pipelines: dict[int, tuple[Any, EncoderPool]] = {}
-    attached: dict[str, shared_memory.SharedMemory] = {}
+    def attach(name: str) -> shared_memory.SharedMemory:
+        register, resource_tracker.register = resource_tracker.register, lambda *args: None
+        try:
+            return shared_memory.SharedMemory(name=name)
+        finally:
+            resource_tracker.register = register
 
-    def counters(key):
-        encoder = pipelines[key][1] if key in pipelines else None
-        return (encoder.encoded, encoder.reused, encoder.deleted) if encoder is not None else (0, 0, 0)
-
-    try:
-        while True:
-            try:
-                message = connection.recv()
-            except EOFError:  # the training process is gone
-                return
-            kind, key = message[0], message[1]
-            if kind == "open":
-                try:
-                    pipelines[key] = (pickle.loads(message[2]), EncoderPool(**message[3]))
-                    send(("opened", key, None))
-                except Exception as error:  # noqa: BLE001 - e.g. a class defined in the training script
-                    send(("opened", key, f"{type(error).__name__}: {error}"))
-            elif kind == "release":
-                if key in pipelines:
-                    for path in message[2]:
-                        pipelines[key][1].release(path)
-            elif kind == "close":
-                extractor_and_encoder = pipelines.pop(key, None)
-                if extractor_and_encoder is not None:
-                    extractor_and_encoder[1].close(wait=False)
-                    extractor_and_encoder[1].remove_files()
-                send(("closed", key))
-            else:
-                _, _, number, name, layout = message
-                try:
-                    extractor, encoder = pipelines[key]
-                    if name not in attached:
-                        while len(attached) >= MAX_ATTACHED:  # the training process may have freed old ones
-                            _detach(attached.pop(next(iter(attached))))
-                        attached[name] = attach(name=name)
-                    buffer = attached[name]
-                    if kind == "raw":
-                        fields = _device_stage_here(extractor, buffer, layout)
-                    else:
-                        fields = {field: np.ndarray(shape, dtype, buffer=buffer.buf, offset=offset)
-                                  for field, dtype, shape, offset in layout}
-                    rows = extractor.host_stage(fields, encoder.encode)
-                    if encoder.mask_files:
-                        _encode_masks(rows, encoder)
-                    # Host stages copy what they keep (encode copies the pixels): the training process
-                    # reuses the buffer once the answer is sent, maybe before the files are written.
-                    del fields
-                    encoder.flush()
-                    outbox.put((number, key, rows, None))
-                except Exception:  # noqa: BLE001 - reported by the pipeline, which counts the batch as an error
-                    outbox.put((number, key, None, traceback.format_exc()))
-    finally:
-        outbox.put(None)
-        sender.join(60)
-        for _, encoder in pipelines.values():
-            encoder.close(wait=False)
-        for buffer in attached.values():
-            _detach(buffer)
+    return attach
 
 
 def _encode_masks(rows: list, encoder: Any) -> None:
@@ -480,30 +606,12 @@ def _encode_masks(rows: list, encoder: Any) -> None:
                         cell.mask_files[name] = encoder.encode_mask(ids, labels, overlay=True)
 
 
-def _tensor_in(buffer: Any, dtype: Any, shape: tuple, offset: int) -> Any:
-    """A tensor of ``dtype`` and ``shape`` over a shared buffer at ``offset`` (torch, not numpy: the
-    batch may hold dtypes numpy has not, bfloat16)."""
-    import torch
-
-    count = 1
-    for size in shape:
-        count *= size
-    if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(buffer.buf, dtype=dtype, count=count, offset=offset).view(shape)
-
-
-def _device_stage_here(extractor: Any, buffer: Any, layout: list) -> dict[str, np.ndarray]:
-    """A raw CPU batch's device stage, run in this process: its torch ops would otherwise run in the
-    training process (on CPU there is no device to leave them to)."""
-    import torch
-
-    tensors = {name: _tensor_in(buffer, getattr(torch, dtype), shape, offset) for name, dtype, shape, offset in layout}
-    fields = extractor.device_stage(tensors["inputs"], tensors["targets"], tensors["outputs"])
-    fields["sample_id"] = tensors["sample_id"]
-    # Host stages read numpy arrays; a field that is a view of the shared buffer (a tokens extractor's
-    # inputs) is read before the answer goes back, as in the "batch" path.
-    return {name: value.numpy() for name, value in fields.items()}
+def _one_torch_thread() -> None:
+    """An extractor whose host part imported torch (a third-party one) gets one intra-op thread here,
+    so that its torch ops do not compete with the training process for every core."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _detach(buffer) -> None:

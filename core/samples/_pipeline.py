@@ -1,12 +1,13 @@
 """The sample pipeline: prediction samples from eval batches to a table, without stalling training.
 
 On the training thread, ``submit`` checks shapes (metadata only) and lets the sampling policy pick
-indices from batch sizes. A CPU batch then goes straight to the worker process
-(``logbus.samples._host_process``): its chosen rows are copied into shared memory (one torch copy, which
-does not hold the GIL) and one message names them; the worker process runs the extractor's device
-stage (the uint8 conversion) and host stage, so the training process's cost is per batch, not per
-sample. Nothing waits: the memory budget of batches in flight (``pinned_pool_bytes``) is the only
-bound at default settings; when it is spent the batch is dropped and counted.
+indices from batch sizes. A CPU batch's chosen rows are then copied (one torch copy a tensor, which
+does not hold the GIL, so that the caller may refill its tensors at once) and queued to the pipeline's
+thread, which runs the extractor's device stage (torch ops, likewise) and hands the host fields to the
+worker process (``logbus.samples._host_process``) through shared memory, one message a batch: the
+worker process runs the host stage and imports no torch. The training process's cost is per batch,
+not per sample. Nothing waits: the memory budget of batches in flight (``pinned_pool_bytes``) is the
+only bound at default settings; when it is spent the batch is dropped and counted.
 
 A CUDA batch: ``submit`` issues the device stage at once, on a dedicated side stream that first
 waits for the training stream's work so far: selection, the extractor's fused kernels, and the copy
@@ -17,8 +18,8 @@ afterwards. The pipeline's worker thread gets the pinned buffer and the copy's e
 the event (the worker, not training) and runs the host stage. A device policy's running top-k is
 updated on the side stream the same way; its rows are copied at ``end_pass``.
 
-Other batches (CPU batches without a worker process, CPU device policies) are queued to the worker
-thread as they are, and the same stages run there (torch ops on the CPU, which do not hold the GIL).
+Without a worker process (not up yet, or ``worker_process=False``) the host stage runs on the
+pipeline's thread too, on threads of the training process.
 
 At ``end_pass`` the training thread gets a future of the finished ``Table``; adapters emit it on the
 bus as a ``Deferred`` so that it lands in order with the metrics logged around it.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import queue
 import threading
 import time
@@ -49,6 +51,7 @@ from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
 from logbus.samples._pending_image import PendingImage
 from logbus.samples._pinned_pool import PinnedPool
 from logbus.samples._policies import SamplingPolicy, make_policy
+from logbus.samples._worker_protocol import Sent
 
 log = logging.getLogger("logbus")
 
@@ -65,7 +68,8 @@ class PipelineStats:
     encoded: int = 0
     reused: int = 0
     pinned_peak_bytes: int = 0
-    batches_lost: int = 0  # held by a worker process that died
+    batches_lost: int = 0  # held by a worker process that died, or that stopped answering (worker_stall_timeout)
+    batches_after_close: int = 0  # offered after close(): not processed
     batches_in_process: int = 0  # per-sample work done in the training process (no worker process, or not yet)
 
 
@@ -77,9 +81,72 @@ class _Pass:
     policy: SamplingPolicy
     rows: dict[int, list] = field(default_factory=dict)
     outstanding: int = 0  # batches handed to the worker process whose rows have not come back
+    given_up: bool = False  # the worker process stopped answering: rows still coming are not this table's
 
 
-_BATCH, _END, _STOP = "batch", "end", "stop"
+# What the training thread queues to the pipeline's thread: one small frozen type per item.
+@dataclass(frozen=True)
+class _CpuBatch:
+    """A CPU batch's chosen rows (all rows for a device policy), copied on the training thread so that a
+    caller may reuse its tensors at once; their device stage runs on the pipeline's thread."""
+
+    inputs: Any
+    targets: Any
+    outputs: Any
+    sample_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class _CopiedToHost:
+    """A CUDA batch's converted rows, copied into a pinned ``buffer``; valid once ``done`` completes."""
+
+    host: dict[str, np.ndarray]
+    buffer: Any
+    done: Any
+
+
+@dataclass(frozen=True)
+class _OnDevice:
+    """A CUDA batch's converted rows, left on the device: no pinned buffer was free at submit."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _TakenByPolicy:
+    """A device policy's running top-k took the batch: nothing to do until the end of the pass."""
+
+
+@dataclass(frozen=True)
+class _DeviceStageFailed:
+    """The device stage raised at submit (reported in order with the batch, never into training)."""
+
+    traceback: str
+
+
+_Issued = _CopiedToHost | _OnDevice | _TakenByPolicy | _DeviceStageFailed
+
+
+@dataclass(frozen=True)
+class _QueuedBatch:
+    nbytes: int  # room it holds (``_take_room``)
+    state: _Pass
+    work: _CpuBatch | _Issued
+
+
+@dataclass(frozen=True)
+class _QueuedPassEnd:
+    label: str
+    state: _Pass
+    step: int | None
+    future: Future
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """``close``: the pipeline's thread ends once it reaches this."""
+
+
 CLOSE_TIMEOUT = 60.0  # seconds close() waits for queued work by default
 _DEFAULTS = {**SAMPLING_OPTIONS.defaults, **PIPELINE_OPTIONS.defaults}
 
@@ -94,7 +161,7 @@ class SamplePipeline:
     :param hardest_by: ``loss`` or ``confidence``, for the ``hardest`` policy.
     :param max_pending_batches: optional cap on the batches queued to the worker thread (``None``:
         only ``pinned_pool_bytes`` bounds them).
-    :param pinned_pool_bytes: the memory budget of batches in flight: shared memory for CPU batches
+    :param pinned_pool_bytes: the memory budget of batches in flight: shared memory for batches' rows
         on their way to the worker process, pinned host memory for device-to-host copies, and bytes
         of batches queued to the worker thread (each separately). A batch that finds its budget spent
         is dropped and counted.
@@ -108,6 +175,11 @@ class SamplePipeline:
         process fed through shared memory (``logbus.samples._host_process``), so that it never holds the
         training process's GIL; ``False``: on threads of the training process. Falls back to threads,
         with a warning, when the extractor does not pickle or shared memory cannot be had.
+    :param worker_stall_timeout: seconds a finished pass waits for a worker process that answers
+        nothing; then the batches it holds are counted lost and the table is logged without them, so
+        that the metrics after it on the bus are delivered (a hung worker costs sample rows, never
+        metrics). ``encode_workers`` ``None``: one per core this process may use, shared among the
+        ranks of the node (``default_encode_workers``).
     """
 
     def __init__(self, extractor: Extractor, *, num_samples: int | None = _DEFAULTS["num_samples"],
@@ -116,7 +188,8 @@ class SamplePipeline:
                  pinned_pool_bytes: int = _DEFAULTS["pinned_pool_bytes"], encode_workers: int = _DEFAULTS["encode_workers"],
                  image_format: str = _DEFAULTS["image_format"], compress_level: int = _DEFAULTS["compress_level"],
                  key_prefix: str = _DEFAULTS["key_prefix"], scratch_cache_bytes: int = _DEFAULTS["scratch_cache_bytes"],
-                 worker_process: bool = _DEFAULTS["worker_process"]):
+                 worker_process: bool = _DEFAULTS["worker_process"],
+                 worker_stall_timeout: float = _DEFAULTS["worker_stall_timeout"]):
         # Every option is checked before any thread or folder exists: a bad one raises here, on the
         # caller's thread, instead of failing every table later on the worker.
         if not (all(callable(getattr(extractor, method, None)) for method in ("check", "device_stage", "host_stage"))
@@ -128,7 +201,8 @@ class SamplePipeline:
         PIPELINE_OPTIONS.check(seed=seed, hardest_by=hardest_by,  # hardest_by whatever the policy: a typo is a typo
                                max_pending_batches=max_pending_batches, pinned_pool_bytes=pinned_pool_bytes,
                                encode_workers=encode_workers, image_format=image_format, compress_level=compress_level,
-                               scratch_cache_bytes=scratch_cache_bytes, worker_process=worker_process)
+                               scratch_cache_bytes=scratch_cache_bytes, worker_process=worker_process,
+                               worker_stall_timeout=worker_stall_timeout)
         if key_prefix == "":
             raise ValueError("key_prefix: expected a relative key like 'samples', got ''")
         check_key(key_prefix, "key_prefix")
@@ -144,6 +218,13 @@ class SamplePipeline:
                                  num_classes=getattr(extractor, "num_classes", None))
         make_policy(**self._policy_args)  # validate now, on the caller's thread
         self.stats = PipelineStats()
+        # Counters are written by the training thread, the pipeline's thread and the worker process's
+        # receiver thread: every update goes through ``_count``, under one lock.
+        self._stats_lock = threading.Lock()
+        self._warned_closed = False
+        self.worker_stall_timeout = float(worker_stall_timeout)
+        if encode_workers is None:
+            encode_workers = default_encode_workers()
         self.pinned = PinnedPool(pinned_pool_bytes)
         self.encoder = EncoderPool(workers=encode_workers, image_format=image_format, compress_level=compress_level,
                                    cache_bytes=scratch_cache_bytes)
@@ -177,8 +258,14 @@ class SamplePipeline:
 
     # -- training thread -------------------------------------------------------------------------
     def submit(self, inputs: Any, targets: Any, outputs: Any, *, label: str = "eval") -> None:
-        """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once."""
+        """Offers one (micro)batch. Raises on bad shapes; otherwise returns at once. After ``close`` the
+        batch is not processed: it is counted (``batches_after_close``) and one warning says so, as the
+        bus does for a record emitted after it closed (an eval after ``fit`` must not fail training)."""
         inputs, targets, outputs = self.extractor.check(inputs, targets, outputs)
+        if self._closed:
+            self._after_close("a batch")
+            self._count(batches_after_close=1)
+            return
         batch_size = int(outputs.shape[0])
         state = self._pass(label)
         policy = state.policy
@@ -192,15 +279,8 @@ class SamplePipeline:
         rows = min(batch_size, self._policy_args["num_samples"]) if self._policy_args["policy"] == "first" else batch_size
         nbytes = sum(t.numel() // max(1, batch_size) * t.element_size() * rows for t in (inputs, targets, outputs))
         nbytes += 8 * rows + 4 * 16  # the sample ids, and each field's alignment in a shared buffer
-        process = None if outputs.is_cuda or policy.on_device else self._host_process()
-        # A buffer, False (the budget is spent) or None (no worker process for it); a buffer whenever process is set.
-        shared: Any = self._shared_buffer(process, nbytes) if process is not None else None
-        if shared is None:
-            process = None  # no worker process (yet) or no shared memory: the pipeline's thread does it
-        room = shared is not False if process is not None else self._take_room(nbytes)
-        if not room:  # the budget is spent: the only reason to drop
-            self.stats.batches_submitted += 1
-            self.stats.batches_dropped += 1
+        if not self._take_room(nbytes):  # the budget is spent: the only reason to drop
+            self._count(batches_submitted=1, batches_dropped=1)
             policy.skip(batch_size)
             return
         first_id = policy.seen
@@ -208,34 +288,32 @@ class SamplePipeline:
         if policy.on_device:
             policy.seen += batch_size
         elif not chosen:
-            if process is not None:
-                process.shared.release(shared)
-            else:
-                self._give_back_room(nbytes)
+            self._give_back_room(nbytes)
             return
-        self.stats.batches_submitted += 1
-        if process is not None:
-            self._submit_to_process(process, shared, state, inputs, targets, outputs, chosen, first_id)
-            return
+        self._count(batches_submitted=1)
         self._batches_queued += 1
         if outputs.is_cuda:
             # The device stage is issued now, on the side stream: the worker thread gets its results
             # (in pinned memory, or small device fields), never the batch tensors themselves.
-            self._queue.put((_BATCH, nbytes, state, "issued", self._issue_device_stage(
+            self._queue.put(_QueuedBatch(nbytes, state, self._issue_device_stage(
                 state, inputs, targets, outputs, chosen, first_id)))
             return
-        self._queue.put((_BATCH, nbytes, state, "raw", (inputs, targets, outputs, chosen, first_id)))
+        # A CPU batch: its chosen rows are copied here (one torch copy a tensor, which does not hold the
+        # GIL; the caller may refill its tensors at once), and their device stage runs on the pipeline's
+        # thread (torch ops, likewise), which hands the host fields to the worker process: the worker
+        # imports no torch.
+        self._queue.put(_QueuedBatch(nbytes, state, _copy_rows(inputs, targets, outputs, chosen, first_id)))
 
-    def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> tuple:
+    def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> _Issued:
         """On the training thread, for a CUDA batch: launches (never waits for) the side stream's work
         on it: selection, the extractor's fused kernels, and the copy into a pinned buffer (or, for a
         device policy, its running top-k). The inputs are recorded on the side stream, so the caching
         allocator does not hand their memory to the training stream's next batch before the side
         stream has read them: training drops its references at once and nothing holds batch tensors
-        on the GPU while the worker catches up. Returns the worker's part: ``("host", arrays, buffer,
-        event)``, ``("fields", device fields)`` where no pinned buffer was free now (the worker copies
-        them in parts; they are the converted rows, not the batch), ``("none",)`` for a device
-        policy, or ``("error", text)``: a broken extractor must not raise into training."""
+        on the GPU while the worker catches up. Returns the worker's part: ``_CopiedToHost``,
+        ``_OnDevice`` where no pinned buffer was free now (the worker copies them in parts; they are
+        the converted rows, not the batch), ``_TakenByPolicy`` for a device policy, or
+        ``_DeviceStageFailed``: a broken extractor must not raise into training."""
         stream = self._side_stream(outputs.device)
         try:
             # Everything the training stream queued so far (the batch's forward pass) comes first.
@@ -247,48 +325,13 @@ class SamplePipeline:
                 fields = self._select_and_convert(inputs, targets, outputs, chosen, first_id)
                 if state.policy.on_device:
                     state.policy.top.update(fields, state.policy.scores(fields))
-                    return ("none",)
+                    return _TakenByPolicy()
                 copied = self._copy_to_host(fields, stream, wait=False)
             if copied is None:
-                return ("fields", fields)
-            return ("host", *copied)
+                return _OnDevice(fields)
+            return _CopiedToHost(*copied)
         except Exception:  # noqa: BLE001 - reported by the worker, in order with the batch
-            return ("error", traceback.format_exc())
-
-    def _shared_buffer(self, process: HostStage, nbytes: int):
-        """A shared buffer of ``nbytes`` without waiting; False when the budget is spent (the batch is
-        dropped); None when the batch alone is larger than the budget (the pipeline's thread copies it
-        in parts) or shared memory cannot be had (the batch goes to the pipeline's thread)."""
-        if nbytes > process.shared.max_bytes:
-            return None
-        try:
-            buffer = process.shared.acquire(nbytes, timeout=0)
-        except OSError as error:  # shared memory could not be created: do it here from now on
-            log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
-                        "processed on threads of the training process", error)
-            process.error = f"{type(error).__name__}: {error}"
-            self._warned_in_process = True  # said once, here
-            return None
-        return False if buffer is None else buffer
-
-    def _submit_to_process(self, process: HostStage, buffer, state: _Pass, inputs, targets, outputs, chosen,
-                           first_id: int) -> None:
-        """A CPU batch straight from the training thread to the worker process: its chosen rows copied
-        into shared memory, one message; selection and conversion happen there, not here."""
-        if len(chosen) != outputs.shape[0]:
-            if chosen == list(range(len(chosen))):
-                inputs, targets, outputs = inputs[:len(chosen)], targets[:len(chosen)], outputs[:len(chosen)]
-            else:
-                index = torch.tensor(chosen, dtype=torch.long)
-                inputs, targets, outputs = (t.index_select(0, index) for t in (inputs, targets, outputs))
-        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
-        with self._arrived:
-            state.outstanding += 1
-        tensors = {"inputs": inputs.detach(), "targets": targets.detach(), "outputs": outputs.detach(),
-                   "sample_id": torch.from_numpy(sample_ids)}
-        sent = process.submit_batch(buffer, tensors, functools.partial(self._rows_arrived, state, sample_ids.tolist()))
-        if sent != "sent":  # the process died just now: its batches are lost, counted as such
-            self._rows_arrived(state, [], None, None)
+            return _DeviceStageFailed(traceback.format_exc())
 
     def _take_room(self, nbytes: int) -> bool:
         """Room for a batch the pipeline's thread holds: a batch count (``max_pending_batches``, when
@@ -313,11 +356,16 @@ class SamplePipeline:
         """Closes the pass for ``label``; the future gets its ``Table`` (or None if it was dropped)."""
         future: Future = Future()
         state = self._passes.pop(label, None)
+        if self._closed:  # no thread is left to build it (its batches were not processed either)
+            self._after_close("the end of a pass")
+            self._count(tables_dropped=1)
+            future.set_result(None)
+            return future
         if state is None:
             future.set_result(None)
             return future
         self._passes_queued += 1
-        self._queue.put((_END, label, state, step, future))
+        self._queue.put(_QueuedPassEnd(label, state, step, future))
         return future
 
     @property
@@ -355,6 +403,18 @@ class SamplePipeline:
         batch starts a new pass instead of continuing the old one's sample ids and quota."""
         self._passes.pop(label, None)
 
+    def _count(self, **increments: int) -> None:
+        """Adds to ``stats`` counters, under the one lock every thread that counts takes."""
+        with self._stats_lock:
+            for name, increment in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + increment)
+
+    def _after_close(self, what: str) -> None:
+        if not self._warned_closed:
+            self._warned_closed = True
+            log.warning("logbus: sample pipeline: %s came after the pipeline was closed; it is not processed "
+                        "(counted in its stats)", what)
+
     def _pass(self, label: str) -> _Pass:
         state = self._passes.get(label)
         if state is None:
@@ -373,17 +433,18 @@ class SamplePipeline:
         if self._closed:
             return not self._worker.is_alive()
         self._closed = True
-        self._queue.put((_STOP,))
+        self._queue.put(_Stop())
         self._worker.join(max(0.0, timeout))
         finished = not self._worker.is_alive()
         if not finished:
             # The worker may be inside a long host stage: from its next item on it only gives up.
             self._abandon.set()
-        self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
-        if self._host is not None:
-            self.stats.encoded += self._host.counters[0]
-            self.stats.reused += self._host.counters[1]
-        self.stats.pinned_peak_bytes = self.pinned.peak_bytes
+        with self._stats_lock:
+            self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
+            if self._host is not None:
+                self.stats.encoded += self._host.counters[0]
+                self.stats.reused += self._host.counters[1]
+            self.stats.pinned_peak_bytes = self.pinned.peak_bytes
         stats = self.stats
         if stats.batches_lost:
             log.warning("logbus: sample pipeline: %d batch(es) were lost with a worker process that died",
@@ -411,46 +472,46 @@ class SamplePipeline:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            kind = item[0]
-            if kind == _STOP:
+            if type(item) is _Stop:
                 return
             if self._abandon.is_set():
                 self._give_up(item)
                 continue
+            future = item.future if type(item) is _QueuedPassEnd else None
             try:
-                if kind == _BATCH:
+                if type(item) is _QueuedBatch:
                     try:
-                        self._process_batch(*item[2:])
+                        self._process_batch(item.state, item.work)
                     finally:
                         self._batches_done += 1
-                        self._give_back_room(item[1])
+                        self._give_back_room(item.nbytes)
                         item = None  # drop the batch tensors now, not at the next get()
                 else:
                     try:
-                        self._finish_pass(*item[1:])
+                        self._finish_pass(item.label, item.state, item.step, item.future)
                     finally:
                         self._passes_done += 1
             except Exception:  # noqa: BLE001 - a broken extractor must not kill training
-                self.stats.errors += 1
+                self._count(errors=1)
                 if self.stats.errors == 1 and not self._abandon.is_set():
                     log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s",
                               traceback.format_exc())
-                if kind == _END and not item[4].done():
-                    self.stats.tables_dropped += 1
-                    item[4].set_result(None)
+                if future is not None and not future.done():
+                    self._count(tables_dropped=1)
+                    future.set_result(None)
 
-    def _give_up(self, item: tuple) -> None:
+    def _give_up(self, item: _QueuedBatch | _QueuedPassEnd) -> None:
         """After the close deadline: nothing more is processed; tables resolve to ``None``."""
-        if item[0] == _BATCH:
+        if isinstance(item, _QueuedBatch):
             self._batches_done += 1
-            self._give_back_room(item[1])
-            if item[3] == "issued" and item[4][0] == "host":
-                self.pinned.release(item[4][2])
+            self._give_back_room(item.nbytes)
+            if type(item.work) is _CopiedToHost:
+                self.pinned.release(item.work.buffer)
         else:
             self._passes_done += 1
-            self.stats.tables_dropped += 1
-            if not item[4].done():
-                item[4].set_result(None)
+            self._count(tables_dropped=1)
+            if not item.future.done():
+                item.future.set_result(None)
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
         # One side stream per device for both threads (the training thread issues, the worker copies
@@ -460,30 +521,27 @@ class SamplePipeline:
                 self._side_streams[device] = torch.cuda.Stream(device=device)
             return self._side_streams[device]
 
-    def _process_batch(self, state: _Pass, kind: str, work: tuple) -> None:
-        if kind == "raw":  # a CPU batch: its device stage runs here (torch ops, without the GIL)
-            self._device_stage(state, *work)
-            return
-        what = work[0]
-        if what == "error":
-            raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work[1]}")
-        if what == "host":
-            host, buffer, done = work[1:]
+    def _process_batch(self, state: _Pass, work: _CpuBatch | _Issued) -> None:
+        if type(work) is _CpuBatch:  # its device stage runs here (torch ops, without the GIL)
+            self._device_stage(state, work)
+        elif type(work) is _DeviceStageFailed:
+            raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work.traceback}")
+        elif type(work) is _CopiedToHost:
             try:
-                done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
-                self._host_stage(host, state)
+                work.done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
+                self._host_stage(work.host, state)
             finally:
-                self.pinned.release(buffer)
-        elif what == "fields":
-            fields = work[1]
-            stream = self._side_stream(next(iter(fields.values())).device)
+                self.pinned.release(work.buffer)
+        elif type(work) is _OnDevice:
+            stream = self._side_stream(next(iter(work.fields.values())).device)
             with torch.cuda.stream(stream):
-                self._to_host_stage(fields, stream, state)
+                self._to_host_stage(work.fields, stream, state)
 
-    def _device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id):
-        """A CPU batch on the pipeline's thread: selection, the extractor's device stage, then either
-        the device policy's running top-k or the host stage."""
-        fields = self._select_and_convert(inputs, targets, outputs, chosen, first_id)
+    def _device_stage(self, state: _Pass, batch: _CpuBatch) -> None:
+        """A CPU batch's rows on the pipeline's thread: the extractor's device stage, then either the
+        device policy's running top-k or the host stage."""
+        fields = self.extractor.device_stage(batch.inputs, batch.targets, batch.outputs)
+        fields["sample_id"] = torch.from_numpy(batch.sample_ids)
         if not state.policy.on_device:
             self._to_host_stage(fields, None, state)
             return
@@ -590,49 +648,80 @@ class SamplePipeline:
     def _host_stage(self, host: dict[str, np.ndarray], state: _Pass) -> None:
         process = self._host_process()
         if process is not None and sum(a.nbytes for a in host.values()) > process.shared.max_bytes:
-            for part in _row_chunks(host, process.shared.max_bytes):  # larger than the budget: in parts
-                self._host_stage(part, state)
-            return
+            parts = _row_chunks(host, process.shared.max_bytes)
+            if len(parts) > 1:  # larger than the budget: in parts
+                for part in parts:
+                    self._host_stage(part, state)
+                return
+            process = None  # one sample alone larger than the whole budget: done here, not lost
         if process is not None:
             ids = host["sample_id"].tolist()
             with self._arrived:
                 state.outstanding += 1
             try:
-                sent = process.submit(host, functools.partial(self._rows_arrived, state, ids))
+                sent = process.submit(host, functools.partial(self._rows_arrived, state, ids),
+                                      wait=self.worker_stall_timeout)
             except OSError as error:  # shared memory could not be created: do it here from now on
                 log.warning("logbus: sample pipeline: no shared memory for the worker process (%s); samples are "
                             "processed on threads of the training process", error)
-                process.error, sent = f"{type(error).__name__}: {error}", "broken"
+                process.error, sent = f"{type(error).__name__}: {error}", Sent.BROKEN
                 self._warned_in_process = True  # said once, here
-            if sent == "sent":
+            if sent is Sent.SENT:
                 return
             with self._arrived:
                 state.outstanding -= 1
-            if sent == "full":  # the shared-memory budget is exhausted: the only reason to drop here
-                self.stats.batches_dropped += 1
+            if sent is Sent.FULL:  # the shared-memory budget is exhausted: the only reason to drop here
+                self._count(batches_dropped=1)
                 return
-        self.stats.batches_in_process += 1
+        self._count(batches_in_process=1)
         rows = state.rows
         new_rows = self.extractor.host_stage(host, self.encoder.encode)
         self.encoder.flush()
         for sample_id, row in zip(host["sample_id"].tolist(), new_rows):
             rows[sample_id] = row
-        self.stats.samples_processed += len(new_rows)
+        self._count(samples_processed=len(new_rows))
 
     def _rows_arrived(self, state: _Pass, ids: list[int], rows: list | None, error: str | None) -> None:
         """From the worker process's receiver thread: one batch's rows, its error, or its loss."""
         with self._arrived:
+            if state.given_up:  # counted lost when its table went without it: its files are not needed
+                if rows is not None:
+                    self.release_rows(rows)
+                return
             if rows is not None:
                 state.rows.update(zip(ids, rows))
-                self.stats.samples_processed += len(rows)
+                self._count(samples_processed=len(rows))
             elif error is not None:
-                self.stats.errors += 1
+                self._count(errors=1)
                 if self.stats.errors == 1:
                     log.error("logbus: sample pipeline failed; samples of this batch are lost.\n%s", error)
             else:
-                self.stats.batches_lost += 1
+                self._count(batches_lost=1)
             state.outstanding -= 1
             self._arrived.notify_all()
+
+    def _wait_for_worker(self, state: _Pass) -> None:
+        """Waits for the rows the worker process still owes this pass, as long as it answers: once it
+        has answered nothing for ``worker_stall_timeout`` seconds (hung, stopped, starved), the batches
+        it holds are counted lost and the table goes without them. A table the bus holds in its ordered
+        queue (``Deferred``) must not hold the metrics behind it for longer than that."""
+        started = time.monotonic()
+        with self._arrived:
+            while state.outstanding and not self._abandon.is_set():
+                self._arrived.wait(0.1)
+                host = self._host
+                if host is None or not state.outstanding:
+                    continue
+                silent = time.monotonic() - max(started, host.process.last_answer)
+                if silent > self.worker_stall_timeout:
+                    state.given_up = True
+                    lost, state.outstanding = state.outstanding, 0
+                    self._count(batches_lost=lost)
+                    log.warning("logbus: sample pipeline: the worker process (pid %s) answered nothing for %.3g s "
+                                "(worker_stall_timeout); %d batch(es) of this table are counted lost and it is "
+                                "logged without them", host.process.pid, silent, lost)
+            if state.outstanding:
+                raise RuntimeError("the sample pipeline was closed before the worker process sent this table's rows")
 
     def _finish_pass(self, label: str, state: _Pass, step: int | None, future: Future) -> None:
         policy, rows = state.policy, state.rows
@@ -644,11 +733,7 @@ class SamplePipeline:
                     self._to_host_stage(fields, stream, state, keeps=policy.keeps)
             else:
                 self._to_host_stage(fields, None, state, keeps=policy.keeps)
-        with self._arrived:
-            while state.outstanding and not self._abandon.is_set():
-                self._arrived.wait(0.1)
-            if state.outstanding:
-                raise RuntimeError("the sample pipeline was closed before the worker process sent this table's rows")
+        self._wait_for_worker(state)
         kept = policy.kept()
         ids = [i for i in rows if kept is None or i in kept]
         if kept is not None:  # converted, then evicted by a later winner: their files are not needed
@@ -661,9 +746,41 @@ class SamplePipeline:
         # set (a backend checks the content before it refers to an earlier eval's images).
         table = Table(f"{self.key_prefix}/{label}", columns, table_rows, step,
                       join_key="id" if "id" in columns else None)
-        self.stats.rows_logged += len(table_rows)
-        self.stats.tables_logged += 1
+        self._count(rows_logged=len(table_rows), tables_logged=1)
         future.set_result(table)
+
+
+def _copy_rows(inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, chosen: list[int] | None,
+               first_id: int) -> _CpuBatch:
+    """The ``chosen`` rows of a CPU batch (all of them for ``None``) as tensors of their own."""
+    batch_size = outputs.shape[0]
+    sample_ids: np.ndarray
+    if chosen is None or chosen == list(range(batch_size)):
+        rows = [t.detach().clone() for t in (inputs, targets, outputs)]
+        sample_ids = np.arange(first_id, first_id + batch_size, dtype=np.int64)
+    else:
+        if chosen == list(range(len(chosen))):  # "first": a prefix, no index tensor
+            rows = [t.detach()[:len(chosen)].clone() for t in (inputs, targets, outputs)]
+        else:
+            index = torch.tensor(chosen, dtype=torch.long)
+            rows = [t.detach().index_select(0, index) for t in (inputs, targets, outputs)]
+        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
+    return _CpuBatch(inputs=rows[0], targets=rows[1], outputs=rows[2], sample_ids=sample_ids)
+
+
+def default_encode_workers() -> int:
+    """Encoders for one pipeline when ``encode_workers`` is ``None``: the cores this process may run on
+    (its CPU affinity, not the host's count: a container or a job scheduler gives it fewer), shared
+    among the ranks of this node (``LOCAL_WORLD_SIZE``, set by torchrun and Composer's launcher)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return max(1, cores // ranks)
 
 
 def _row_chunks(fields: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:

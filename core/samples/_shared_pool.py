@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import threading
 from multiprocessing import shared_memory
+from typing import Callable
 
 
 class SharedPool:
-    def __init__(self, max_bytes: int):
+    """:param max_bytes: cap on the bytes of all buffers, lent or free.
+    :param on_drop: called with a buffer's name once it is unlinked before ``close`` (to make room for a
+        larger one), so that the process reading it unmaps it too."""
+
+    def __init__(self, max_bytes: int, on_drop: Callable[[str], None] | None = None):
         self.max_bytes = max_bytes
+        self._on_drop = on_drop
         self._free: list[shared_memory.SharedMemory] = []
         self._all: list[shared_memory.SharedMemory] = []
         self._held_bytes = 0
@@ -60,6 +66,8 @@ class SharedPool:
         self._all.remove(buffer)
         buffer.close()
         buffer.unlink()
+        if self._on_drop is not None:
+            self._on_drop(buffer.name)
 
     def close(self) -> None:
         with self._lock:

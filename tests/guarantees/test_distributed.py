@@ -571,5 +571,55 @@ def test_an_image_cell_travels_whole_and_lands_as_a_file_of_the_receiving_rank(t
     assert merge_tables(None, [None, None], key="samples/val", columns=columns, step=4, folder=str(receiver)) is None
 
 
+
+def test_a_gathered_table_gives_its_scratch_files_back_once_every_backend_has_taken_it(tmp_path):
+    """Rank 0 writes the files it receives into its pipeline's scratch folder: they are counted there like
+    the files it encodes, so once every backend has taken the gathered table they go (here at once,
+    ``scratch_cache_bytes=0``) while the run goes on, with rank 0's own files; what the backend took
+    stays whole. Before, they stayed until the run's end, a table's worth of files per eval."""
+    import torch
+
+    from logbus.bus import Bus
+    from logbus.composer._sample_gather import gathered_record, pack_table
+    from logbus.files._encoding import encode_image
+    from logbus.records import Image, Table
+    from logbus.samples._pipeline import pipeline_for
+    from logbus.testing import RecordingBackend
+
+    rng = np.random.default_rng(1)
+    sender = tmp_path / "rank1-scratch"
+    sender.mkdir()
+    pipeline = pipeline_for("classification", {"class_names": ["a", "b"]}, num_samples=None, worker_process=False,
+                            scratch_cache_bytes=0)
+    recorder = RecordingBackend()
+    bus = Bus([recorder])
+    try:
+        pipeline.submit(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), torch.randn(2, 2), label="val")
+        own = pipeline.end_pass("val", step=4).result(60)
+        columns = list(own.columns)
+        for step in (4, 6):  # the same images at two evals: the second reuses the first's files
+            rows = []
+            for i in range(3):
+                pixels = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+                (sender / f"{i}.png").write_bytes(encode_image(pixels, "png"))
+                rows.append([i, Image(path=str(sender / f"{i}.png")), *[None] * (len(columns) - 2)])
+            payload = pack_table(Table("samples/val", columns, rows, step=step))
+            record = gathered_record(own if step == 4 else None, [None, payload], pipeline, key="samples/val",
+                                     step=step)
+            table = record.future.result(0)
+            paths = [row[2].path for row in table.rows]
+            assert all(os.path.dirname(path) == pipeline.encoder.folder for path in paths)
+            bus.emit(record)
+            assert bus.flush(60)
+            deadline = time.monotonic() + 60
+            while os.listdir(pipeline.encoder.folder):  # a wait, not a timing: released by the writer
+                assert time.monotonic() < deadline, os.listdir(pipeline.encoder.folder)
+                time.sleep(0.01)
+            assert all(path in recorder.files for path in paths)
+    finally:
+        bus.close()
+        pipeline.cleanup()
+
+
 if __name__ == "__main__":
     run_rank(json.loads(sys.argv[1]))

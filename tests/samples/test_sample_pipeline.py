@@ -777,3 +777,325 @@ def test_a_scratch_name_left_behind_is_written_anew_never_through_a_run_folder_l
         np.testing.assert_array_equal(decode(path), pixels)
     finally:
         pool.close()
+
+
+# -- never blocks, never outlives its run (issue 17, item 4) ----------------------------------------
+def test_one_sample_larger_than_the_whole_budget_is_processed_not_lost(make_pipeline):
+    """A single sample's fields exceed ``pinned_pool_bytes``: it cannot be split, so it is processed on
+    the pipeline's own thread (counted), never recursed on until ``RecursionError``."""
+    generator = torch.Generator().manual_seed(50)
+    images = torch.rand(3, 3, 32, 32, generator=generator)  # 3 KB a sample even once converted to uint8
+    labels = torch.tensor([0, 1, 2])
+    logits = torch.randn(3, NUM_CLASSES, generator=generator)
+    pipeline = make_pipeline(num_samples=None, pinned_pool_bytes=2048)
+    assert pipeline.worker_ready(120)
+    table = run_pass(pipeline, [(images, labels, logits)])
+    assert column(table, "id") == [0, 1, 2] and column(table, "truth") == [0, 1, 2]
+    assert pipeline.stats.errors == 0 and pipeline.stats.batches_dropped == 0
+    expected = images_to_uint8_reference(images).numpy()
+    for i, cell in enumerate(column(table, "image")):
+        np.testing.assert_array_equal(decode(cell.path), expected[i])
+
+
+def test_a_closed_pipeline_counts_what_it_is_offered_and_processes_none_of_it(make_pipeline, caplog):
+    """After ``close`` a batch or the end of a pass is not processed (no thread is left to do it): it is
+    counted, one warning says so, and the end of a pass resolves to ``None`` at once."""
+    import logging
+
+    pipeline = make_pipeline(num_samples=None, worker_process=False)
+    assert column(run_pass(pipeline, make_batches(1, 4)), "id") == [0, 1, 2, 3]
+    assert pipeline.close(60)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        for images, labels, logits in make_batches(2, 4, seed=51):
+            pipeline.submit(images, labels, logits)
+        future = pipeline.end_pass("eval", step=1)
+    assert future.result(timeout=0) is None
+    assert (pipeline.stats.batches_after_close, pipeline.stats.batches_submitted) == (2, 1)
+    assert pipeline.stats.tables_dropped == 1
+    said = [r.getMessage() for r in caplog.records if "after the pipeline was closed" in r.getMessage()]
+    assert len(said) == 1, said
+
+
+def test_rows_arrive_after_the_training_process_changes_its_working_directory(make_pipeline, tmp_path, monkeypatch):
+    """A sweep (Hydra's multirun) changes directory between two runs while the worker process, started
+    by the first, keeps its own: the second run's scratch folder, given relative, is made absolute, so
+    the worker writes its files where the training process reads them."""
+    first = make_pipeline(num_samples=None)
+    assert first.worker_ready(120)
+    (tmp_path / "run2").mkdir()
+    monkeypatch.chdir(tmp_path / "run2")
+    second = make_pipeline(num_samples=None)
+    assert second.keep_scratch_in(".scratch")  # as the local backend's relative root gives it
+    assert second.worker_ready(120) and second.worker_pid == first.worker_pid
+    batches = make_batches(2, 3, seed=52)
+    table = run_pass(second, batches)
+    assert column(table, "id") == list(range(6)) and second.stats.errors == 0
+    expected = images_to_uint8_reference(torch.cat([b[0] for b in batches])).numpy()
+    for i, cell in enumerate(column(table, "image")):
+        assert cell.path.startswith(str(tmp_path / "run2" / ".scratch"))
+        np.testing.assert_array_equal(decode(cell.path), expected[i, :, :, 0])
+
+
+def test_the_worker_process_ends_when_the_last_pipeline_closes(make_pipeline):
+    """The worker (hundreds of MB) does not outlive the runs that use it: it ends once the last
+    pipeline is cleaned up, and the next pipeline starts a new one."""
+    first, second = make_pipeline(num_samples=None), make_pipeline(num_samples=None)
+    assert first.worker_ready(120) and second.worker_ready(120)
+    pid = first.worker_pid
+    worker = first._host.process.popen  # our child: poll() tells whether it has ended
+    first.cleanup()
+    assert worker.poll() is None  # the second still uses it
+    assert column(run_pass(second, make_batches(1, 3)), "id") == [0, 1, 2]
+    second.cleanup()
+    eventually(lambda: worker.poll() is not None, "the worker process outlived every pipeline")
+    third = make_pipeline(num_samples=None)
+    assert third.worker_ready(120) and third.worker_pid != pid
+    assert column(run_pass(third, make_batches(1, 3)), "id") == [0, 1, 2]
+
+
+def test_a_killed_training_process_leaves_no_scratch_files_after_the_next_start(tmp_path):
+    """A training process killed with SIGKILL cannot delete its encoded images from ``/dev/shm``: the
+    next process to start a pipeline there sweeps folders whose owner is gone (and only those)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, sys, torch\n"
+        "from logbus.samples._pipeline import pipeline_for\n"
+        "p = pipeline_for('classification', {'class_names': ['a', 'b']}, num_samples=None, worker_process=False)\n"
+        "p.submit(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]), torch.randn(4, 2))\n"
+        "p.end_pass('eval', step=0).result(60)\n"
+        "print(p.encoder.folder, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = done.stdout.strip()
+    assert len(os.listdir(left)) == 4  # its images, left behind for good (a sweep in this process is done)
+    live = tmp_path / "live.py"  # a live owner's folder in the same place is not touched
+    live.write_text(
+        "import sys\n"
+        "from logbus.samples._pipeline import pipeline_for\n"
+        "p = pipeline_for('classification', {'class_names': ['a', 'b']}, worker_process=False)\n"
+        "print(p.encoder.folder, flush=True)\n"
+        "sys.stdin.read()\n")
+    owner = subprocess.Popen([sys.executable, str(live)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=tmp_path)
+    try:
+        alive = owner.stdout.readline().strip()
+        sweeper = subprocess.run([sys.executable, "-c", "from logbus.samples._pipeline import pipeline_for; "
+                                  "pipeline_for('classification', {'class_names': ['a']}, worker_process=False)"
+                                  ".cleanup()"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert sweeper.returncode == 0, sweeper.stderr
+        assert not os.path.exists(left) and not os.path.exists(left + ".owner")
+        assert os.path.isdir(alive)
+    finally:
+        owner.communicate("", timeout=120)
+    assert not os.path.exists(alive)
+
+
+def test_the_worker_process_never_imports_from_the_training_scripts_working_directory(tmp_path):
+    """``queue.py`` (or any module named like one the worker imports) in the working directory of a
+    training script must not run inside the worker process: it starts isolated (``-I``), on every
+    Python the package allows, and still loads the extractor."""
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "imported"
+    (work / "queue.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom _queue import *\n"
+                                   "raise ImportError('the working directory queue.py')\n")
+    script = tmp_path / "train.py"  # elsewhere: the training process itself does not see work/
+    script.write_text(
+        "from logbus.samples._pipeline import pipeline_for\n"
+        "p = pipeline_for('classification', {'class_names': ['a', 'b']}, num_samples=None)\n"
+        "assert p.worker_ready(120), p._host.error\n"
+        "print(p.worker_pid)\n"
+        "p.cleanup()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), "the worker process imported queue.py from the working directory"
+
+
+def test_a_backend_releasing_files_to_a_worker_that_does_not_read_never_blocks_submit(make_pipeline):
+    """A backend's writer gives back a big table's files while the worker process reads nothing (it is
+    stopped): the message fills the socket. The training thread's next ``submit`` must return at
+    once all the same: nothing is ever sent on the socket from a caller's thread or under the lock
+    that ``submit`` takes."""
+    import signal
+
+    pipeline = make_pipeline(num_samples=None)
+    assert pipeline.worker_ready(120)
+    pid = pipeline.worker_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        paths = [f"{pipeline.encoder.folder}/{i:032x}.png" for i in range(200_000)]  # megabytes: fills the socket
+        releasing = threading.Thread(target=pipeline._host.release, args=(paths,), daemon=True)
+        releasing.start()
+        releasing.join(2)  # it may block (the socket is full) or return at once: either way, go on
+        submitted = threading.Event()
+
+        def submit():
+            for images, labels, logits in make_batches(2, 4, seed=53):
+                pipeline.submit(images, labels, logits)
+            submitted.set()
+
+        threading.Thread(target=submit, daemon=True).start()
+        assert submitted.wait(60), "submit blocked behind a release sent to a worker that does not read"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    table = pipeline.end_pass("eval", step=0).result(timeout=60)
+    assert column(table, "id") == list(range(8))
+
+
+def test_a_hung_worker_costs_its_sample_table_counted_never_a_metric(logbus_dir, caplog):
+    """The worker process stops answering after an eval: the table waiting for it in each backend's
+    ordered queue is given up after ``worker_stall_timeout`` (its batches counted lost, one warning),
+    and every one of the 51 metrics logged after it arrives before ``close`` returns."""
+    import logging
+    import signal
+
+    from logbus.testing import RecordingBackend
+
+    recorder = RecordingBackend()
+    bus = Bus([recorder], close_timeout=60)
+    pipeline = SamplePipeline(ClassificationExtractor(class_names=CLASS_NAMES), num_samples=None,
+                              worker_stall_timeout=1.0)
+    try:
+        assert pipeline.worker_ready(120)
+        bus.emit(pipeline.table_record("eval", step=0))  # nothing offered: an empty pass, resolved at once
+        pid = pipeline.worker_pid
+        os.kill(pid, signal.SIGSTOP)
+        with caplog.at_level(logging.WARNING, logger="logbus"):
+            for images, labels, logits in make_batches(3, 4, seed=54):
+                pipeline.submit(images, labels, logits)
+            bus.emit(pipeline.table_record("eval", step=1))
+            for step in range(2, 53):
+                bus.emit(Metrics({"loss": float(step)}, step=step))
+            assert bus.close(timeout=60)
+        metrics = recorder.of_type(Metrics)
+        assert [m.step for m in metrics] == list(range(2, 53))
+        assert pipeline.stats.batches_lost == 3
+        assert any("answered nothing" in r.getMessage() for r in caplog.records)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        pipeline.cleanup(60)
+
+
+# -- what the worker process costs (issue 17, item 2) -----------------------------------------------
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the worker's memory map from /proc")
+@pytest.mark.parametrize("extractor", ["classification", "segmentation"])
+def test_the_worker_process_never_imports_torch_for_the_built_in_extractors(make_pipeline, extractor):
+    """The worker runs host stages only (numpy, Pillow): the extractors' device stages run in the
+    training process, and what it unpickles (``host_part()``) lives in a module without torch, which
+    costs about 2 s of CPU and 500 MB at every start. Rows still arrive whole."""
+    pipeline = make_pipeline(extractor, {"class_names": CLASS_NAMES}, num_samples=None)
+    assert pipeline.worker_ready(120)
+    if extractor == "classification":
+        batches = make_batches(2, 3, seed=60)
+    else:
+        generator = torch.Generator().manual_seed(61)
+        batches = [(torch.rand(3, 3, 8, 8, generator=generator), torch.randint(0, 4, (3, 8, 8), generator=generator),
+                    torch.randn(3, 4, 8, 8, generator=generator)) for _ in range(2)]
+    table = run_pass(pipeline, batches)
+    assert column(table, "id") == list(range(6)) and pipeline.stats.batches_in_process == 0
+    with open(f"/proc/{pipeline.worker_pid}/maps") as maps:
+        mapped = maps.read()
+    assert "libtorch" not in mapped and "/torch/" not in mapped
+
+
+def test_encoders_default_to_this_process_cores_shared_among_the_node_ranks(make_pipeline, monkeypatch):
+    """``encode_workers=None`` (the default): the cores this process may run on (its affinity, not the
+    host's count), divided among the ranks of the node (``LOCAL_WORLD_SIZE``), at least one."""
+    from logbus.samples._pipeline import default_encode_workers
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_encode_workers() == cores
+    assert make_pipeline(worker_process=False).encoder._executor._max_workers == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))
+    assert default_encode_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    pipeline = make_pipeline(worker_process=False)
+    assert pipeline.encoder._executor._max_workers == max(1, cores // 2)
+    assert make_pipeline(worker_process=False, encode_workers=3).encoder._executor._max_workers == 3
+
+
+def test_scratch_files_fall_back_to_disk_with_one_warning_where_tmpfs_is_small(monkeypatch, caplog):
+    """Docker's default ``/dev/shm`` is 64 MB, and the batches' shared memory needs it too: below
+    ``TMPFS_MIN_FREE_BYTES`` free, encoded files wait in the temporary folder on disk, said once.
+
+    A fake ``statvfs`` here, on purpose: filling the real ``/dev/shm`` would fail every other process
+    on this shared machine."""
+    import logging
+    import tempfile
+
+    from logbus.samples import _encoder_pool
+
+    real = os.statvfs
+
+    def small(path):
+        stats = real(path)
+        if path != "/dev/shm":
+            return stats
+        return os.statvfs_result((stats.f_bsize, stats.f_frsize, stats.f_blocks, 10, 10, *tuple(stats)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", small)
+    monkeypatch.setattr(_encoder_pool, "_scratch_parent", None)
+    with caplog.at_level(logging.WARNING, logger="logbus"):
+        pools = [_encoder_pool.EncoderPool(workers=1) for _ in range(2)]
+    try:
+        assert all(os.path.dirname(pool.folder) == tempfile.gettempdir() for pool in pools)
+        said = [r.getMessage() for r in caplog.records if "/dev/shm" in r.getMessage()]
+        assert len(said) == 1 and "on disk" in said[0], said
+    finally:
+        for pool in pools:
+            pool.close()
+    monkeypatch.setattr(_encoder_pool, "_scratch_parent", None)  # the next pool chooses again
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the worker's memory map from /proc")
+def test_the_worker_unmaps_the_shared_memory_of_a_pipeline_that_closed(make_pipeline):
+    """A pipeline that closes unlinks its shared buffers; the worker, still serving another pipeline,
+    unmaps them too (before, it kept up to 16 mapped, so their memory stayed in use)."""
+    first, second = make_pipeline(num_samples=None), make_pipeline(num_samples=None)
+    assert first.worker_ready(120) and second.worker_ready(120)
+    run_pass(first, make_batches(2, 4, seed=70))
+    names = [buffer.name.lstrip("/") for buffer in first._host.shared._all]
+    pid = first.worker_pid
+    assert names
+
+    def mapped() -> set[str]:
+        with open(f"/proc/{pid}/maps") as maps:
+            text = maps.read()
+        return {name for name in names if name in text}
+
+    assert mapped() == set(names)
+    first.cleanup()
+    eventually(lambda: not mapped(), "the worker still maps a closed pipeline's shared memory")
+    assert column(run_pass(second, make_batches(1, 3)), "id") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("worker_process", [True, False])
+def test_a_batch_refilled_in_place_after_submit_logs_what_was_offered(make_pipeline, tmp_path, worker_process):
+    """A loop that refills one preallocated batch in place (a reused input buffer): ``submit`` keeps its
+    own copy of the chosen rows, so the table holds what was offered, whenever the pipeline's thread
+    gets to it (here: after the refill, the gate held shut until then)."""
+    gate = tmp_path / "open"
+    pipeline = make_pipeline(FileGatedClassification(gate, class_names=CLASS_NAMES), num_samples=None,
+                             worker_process=worker_process)
+    if worker_process:
+        assert pipeline.worker_ready(120)
+    [(images, labels, logits)] = make_batches(1, 4, seed=80)
+    offered = images_to_uint8_reference(images.clone()).numpy()
+    truths = labels.tolist()
+    pipeline.submit(images, labels, logits)
+    images.fill_(0.0)
+    labels.fill_(3)
+    gate.touch()
+    table = pipeline.end_pass("eval", step=0).result(timeout=60)
+    assert column(table, "truth") == truths
+    for i, cell in enumerate(column(table, "image")):
+        np.testing.assert_array_equal(decode(cell.path), offered[i, :, :, 0])
