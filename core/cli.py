@@ -94,8 +94,22 @@ def default_plot_path() -> str:
     return os.path.join(os.environ.get("LOGBUS_DIR") or DEFAULT_ROOT, "logbus-bench.png")
 
 
+def version() -> str:
+    """The installed distribution's version (the wheel's metadata), else the package's own."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version("logbus")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        from logbus import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logbus", description="Plugin-based logging bus for Composer.")
+    parser.add_argument("--version", action="version", version=f"logbus {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--all", action="store_true", help="also list plugins that were skipped or failed")
