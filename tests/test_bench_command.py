@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from logbus.bench import report
+
 
 @pytest.mark.timeout(700)
 def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
@@ -20,18 +22,24 @@ def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=680)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert summary["machine"]["cpus"] == os.cpu_count()
+    assert summary["machine"]["cores"] == os.cpu_count() and summary["machine"]["cpu"]
     calls = summary["log_metrics"]
     assert set(calls) == {"logbus via Composer Logger", "wandb.log", "queue.Queue.put"}
-    assert summary["wandb_log_vs_logbus"] == pytest.approx(
-        calls["wandb.log"]["wall_us_per_call"] / calls["logbus via Composer Logger"]["wall_us_per_call"])
+    for label, info in calls.items():
+        wall = info["wall_us"]
+        assert wall["min"] <= wall["median"] <= wall["max"] and wall["rounds"] >= 3, label
+        assert wall["median"] == pytest.approx(info["wall_us_per_call"]), label
+    logbus_call, wandb_call = calls["logbus via Composer Logger"]["wall_us"], calls["wandb.log"]["wall_us"]
+    ratio = summary["wandb_log_vs_logbus"]
+    assert [ratio["median"], ratio["min"], ratio["max"]] == pytest.approx([
+        wandb_call["median"] / logbus_call["median"], wandb_call["min"] / logbus_call["max"],
+        wandb_call["max"] / logbus_call["min"]])
+    assert ratio["within_noise"] == (wandb_call["min"] <= logbus_call["max"] and logbus_call["min"] <= wandb_call["max"])
     sizes = {row["size"]: row for row in summary["eval"]}
     assert set(sizes) == {32, 224}
     for row in sizes.values():
         assert set(row["seconds"]) == {"no_sample_logging", "guide", "sample_logger", "sample_logger_jpeg"}
-        assert row["ratio"]["no_sample_logging"] == 1.0
-        for variant, seconds in row["seconds"].items():
-            assert row["ratio"][variant] == pytest.approx(seconds / row["seconds"]["no_sample_logging"])
+        check_ratios(row)
     # The sample pipeline's promise, (a) and (b) with the local backend, each with its spread; and the
     # training process's CPU per logged sample.
     pipeline = {(row["measure"], row.get("size")): row for row in summary["pipeline"]}
@@ -39,11 +47,7 @@ def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
     for measure in ("eval_loop", "end_to_end_local"):
         row = pipeline[(measure, 32)]
         assert row["task"] == "classification" and set(row["seconds"]) == {"no_sample_logging", "sample_logger"}
-        assert row["ratio"]["no_sample_logging"] == 1.0
-        for variant, seconds in row["seconds"].items():
-            assert seconds["rounds"] >= 3 and seconds["min"] <= seconds["median"] <= seconds["max"]
-            assert row["ratio"][variant] == pytest.approx(seconds["median"] / row["seconds"]["no_sample_logging"]["median"])
-            assert isinstance(row["within_noise"][variant], bool)
+        check_ratios(row)
     assert pipeline[("cpu_us_per_sample", None)]["us_per_sample"]["median"] > 0
     # The chart goes where `logbus bench --help` says (./logbus_runs by default), and the runs it measured
     # into the command's scratch folder: nothing else lands in the current folder.
@@ -53,3 +57,44 @@ def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
         assert image.width > 500 and len(image.getcolors(1 << 16) or []) > 3  # bars drawn, not blank
     assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == [
         "logbus_runs", os.path.join("logbus_runs", "logbus-bench.png")]
+    # The chart draws every ratio but the baselines', each with its range and its within-noise mark.
+    ratios = [(row, variant) for row in [*summary["eval"], *[r for r in summary["pipeline"] if "seconds" in r]]
+              for variant in row["ratio"] if variant != "no_sample_logging"]
+    assert [(bar["ratio"], bar["range"], bar["within_noise"]) for bar in summary["chart"]] == [
+        (row["ratio"][variant], row["ratio_range"][variant], row["within_noise"][variant]) for row, variant in ratios]
+    # The text prints the same ratios, with "(within noise)" exactly where the JSON says so.
+    text = report.format_table(summary)
+    for row, variant in ratios:
+        low, high = row["ratio_range"][variant]
+        line = next(line for line in text.splitlines() if f"{row['ratio'][variant]:.2f}x [{low:.2f}-{high:.2f}]" in line
+                    and line.strip().startswith(variant + " "))
+        assert line.endswith("(within noise)") == row["within_noise"][variant], line
+    # No report file: stderr names nothing of the scratch folder the command removed.
+    assert "logbus-bench-" not in result.stderr and "report.json" not in result.stderr, result.stderr[-2000:]
+
+
+def check_ratios(row):
+    """Each variant's ratio is of the medians, its range from the rounds' min and max, and within noise
+    exactly where the two spreads overlap."""
+    base = row["seconds"]["no_sample_logging"]
+    assert row["ratio"]["no_sample_logging"] == 1.0
+    for variant, seconds in row["seconds"].items():
+        assert seconds["rounds"] >= 3 and seconds["min"] <= seconds["median"] <= seconds["max"]
+        assert row["ratio"][variant] == pytest.approx(seconds["median"] / base["median"])
+        assert row["ratio_range"][variant] == pytest.approx([seconds["min"] / base["max"], seconds["max"] / base["min"]])
+        assert row["within_noise"][variant] == (seconds["min"] <= base["max"] and base["min"] <= seconds["max"])
+
+
+def test_the_charts_font_draws_a_space_wider_than_the_gap_between_letters():
+    """Pillow's built-in font at its default 10 px draws a space 2 px wide, no wider than letters sit
+    apart, and the chart's words ran together; the chart draws at ``CHART_FONT_PX``."""
+    font = report.chart_font()
+    space = font.getlength("to no") - font.getlength("tono")
+    assert space >= 3, f"a space is {space} px wide at {report.CHART_FONT_PX} px"
+    assert report.chart_font(10).getlength("to no") - report.chart_font(10).getlength("tono") < 3  # why it is not 10
+
+
+def test_logbus_bench_without_pytest_benchmark_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # what `import pytest_benchmark` meets when absent
+    with pytest.raises(SystemExit, match=r"pip install 'logbus\[bench\]'"):
+        report.run_suites()

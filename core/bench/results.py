@@ -150,7 +150,7 @@ class ResultsCollector:
     def pytest_runtest_teardown(self, item: Any) -> None:
         fixture = getattr(item, "funcargs", {}).get("benchmark")
         stats = getattr(fixture, "stats", None)  # None when disabled or when the test did not measure
-        if stats is None:
+        if fixture is None or stats is None:
             return
         figures = stats.stats
         params = getattr(item, "callspec", None)
