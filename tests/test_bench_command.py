@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -12,6 +13,8 @@ import pytest
 from PIL import Image
 
 from logbus.bench import report
+from logbus.bench import results as results_module
+from logbus.bench import tables as bench_tables
 
 
 @pytest.mark.timeout(700)
@@ -98,3 +101,66 @@ def test_logbus_bench_without_pytest_benchmark_says_which_extra_to_install(monke
     monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # what `import pytest_benchmark` meets when absent
     with pytest.raises(SystemExit, match=r"pip install 'logbus\[bench\]'"):
         report.run_suites()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small real suite (PNG encoding, two benchmarks of one group, Pillow the baseline) at a few rounds:
+# the figures are noise on a shared machine; what is checked is what gets written, and from what.
+PNG_RUN = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_png.py", "-k", "image and 32"]
+
+
+def run_png_suite(results: Path, *options: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, results_module.RESULTS_ENV: str(results)}
+    return subprocess.run([sys.executable, *PNG_RUN, *options], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+
+
+def test_a_benchmark_run_writes_its_results_and_the_tables_render_from_them(tmp_path):
+    run = run_png_suite(tmp_path / "results", "--benchmark-only", "--benchmark-max-time=0.05",
+                        "--benchmark-min-rounds=3")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    machine = results_module.machine_info()
+    path = tmp_path / "results" / f"png-{results_module.machine_kind(machine)}.json"
+    assert [p.name for p in (tmp_path / "results").iterdir()] == [path.name]  # one file per suite and machine kind
+    document = json.loads(path.read_text())
+    assert document["suite"] == "png" and document["schema"] == results_module.SCHEMA_VERSION
+    assert document["machine"]["cores"] == os.cpu_count() and document["machine"]["cpu"] == machine["cpu"]
+    assert document["machine"]["memory_bytes"] > 0 and document["machine"]["torch"] == machine["torch"]
+    assert document["machine"]["python"] == machine["python"] and "gpu" in document["machine"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the results name its commit
+        assert document["commit"].startswith(head.stdout.strip())
+    assert abs(datetime.datetime.fromisoformat(document["date"]) - datetime.datetime.now(datetime.timezone.utc)) \
+        < datetime.timedelta(minutes=10)
+    rows = {row["params"]["impl"]: row for row in document["benchmarks"]}
+    assert set(rows) == {"logbus", "pillow"}
+    for row in rows.values():
+        assert row["rounds"] >= 3 and 0 < row["min"] <= row["median"] <= row["max"], row
+        assert row["group"] == "RGB image, 64 images 32x32" and row["unit"] == "s"
+
+    rendered = bench_tables.render(bench_tables.load_results(tmp_path / "results"))
+    lines = {line.split(" | ")[1]: line for line in rendered.splitlines() if line.startswith("| RGB image")}
+    assert lines["pillow, 32"].endswith("| baseline |")
+    ratio = bench_tables.ratio_with_spread(rows["logbus"], rows["pillow"])
+    assert f"{ratio['median']:.2f}× [{ratio['min']:.2f}–{ratio['max']:.2f}]" in lines["logbus, 32"]
+    assert lines["logbus, 32"].endswith(", within noise |") == ratio["within_noise"]
+    assert f"| {rows['logbus']['rounds']} |" in lines["logbus, 32"]
+    readme = f"x\n{bench_tables.BEGIN}\nstale\n{bench_tables.END}\ny\n"
+    assert bench_tables.update_readme(readme, [document]) == f"x\n{bench_tables.BEGIN}\n{rendered}\n{bench_tables.END}\ny\n"
+
+
+def test_a_run_under_benchmark_disable_writes_no_results(tmp_path):
+    run = run_png_suite(tmp_path / "results", "--benchmark-disable")
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_machine_kind_names_the_card_else_the_cores():
+    assert results_module.machine_kind({"gpu": "NVIDIA H200", "cores": 16}) == "nvidia-h200"
+    assert results_module.machine_kind({"gpu": None, "cores": 2}) == "cpu-2cores"
+
+
+def test_the_tables_leave_out_json_that_is_not_a_results_file(tmp_path):
+    (tmp_path / "gpu_check.json").write_text('{"device": "NVIDIA H200", "checks": []}')  # the GPU checks' raw output
+    assert bench_tables.load_results(tmp_path) == []
+    assert "No results" in bench_tables.render([])
