@@ -1,4 +1,6 @@
-"""``logbus bench`` runs the real suites (quick sizes) and reports ratios measured in that one run."""
+"""``logbus bench`` runs the real suites (quick sizes) and reports ratios measured in that one run, each
+with its range and within-noise mark; a benchmark run of ``benchmarks/`` records its figures as data
+(``logbus.bench.results``) and the README's tables render from them (``logbus.bench.tables``)."""
 
 from __future__ import annotations
 
