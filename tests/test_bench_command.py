@@ -18,6 +18,8 @@ from logbus.bench import report
 from logbus.bench import results as results_module
 from logbus.bench import tables as bench_tables
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.mark.timeout(700)
 def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
@@ -166,3 +168,26 @@ def test_the_tables_leave_out_json_that_is_not_a_results_file(tmp_path):
     (tmp_path / "gpu_check.json").write_text('{"device": "NVIDIA H200", "checks": []}')  # the GPU checks' raw output
     assert bench_tables.load_results(tmp_path) == []
     assert "No results" in bench_tables.render([])
+
+
+def test_a_failed_benchmark_leaves_its_figures_out(pytester, tmp_path):
+    """Figures whose test failed after the timed part (a suite's checks: rows lost, say) are not results."""
+    pytester.makeconftest(f"""
+from logbus.bench.results import ResultsCollector
+
+def pytest_configure(config):
+    config.pluginmanager.register(ResultsCollector({str(tmp_path / "results")!r}), "results")
+""")
+    pytester.makepyfile(bench_demo="""
+def test_kept(benchmark):
+    benchmark.pedantic(sum, args=([1, 2],), rounds=3)
+
+def test_failed_after_timing(benchmark):
+    benchmark.pedantic(sum, args=([1, 2],), rounds=3)
+    assert False, "a check after the timed part"
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "python_files=bench_*.py", "--benchmark-only")
+    result.assert_outcomes(passed=1, failed=1)
+    (path,) = (tmp_path / "results").iterdir()
+    assert path.name.startswith("demo-")
+    assert [row["name"] for row in json.loads(path.read_text())["benchmarks"]] == ["test_kept"]

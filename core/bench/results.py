@@ -5,8 +5,9 @@ tables are rendered (``logbus.bench.tables``), never typed by hand.
 A run of ``benchmarks/`` registers :class:`ResultsCollector` (``benchmarks/conftest.py``); ``logbus
 bench`` uses the same collector in memory. The collector reads each test's ``benchmark`` fixture
 after the test (its ``stats`` and ``extra_info``, the fixture's public attributes the suites use
-too), so nothing depends on pytest-benchmark writing a report file. Under ``--benchmark-disable``
-no fixture has figures, and nothing is written.
+too), so nothing depends on pytest-benchmark writing a report file. A test that failed (its checks
+after the timed part, say) leaves its figures out. Under ``--benchmark-disable`` no fixture has
+figures, and nothing is written.
 
 A file holds one run of its suite on one machine: a later run of the suite on the same kind of
 machine replaces it whole, so every ratio in it compares figures measured in the same run.
@@ -146,11 +147,16 @@ class ResultsCollector:
         self.root = Path(root) if root is not None else Path.cwd()
         self.by_suite: dict[str, list[dict[str, Any]]] = {}
         self.written: list[Path] = []
+        self._failed: set[str] = set()
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed:  # figures of a run whose checks failed (rows lost, say) are not results
+            self._failed.add(report.nodeid)
 
     def pytest_runtest_teardown(self, item: Any) -> None:
         fixture = getattr(item, "funcargs", {}).get("benchmark")
         stats = getattr(fixture, "stats", None)  # None when disabled or when the test did not measure
-        if fixture is None or stats is None:
+        if fixture is None or stats is None or item.nodeid in self._failed:
             return
         figures = stats.stats
         params = getattr(item, "callspec", None)
