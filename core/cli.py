@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     view.add_argument("run_dir", metavar="RUN_DIR", help="a local run folder (logbus_runs/<name>)")
     view.add_argument("--write-only", action="store_true", help="write the page, do not open a browser")
     view.set_defaults(func=_view)
-    bench = commands.add_parser("bench", help="measure logging overhead on this machine (about a minute)")
+    bench = commands.add_parser("bench",
+                                help="measure logging overhead on this machine (a few minutes; needs logbus[bench])")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--plot", default=None,
                        help="where to write the PNG chart (default: logbus-bench.png in $LOGBUS_DIR, else ./logbus_runs)")

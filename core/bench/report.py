@@ -197,8 +197,10 @@ def chart_bars(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ratio, range and whether it is within noise."""
     bars = []
     rows = [(f"eval {row['size']}px", row) for row in summary["eval"]]
-    rows += [(f"{'(a) loop' if row['measure'] == 'eval_loop' else '(b) ' + row['measure'][11:]} {row['size']}px", row)
-             for row in summary.get("pipeline", []) if "seconds" in row]
+    for row in summary.get("pipeline", []):
+        if "seconds" in row:
+            what = "(a) loop" if row["measure"] == "eval_loop" else f"(b) end-to-end {row['measure'][11:]}"
+            rows.append((f"{what} {row['size']}px", row))
     for prefix, row in rows:
         for variant, ratio in row["ratio"].items():
             if variant != "no_sample_logging":
@@ -227,7 +229,7 @@ def plot(summary: dict[str, Any], path: str) -> str:
     bars = chart_bars(summary)
     font = chart_font()
     width, row_height, left, right_margin = 1000, 30, 330, 250
-    image = Image.new("RGB", (width, 70 + row_height * max(1, len(bars))), "white")
+    image = Image.new("RGB", (width, 80 + row_height * max(1, len(bars))), "white")
     draw = ImageDraw.Draw(image)
     draw.text((10, 10), "logbus bench: time relative to no sample logging (lower is better; whiskers: min-max range)",
               fill="black", font=font)
@@ -249,8 +251,9 @@ def plot(summary: dict[str, Any], path: str) -> str:
             draw.line([end, y + 8, end, y + row_height - 10], fill="black", width=1)
         text = format_ratio(bar["ratio"], bar["range"][0], bar["range"][1], bar["within_noise"])
         draw.text((max(high, left + bar["ratio"] * scale) + 8, y + 6), text, fill="black", font=font)
-    one = left + scale
+    one = left + scale  # ratio 1.0: as fast as no sample logging
     draw.line([one, 40, one, image.height - 10], fill=(0, 0, 0), width=1)
+    draw.text((one + 3, image.height - 24), "1.0", fill="black", font=font)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     image.save(path)
     return path
