@@ -62,6 +62,8 @@ test: editable browser
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation --no-index --target $(EXAMPLE_BUILD)/site $(EXAMPLE_BUILD)/src
 	PYTHONPATH=$(CURDIR)/$(EXAMPLE_BUILD)/site $(BIN)/pytest -q -p no:cacheprovider $(EXAMPLE)/tests
 
+# Writes each suite's figures to benchmarks/results/<suite>-<machine kind>.json (benchmarks/conftest.py);
+# `$(BIN)/python -m logbus.bench.tables --update README.md` then renders the README's tables from them.
 bench: editable
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds -m "not soak"
 

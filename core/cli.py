@@ -83,8 +83,22 @@ def default_plot_path() -> str:
     return os.path.join(os.environ.get("LOGBUS_DIR") or DEFAULT_ROOT, "logbus-bench.png")
 
 
+def version() -> str:
+    """The installed distribution's version (the wheel's metadata), else the package's own."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version("logbus")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        from logbus import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logbus", description="Plugin-based logging bus for Composer.")
+    parser.add_argument("--version", action="version", version=f"logbus {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--all", action="store_true", help="also list plugins that were skipped or failed")
@@ -101,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     view.add_argument("--port", type=int, default=6007, help="TCP port (default 6007; 0 picks a free one)")
     view.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
     view.set_defaults(func=_view)
-    bench = commands.add_parser("bench", help="measure logging overhead on this machine (about a minute)")
+    bench = commands.add_parser("bench",
+                                help="measure logging overhead on this machine (a few minutes; needs logbus[bench])")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--plot", default=None,
                        help="where to write the PNG chart (default: logbus-bench.png in $LOGBUS_DIR, else ./logbus_runs)")

@@ -1,7 +1,10 @@
-"""``logbus bench`` runs the real suites (quick sizes) and reports ratios measured in that one run."""
+"""``logbus bench`` runs the real suites (quick sizes) and reports ratios measured in that one run, each
+with its range and within-noise mark; a benchmark run of ``benchmarks/`` records its figures as data
+(``logbus.bench.results``) and the README's tables render from them (``logbus.bench.tables``)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -10,6 +13,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from logbus.bench import report
+from logbus.bench import results as results_module
+from logbus.bench import tables as bench_tables
+
+pytest_plugins = ["pytester"]
 
 
 @pytest.mark.timeout(700)
@@ -20,18 +29,24 @@ def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=680)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert summary["machine"]["cpus"] == os.cpu_count()
+    assert summary["machine"]["cores"] == os.cpu_count() and summary["machine"]["cpu"]
     calls = summary["log_metrics"]
     assert set(calls) == {"logbus via Composer Logger", "wandb.log", "queue.Queue.put"}
-    assert summary["wandb_log_vs_logbus"] == pytest.approx(
-        calls["wandb.log"]["wall_us_per_call"] / calls["logbus via Composer Logger"]["wall_us_per_call"])
+    for label, info in calls.items():
+        wall = info["wall_us"]
+        assert wall["min"] <= wall["median"] <= wall["max"] and wall["rounds"] >= 3, label
+        assert wall["median"] == pytest.approx(info["wall_us_per_call"]), label
+    logbus_call, wandb_call = calls["logbus via Composer Logger"]["wall_us"], calls["wandb.log"]["wall_us"]
+    ratio = summary["wandb_log_vs_logbus"]
+    assert [ratio["median"], ratio["min"], ratio["max"]] == pytest.approx([
+        wandb_call["median"] / logbus_call["median"], wandb_call["min"] / logbus_call["max"],
+        wandb_call["max"] / logbus_call["min"]])
+    assert ratio["within_noise"] == (wandb_call["min"] <= logbus_call["max"] and logbus_call["min"] <= wandb_call["max"])
     sizes = {row["size"]: row for row in summary["eval"]}
     assert set(sizes) == {32, 224}
     for row in sizes.values():
         assert set(row["seconds"]) == {"no_sample_logging", "guide", "sample_logger", "sample_logger_jpeg"}
-        assert row["ratio"]["no_sample_logging"] == 1.0
-        for variant, seconds in row["seconds"].items():
-            assert row["ratio"][variant] == pytest.approx(seconds / row["seconds"]["no_sample_logging"])
+        check_ratios(row)
     # The sample pipeline's promise, (a) and (b) with the local backend, each with its spread; and the
     # training process's CPU per logged sample.
     pipeline = {(row["measure"], row.get("size")): row for row in summary["pipeline"]}
@@ -39,11 +54,7 @@ def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
     for measure in ("eval_loop", "end_to_end_local"):
         row = pipeline[(measure, 32)]
         assert row["task"] == "classification" and set(row["seconds"]) == {"no_sample_logging", "sample_logger"}
-        assert row["ratio"]["no_sample_logging"] == 1.0
-        for variant, seconds in row["seconds"].items():
-            assert seconds["rounds"] >= 3 and seconds["min"] <= seconds["median"] <= seconds["max"]
-            assert row["ratio"][variant] == pytest.approx(seconds["median"] / row["seconds"]["no_sample_logging"]["median"])
-            assert isinstance(row["within_noise"][variant], bool)
+        check_ratios(row)
     assert pipeline[("cpu_us_per_sample", None)]["us_per_sample"]["median"] > 0
     # The chart goes where `logbus bench --help` says (./logbus_runs by default), and the runs it measured
     # into the command's scratch folder: nothing else lands in the current folder.
@@ -53,3 +64,130 @@ def test_logbus_bench_reports_ratios_as_json_and_a_plot(tmp_path):
         assert image.width > 500 and len(image.getcolors(1 << 16) or []) > 3  # bars drawn, not blank
     assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == [
         "logbus_runs", os.path.join("logbus_runs", "logbus-bench.png")]
+    # The chart draws every ratio but the baselines', each with its range and its within-noise mark.
+    ratios = [(row, variant) for row in [*summary["eval"], *[r for r in summary["pipeline"] if "seconds" in r]]
+              for variant in row["ratio"] if variant != "no_sample_logging"]
+    assert [(bar["ratio"], bar["range"], bar["within_noise"]) for bar in summary["chart"]] == [
+        (row["ratio"][variant], row["ratio_range"][variant], row["within_noise"][variant]) for row, variant in ratios]
+    # The text prints the same ratios, with "(within noise)" exactly where the JSON says so.
+    text = report.format_table(summary)
+    for row, variant in ratios:
+        low, high = row["ratio_range"][variant]
+        line = next(line for line in text.splitlines() if f"{row['ratio'][variant]:.2f}x [{low:.2f}-{high:.2f}]" in line
+                    and line.strip().startswith(variant + " "))
+        assert line.endswith("(within noise)") == row["within_noise"][variant], line
+    # No report file: stderr names nothing of the scratch folder the command removed.
+    assert "logbus-bench-" not in result.stderr and "report.json" not in result.stderr, result.stderr[-2000:]
+
+
+def check_ratios(row):
+    """Each variant's ratio is of the medians, its range from the rounds' min and max, and within noise
+    exactly where the two spreads overlap."""
+    base = row["seconds"]["no_sample_logging"]
+    assert row["ratio"]["no_sample_logging"] == 1.0
+    for variant, seconds in row["seconds"].items():
+        assert seconds["rounds"] >= 3 and seconds["min"] <= seconds["median"] <= seconds["max"]
+        assert row["ratio"][variant] == pytest.approx(seconds["median"] / base["median"])
+        assert row["ratio_range"][variant] == pytest.approx([seconds["min"] / base["max"], seconds["max"] / base["min"]])
+        assert row["within_noise"][variant] == (seconds["min"] <= base["max"] and base["min"] <= seconds["max"])
+
+
+def test_the_charts_font_draws_a_space_wider_than_the_gap_between_letters():
+    """Pillow's built-in font at its default 10 px draws a space 2 px wide, no wider than letters sit
+    apart, and the chart's words ran together; the chart draws at ``CHART_FONT_PX``."""
+    font = report.chart_font()
+    space = font.getlength("to no") - font.getlength("tono")
+    assert space >= 3, f"a space is {space} px wide at {report.CHART_FONT_PX} px"
+    assert report.chart_font(10).getlength("to no") - report.chart_font(10).getlength("tono") < 3  # why it is not 10
+
+
+def test_logbus_bench_without_pytest_benchmark_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # what `import pytest_benchmark` meets when absent
+    with pytest.raises(SystemExit, match=r"pip install 'logbus\[bench\]'"):
+        report.run_suites()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small real suite (PNG encoding, two benchmarks of one group, Pillow the baseline) at a few rounds:
+# the figures are noise on a shared machine; what is checked is what gets written, and from what.
+PNG_RUN = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_png.py", "-k", "image and 32"]
+
+
+def run_png_suite(results: Path, *options: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, results_module.RESULTS_ENV: str(results)}
+    return subprocess.run([sys.executable, *PNG_RUN, *options], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+
+
+def test_a_benchmark_run_writes_its_results_and_the_tables_render_from_them(tmp_path):
+    run = run_png_suite(tmp_path / "results", "--benchmark-only", "--benchmark-max-time=0.05",
+                        "--benchmark-min-rounds=3")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    machine = results_module.machine_info()
+    path = tmp_path / "results" / f"png-{results_module.machine_kind(machine)}.json"
+    assert [p.name for p in (tmp_path / "results").iterdir()] == [path.name]  # one file per suite and machine kind
+    document = json.loads(path.read_text())
+    assert document["suite"] == "png" and document["schema"] == results_module.SCHEMA_VERSION
+    assert document["machine"]["cores"] == os.cpu_count() and document["machine"]["cpu"] == machine["cpu"]
+    assert document["machine"]["memory_bytes"] > 0 and document["machine"]["torch"] == machine["torch"]
+    assert document["machine"]["python"] == machine["python"] and "gpu" in document["machine"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the results name its commit
+        assert document["commit"].startswith(head.stdout.strip())
+    assert abs(datetime.datetime.fromisoformat(document["date"]) - datetime.datetime.now(datetime.timezone.utc)) \
+        < datetime.timedelta(minutes=10)
+    rows = {row["params"]["impl"]: row for row in document["benchmarks"]}
+    assert set(rows) == {"logbus", "pillow"}
+    for row in rows.values():
+        assert row["rounds"] >= 3 and 0 < row["min"] <= row["median"] <= row["max"], row
+        assert row["group"] == "RGB image, 64 images 32x32" and row["unit"] == "s"
+
+    rendered = bench_tables.render(bench_tables.load_results(tmp_path / "results"))
+    lines = {line.split(" | ")[1]: line for line in rendered.splitlines() if line.startswith("| RGB image")}
+    assert lines["pillow, 32"].endswith("| baseline |")
+    ratio = bench_tables.ratio_with_spread(rows["logbus"], rows["pillow"])
+    assert f"{ratio['median']:.2f}× [{ratio['min']:.2f}–{ratio['max']:.2f}]" in lines["logbus, 32"]
+    assert lines["logbus, 32"].endswith(", within noise |") == ratio["within_noise"]
+    assert f"| {rows['logbus']['rounds']} |" in lines["logbus, 32"]
+    readme = f"x\n{bench_tables.BEGIN}\nstale\n{bench_tables.END}\ny\n"
+    assert bench_tables.update_readme(readme, [document]) == f"x\n{bench_tables.BEGIN}\n{rendered}\n{bench_tables.END}\ny\n"
+
+
+def test_a_run_under_benchmark_disable_writes_no_results(tmp_path):
+    run = run_png_suite(tmp_path / "results", "--benchmark-disable")
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_machine_kind_names_the_card_else_the_cores():
+    assert results_module.machine_kind({"gpu": "NVIDIA H200", "cores": 16}) == "nvidia-h200"
+    assert results_module.machine_kind({"gpu": None, "cores": 2}) == "cpu-2cores"
+
+
+def test_the_tables_leave_out_json_that_is_not_a_results_file(tmp_path):
+    (tmp_path / "gpu_check.json").write_text('{"device": "NVIDIA H200", "checks": []}')  # the GPU checks' raw output
+    assert bench_tables.load_results(tmp_path) == []
+    assert "No results" in bench_tables.render([])
+
+
+def test_a_failed_benchmark_leaves_its_figures_out(pytester, tmp_path):
+    """Figures whose test failed after the timed part (a suite's checks: rows lost, say) are not results."""
+    pytester.makeconftest(f"""
+from logbus.bench.results import ResultsCollector
+
+def pytest_configure(config):
+    config.pluginmanager.register(ResultsCollector({str(tmp_path / "results")!r}), "results")
+""")
+    pytester.makepyfile(bench_demo="""
+def test_kept(benchmark):
+    benchmark.pedantic(sum, args=([1, 2],), rounds=3)
+
+def test_failed_after_timing(benchmark):
+    benchmark.pedantic(sum, args=([1, 2],), rounds=3)
+    assert False, "a check after the timed part"
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "python_files=bench_*.py", "--benchmark-only")
+    result.assert_outcomes(passed=1, failed=1)
+    (path,) = (tmp_path / "results").iterdir()
+    assert path.name.startswith("demo-")
+    assert [row["name"] for row in json.loads(path.read_text())["benchmarks"]] == ["test_kept"]

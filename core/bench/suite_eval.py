@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
 # image side -> eval images (224 px kept smaller so CPU runs stay short; quick mode for `logbus bench`)
-SIZES = {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
-ROUNDS = 1 if QUICK else 3
+SIZES = {32: 256, 224: 32} if QUICK else {32: 2048, 224: 256}
+# Never fewer than 3: a ratio is shown with its range (min to max over the rounds), and one round has none.
+ROUNDS = 3
 BATCH = 128
 
 

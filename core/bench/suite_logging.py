@@ -48,6 +48,7 @@ def _per_call(benchmark, log_one):
     benchmark.pedantic(round_of_calls, rounds=ROUNDS, warmup_rounds=2)
     calls = next(step)
     if benchmark.stats is not None:  # None under --benchmark-disable (the suite run as plain tests)
+        benchmark.extra_info["calls"] = CALLS  # per round: the round's figures over this are per call
         benchmark.extra_info["wall_us_per_call"] = benchmark.stats.stats.median / CALLS * 1e6
         benchmark.extra_info["thread_cpu_us_per_call"] = (time.thread_time() - cpu_started) / calls * 1e6
     return calls

@@ -26,6 +26,7 @@ from wandb_reader import find_run_dirs, read_wandb_run
 
 import logbus.testing
 from logbus import config_reference, hookspecs
+from logbus.bench import tables as bench_tables
 from logbus.bus import Bus
 from logbus.bus._plugin_manager import PluginHost
 from logbus.composer import LogBusLogger, SampleLogger, WandBLogger
@@ -229,6 +230,22 @@ def test_the_reference_tables_are_what_the_declarations_render():
         rendered = "\n".join(line for line in REFERENCE[heading].splitlines() if line.startswith("|"))
         assert rendered == table.markdown(), f"README {heading}: run python -m logbus.config_reference --update README.md"
     assert config_reference.update_readme(README, declared) == README
+
+
+def test_the_benchmark_tables_are_what_the_results_files_render():
+    """The results files are the source: ``python -m logbus.bench.tables --update README.md`` writes the
+    README's benchmark block from ``benchmarks/results/``, and a figure typed into it by hand (or a results
+    file recorded without rewriting it) fails here."""
+    documents = bench_tables.load_results(ROOT / "benchmarks" / "results")
+    assert README.count(bench_tables.BEGIN) == README.count(bench_tables.END) == 1
+    assert README.index(bench_tables.BEGIN) in range(*_chapter_span("Benchmarks"))
+    assert bench_tables.update_readme(README, documents) == README, \
+        "README benchmarks: run python -m logbus.bench.tables --update README.md"
+
+
+def _chapter_span(heading: str) -> tuple[int, int]:
+    start = README.index(f"\n## {heading}\n")
+    return start, start + len(CHAPTERS[heading]) + len(heading) + 4
 
 
 def test_pipeline_options_are_the_pipelines_keywords():
