@@ -141,6 +141,7 @@ class LoopResult:
     run_files: int = 0  # every file of the run folder
     read_seconds: float = 0.0
     rss_after_eval: list[int] = field(default_factory=list)
+    rss_parts_after_eval: list[dict[str, int]] = field(default_factory=list)  # RssAnon, RssShmem (Linux)
     clean_close: bool = False
 
     @property
@@ -256,6 +257,7 @@ def offer_loop(data: EvalSet, *, root: str, name: str, rate: float | None, secon
         result.evals += 1
         if sample_rss:
             result.rss_after_eval.append(psutil.Process().memory_info().rss)
+            result.rss_parts_after_eval.append(rss_parts())
         elapsed = time.perf_counter() - first_offer
         if (evals is not None and result.evals >= evals) or (seconds is not None and elapsed >= seconds):
             break
@@ -375,16 +377,42 @@ def rss(args: argparse.Namespace) -> list[LoopResult]:
             print(f"  round {round_}: RSS after eval 1 {first / MB:.0f} MB, then {min(samples) / MB:.0f}-"
                   f"{max(samples) / MB:.0f} MB, after the last {samples[-1] / MB:.0f} MB; largest departure "
                   f"{rss_drift(samples) / MB:+.1f} MB; rows {result.rows_read:,}/{result.rows_offered:,}, dropped "
-                  f"{result.dropped}", flush=True)
+                  f"{result.dropped}{parts_growth(result.rss_parts_after_eval)}", flush=True)
             shutil.rmtree(os.path.join(root, f"rss-{round_}"), ignore_errors=True)
         print(f"largest RSS departure from after eval 1 (target within ±{TARGET_RSS_DRIFT_MB:g} MB): "
               f"{spread([rss_drift(r.rss_after_eval) / MB for r in results], ' MB')}")
         print(f"RSS growth, last eval - first eval: "
               f"{spread([(r.rss_after_eval[-1] - r.rss_after_eval[0]) / MB for r in results], ' MB')}")
+        for part in ("RssAnon", "RssShmem"):
+            series = [[parts[part] for parts in r.rss_parts_after_eval if part in parts] for r in results]
+            if all(series):
+                print(f"  of which {part}, largest departure from after eval 1: "
+                      f"{spread([rss_drift(values) / MB for values in series], ' MB')}")
         print(f"load average at the end: {load_average()}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def rss_parts() -> dict[str, int]:
+    """This process's resident anonymous memory and resident shared memory (the pipeline's shared buffers
+    count in RSS once touched), in bytes, from ``/proc/self/status``; empty where there is none."""
+    parts = {}
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssShmem"):
+                    parts[name] = int(value.split()[0]) * 1024  # kB
+    except OSError:
+        pass
+    return parts
+
+
+def parts_growth(parts: list[dict[str, int]]) -> str:
+    """``; RssAnon +a MB, RssShmem +s MB`` from the first eval to the last, or nothing."""
+    shown = [f"{name} {(parts[-1][name] - parts[0][name]) / MB:+.1f} MB" for name in parts[0] if name in parts[-1]]
+    return f"; last - first: {', '.join(shown)}" if parts and shown else ""
 
 
 def rss_drift(samples: list[int]) -> int:
@@ -547,7 +575,7 @@ def test_throughput_reads_every_row_back(monkeypatch, tmp_path):
 def test_rss_is_sampled_after_every_eval(monkeypatch, tmp_path):
     monkeypatch.setenv("LOGBUS_BENCH_DIR", str(tmp_path))
     [result] = rss(_smoke_options(evals=3))
-    assert len(result.rss_after_eval) == 3 and min(result.rss_after_eval) > 0
+    assert len(result.rss_after_eval) == len(result.rss_parts_after_eval) == 3 and min(result.rss_after_eval) > 0
     assert result.rows_read == result.rows_offered == 3 * SMOKE_EVAL_SAMPLES, result
     assert result.dropped == 0, result.drops
 
