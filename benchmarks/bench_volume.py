@@ -333,7 +333,8 @@ def throughput(args: argparse.Namespace) -> list[LoopResult]:
                       f"{result.offered_rows_per_s:,.0f} rows/s, dropped {result.dropped}{nonzero(result.drops)}, "
                       f"close {result.close_after_last_offer:.2f} s after the last offer, "
                       f"{result.files_per_table:.2f} files/table (+{result.run_files - result.files} of the run), read back in "
-                      f"{result.read_seconds:.1f} s, load {load_average()}", flush=True)
+                      f"{result.read_seconds:.1f} s, worker ready {result.worker_ready_wait or 0:.2f} s before the "
+                      f"first offer, load {load_average()}", flush=True)
                 shutil.rmtree(os.path.join(root, f"{task}-{round_}"), ignore_errors=True)
             results.extend(per_task)
             asked = "as fast as the loop can" if rate is None else f"{rate:,.0f} rows/s offered"
