@@ -14,8 +14,10 @@ schedule (``--rate`` rows/s; ``max``: as fast as the loop can) until ``--seconds
 eval; then ``finish``. Rows/s = rows read back with ``logbus.read_table`` ÷ (first offer → ``finish``
 returns). Also: batches dropped and lost (the pipeline's and the bus's counters), the time from the last
 offer to ``finish`` returning, files per logged table (rows and packs), the offered rate reached, and the
-training thread's CPU in ``add``/``log`` per sample (``time.thread_time``). The worker process is made
-ready before the clock starts (its start is ``cpu``'s figure).
+training thread's CPU in ``add``/``log`` per sample (``time.thread_time``; per sample taken as well, since
+the ``add`` of a batch dropped at the call costs almost nothing). The worker process is made ready before the
+clock starts (its start is ``cpu``'s figure). With ``--rate max`` a pipeline that cannot keep up drops most
+batches: the figure is the rows read back per second, with the count dropped beside it.
 
 cpu: each configuration (with and without sample logging, at two run sizes of two evals) runs in a fresh
 interpreter under a reaper process that is a Linux child subreaper, so that every process of the tree,
@@ -23,7 +25,9 @@ the worker included even where it outlives its parent, is reaped by it and count
 ``RUSAGE_CHILDREN``. The marginal CPU per logged sample is ``((logging big - logging small) - (none big -
 none small)) / (logged samples big - small)``, a figure per round (the four configurations of a round run
 one after the other). Also the worker's CPU when it is ready (every process below the training process,
-right after ``worker_ready``) and, with ``--loop plain``, the training thread's CPU per sample.
+right after ``worker_ready``) and, with ``--loop plain``, the training thread's CPU per sample. At the
+target the signal is small (12,288 samples x 25 µs = 0.3 s), smaller than the spread of a Composer eval's
+own CPU between runs on a loaded machine (about 1 s at 2 x 8,192): read the spread before the median.
 
 rss: the throughput loop for ``--evals`` evals of ``--eval-samples`` rows at ``--rate``; the training
 process's RSS after each eval's ``log``; reported: the largest departure from the RSS after the first eval.
