@@ -469,7 +469,10 @@ def browser_page(chromium, server):
 
 
 def ready(page) -> None:
-    page.wait_for_selector("html[data-viewer=ready]", timeout=30_000)
+    """Waits until the page has rendered the URL it is at: a click changes the hash at once, but the page
+    hears of it a moment later (hashchange), so "ready" alone may still be the previous view's."""
+    page.wait_for_function("() => document.documentElement.dataset.viewer === 'ready' && "
+                           "document.documentElement.dataset.rendered === location.hash", timeout=30_000)
 
 
 @pytest.fixture

@@ -383,6 +383,7 @@ async function confusionPage(params) {
 const PAGES = {metrics: metricsPage, samples: samplesPage, sample: samplePage, confusion: confusionPage};
 async function render() {
   const {page, params} = route();
+  const hash = location.hash;  // what this render shows: a click's hashchange comes a moment after the click
   document.documentElement.dataset.viewer = "loading";
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.id === "nav-" + page);
   const main = document.getElementById("main");
@@ -395,6 +396,7 @@ async function render() {
   } catch (error) {
     main.replaceChildren(el("p", {class: "error", id: "page-error", text: error.message}));
   }
+  document.documentElement.dataset.rendered = hash;
   document.documentElement.dataset.viewer = "ready";
 }
 window.addEventListener("hashchange", render);
