@@ -65,9 +65,10 @@ test: editable browser
 
 # The docs site (mkdocs.yml): docs/ into build/docs/, warnings as errors (strict: true there); the API
 # reference reads the docstrings through the editable links. NO_MKDOCS_2_WARNING quiets Material's
-# banner about MkDocs 2.0, which is not a warning about these docs.
+# banner about MkDocs 2.0, which is not a warning about these docs. No --quiet: it hides the warnings
+# from strict mode too, and a broken link then builds (mkdocs 1.6).
 docs: editable
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Writes each suite's figures to benchmarks/results/<suite>-<machine kind>.json (benchmarks/conftest.py);
 # `$(BIN)/python -m logbus.bench.tables --update docs/benchmarks.md` then renders the docs' tables from them.
