@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WANDB_SILENT ?= true
 
-.PHONY: demo test bench soak lint typecheck clean browser editable
+.PHONY: demo test docs bench soak lint typecheck clean browser editable
 
 # The folders map into `logbus` through package-dir (pyproject.toml). setuptools' default editable mode
 # serves that mapping with an import hook that editors and type checkers cannot follow; strict mode
@@ -55,6 +55,7 @@ browser:
 test: editable browser
 	$(BIN)/ruff check core plugins kernels tests benchmarks $(EXAMPLE)
 	$(BIN)/mypy  # [tool.mypy] in pyproject.toml: the logbus package (core/, plugins/, kernels/) through the links
+	$(MAKE) --no-print-directory docs
 	$(BIN)/pytest -q  # tests/conftest.py sets TRITON_INTERPRET=1 where there is no CUDA device
 	$(BIN)/pytest -q benchmarks --benchmark-disable -p no:cacheprovider -m "not soak"
 	rm -rf $(EXAMPLE_BUILD) && mkdir -p $(EXAMPLE_BUILD) && cp -R $(EXAMPLE) $(EXAMPLE_BUILD)/src
@@ -62,8 +63,15 @@ test: editable browser
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation --no-index --target $(EXAMPLE_BUILD)/site $(EXAMPLE_BUILD)/src
 	PYTHONPATH=$(CURDIR)/$(EXAMPLE_BUILD)/site $(BIN)/pytest -q -p no:cacheprovider $(EXAMPLE)/tests
 
+# The docs site (mkdocs.yml): docs/ into build/docs/, warnings as errors (strict: true there); the API
+# reference reads the docstrings through the editable links. NO_MKDOCS_2_WARNING quiets Material's
+# banner about MkDocs 2.0, which is not a warning about these docs. No --quiet: it hides the warnings
+# from strict mode too, and a broken link then builds (mkdocs 1.6).
+docs: editable
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # Writes each suite's figures to benchmarks/results/<suite>-<machine kind>.json (benchmarks/conftest.py);
-# `$(BIN)/python -m logbus.bench.tables --update README.md` then renders the README's tables from them.
+# `$(BIN)/python -m logbus.bench.tables --update docs/benchmarks.md` then renders the docs' tables from them.
 bench: editable
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds -m "not soak"
 

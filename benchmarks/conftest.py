@@ -1,7 +1,7 @@
 """Every benchmark run of this folder writes what it measured to ``benchmarks/results/`` as JSON, one
 file per suite and machine kind (``logbus.bench.results``); ``$LOGBUS_BENCH_RESULTS`` names another
-folder. The README's benchmark tables are rendered from those files
-(``python -m logbus.bench.tables --update README.md``). A run under ``--benchmark-disable`` (``make
+folder. The docs' benchmark tables are rendered from those files
+(``python -m logbus.bench.tables --update docs/benchmarks.md``). A run under ``--benchmark-disable`` (``make
 test``) measures nothing and writes nothing.
 """
 

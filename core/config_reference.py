@@ -1,7 +1,8 @@
-"""The README's "Configuration reference", rendered from the options' declarations (``logbus.options``).
+"""The docs' "Configuration reference" (``docs/reference/options.md``), rendered from the options'
+declarations (``logbus.options``).
 
-``python -m logbus.config_reference`` prints the tables and ``--update README.md`` rewrites them;
-``tests/guarantees/test_docs.py`` checks the README equals what this renders. It imports every component
+``python -m logbus.config_reference`` prints the tables and ``--update docs/reference/options.md``
+rewrites them; ``tests/guarantees/test_docs.py`` checks the page equals what this renders. It imports every component
 (Composer, torch, the built-in plugins) to reach their tables, so it is for docs and tests only, and
 nothing in logbus imports it.
 """
@@ -17,7 +18,7 @@ from logbus.options import Options
 
 
 def reference() -> dict[str, Options]:
-    """README heading (under "Configuration reference") -> the options its table shows. Imports the
+    """Heading of the "Configuration reference" page -> the options its table shows. Imports the
     components (Composer, torch) and loads the built-in plugins, so it is for docs and tests only."""
     from logbus.bus import PluginHost
     from logbus.composer import LOGBUS_LOGGER_OPTIONS, SAMPLE_LOGGER_OPTIONS
@@ -45,15 +46,19 @@ def _options_of(component: Any) -> Options:
     return options
 
 
-def update_readme(text: str, tables: Mapping[str, Options]) -> str:
-    """``text`` with the first table under each ``### heading`` of ``tables`` replaced by its rendering."""
+def update_page(text: str, tables: Mapping[str, Options]) -> str:
+    """``text`` with the first table under each ``### heading`` of ``tables`` replaced by its rendering.
+
+    :param text: the configuration reference page.
+    :param tables: :func:`reference`.
+    """
     for heading, options in tables.items():
-        section = re.search(rf"^### {re.escape(heading)}\n(.*?)(?=^#)", text, flags=re.M | re.S)
+        section = re.search(rf"^### {re.escape(heading)}\n(.*?)(?=^#|\Z)", text, flags=re.M | re.S)
         if section is None:
-            raise ValueError(f"README: no section '### {heading}'")
+            raise ValueError(f"page: no section '### {heading}'")
         table = re.search(r"^\|.*\n(?:^\|.*\n)*", section.group(1), flags=re.M)
         if table is None:
-            raise ValueError(f"README: no table under '### {heading}'")
+            raise ValueError(f"page: no table under '### {heading}'")
         start, end = section.start(1) + table.start(), section.start(1) + table.end()
         text = text[:start] + options.markdown() + "\n" + text[end:]
     return text
@@ -61,15 +66,16 @@ def update_readme(text: str, tables: Mapping[str, Options]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m logbus.config_reference",
-                                     description="Print (or write into the README) the configuration reference tables.")
-    parser.add_argument("--update", metavar="README", help="rewrite the tables of this README in place")
+                                     description="Print (or write into the docs page) the configuration reference tables.")
+    parser.add_argument("--update", metavar="PAGE",
+                        help="rewrite the tables of this page (docs/reference/options.md) in place")
     args = parser.parse_args(argv)
     tables = reference()
     if args.update:
         with open(args.update, encoding="utf-8") as file:
             text = file.read()
         with open(args.update, "w", encoding="utf-8") as file:
-            file.write(update_readme(text, tables))
+            file.write(update_page(text, tables))
         return 0
     for heading, options in tables.items():
         print(f"### {heading}\n\n{options.markdown()}\n")

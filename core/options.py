@@ -3,7 +3,7 @@
 A component's options are one ``Options`` table next to the component. The same declaration gives
 the constructor's defaults (``OPTIONS.defaults["x"]`` in the signature), checks a caller's values on the
 caller's thread with one message format (``"<name>: expected <what>, got <value>"``; ``TypeError`` for
-the wrong type, ``ValueError`` for a value out of range), and renders the README's "Configuration
+the wrong type, ``ValueError`` for a value out of range), and renders the docs' "Configuration
 reference" tables (``logbus.config_reference``). Options whose check needs more than
 a type and a range (``backends``, ``class_names``, ``tokenizer``...) declare ``kind=None`` and stay
 checked by their component; they are still documented and defaulted from here.
@@ -50,7 +50,7 @@ class Option:
     :param name: the keyword, as in the signature.
     :param default: the default (``REQUIRED`` for none). ``None`` as default also allows ``None``.
     :param allows_none: ``None`` is allowed though it is not the default (``num_samples``: every sample).
-    :param doc: one line for the README table: what it means (markdown).
+    :param doc: one line for the reference table: what it means (markdown).
     :param kind: ``int``, ``number`` (int or float), ``bool``, ``str``, ``path`` (str or
         ``os.PathLike``), ``choice`` (one of ``choices``), ``dict``; ``None``: checked by the component.
     :param minimum: the smallest value allowed (``int``, ``number``).
@@ -59,7 +59,7 @@ class Option:
     :param above: ``minimum`` itself is not allowed (``> 0`` rather than ``>= 0``).
     :param choices: the values a ``choice`` takes.
     :param unit: what a number counts, said in the error (``seconds``).
-    :param shown: the default as the README writes it, where ``repr`` is not how one would
+    :param shown: the default as the reference writes it, where ``repr`` is not how one would
         (``256 * 2**20``); it must evaluate to ``default``.
     """
 
@@ -155,7 +155,7 @@ def _one_of(choices: tuple) -> str:
 
 
 def _code(value: Any) -> str:
-    """A default as Python code, strings in double quotes as the README writes them."""
+    """A default as Python code, strings in double quotes as the reference writes them."""
     if isinstance(value, str):
         return '"' + value + '"'
     if isinstance(value, tuple):
@@ -192,7 +192,7 @@ class Options(Mapping[str, Option]):
         check_option_names(names, [*self._options, *also], where)
 
     def markdown(self) -> str:
-        """The README table: option, default, meaning."""
+        """The reference table: option, default, meaning."""
         lines = ["| option | default | meaning |", "| --- | --- | --- |"]
         lines += [f"| `{o.name}` | {o.default_markdown()} | {o.doc} |" for o in self._options.values()]
         return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Reads a local run folder back (the README's "Local run format"; tables through ``logbus.read_table``), for the tests."""
+"""Reads a local run folder back (the docs' "Local run format"; tables through ``logbus.read_table``), for the tests."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def strict_loads(text: str):
 
 def restore_nonfinite(document: dict) -> dict:
     """Puts the NaN/infinities written as null back, from the document's ``"_nonfinite"`` list of
-    ``[path, kind]`` pairs (README, "Local run format"); every listed value must be a null."""
+    ``[path, kind]`` pairs (docs, "Local run format"); every listed value must be a null."""
     for path, kind in document.pop("_nonfinite", []):
         *parents, last = path
         container = document
@@ -52,7 +52,7 @@ def assert_same_series(got, expected):
 
 
 def read_table(run_dir, key: str, step: int | None = None):
-    """The rows of table ``key`` through ``logbus.read_table`` (the store's reader, README "Local run format")."""
+    """The rows of table ``key`` through ``logbus.read_table`` (the store's reader, docs, "Local run format")."""
     import logbus
 
     return logbus.read_table(run_dir, key, step=step)

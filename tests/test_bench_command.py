@@ -1,6 +1,6 @@
 """``logbus bench`` runs the real suites (quick sizes) and reports ratios measured in that one run, each
 with its range and within-noise mark; a benchmark run of ``benchmarks/`` records its figures as data
-(``logbus.bench.results``) and the README's tables render from them (``logbus.bench.tables``)."""
+(``logbus.bench.results``) and the docs' tables render from them (``logbus.bench.tables``)."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_a_benchmark_run_writes_its_results_and_the_tables_render_from_them(tmp_
     assert lines["logbus, 32"].endswith(", within noise |") == ratio["within_noise"]
     assert f"| {rows['logbus']['rounds']} |" in lines["logbus, 32"]
     readme = f"x\n{bench_tables.BEGIN}\nstale\n{bench_tables.END}\ny\n"
-    assert bench_tables.update_readme(readme, [document]) == f"x\n{bench_tables.BEGIN}\n{rendered}\n{bench_tables.END}\ny\n"
+    assert bench_tables.update_page(readme, [document]) == f"x\n{bench_tables.BEGIN}\n{rendered}\n{bench_tables.END}\ny\n"
 
 
 def test_a_run_under_benchmark_disable_writes_no_results(tmp_path):

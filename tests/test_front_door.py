@@ -141,3 +141,24 @@ def test_make_clean_removes_every_folder_gitignore_names():
     removed = {".venv" if name == "$(VENV)" else name.rstrip("/") for name in removed}
     assert ignored - removed == {"__pycache__", "*.pyc", "tmp*"} and "-name __pycache__" in recipe
     assert removed - ignored == set()
+
+
+@pytest.mark.timeout(300)
+def test_make_test_builds_the_docs_strictly_into_an_ignored_folder(tmp_path):
+    """``make test`` runs ``make docs``: ``mkdocs build --strict`` (a broken link or anchor, a page left
+    out of the nav or a docstring that does not match its signature fails it; ``--quiet`` would hide
+    those warnings and let it pass), which leaves nothing in the tree but the ignored ``build/docs/``."""
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = re.search(r"^test:.*\n((?:\t.*\n?)+)", makefile, flags=re.M).group(1)
+    docs_recipe = re.search(r"^docs:.*\n((?:\t.*\n?)+)", makefile, flags=re.M).group(1)
+    assert "$(MAKE) --no-print-directory docs" in test_recipe
+    assert "mkdocs build --strict" in docs_recipe and "--quiet" not in docs_recipe and " -q" not in docs_recipe
+
+    tree = project_copy(tmp_path)
+    result = _run([str(BIN / "mkdocs"), "build", "--strict"], tree, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+                  timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tree / "build" / "docs" / "index.html").is_file()
+    assert (tree / "build" / "docs" / "reference" / "api" / "index.html").read_text().count("logbus.composer") > 3
+    left = git_status(tree)
+    assert left and all(line.startswith("!! build/") for line in left), left

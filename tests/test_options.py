@@ -1,6 +1,6 @@
 """``logbus.options``: an option's declaration checks values with one message format, names the
 option, tells the wrong type (``TypeError``) from a value out of range (``ValueError``), and renders
-its README row. (That the README's tables are what the declarations render is in ``test_docs.py``;
+its row of the docs' configuration reference. (That the docs' tables are what the declarations render is in ``test_docs.py``;
 the messages of every public constructor are in ``test_bad_input.py``.)"""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import pytest
 
 import logbus
-from logbus.config_reference import update_readme
+from logbus.config_reference import update_page
 from logbus.options import REQUIRED, Option, Options
 
 
@@ -67,11 +67,14 @@ def test_a_table_gives_defaults_checks_by_name_and_renders_its_rows():
         Options(Option("a", 1, ""), Option("a", 2, ""))
 
 
-def test_update_readme_rewrites_only_the_table_of_its_heading():
+def test_update_page_rewrites_only_the_table_of_its_heading():
     text = "## Configuration reference\n\n### `thing`\n\nProse.\n\n| option | default | meaning |\n| --- | --- | --- |\n" \
            "| `old` | `1` | gone |\n\nMore prose.\n\n### Other\n\n| x |\n"
-    updated = update_readme(text, {"`thing`": Options(Option("new", 2, "here"))})
+    updated = update_page(text, {"`thing`": Options(Option("new", 2, "here"))})
     assert updated == text.replace("| `old` | `1` | gone |", "| `new` | `2` | here |")
+    # The last heading of its page (no heading after it) is found too.
+    last = text[:text.index("### Other")]
+    assert update_page(last, {"`thing`": Options(Option("new", 2, "here"))}) == updated[:updated.index("### Other")]
 
 
 def test_a_wrong_type_is_a_type_error_and_still_the_value_error_it_used_to_be():
@@ -84,7 +87,7 @@ def test_a_wrong_type_is_a_type_error_and_still_the_value_error_it_used_to_be():
 
 # -- every declared option, audited ----------------------------------------------------------------
 def _numeric_options():
-    """(heading, option) for every int or number option of every table the README documents."""
+    """(heading, option) for every int or number option of every table the configuration reference documents."""
     from logbus.config_reference import reference
 
     return [(heading, option) for heading, options in reference().items() for option in options.values()

@@ -27,7 +27,7 @@ from logbus.records import REDACTED
 
 pytest_plugins = ["pytester"]
 
-FIXTURES = {"recording_backend", "register_plugin", "logbus_run", "tiny_composer_run"}  # the README's table: test_docs.py
+FIXTURES = {"recording_backend", "register_plugin", "logbus_run", "tiny_composer_run"}  # the plugin guide's table: test_docs.py
 LOSS = "loss/train/total"
 
 

@@ -1,5 +1,5 @@
 """Benchmark results as data: what a benchmark run measured, written as one JSON file per suite and
-machine kind (``benchmarks/results/<suite>-<machine kind>.json``), from which the README's benchmark
+machine kind (``benchmarks/results/<suite>-<machine kind>.json``), from which the docs' benchmark
 tables are rendered (``logbus.bench.tables``), never typed by hand.
 
 A run of ``benchmarks/`` registers :class:`ResultsCollector` (``benchmarks/conftest.py``); ``logbus

@@ -76,14 +76,14 @@ class SampleLogger(Callback):
     :param interval: log every ``interval``-th eval of each evaluator.
     :param train_interval: also log a ``samples/train`` table every ``train_interval`` training
         batches (``None``: never).
-    :param extractor_options: the extractor's own options (``class_names``, ``mean``, ``std``,
-        ``top_k``, ``tokenizer``...), given as keywords.
     :param gather_timeout: multi-process runs with a backend that keeps one run for all ranks (W&B,
         TensorBoard) only: seconds ``eval_end`` waits for this rank's table before it is left out of the
         gathered one. Keep it below the Trainer's ``dist_timeout`` (default 300): the other ranks wait
         that long in the collective.
-    :param pipeline_options: ``seed``, ``hardest_by``, ``max_pending_batches``, ``pinned_pool_bytes``,
-        ``encode_workers``, ``image_format``, ``compress_level``, ``key_prefix``.
+    :param options: keywords, each either one of the extractor's own options (``class_names``, ``mean``,
+        ``std``, ``top_k``, ``tokenizer``...) or a pipeline option (``seed``, ``hardest_by``,
+        ``max_pending_batches``, ``pinned_pool_bytes``, ``encode_workers``, ``image_format``,
+        ``compress_level``, ``key_prefix``).
 
     **Multi-process runs.** Composer gives each rank its own shard of the eval data; the policy applies
     per rank (``first`` with ``num_samples=10`` on 4 ranks: up to 10 rows from each, 40 in all;

@@ -1,6 +1,6 @@
 """The embedded default backend: a run folder anyone can read, no account, no network.
 
-Layout of ``{root}/{run}/`` (format 2, the README's "Local run format")::
+Layout of ``{root}/{run}/`` (format 2, the docs' "Local run format")::
 
     run.json            name, rank, world size, start/end time, status, exit code, format_version 2
     hparams.json        hyperparameters, secrets already redacted

@@ -1,4 +1,4 @@
-"""The names of the local store (run folder format 2, the README's "Local run format"): folders, columns,
+"""The names of the local store (run folder format 2, the docs' "Local run format"): folders, columns,
 file metadata and the Arrow types of image cells and pack rows, shared by its writer and its reader."""
 
 from __future__ import annotations

@@ -268,7 +268,7 @@ def read_metrics(runs: Runs) -> pd.DataFrame:
         with open(path, encoding="utf-8") as file:
             for text in file:
                 if not text.endswith("\n"):
-                    break  # a line cut short by a kill: never whole JSON (README, "File safety")
+                    break  # a line cut short by a kill: never whole JSON (docs, "File safety")
                 line = restore(json.loads(text))
                 row = {"step": line.pop("step", None), "time": line.pop("time", None), "_rank": rank}
                 row.update({metric_name(name): value for name, value in line.items()})

@@ -1,5 +1,5 @@
 """The local store's writer: each logged table becomes one Parquet rows file per rank, its pixels go to a
-content-addressed pack (README, "Local run format").
+content-addressed pack (docs, "Local run format").
 
 Why this shape: a file per image is what shared file systems punish (a create is a metadata round trip on
 NFS/Lustre and counts against inode quotas), so a table is at most two files (its rows, and a pack of the
@@ -9,7 +9,7 @@ every eval) is found by its content hash and referenced, not stored again.
 
 Pixels that arrive as an array are stored raw (``uint8 [H, W, C]``, or a class-id mask in its own
 dtype) and compressed per row group with zstd: on CPU at 32 px this is several times cheaper than a
-PNG per image and about as small (see the README's figures). A file that arrives encoded (``Image.path``:
+PNG per image and about as small (see the docs' benchmarks). A file that arrives encoded (``Image.path``:
 the sample pipeline's PNGs) is read at once and stored as its bytes.
 """
 
@@ -366,7 +366,7 @@ class _Read:
 
 
 def _scalar_array(cells: list, kinds: set) -> pa.Array | None:
-    """The column as one Arrow type, where its cells allow (README: all bools, all ints, all numbers, all
+    """The column as one Arrow type, where its cells allow (docs: all bools, all ints, all numbers, all
     strings; nulls anywhere); None for a column stored as JSON text."""
     if not kinds:
         return pa.nulls(len(cells))

@@ -1,4 +1,4 @@
-"""What ``logbus view`` asks of a run folder (format 2, the README's "Local run format"), answered with
+"""What ``logbus view`` asks of a run folder (format 2, the docs' "Local run format"), answered with
 ``pyarrow.dataset`` over the rows and pack files: never a loop in Python over the rows of a table.
 
 The store is read lazily and again on every question: a table's files are listed from ``rows/<key>/`` at

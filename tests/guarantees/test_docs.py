@@ -1,13 +1,18 @@
-"""The README and the docstrings say what the code does.
+"""The README, the docs pages (``docs/``, the site ``mkdocs.yml`` builds) and the docstrings say what
+the code does. A chapter is a ``##`` section of the README (the front door: install, the two commands,
+the quick starts) or a page of the docs (its ``#`` title): the checks read each where it lives.
 
-- Hooks: every hookspec has a docstring with a ``:param`` per argument, and the README's hook
-  reference and plugin guide name every hook (and no hook that does not exist).
+- Hooks: every hookspec has a docstring with a ``:param`` per argument, and the hook reference and
+  the plugin guide name every hook (and no hook that does not exist).
 - Configuration reference: each table is what the options' declarations (``logbus.options``) render,
   and lists exactly the parameters of the constructor it documents, with their real defaults, so a new
   option that is not declared, or a declared one that no longer exists, fails here. (That
   ``WandBLogger``'s signature equals Composer's is checked in ``test_composer_adapter.py``.)
-- The README's code runs or at least parses, its links lead somewhere, and the plugin example in
-  "Writing a plugin" works as written, tested with the ``logbus.testing`` fixtures it shows.
+- The README stays a front door (the two commands and the quick starts first, at most
+  ``README_MAX_LINES``; the guides and references are pages it links to). The code of the README and
+  of every page runs or at least parses, their links lead somewhere (files, and headings in the page
+  they name), and the plugin example in "Writing a plugin" works as written, tested with the
+  ``logbus.testing`` fixtures it shows.
 - Statements about behaviour are checked against the code doing it: the local run format's file
   names, what may be dropped, the close deadline's bound, where offline W&B keeps table images, and
   the wandb floor.
@@ -39,6 +44,10 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+PAGES = {path: path.read_text() for path in sorted(DOCS.rglob("*.md"))}  # the docs site's pages
+TEXTS = {ROOT / "README.md": README, **PAGES}  # every file of documentation a user reads
+README_MAX_LINES = 300  # issue 20: the front door, with everything else in the docs
 HOOKS = {name: function for name, function in vars(hookspecs).items()
          if callable(function) and hasattr(function, f"{hookspecs.PROJECT_NAME}_spec")}
 
@@ -75,7 +84,20 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
-CHAPTERS = sections(README, 2)
+def _chapters() -> tuple[dict[str, str], dict[str, Path]]:
+    """Chapter -> its text, and -> the file it is in: the README's ``##`` sections and each page (its
+    ``#`` title, then everything under it)."""
+    chapters, homes = sections(README, 2), {}
+    for path, text in PAGES.items():
+        titled = sections(text, 1)
+        assert len(titled) == 1, f"{path}: expected one '# title', got {list(titled)}"
+        for title, body in titled.items():
+            assert title not in chapters, f"{path}: chapter '{title}' is also in the README or another page"
+            chapters[title], homes[title] = body, path
+    return chapters, homes
+
+
+CHAPTERS, HOMES = _chapters()
 REFERENCE = sections(CHAPTERS["Configuration reference"], 3)
 
 
@@ -104,7 +126,7 @@ def test_the_hook_reference_has_a_section_per_hook_and_no_other():
 @pytest.mark.parametrize("chapter", ["Writing a plugin", "Hook reference"])
 def test_the_plugin_docs_name_every_hook(chapter):
     missing = [name for name in HOOKS if f"`{name}" not in CHAPTERS[chapter] and f"def {name}" not in CHAPTERS[chapter]]
-    assert not missing, f"README '{chapter}' does not mention {missing}"
+    assert not missing, f"'{chapter}' ({HOMES[chapter]}) does not mention {missing}"
 
 
 # hook -> (required protocol, optional protocol) of what its factories return
@@ -130,8 +152,8 @@ def test_every_contract_member_has_a_docstring(protocol):
 
 
 def _readme_members(text: str) -> dict[str, tuple[bool, list[str] | None]]:
-    """The bullets of a hook's README section: ``- [optional ]`name(args)```` -> (optional, [argument
-    names, defaults left out] or None for an attribute)."""
+    """The bullets of a hook's section of the hook reference: ``- [optional ]`name(args)```` ->
+    (optional, [argument names, defaults left out] or None for an attribute)."""
     members = {}
     for optional, name, call in re.findall(r"^- (optional )?`(\w+)(\(.*?\))?`", text, flags=re.M):
         arguments = [a.split("=")[0].strip() for a in call[1:-1].split(",") if a.strip()] if call else None
@@ -207,45 +229,50 @@ def test_each_reference_table_matches_the_signature(heading):
     documented = [re.fullmatch(r"`(\w+)`", row[0]).group(1) for row in rows]
     missing = [name for name in parameters if name not in documented]
     unknown = [name for name in documented if name not in parameters]
-    assert not missing and not unknown, f"README {heading}: undocumented options {missing}, options that do not exist {unknown}"
-    assert documented == list(parameters), f"README {heading}: list the options in the signature's order"
+    assert not missing and not unknown, \
+        f"reference {heading}: undocumented options {missing}, options that do not exist {unknown}"
+    assert documented == list(parameters), f"reference {heading}: list the options in the signature's order"
     for row in rows:
         name, default = re.fullmatch(r"`(\w+)`", row[0]).group(1), row[1]
         expected = parameters[name].default
         if expected is inspect.Parameter.empty:
-            assert default == "required", f"README {heading}: {name} has no default"
+            assert default == "required", f"reference {heading}: {name} has no default"
         else:
             code = re.fullmatch(r"`(.+)`", default)
-            assert code, f"README {heading}: the default of {name} should be code, got {default!r}"
-            assert eval(code.group(1), {"__builtins__": {}}) == expected, f"README {heading}: default of {name}"  # noqa: S307
+            assert code, f"reference {heading}: the default of {name} should be code, got {default!r}"
+            assert eval(code.group(1), {"__builtins__": {}}) == expected, f"reference {heading}: default of {name}"  # noqa: S307
 
 
 def test_the_reference_tables_are_what_the_declarations_render():
-    """The declarations are the source: ``python -m logbus.config_reference --update README.md`` writes these
-    tables, and a table edited by hand (or a declaration changed without rewriting it) fails here."""
+    """The declarations are the source: ``python -m logbus.config_reference --update
+    docs/reference/options.md`` writes these tables, and a table edited by hand (or a declaration changed
+    without rewriting it) fails here."""
     declared = config_reference.reference()
     assert set(declared) == set(DOCUMENTED)
     for heading, table in declared.items():
         assert REFERENCE[heading].count("| option |") == 1, heading
         rendered = "\n".join(line for line in REFERENCE[heading].splitlines() if line.startswith("|"))
-        assert rendered == table.markdown(), f"README {heading}: run python -m logbus.config_reference --update README.md"
-    assert config_reference.update_readme(README, declared) == README
+        assert rendered == table.markdown(), \
+            f"reference {heading}: run python -m logbus.config_reference --update docs/reference/options.md"
+    page = HOMES["Configuration reference"]
+    assert page == DOCS / "reference" / "options.md"  # where the Makefile, the module and the docs say
+    assert config_reference.update_page(PAGES[page], declared) == PAGES[page]
 
 
 def test_the_benchmark_tables_are_what_the_results_files_render():
-    """The results files are the source: ``python -m logbus.bench.tables --update README.md`` writes the
-    README's benchmark block from ``benchmarks/results/``, and a figure typed into it by hand (or a results
-    file recorded without rewriting it) fails here."""
+    """The results files are the source: ``python -m logbus.bench.tables --update docs/benchmarks.md``
+    writes the page's benchmark block from ``benchmarks/results/``, and a figure typed into it by hand (or
+    a results file recorded without rewriting it) fails here."""
     documents = bench_tables.load_results(ROOT / "benchmarks" / "results")
-    assert README.count(bench_tables.BEGIN) == README.count(bench_tables.END) == 1
-    assert README.index(bench_tables.BEGIN) in range(*_chapter_span("Benchmarks"))
-    assert bench_tables.update_readme(README, documents) == README, \
-        "README benchmarks: run python -m logbus.bench.tables --update README.md"
-
-
-def _chapter_span(heading: str) -> tuple[int, int]:
-    start = README.index(f"\n## {heading}\n")
-    return start, start + len(CHAPTERS[heading]) + len(heading) + 4
+    page = HOMES["Benchmarks"]
+    assert page == DOCS / "benchmarks.md" and bench_tables.BEGIN.endswith(f"--update {page.relative_to(ROOT)}` "
+                                                                           "from benchmarks/results/ -->")
+    # one block in all the documentation, in the Benchmarks chapter (the page is the chapter)
+    assert sum(text.count(bench_tables.BEGIN) for text in TEXTS.values()) == 1
+    assert sum(text.count(bench_tables.END) for text in TEXTS.values()) == 1
+    assert bench_tables.BEGIN in CHAPTERS["Benchmarks"] and bench_tables.END in CHAPTERS["Benchmarks"]
+    assert bench_tables.update_page(PAGES[page], documents) == PAGES[page], \
+        "benchmarks: run python -m logbus.bench.tables --update docs/benchmarks.md"
 
 
 def test_pipeline_options_are_the_pipelines_keywords():
@@ -271,20 +298,37 @@ def test_the_environment_variables_are_the_ones_the_code_reads():
     assert documented == read
 
 
-# -- the README as a whole -------------------------------------------------------------------------
+# -- the README and the pages as a whole -----------------------------------------------------------
+
+
+def _nav() -> list[Path]:
+    """The pages in the order of the site's navigation (``nav`` in mkdocs.yml)."""
+    config = (ROOT / "mkdocs.yml").read_text()
+    nav = config[config.index("\nnav:\n"):]
+    return [DOCS / name for name in re.findall(r"^\s+- (?:[^:\n]+: )?([\w/.-]+\.md)$", nav, flags=re.M)]
 
 
 def test_the_front_door_comes_first():
-    # What it is (the text above the first chapter), how to install it, the two commands and a quick
-    # start; then the guides and the references.
-    order = list(CHAPTERS)
-    assert order.index("Install") < order.index("The two commands") < order.index("Quick start: Composer"), order
+    # The README: what it is (the text above the first chapter), how to install it, the two commands and
+    # the quick starts; then where to go next. The guides and the references are pages of the docs, which
+    # the README links to and the site lists in this order.
+    order = list(sections(README, 2))
+    assert (order.index("Install") < order.index("The two commands") < order.index("Quick start: Composer")
+            < order.index("Quick start: migrating in one line") < order.index("Quick start: a plain PyTorch loop")
+            < order.index("Where to go next")), order
+    assert len(README.splitlines()) <= README_MAX_LINES
     assert "make demo" in CHAPTERS["The two commands"] and "make test" in CHAPTERS["The two commands"]
+    assert re.search(r"!\[[^\]]+\]\(docs/viewer/\w+\.png\)", README.split("\n## ")[0]), "what it is: a screenshot"
+    nav = _nav()
+    assert sorted(nav) == sorted(PAGES), "every page is in the site's nav, once"
     for chapter in ("Migrating from Composer's WandBLogger", "From the guide's LogPredictions to SampleLogger",
                     "Plain PyTorch loops", "W&B offline and `wandb sync`", "Writing a plugin",
                     "Configuration reference", "Hook reference"):
-        assert order.index(chapter) > order.index("Quick start: Composer"), chapter
-    assert order.index("Writing a plugin") < order.index("Configuration reference") < order.index("Hook reference")
+        page = HOMES[chapter]
+        assert f"]({page.relative_to(ROOT)})" in CHAPTERS["Where to go next"], chapter
+        assert nav.index(page) > nav.index(DOCS / "index.md"), chapter
+    assert (nav.index(HOMES["Writing a plugin"]) < nav.index(HOMES["Configuration reference"])
+            < nav.index(HOMES["Hook reference"]))
 
 
 def test_python_blocks_parse_and_toml_blocks_load():
@@ -293,21 +337,32 @@ def test_python_blocks_parse_and_toml_blocks_load():
     except ModuleNotFoundError:  # Python 3.10: the same parser is the dev extra's tomli
         import tomli as tomllib
 
-    for block in code_blocks(README, "python"):
-        compile(block, "README.md", "exec")
-    for block in code_blocks(README, "toml"):
-        tomllib.loads(block)
+    for path, text in TEXTS.items():
+        for block in code_blocks(text, "python"):
+            compile(block, str(path.relative_to(ROOT)), "exec")
+        for block in code_blocks(text, "toml"):
+            tomllib.loads(block)
+
+
+def _anchors(text: str) -> set[str]:
+    return {slug(match) for match in re.findall(r"^#+ (.+)$", _without_code(text), flags=re.M)}
 
 
 def test_links_lead_somewhere():
-    anchors = {slug(match) for match in re.findall(r"^#+ (.+)$", _without_code(README), flags=re.M)}
-    for target in re.findall(r"\]\(([^)\s]+)\)", README):
-        if target.startswith(("http://", "https://")):
-            continue
-        if target.startswith("#"):
-            assert target[1:] in anchors, f"README links to a missing heading: {target}"
-        else:
-            assert (ROOT / target).exists(), f"README links to a missing file: {target}"
+    """Relative links resolve from the file's folder, as GitHub and the site read them; a heading they
+    name is in the page they name (``mkdocs build --strict`` checks the site's own links the same way)."""
+    assert (ROOT / "README.md") in TEXTS and len(PAGES) > 10
+    for path, text in TEXTS.items():
+        name = path.relative_to(ROOT)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            assert linked.exists(), f"{name} links to a missing file: {target}"
+            if anchor:
+                assert linked in TEXTS, f"{name} links to a heading of a file that is not documentation: {target}"
+                assert anchor in _anchors(TEXTS[linked]), f"{name} links to a missing heading: {target}"
 
 
 def test_the_fixture_table_lists_the_kits_fixtures():
@@ -378,7 +433,8 @@ def test_the_local_run_format_names_the_files_the_local_backend_writes(logbus_di
 def test_no_sentence_promises_that_sample_tables_are_never_dropped():
     """Sample tables and images may be dropped under backpressure (Guarantees, and the slow-backend
     fault test); only metrics, hyperparameters, artifacts and the run's start and end never are."""
-    sentences = re.split(r"(?<=[.:;])\s+", re.sub(r"\s+", " ", _without_code(README)))
+    everything = "\n\n".join(_without_code(text) for text in TEXTS.values())
+    sentences = re.split(r"(?<=[.:;])\s+", re.sub(r"\s+", " ", everything))
     promised = [s for s in sentences if re.search(r"never (be )?dropped", s) and re.search(r"table|image|sample", s)]
     assert promised == []
     assert "Sample tables and images, per backend." in CHAPTERS["Guarantees"]
@@ -386,7 +442,7 @@ def test_no_sentence_promises_that_sample_tables_are_never_dropped():
 
 def test_the_close_deadline_is_the_one_the_readme_states():
     """A Composer run's end (``fit_end`` flush, ``close`` flush, ``post_close``) with a hung backend takes
-    the bound the README gives, computed for a short ``close_timeout``: not less (the deadline is
+    the bound the Guarantees give, computed for a short ``close_timeout``: not less (the deadline is
     waited for) and not much more."""
     import threading
     import time
@@ -428,8 +484,8 @@ def test_the_close_deadline_is_the_one_the_readme_states():
     assert healthy.finished is not None  # the healthy backend closed its run all the same
 
 
-def test_offline_table_images_are_in_the_run_folder_as_the_readme_says(wandb_offline):
-    """What the README says about an offline run: wandb stages the images of its tables under
+def test_offline_table_images_are_in_the_run_folder_as_the_docs_say(wandb_offline):
+    """What the W&B offline guide says about an offline run: wandb stages the images of its tables under
     ``$WANDB_DATA_DIR/artifacts/staging/``; once the run finished they are in the run folder's
     ``logbus-staging/``, the run file names them there, and wandb's staged copies of them are gone."""
     import numpy as np

@@ -1,4 +1,4 @@
-"""Plain ``pytest`` (the README's "Development") tests the Triton kernels, and a run that cannot test
+"""Plain ``pytest`` (the docs' "Development") tests the Triton kernels, and a run that cannot test
 them fails saying why rather than passing with them skipped.
 
 Each case is a pytest run in a subprocess, as a developer would start it, selecting one kernel test

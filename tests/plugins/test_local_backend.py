@@ -1,4 +1,4 @@
-"""The local backend's run folder, as the README's "Local run format" documents it (format 2, the packed store),
+"""The local backend's run folder, as the docs' "Local run format" documents it (format 2, the packed store),
 read back with json, pandas/pyarrow and ``logbus.read_table``."""
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def test_nan_and_infinities_are_null_with_their_kind_kept(logbus_dir):
     data = viewer_data(run_dir)
     assert data["metrics"]["loss"] == [[0, None], [1, 1.0]]  # a gap in the chart, not a missing point
     assert data["hparams"]["lr"] == 0.1 and "_nonfinite" not in data["hparams"]
-    if shutil.which("jq"):  # the README's jq line puts the kinds back
+    if shutil.which("jq"):  # the docs' jq line puts the kinds back
         recipe = "reduce (._nonfinite // [])[] as [$p, $k] (.; setpath($p; $k)) | del(._nonfinite)"
         result = subprocess.run(["jq", "-c", recipe, str(run_dir / "hparams.json")], capture_output=True, text=True,
                                 timeout=60, check=True)
