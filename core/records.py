@@ -427,9 +427,14 @@ class Image(Record):
         same height and width). Those checks cost more than the rest of a row's work there. Anything
         else must use ``Image(...)``, whose checks name the bad argument."""
         image = object.__new__(cls)
-        for name, value in (("pixels", pixels), ("path", None), ("caption", caption), ("masks", masks or {}),
-                            ("boxes", ()), ("box_class_labels", None), ("digest", digest)):
-            object.__setattr__(image, name, value)
+        set_field = object.__setattr__  # frozen: the one way in; unrolled, as a loop costs as much again
+        set_field(image, "pixels", pixels)
+        set_field(image, "path", None)
+        set_field(image, "caption", caption)
+        set_field(image, "masks", masks or {})
+        set_field(image, "boxes", ())
+        set_field(image, "box_class_labels", None)
+        set_field(image, "digest", digest)
         return image
 
     @property

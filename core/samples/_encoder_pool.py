@@ -197,12 +197,15 @@ class _PixelBatch:
     with each image's content hash. Rows refer to it by index (``InlinePixels``): pickled once for
     the whole batch, not an array per row, on its way back from the worker process."""
 
-    __slots__ = ("items", "pixels", "digests")
+    __slots__ = ("items", "pixels", "digests", "checked")
 
     def __init__(self):
         self.items: list[np.ndarray] | None = []  # until ``seal``
         self.pixels: Any = None
         self.digests: list[str] = []
+        # Whether every image is what ``records.Image`` takes (uint8 [H, W, C], C in 1/3/4), checked
+        # once for the batch: its rows' Images are then made without a check per row (``Image.unchecked``).
+        self.checked = False
 
     def seal(self) -> None:
         """Copies the images out of the (reused) buffer they were handed in, and hashes each:
@@ -211,12 +214,14 @@ class _PixelBatch:
         assert items is not None
         if len({(a.shape, a.dtype) for a in items}) == 1:
             self.pixels = np.stack(items)  # one copy, one array
+            shape = self.pixels.shape
+            self.checked = self.pixels.dtype == np.uint8 and len(shape) == 4 and shape[3] in (1, 3, 4) and 0 not in shape
         else:
             self.pixels = [np.array(a) for a in items]
         self.digests = [content_hash(a) for a in self.pixels]
 
     def __getstate__(self):
-        return None, {"items": None, "pixels": self.pixels, "digests": self.digests}
+        return None, {"items": None, "pixels": self.pixels, "digests": self.digests, "checked": self.checked}
 
 
 class InlinePixels:
@@ -228,22 +233,28 @@ class InlinePixels:
     def __init__(self, pool: "EncoderPool | None", batch: _PixelBatch, index: int):
         self._pool, self._batch, self._index = pool, batch, index
 
-    def _sealed(self) -> _PixelBatch:
+    @property
+    def batch(self) -> _PixelBatch:
+        """The batch this image is one of (copied and hashed: ``EncoderPool.flush`` has run)."""
         if self._batch.items is not None and self._pool is not None:
             self._pool.flush()
         return self._batch
 
     @property
+    def index(self) -> int:
+        return self._index
+
+    @property
     def pixels(self) -> np.ndarray:
         """uint8 ``[H, W, C]``: a view of the batch's array (read-only for the rows that share it)."""
-        return self._sealed().pixels[self._index]
+        return self.batch.pixels[self._index]
 
     @property
     def digest(self) -> str:
-        return self._sealed().digests[self._index]
+        return self.batch.digests[self._index]
 
     def __getstate__(self):
-        return None, {"_pool": None, "_batch": self._sealed(), "_index": self._index}
+        return None, {"_pool": None, "_batch": self.batch, "_index": self._index}
 
 
 class EncodedFile:

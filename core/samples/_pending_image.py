@@ -30,14 +30,19 @@ class PendingImage:
     def resolve(self) -> Image:
         handle = self.path
         if handle.path is None:  # no file made (``EncoderPool.image_files`` False): the pixels and their hash
-            pixels = handle.pixels
-            if _trusted_pixels(pixels) and all(_trusted_mask(ids, labels, pixels.shape[:2])
-                                               and check_name(name, f"image.masks[{name!r}]")
-                                               for name, (ids, labels) in self.masks.items()):
-                return Image.unchecked(pixels, handle.digest, self.caption,
+            batch, index = handle.batch, handle.index
+            caption = self.caption
+            if batch.checked and not self.masks and (caption is None or isinstance(caption, str)):
+                # The common case (classification), once per row in the training process: kept lean.
+                return Image.unchecked(batch.pixels[index], batch.digests[index], caption)
+            pixels = batch.pixels[index]
+            masks_checked = all(_trusted_mask(ids, labels, pixels.shape[:2]) and check_name(name, f"image.masks[{name!r}]")
+                                for name, (ids, labels) in self.masks.items())
+            if masks_checked and _trusted_pixels(pixels) and (caption is None or isinstance(caption, str)):
+                return Image.unchecked(pixels, batch.digests[index], self.caption,
                                        {name: Mask.unchecked(ids, labels) for name, (ids, labels) in self.masks.items()})
             # Anything the fast checks do not vouch for gets records' own checks and errors.
-            return Image(pixels=pixels, digest=handle.digest, caption=self.caption,
+            return Image(pixels=pixels, digest=batch.digests[index], caption=self.caption,
                          masks={name: Mask(ids, labels) for name, (ids, labels) in self.masks.items()})
         return Image(path=handle.result(), caption=self.caption, digest=getattr(handle, "digest", None),
                      masks={name: Mask(ids, labels, path=self.mask_files[name].result() if name in self.mask_files else None)

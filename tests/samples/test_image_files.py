@@ -175,5 +175,11 @@ def test_images_made_without_checks_are_what_the_checked_constructor_makes():
         pool.flush()
         with pytest.raises(ValueError, match="mask: class ids must be >= 0"):
             bad.resolve()
+        plain = PendingImage(pool.encode(pixels[0]))
+        not_text = PendingImage(pool.encode(pixels[1]), caption=5)  # type: ignore[arg-type]
+        pool.flush()
+        assert plain.resolve().caption is None and plain.resolve().masks == {}
+        with pytest.raises(TypeError, match="image.caption: expected str or None"):
+            not_text.resolve()
     finally:
         pool.close()
