@@ -183,3 +183,20 @@ def test_images_made_without_checks_are_what_the_checked_constructor_makes():
             not_text.resolve()
     finally:
         pool.close()
+
+
+def test_rows_a_policy_leaves_out_are_released_without_files(logbus_dir):
+    """``hardest`` keeps the top rows of the pass and releases the others as later batches beat them:
+    with no file behind their image cells there is nothing to give back, and nothing fails."""
+    offered = batches(4, count=4)
+    run = logbus.start_run("hardest", backends=["local"])
+    stream = run.samples(num_samples=5, policy="hardest")
+    offer(run, stream, offered, label="eval", steps=2)
+    stats = stream.pipeline.stats
+    assert run.finish()
+    assert stats.errors == 0 and stats.tables_logged == 2 and stats.encoded == 0, stats
+    rows = read_table(logbus_dir / "hardest", "samples/eval")
+    assert len(rows) == 10
+    expected = {content_hash(p): p for p in expected_pixels(offered)}
+    for cell, key in zip(rows.image.tolist(), rows._sample_key.tolist()):
+        np.testing.assert_array_equal(cell.to_numpy(), expected[key])
