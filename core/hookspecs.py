@@ -131,6 +131,16 @@ class BackendCapabilities(Protocol):
         table it logs."""
 
     @property
+    def needs_image_files(self) -> bool:
+        """Whether the backend reads the encoded file (``records.Image.path``) of sample-table images.
+        ``True`` or absent (the safe default for a backend that does not say): the sample pipeline
+        encodes a PNG file per image in its scratch folder, and image cells arrive as
+        ``Image(path=...)``. ``False`` (the local store, TensorBoard): a pipeline whose buses have
+        only such backends makes no file; its image cells arrive as ``Image(pixels=..., digest=...)``
+        (uint8 ``[H, W, C]`` and its ``logbus.files.content_hash``), masks as class-id arrays.
+        Read when the pipeline is joined to its buses (``place_scratch``), before the first batch."""
+
+    @property
     def run_dir(self) -> str | None:
         """The folder the run is written to, if any; ``logbus demo`` prints it after the run."""
 

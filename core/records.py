@@ -325,6 +325,16 @@ class Mask(Record):
                 raise TypeError("mask_class_labels: expected a mapping of int class id -> str label")
 
 
+    @classmethod
+    def unchecked(cls, data: np.ndarray, class_labels: Mapping[int, str] | None = None) -> "Mask":
+        """A ``Mask`` without ``__post_init__``'s checks, for a producer that checked ``data`` (a 2-D
+        array of non-negative integer ids) and ``class_labels`` itself (see ``Image.unchecked``)."""
+        mask = object.__new__(cls)
+        for name, value in (("data", data), ("class_labels", class_labels), ("path", None)):
+            object.__setattr__(mask, name, value)
+        return mask
+
+
 @dataclass(frozen=True, slots=True)
 class Box(Record):
     """An axis-aligned box in pixel coordinates."""
@@ -407,6 +417,25 @@ class Image(Record):
             raise TypeError(f"image.digest: expected a content hash (str) or None, got {type(self.digest).__name__}")
 
     droppable = True
+
+    @classmethod
+    def unchecked(cls, pixels: np.ndarray, digest: str | None = None, caption: str | None = None,
+                  masks: Mapping[str, Mask] | None = None) -> "Image":
+        """An ``Image`` of ``pixels`` without ``__post_init__``'s checks, for a producer that made the
+        array itself and checked it once for a whole batch (the sample pipeline: a view of its batch's
+        uint8 ``[N, H, W, C]`` array, C in 1/3/4, ``digest`` its ``content_hash``, ``masks`` of the
+        same height and width). Those checks cost more than the rest of a row's work there. Anything
+        else must use ``Image(...)``, whose checks name the bad argument."""
+        image = object.__new__(cls)
+        set_field = object.__setattr__  # frozen: the one way in; unrolled, as a loop costs as much again
+        set_field(image, "pixels", pixels)
+        set_field(image, "path", None)
+        set_field(image, "caption", caption)
+        set_field(image, "masks", masks or {})
+        set_field(image, "boxes", ())
+        set_field(image, "box_class_labels", None)
+        set_field(image, "digest", digest)
+        return image
 
     @property
     def nbytes(self) -> int:

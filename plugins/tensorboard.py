@@ -72,6 +72,8 @@ class TensorBoardBackend:
 
     name = "tensorboard"
     supports = frozenset({Table, Images})
+    # Table images are drawn into grids from their pixels (a file would only be decoded again).
+    needs_image_files = False
     options = Options(
         Option("log_dir", None, "the folder to point `tensorboard --logdir` at; the run goes to `<log_dir>/<run name>`; "
                "`None`: `./tensorboard_logs`, as Composer", kind="path"),

@@ -180,6 +180,8 @@ class WandBBackend:
         # nothing is staged or held for a run that would drop them.
         self.supports = frozenset({Table, Images, UserLog, *((Artifact,) if self.log_artifacts else ())})
         self.rank_zero_only = bool(rank_zero_only)
+        # wandb.Image takes a file as it is (an array it would encode itself, per image, on this thread).
+        self.needs_image_files = True
         # A record before RunStarted starts a run under the shared fallback name, as the other backends
         # do; logbus.composer.WandBLogger turns it off: its run starts at Event.INIT, on the training
         # thread, and a run started earlier on the writer would take its place.

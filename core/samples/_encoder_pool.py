@@ -31,7 +31,7 @@ try:
 except ImportError:  # Windows: no owner locks, no sweeping of stale scratch folders
     fcntl = None  # type: ignore[assignment]
 
-from logbus.files import encode_image, encode_mask
+from logbus.files import content_hash, encode_image, encode_mask
 from logbus.files._atomic import FILE_MODE
 from logbus.files._overlay import encode_mask_and_overlay
 from logbus.samples._options import PIPELINE_OPTIONS
@@ -191,13 +191,80 @@ class _Chunk:
         self.submitted = False
 
 
+class _PixelBatch:
+    """The images a host stage handed to ``encode`` of a pool that makes no files (``image_files``
+    False), as one contiguous uint8 array ``[N, H, W, C]`` (where the images share a shape; else a list)
+    with each image's content hash. Rows refer to it by index (``InlinePixels``): pickled once for
+    the whole batch, not an array per row, on its way back from the worker process."""
+
+    __slots__ = ("items", "pixels", "digests", "checked")
+
+    def __init__(self):
+        self.items: list[np.ndarray] | None = []  # until ``seal``
+        self.pixels: Any = None
+        self.digests: list[str] = []
+        # Whether every image is what ``records.Image`` takes (uint8 [H, W, C], C in 1/3/4), checked
+        # once for the batch: its rows' Images are then made without a check per row (``Image.unchecked``).
+        self.checked = False
+
+    def seal(self) -> None:
+        """Copies the images out of the (reused) buffer they were handed in, and hashes each:
+        ``hashlib`` releases the GIL for data above 2 KB (a 32x32x3 image is 3 KB)."""
+        items, self.items = self.items, None
+        assert items is not None
+        if len({(a.shape, a.dtype) for a in items}) == 1:
+            self.pixels = np.stack(items)  # one copy, one array
+            shape = self.pixels.shape
+            self.checked = self.pixels.dtype == np.uint8 and len(shape) == 4 and shape[3] in (1, 3, 4) and 0 not in shape
+        else:
+            self.pixels = [np.array(a) for a in items]
+        self.digests = [content_hash(a) for a in self.pixels]
+
+    def __getstate__(self):
+        return None, {"items": None, "pixels": self.pixels, "digests": self.digests, "checked": self.checked}
+
+
+class InlinePixels:
+    """An image cell's pixels and content hash from a pool that makes no files; ``path`` is None."""
+
+    __slots__ = ("_pool", "_batch", "_index")
+    path = None
+
+    def __init__(self, pool: "EncoderPool | None", batch: _PixelBatch, index: int):
+        self._pool, self._batch, self._index = pool, batch, index
+
+    @property
+    def batch(self) -> _PixelBatch:
+        """The batch this image is one of (copied and hashed: ``EncoderPool.flush`` has run)."""
+        if self._batch.items is not None and self._pool is not None:
+            self._pool.flush()
+        return self._batch
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """uint8 ``[H, W, C]``: a view of the batch's array (read-only for the rows that share it)."""
+        return self.batch.pixels[self._index]
+
+    @property
+    def digest(self) -> str:
+        return self.batch.digests[self._index]
+
+    def __getstate__(self):
+        return None, {"_pool": None, "_batch": self.batch, "_index": self._index}
+
+
 class EncodedFile:
     """The future path of one encoded image (a slot in a chunk)."""
 
-    __slots__ = ("_pool", "_chunk", "_index", "path")
+    __slots__ = ("_pool", "_chunk", "_index", "path", "digest")
 
     def __init__(self, pool: "EncoderPool", chunk: _Chunk, index: int, path: str):
         self._pool, self._chunk, self._index, self.path = pool, chunk, index, path
+        self.digest: str | None = None  # the content hash of an image's pixels (``encode``); None for a mask
 
     def result(self, timeout: float | None = None) -> str:
         if not self._chunk.submitted:
@@ -213,7 +280,7 @@ class EncodedFile:
 class EncoderPool:
     def __init__(self, *, workers: int = 2, image_format: str = "png", compress_level: int = 1,
                  quality: int = 90, folder: str | None = None, cache_bytes: int = SCRATCH_CACHE_BYTES,
-                 prefix: str = "", mask_files: bool = False):
+                 prefix: str = "", mask_files: bool = False, image_files: bool = True):
         # The pipeline's options, named as the user gave them (this pool also runs in the worker process).
         PIPELINE_OPTIONS.check(image_format=image_format, encode_workers=workers, scratch_cache_bytes=cache_bytes)
         self.cache_bytes = cache_bytes
@@ -223,6 +290,10 @@ class EncoderPool:
         # Whether rows' masks are encoded here too, with their overlays (``encode_mask``): only where a
         # backend links files from this folder (the local backend placed it), the only one that reads them.
         self.mask_files = mask_files
+        # Whether ``encode`` writes a file per image; False where no backend on the pipeline's buses
+        # reads files (``BackendCapabilities.needs_image_files``): pixels and their hash go back instead.
+        self.image_files = image_files
+        self._pixel_batch: _PixelBatch | None = None
         self.image_format = image_format
         self.options = {"compress_level": compress_level, "quality": quality}
         self._owned: tempfile.TemporaryDirectory[str] | None = None
@@ -272,14 +343,40 @@ class EncoderPool:
             pass
         return True
 
-    def encode(self, pixels: np.ndarray) -> "EncodedFile":
+    def set_image_files(self, image_files: bool) -> bool:
+        """Sets ``image_files`` while nothing has been handed to ``encode``; returns whether it did."""
+        with self._lock:
+            if image_files != self.image_files and (self._files or self._chunk is not None or self._pixel_batch is not None):
+                return False
+            self.image_files = image_files
+            return True
+
+    def encode(self, pixels: np.ndarray) -> "EncodedFile | InlinePixels":
         """A handle whose ``result()`` is the path of ``pixels`` (uint8 ``[H, W, C]``) encoded to a file.
 
         Images are encoded in chunks (one task per ``CHUNK`` images, not one per image): a task per
-        image costs more Python, under the GIL, than a small PNG costs to encode."""
-        digest = hashlib.blake2b(pixels.tobytes(), digest_size=16, person=str(pixels.shape).encode()[:16]).digest()
-        path = os.path.join(self.folder, self.prefix + digest.hex() + (".png" if self.image_format == "png" else ".jpg"))
-        return self._encode(pixels, path, mask=False)
+        image costs more Python, under the GIL, than a small PNG costs to encode.
+
+        A pool without ``image_files`` writes nothing: the handle (``InlinePixels``) holds the pixels,
+        copied with the rest of the batch at ``flush``, and their content hash."""
+        if pixels.ndim == 2:  # [H, W]: one channel, as records.Image takes it (and hashes it)
+            pixels = pixels[:, :, None]
+        if not self.image_files:
+            with self._lock:
+                batch = self._pixel_batch
+                if batch is None:
+                    batch = self._pixel_batch = _PixelBatch()
+                assert batch.items is not None
+                batch.items.append(pixels)
+                return InlinePixels(self, batch, len(batch.items) - 1)
+        # Named by the content hash of its pixels, which the row's Image carries (``digest``): the local
+        # store keys it by that, as it keys the same image that came as pixels, so a sample's key does
+        # not depend on whether a backend on the bus needed files.
+        digest = content_hash(pixels)
+        path = os.path.join(self.folder, self.prefix + digest + (".png" if self.image_format == "png" else ".jpg"))
+        handle = self._encode(pixels, path, mask=False)
+        handle.digest = digest
+        return handle
 
     def encode_mask(self, ids: np.ndarray, labels: Mapping[int, str] | None = None, *,
                     overlay: bool = False) -> "EncodedFile":
@@ -382,9 +479,13 @@ class EncoderPool:
                 self.deleted += 1
 
     def flush(self) -> None:
-        """Starts encoding whatever is waiting for a full chunk."""
+        """Starts encoding whatever is waiting for a full chunk (copies and hashes the pixels handed
+        since the last flush, where this pool makes no files: call it before their buffer is reused)."""
         with self._lock:
             self._submit_locked()
+            batch, self._pixel_batch = self._pixel_batch, None
+        if batch is not None:
+            batch.seal()
 
     def _submit_locked(self) -> None:
         chunk, self._chunk = self._chunk, None

@@ -560,7 +560,10 @@ class _Worker:
             message, rows, error = item
             if error is None:
                 try:
-                    rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in row] for row in rows]
+                    # Cells whose pixels come back as they are (no file made) travel unresolved: their
+                    # handles share the batch's one array, pickled once, not an array per row.
+                    rows = [[cell.resolve() if isinstance(cell, PendingImage) and cell.path.path is not None else cell
+                             for cell in row] for row in rows]
                 except Exception:  # noqa: BLE001 - an encode failed: the batch is reported as an error
                     rows, error = None, traceback.format_exc()
             try:

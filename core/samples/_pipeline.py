@@ -388,8 +388,9 @@ class SamplePipeline:
 
     def release_rows(self, rows) -> None:
         """Gives back the scratch files of ``rows`` (image cells of this pipeline's tables)."""
-        paths = [path if isinstance(path, str) else path.path for row in rows for cell in row
-                 if isinstance(cell, (Image, PendingImage)) and (path := cell.path) is not None]
+        # An image cell without a file (pixels, from a pipeline that makes none) has nothing to give back.
+        paths = [path for row in rows for cell in row if isinstance(cell, (Image, PendingImage))
+                 and (path := _file_of(cell)) is not None]
         # and the mask files the worker process wrote for them (``Mask.path``), counted the same way
         paths += [path for row in rows for cell in row if isinstance(cell, Image)
                   for mask in cell.masks.values() if (path := mask.path) is not None]
@@ -639,6 +640,20 @@ class SamplePipeline:
         self._process_options["mask_files"] = True  # that backend links mask files too (with their overlays)
         return True
 
+    def make_image_files(self, needed: bool) -> bool:
+        """Whether images become files (``needed``: a backend on the buses reads ``Image.path``,
+        ``BackendCapabilities.needs_image_files``) or go to the table as pixels with their content
+        hash, with no file made. Set before the first batch; returns False, changing nothing, once
+        the worker process has this pipeline or images were handed to the encoder."""
+        if self._host is not None and self._host.opened:
+            return False
+        if not self.encoder.set_image_files(needed):
+            return False
+        self._process_options["image_files"] = needed
+        if not needed:  # no backend reads mask files either (the local store takes the ids)
+            self._process_options["mask_files"] = False
+        return True
+
     def worker_ready(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for the worker process to be up with this pipeline's
         extractor (a benchmark's warm-up; batches never wait for it: until then they are processed on
@@ -812,15 +827,27 @@ def _record(stream) -> Any:
 
 
 def place_scratch(buses: Sequence[Any], pipeline: SamplePipeline) -> bool:
-    """Puts the pipeline's scratch folder where the first backend that asks for one (the local
-    backend: ``scratch_folder()``, on its run folders' filesystem) can link files rather than copy
-    them. Returns whether it moved; where no backend asks, or it is too late, it stays (``/dev/shm``)."""
-    for bus in buses:
-        for backend in getattr(bus, "backends", {}).values():
-            folder = getattr(backend, "scratch_folder", None)
-            if callable(folder):
-                return pipeline.keep_scratch_in(folder())
+    """Decides, before the first batch, whether the pipeline makes a file per image: only where a
+    backend on ``buses`` reads them (``needs_image_files``, True where a backend does not say). Where
+    one does, puts the scratch folder where the first backend that asks for one (``scratch_folder()``,
+    on its run folders' filesystem) can link files rather than copy them. Returns whether it moved;
+    where no backend asks, or it is too late, it stays (``/dev/shm``)."""
+    backends = [backend for bus in buses for backend in getattr(bus, "backends", {}).values()]
+    needed = any(getattr(backend, "needs_image_files", True) for backend in backends)
+    pipeline.make_image_files(needed)
+    if not needed:
+        return False
+    for backend in backends:
+        folder = getattr(backend, "scratch_folder", None)
+        if callable(folder):
+            return pipeline.keep_scratch_in(folder())
     return False
+
+
+def _file_of(cell: Image | PendingImage) -> str | None:
+    """The scratch file an image cell refers to, if it has one."""
+    path = cell.path
+    return path if path is None or isinstance(path, str) else path.path
 
 
 def cleanup_within_close(bus: Any, pipeline: SamplePipeline) -> None:

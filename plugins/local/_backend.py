@@ -57,6 +57,9 @@ class LocalBackend:
     supports = frozenset({Table, Images, Artifact})
     # Every rank writes its own folder: a run's files never mix ranks (rank_zero_only is always False).
     rank_zero_only = False
+    # The store takes pixels as they are (raw + zstd) and hashes nothing the pipeline hashed: a PNG file
+    # per sample would be encoded, created and read back for nothing.
+    needs_image_files = False
     options = Options(
         Option("root", None, "the folder runs go in (`<root>/<run name>`); `None`: `$LOGBUS_DIR`, else `./logbus_runs`",
                kind="path"),

@@ -26,6 +26,7 @@ import logbus
 from logbus.composer import LogBusLogger, SampleLogger
 from logbus.demo import DigitsCNN, digits_loaders
 from logbus.kernels import images_to_uint8_reference
+from logbus.testing import RecordingBackend
 
 DIGITS = [f"digit {i}" for i in range(10)]
 EVAL_SET_SIZE = 297  # digits_loaders: 1,797 images, 1,500 for training
@@ -410,7 +411,10 @@ def test_images_are_never_encoded_on_the_training_thread(logbus_dir, monkeypatch
     sample_logger = SampleLogger("classification", num_samples=None, worker_process=worker_process)
     # Until the worker process is up, batches are processed on threads here rather than wait for it.
     assert sample_logger.pipeline.worker_ready(120) is worker_process
-    fit(digits_classifier(), train, val, [sample_logger], max_duration="2ba", eval_interval="2ba")
+    # Beside the local store (which takes pixels, no files), a backend that does not say it needs no
+    # image files: the pipeline makes a file per image for it.
+    fit(digits_classifier(), train, val, [sample_logger], backends=("local", RecordingBackend()),
+        max_duration="2ba", eval_interval="2ba")
     stats = sample_logger.pipeline.stats
     assert (stats.batches_in_process == 0) is worker_process
     assert stats.encoded > 250

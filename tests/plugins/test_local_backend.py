@@ -23,6 +23,7 @@ import logbus
 from logbus.demo import load_digits
 from logbus.files import _strict_json as strict_json
 from logbus.records import Box, Image, Mask
+from logbus.testing import RecordingBackend
 
 
 def decode(path) -> np.ndarray:
@@ -553,20 +554,25 @@ def test_media_copies_are_whole_with_the_run_files_mode_even_when_a_partial_name
     assert sorted(p.name for p in target.parent.iterdir() if p.name.endswith(".partial")) == [stale.name]
 
 
-def test_sample_images_are_read_into_the_packs_and_the_scratch_folder_goes_at_close(logbus_dir):
-    """With the local backend on the bus, the pipeline keeps its encoded files in ``<root>/.scratch``; the
-    backend reads each file's bytes into a pack when it writes the table (no file per image in the run),
-    the run reads back, and the scratch folder goes at close."""
+@pytest.mark.parametrize("beside", [None, "a backend that needs files"])
+def test_sample_images_are_read_into_the_packs_and_the_scratch_folder_goes_at_close(logbus_dir, beside):
+    """Alone on the bus, the local backend gets pixels (no scratch file is made) and stores them raw.
+    Beside a backend that needs image files (one that does not say otherwise), the pipeline keeps its
+    encoded files in ``<root>/.scratch``, and the local backend reads each file's bytes into a pack when
+    it writes the table. Either way: no file per image in the run, the run reads back, and the scratch
+    folder goes at close."""
     images, labels = load_digits()
     images, labels = images[:8], labels[:8]
     logits = torch.nn.functional.one_hot(labels, 10).float()
-    with logbus.start_run("packed", backends=["local"]) as run:
+    backends: list = ["local"] if beside is None else ["local", RecordingBackend()]
+    with logbus.start_run("packed", backends=backends) as run:
         samples = run.samples("classification", num_samples=None, worker_process=False)
         scratch = Path(samples.pipeline.encoder.folder)
-        assert scratch.parent == logbus_dir / ".scratch"
+        assert (scratch.parent == logbus_dir / ".scratch") is (beside is not None)
         samples.add(images, labels, logits, label="val")
         samples.log("val", step=0)
         assert run.flush(60)
+        assert (samples.pipeline.encoder.encoded == 8) is (beside is not None)
     assert not scratch.exists()  # the pipeline's scratch folder is gone with the run; the run's files stay
     run_dir = logbus_dir / "packed"
     assert [path for path in store_files(run_dir) if path.startswith(("rows/", "packs/"))] == [

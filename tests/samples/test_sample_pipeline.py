@@ -22,6 +22,7 @@ from logbus.kernels import images_to_uint8_reference
 from logbus.plugins.classification import ClassificationExtractor
 from logbus.records import Metrics, RunStarted, Table
 from logbus.samples._pipeline import SamplePipeline, pipeline_for
+from logbus.testing import RecordingBackend
 
 NUM_CLASSES = 4
 CLASS_NAMES = ["cat", "dog", "owl", "yak"]
@@ -530,7 +531,8 @@ def test_scratch_space_stays_within_its_cache_across_many_evals(logbus_dir):
     import logbus
 
     cache = 4096
-    run = logbus.start_run("bounded", backends=["local"])
+    # A backend that does not say it needs no image files: the pipeline makes them (the local store alone takes pixels).
+    run = logbus.start_run("bounded", backends=["local", RecordingBackend()])
     stream = run.samples(num_samples=None, class_names=CLASS_NAMES, scratch_cache_bytes=cache)
     pipeline = stream.pipeline
     # The bound is per encoder pool: wait for the worker process's, or the first batches use the
@@ -597,8 +599,9 @@ def test_close_with_a_sample_stream_returns_within_its_timeout_and_says_what_was
     assert "1 record(s) were not delivered" in local, local  # the table it was waiting for
     pipeline._worker.join(60)
     assert not pipeline._worker.is_alive()
-    # Batch 0's host stage ran into the closed encoder; nothing after it ran.
-    assert pipeline.stats.samples_processed == 0 and pipeline.stats.tables_logged == 0
+    # Nothing after batch 0 ran. Batch 0 was inside its stages: with only the local store on the bus its
+    # host stage makes no file, so it does not run into the closed encoder, and may finish its rows.
+    assert pipeline.stats.samples_processed <= 4 and pipeline.stats.tables_logged == 0
 
 
 # -- the worker process ----------------------------------------------------------------------------
