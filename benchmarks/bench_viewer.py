@@ -34,7 +34,7 @@ ROWS = 10_000
 EVALS = 10
 ROUNDS = 15
 CLASSES = 10
-BASELINE_RSS_MB = 0.0  # the serving process after its imports (logbus imports torch), before the server
+BASELINE_RSS_MB = 0.0  # the serving process after its imports, before the server
 COLUMNS = ["id", "image", "truth", "prediction", "confidence", "correct", "loss", "flag"]
 
 
@@ -140,6 +140,9 @@ def main() -> int:
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # the child: measure this run folder
     args = parser.parse_args()
     if args.serve:
+        from logbus.cli import lean_view_process
+
+        lean_view_process()  # as `logbus view` serves: no pandas (pyarrow would load it)
         report(measure(args.serve, args.rounds))
         return 0
     with tempfile.TemporaryDirectory() as root:

@@ -14,7 +14,6 @@ the pages. A run, table, sample or pixel is named by index, key and hash in the 
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import re
@@ -41,9 +40,9 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 TRUTH, PREDICTION, CORRECT, FLAG = "truth", "prediction", "correct", "flag"
 # Decoded pixels kept in memory (bytes), least recently used first out.
 PIXEL_CACHE_BYTES = 64 << 20
-# Rows files whose sample-key column is kept in memory (about 36 bytes a row: 1,000 files of 10,000 rows
-# would be 360 MB, so the oldest go first).
-KEY_FILES_KEPT = 256
+# Rows files whose sample-key index is kept in memory (10 bytes a row: 4,096 files of 10,000 rows would
+# be 410 MB, so the oldest go first).
+KEY_FILES_KEPT = 4096
 NONFINITE_FIELD = "_nonfinite"  # the strict-JSON field listing a document's NaNs and infinities
 
 
@@ -241,42 +240,87 @@ def at_step(step: int | None) -> pc.Expression:
     return pc.field("_step").is_null() if step is None else pc.field("_step") == step
 
 
+@dataclass(frozen=True)
+class _KeyIndex:
+    """Where each sample is in one rows file: the 64-bit fingerprints of its ``_sample_key`` cells, sorted,
+    with the row group of each (10 bytes a row: 10 MB for 1,000,000 rows), and the file's footer, so a
+    lookup is a binary search and a read of the matching row groups alone, with no footer parsed again.
+    A fingerprint may collide: the rows read are matched by their full key."""
+
+    fingerprints: np.ndarray  # uint64, sorted
+    groups: np.ndarray  # uint16/uint32: the row group of each fingerprint
+    width: int  # the byte width the keys were padded to before hashing
+    metadata: pq.FileMetaData
+
+
+_FINGERPRINT_PRIME = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime, here applied 8 bytes at a time
+_FINGERPRINT_SEED = np.uint64(0xCBF29CE484222325)
+
+
+def _fingerprints(keys: np.ndarray) -> np.ndarray:
+    """Vectorised 64-bit fingerprints of fixed-width byte strings (``S<width>``, width a multiple of 8)."""
+    words = keys.view(np.uint64).reshape(len(keys), -1)
+    hashed: np.ndarray = np.full(len(keys), _FINGERPRINT_SEED, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in range(words.shape[1]):
+            hashed = (hashed ^ words[:, column]) * _FINGERPRINT_PRIME
+            hashed ^= hashed >> np.uint64(29)
+    return hashed
+
+
+def _padded(keys: np.ndarray, width: int) -> np.ndarray:
+    return keys.astype(f"S{width}")
+
+
 @functools.lru_cache(maxsize=KEY_FILES_KEPT)
-def _sample_keys_of(path: str) -> tuple[pa.Array, tuple[int, ...]]:
-    """A rows file's ``_sample_key`` column, and the first row of each row group: read once per file (a
-    finished file never changes), so a sample is found among 1,000,000 rows by comparing strings in
-    memory (milliseconds), not by decoding every file's key column again (about a second)."""
+def _key_index(path: str) -> _KeyIndex:
+    """Built once per rows file (a finished file never changes) from its ``_sample_key`` column."""
     file = pq.ParquetFile(path)
     keys = file.read(columns=["_sample_key"]).column(0).combine_chunks()
-    starts = tuple(itertools.accumulate((file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)),
-                                        initial=0))
-    return keys, starts
+    sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+    groups = np.repeat(np.arange(len(sizes), dtype=np.uint32), sizes)
+    valid = keys.is_valid().to_numpy(zero_copy_only=False)
+    texts = keys.filter(keys.is_valid()).to_numpy(zero_copy_only=False).astype(bytes)
+    width = max(8, -(-int(texts.dtype.itemsize) // 8) * 8)  # whole 8-byte words
+    fingerprints = _fingerprints(_padded(texts, width))
+    order = np.argsort(fingerprints, kind="stable")
+    kind = np.uint16 if len(sizes) <= np.iinfo(np.uint16).max else np.uint32
+    return _KeyIndex(fingerprints[order], groups[valid][order].astype(kind), width, file.metadata)
 
 
 def sample_history(table: TableFiles, sample_key: str) -> pa.Table:
     """Every row of one sample (by its stable ``_sample_key``) at every step, in step order.
 
-    Each file's key column is kept in memory once read (:func:`_sample_keys_of`); the rows found are
-    read from their row group alone. One scan of every column of every file costs a hundred times
-    more at 1,000,000 rows (measured: benchmarks/bench_viewer.py).
+    Each rows file's key index (:func:`_key_index`, built once per file) names the row groups that may
+    hold the sample; only those are read, from a footer already parsed. Scanning every file's keys
+    again costs about a second at 1,000,000 rows (measured: benchmarks/bench_viewer.py).
 
     :param table: the table's files.
     :param sample_key: the sample's ``_sample_key``."""
     schema = dataset(table.of()).schema
+    wanted = sample_key.encode("utf-8")
+    fingerprint_by_width: dict[int, np.uint64] = {}
     parts = []
     for path in dict.fromkeys(table.of()):  # a file of several steps is listed under each
-        keys, starts = _sample_keys_of(path)
-        found = np.flatnonzero(pc.fill_null(pc.equal(keys, sample_key), False).to_numpy(zero_copy_only=False))
-        if not len(found):
+        index = _key_index(path)
+        if len(wanted) > index.width:
             continue
-        file = pq.ParquetFile(path)
-        groups = np.searchsorted(starts, found, side="right") - 1
-        for group in np.unique(groups):
-            rows = file.read_row_group(int(group)).take(pa.array(found[groups == group] - starts[group]))
-            parts.append(rows.cast(pa.schema([schema.field(n) for n in rows.schema.names])))
+        if index.width not in fingerprint_by_width:
+            fingerprint_by_width[index.width] = _fingerprints(_padded(np.array([wanted]), index.width))[0]
+        fingerprint = fingerprint_by_width[index.width]
+        low = np.searchsorted(index.fingerprints, fingerprint, side="left")
+        high = np.searchsorted(index.fingerprints, fingerprint, side="right")
+        if low == high:
+            continue
+        file = pq.ParquetFile(path, metadata=index.metadata)
+        for group in np.unique(index.groups[low:high]):
+            # One thread: a row group of ~1,000 rows is read faster than its columns are handed out.
+            rows = file.read_row_group(int(group), use_threads=False)
+            parts.append(rows.filter(pc.fill_null(pc.equal(rows["_sample_key"], sample_key), False)))
     if not parts:
         return schema.empty_table()
-    history = pa.concat_tables(parts, promote_options="permissive")
+    history = pa.concat_tables(parts, promote_options="permissive")  # one eval's nulls, the next's numbers
+    history = history.cast(pa.schema([schema.field(n) for n in history.schema.names]))
     return history.sort_by([("_step", "ascending"), ("_rank", "ascending")])
 
 
