@@ -40,9 +40,10 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 TRUTH, PREDICTION, CORRECT, FLAG = "truth", "prediction", "correct", "flag"
 # Decoded pixels kept in memory (bytes), least recently used first out.
 PIXEL_CACHE_BYTES = 64 << 20
-# Rows files whose sample-key index is kept in memory (10 bytes a row: 4,096 files of 10,000 rows would
-# be 410 MB, so the oldest go first).
+# Rows files whose sample-key index is kept in memory (12 bytes a row: 4,096 files of 10,000 rows would
+# be 490 MB, so the oldest go first).
 KEY_FILES_KEPT = 4096
+OPEN_FILES_KEPT = 256  # rows files kept open for the history (each a file descriptor and its footer)
 NONFINITE_FIELD = "_nonfinite"  # the strict-JSON field listing a document's NaNs and infinities
 
 
@@ -243,14 +244,14 @@ def at_step(step: int | None) -> pc.Expression:
 @dataclass(frozen=True)
 class _KeyIndex:
     """Where each sample is in one rows file: the 64-bit fingerprints of its ``_sample_key`` cells, sorted,
-    with the row group of each (10 bytes a row: 10 MB for 1,000,000 rows), and the file's footer, so a
-    lookup is a binary search and a read of the matching row groups alone, with no footer parsed again.
-    A fingerprint may collide: the rows read are matched by their full key."""
+    with the row of each (12 bytes a row: 12 MB for 1,000,000 rows), and the first row of each row group,
+    so a lookup is a binary search and a read of the matching row groups alone. A fingerprint may
+    collide: the rows taken are matched by their full key."""
 
     fingerprints: np.ndarray  # uint64, sorted
-    groups: np.ndarray  # uint16/uint32: the row group of each fingerprint
+    rows: np.ndarray  # uint32: the row in the file of each fingerprint
+    starts: np.ndarray  # the first row of each row group
     width: int  # the byte width the keys were padded to before hashing
-    metadata: pq.FileMetaData
 
 
 _FINGERPRINT_PRIME = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime, here applied 8 bytes at a time
@@ -275,17 +276,24 @@ def _padded(keys: np.ndarray, width: int) -> np.ndarray:
 @functools.lru_cache(maxsize=KEY_FILES_KEPT)
 def _key_index(path: str) -> _KeyIndex:
     """Built once per rows file (a finished file never changes) from its ``_sample_key`` column."""
-    file = pq.ParquetFile(path)
-    keys = file.read(columns=["_sample_key"]).column(0).combine_chunks()
-    sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
-    groups = np.repeat(np.arange(len(sizes), dtype=np.uint32), sizes)
-    valid = keys.is_valid().to_numpy(zero_copy_only=False)
+    file, lock = _open_rows_file(path)
+    with lock:
+        keys = file.read(columns=["_sample_key"], use_threads=False).column(0).combine_chunks()
+        sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+    rows = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False)).astype(np.uint32)
     texts = keys.filter(keys.is_valid()).to_numpy(zero_copy_only=False).astype(bytes)
     width = max(8, -(-int(texts.dtype.itemsize) // 8) * 8)  # whole 8-byte words
     fingerprints = _fingerprints(_padded(texts, width))
     order = np.argsort(fingerprints, kind="stable")
-    kind = np.uint16 if len(sizes) <= np.iinfo(np.uint16).max else np.uint32
-    return _KeyIndex(fingerprints[order], groups[valid][order].astype(kind), width, file.metadata)
+    starts = np.cumsum([0] + sizes[:-1], dtype=np.int64)
+    return _KeyIndex(fingerprints[order], rows[order], starts, width)
+
+
+@functools.lru_cache(maxsize=OPEN_FILES_KEPT)
+def _open_rows_file(path: str) -> tuple[pq.ParquetFile, threading.Lock]:
+    """A rows file opened once, its footer parsed once (a quarter of a history's time if done per ask);
+    one reader at a time (a Parquet reader is not for concurrent reads). Closed when it falls out."""
+    return pq.ParquetFile(path), threading.Lock()
 
 
 def sample_history(table: TableFiles, sample_key: str) -> pa.Table:
@@ -312,11 +320,16 @@ def sample_history(table: TableFiles, sample_key: str) -> pa.Table:
         high = np.searchsorted(index.fingerprints, fingerprint, side="right")
         if low == high:
             continue
-        file = pq.ParquetFile(path, metadata=index.metadata)
-        for group in np.unique(index.groups[low:high]):
-            # One thread: a row group of ~1,000 rows is read faster than its columns are handed out.
-            rows = file.read_row_group(int(group), use_threads=False)
-            parts.append(rows.filter(pc.fill_null(pc.equal(rows["_sample_key"], sample_key), False)))
+        rows_in_file = np.sort(index.rows[low:high]).astype(np.int64)
+        groups = np.searchsorted(index.starts, rows_in_file, side="right") - 1
+        file, lock = _open_rows_file(path)
+        for group in np.unique(groups):
+            with lock:  # one thread: a row group of ~1,000 rows is read faster than its columns are handed out
+                rows = file.read_row_group(int(group), use_threads=False)
+            for row in rows_in_file[groups == group] - index.starts[group]:
+                found = rows.slice(int(row), 1)  # a view, no copy; then the full key, past a fingerprint collision
+                if found.column("_sample_key")[0].as_py() == sample_key:
+                    parts.append(found)
     if not parts:
         return schema.empty_table()
     history = pa.concat_tables(parts, promote_options="permissive")  # one eval's nulls, the next's numbers
