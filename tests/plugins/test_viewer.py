@@ -266,6 +266,24 @@ def test_the_command_refuses_what_is_not_a_run_folder(tmp_path, capsys):
     assert "format 1" in capsys.readouterr().err
 
 
+def test_the_viewer_process_loads_neither_pandas_nor_torch_and_the_backend_no_server(run_dir):
+    """`logbus view` answers a page with pyarrow alone (pandas is 32 MB of its RSS, torch far more); the
+    training process that imports the local backend loads no werkzeug."""
+    import sys
+
+    script = ("import sys; from logbus.cli import lean_view_process; lean_view_process(); "
+              "from werkzeug.test import Client; from logbus.plugins.local import ViewerApp; "
+              f"c = Client(ViewerApp({rank_folders(run_dir)!r})); "
+              "assert c.get('/api/rows', query_string={'key': 'samples/val', 'only': 'wrong_always'}).status_code == 200; "
+              "assert c.get('/api/runs').status_code == 200; "
+              "print(sorted(m for m in ('pandas', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", (result.stdout, result.stderr[-2000:])
+    script = "import sys, logbus.plugins.local; print('werkzeug' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
+
+
 def test_the_command_serves_until_ctrl_c(run_dir):
     """`logbus view` as a user runs it: it prints the URL, answers there, and Ctrl-C stops it cleanly."""
     import signal
