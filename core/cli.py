@@ -89,15 +89,12 @@ def lean_view_process() -> None:
     left alone where it is already loaded."""
     if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
         sys.meta_path.insert(0, _NoPandas())
-    import pyarrow
-
     # pyarrow's default allocator (mimalloc) keeps what each request thread of the server freed: peak RSS
-    # over every page of a 1,000,000-row store measured 297 MB with it, 247 MB with jemalloc (248 MB with
-    # the system's). jemalloc where this pyarrow has it, else the system's.
-    try:
-        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
-    except NotImplementedError:
-        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    # over every page of a 1,000,000-row store measured 297 MB with it, 248 MB with the system's (247 MB
+    # with jemalloc, which not every pyarrow build has). Read once, when pyarrow loads; setting the pool
+    # later (pyarrow.set_memory_pool) measured worse, 336 MB: the readers keep the pool they started with.
+    if "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
 def _bench(args: argparse.Namespace) -> int:
