@@ -8,7 +8,7 @@ instead of fetching; images are ``data:`` URIs (the server's PNG encoding of the
 images: the file loads nothing from anywhere. Labels and captions reach the page as JSON (``<`` written as
 ``\\u003c``, so no string can close the script element) and are shown with ``textContent``, as served.
 
-Rows are bounded (``max_rows`` per table, steps in order), so a run of a million rows exports a page a
+Rows are bounded (``max_rows`` per table, shared by its steps), so a run of a million rows exports a page a
 browser opens. The file is written atomically (a temp name beside it, then a rename) and only where the
 caller named it.
 """
@@ -40,7 +40,8 @@ def export(run_dirs: Sequence[str], path: str, tables: Sequence[str] | None = No
     :param tables: the table keys to export; None for every table.
     :param steps: the steps to export of each table (``None`` in it: rows logged without a step); None
         for each table's latest step.
-    :param max_rows: at most this many rows of each table (its steps in order)."""
+    :param max_rows: at most this many rows of each table, shared evenly by its steps (the first rows of
+        each step, in rank and row order; what a step lacks of its share goes to the next)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fspath(path)
@@ -69,10 +70,11 @@ def export(run_dirs: Sequence[str], path: str, tables: Sequence[str] | None = No
             schema = store.dataset(files.of()).schema
             json_columns = store.json_columns(files.of())
             budget, by_step = max_rows, {}
-            for step in chosen:
-                if budget <= 0:
-                    break
-                page, _ = store.query_rows(files, store.RowQuery(step=step, limit=budget))
+            for position, step in enumerate(chosen):
+                share = budget // (len(chosen) - position)  # the bound shared by the steps; what one lacks, the next gets
+                if share <= 0:
+                    continue
+                page, _ = store.query_rows(files, store.RowQuery(step=step, limit=share))
                 rows = _rows_json(page, json_columns)
                 budget -= len(rows)
                 by_step[store_step_name(step)] = rows

@@ -592,13 +592,13 @@ def test_toggling_segmentation_layers_changes_the_pixels(clicked, run_dir):
 # -- the exported page, opened from file:// with no server ------------------------------------------------
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory) -> Path:
-    """`logbus view --export` of the fixture run: the classification table at two evals (bounded to 60
-    rows: all 40 of step 200, the first 20 of step 300) and the segmentation table."""
+    """`logbus view --export` of the fixture run: the classification table at two evals (bounded to 70
+    rows shared by the two: the first 35 of each) and the segmentation table."""
     folder = tmp_path_factory.mktemp("export")
     target = folder / "report.html"
     before = sorted((str(p), p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
     assert cli_main(["view", *rank_folders(run_dir), "--export", str(target), "--table", "samples/val",
-                     "--table", "samples/seg", "--step", "200", "--step", "300", "--max-rows", "60"]) == 0
+                     "--table", "samples/seg", "--step", "200", "--step", "300", "--max-rows", "70"]) == 0
     assert sorted((str(p), p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before  # run folders untouched
     return target
 
@@ -632,19 +632,19 @@ def test_exported_page_opens_from_file_with_rows_images_and_escaped_labels(click
     page.goto(exported.as_uri() + "#samples?run=0&key=samples/val&step=200")
     ready(page)
     assert page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.sample)") == [
-        row["_sample_key"] for row in rows_at(run_dir, 200)]
+        row["_sample_key"] for row in rows_at(run_dir, 200)[:35]]
     widths = page.evaluate("""async () => Promise.all([...document.querySelectorAll('img.thumb')].map(async image => {
         image.loading = 'eager'; await image.decode(); return image.naturalWidth; }))""")
-    assert len(widths) == SAMPLES and all(width > 0 for width in widths)
+    assert len(widths) == 35 and all(width > 0 for width in widths)
     texts = page.locator("td").all_text_contents()
     assert any(SCRIPT in text for text in texts) and any(ONERROR in text for text in texts)  # shown as text
     assert page.evaluate("document.documentElement.dataset.pwned") is None
     page.select_option("#choose-step", "300")
     ready(page)
-    assert page.locator("tr.row").count() == 60 - SAMPLES  # the bound: 60 rows of the table, steps in order
+    assert page.locator("tr.row").count() == 35  # the bound: 70 rows of the table, shared by its two steps
     page.select_option("#filter-outcome", "wrong")
     ready(page)
-    expected = [row["_sample_key"] for row in rows_at(run_dir, 300)[:60 - SAMPLES] if not row["correct"]]
+    expected = [row["_sample_key"] for row in rows_at(run_dir, 300)[:35] if not row["correct"]]
     assert page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.sample)") == expected
     page.goto(exported.as_uri() + "#confusion?run=0&key=samples/val&step=200")
     ready(page)
