@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --export: a step to include ('none': rows logged without one; repeat for more; "
                       "default each table's latest)")
     view.add_argument("--max-rows", metavar="N", type=int, default=DEFAULT_EXPORT_ROWS,
-                      help="with --export: at most N rows of each table (default 1000)")
+                      help="with --export: at most N rows of each table, shared by its steps (default 1000)")
     view.set_defaults(func=_view)
     bench = commands.add_parser("bench",
                                 help="measure logging overhead on this machine (a few minutes; needs logbus[bench])")
