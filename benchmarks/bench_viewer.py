@@ -34,7 +34,7 @@ ROWS = 10_000
 EVALS = 10
 ROUNDS = 15
 CLASSES = 10
-BASELINE_RSS_MB = 0.0  # the serving process after its imports (logbus imports torch), before the server
+BASELINE_RSS_MB = 0.0  # the serving process after its imports, before the server
 COLUMNS = ["id", "image", "truth", "prediction", "confidence", "correct", "loss", "flag"]
 
 
@@ -62,6 +62,19 @@ def write_store(root: str, evals: int, rows: int) -> str:
     return backend.run_dir
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS: Linux's ``VmHWM``. Not ``ru_maxrss``: Linux keeps that across ``exec``, so
+    the server started by ``subprocess`` (vfork, exec) would report the store writer's peak before it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def timed(url: str) -> tuple[float, bytes]:
     start = time.perf_counter()
     with urllib.request.urlopen(url, timeout=120) as response:
@@ -75,7 +88,7 @@ def measure(run_dir: str, rounds: int) -> dict[str, list[float]]:
     from logbus.plugins.local import ViewerApp, make_viewer_server
 
     global BASELINE_RSS_MB
-    BASELINE_RSS_MB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    BASELINE_RSS_MB = peak_rss_mb()
     started = time.perf_counter()
     app = ViewerApp([run_dir])
     server = make_viewer_server(app, "127.0.0.1", 0)
@@ -128,7 +141,7 @@ def report(times: dict[str, list[float]]) -> None:
         spread = f"  ({min(ms):.0f}-{max(ms):.0f}, n={len(ms)})" if len(ms) > 1 else ""
         print(f"  {name.ljust(width)}  {statistics.median(ms):8.1f} ms{spread}")
     print(f"  {'peak RSS of the server process'.ljust(width)}  "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MB "
+          f"{peak_rss_mb():8.0f} MB "
           f"(after imports, before serving: {BASELINE_RSS_MB:.0f} MB)")
 
 
@@ -140,6 +153,9 @@ def main() -> int:
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # the child: measure this run folder
     args = parser.parse_args()
     if args.serve:
+        from logbus.cli import lean_view_process
+
+        lean_view_process()  # as `logbus view` serves: no pandas (pyarrow would load it)
         report(measure(args.serve, args.rounds))
         return 0
     with tempfile.TemporaryDirectory() as root:

@@ -86,3 +86,18 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logbus_dir: P
     _wandb_teardown()
     yield folder
     _wandb_teardown()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A test that set ``item.screenshot_on_failure`` (a callable giving a path: the browser tests) gets a
+    screenshot of what its page showed when it failed, and the failure says where the file is."""
+    outcome = yield
+    report = outcome.get_result()
+    take = getattr(item, "screenshot_on_failure", None)
+    if report.when == "call" and report.failed and take is not None:
+        try:
+            where = f"kept at {take()}"
+        except Exception as error:  # the browser itself may be what failed
+            where = f"could not be taken: {error}"
+        report.sections.append(("screenshot of the page when the test failed", where))

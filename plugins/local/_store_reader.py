@@ -12,10 +12,9 @@ import io
 import json
 import os
 from collections import OrderedDict
-from typing import Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 
 from logbus.files import metric_name, restore, safe_relpath
@@ -35,6 +34,9 @@ from logbus.plugins.local._store_format import (
     STEP,
     V1_TABLES,
 )
+
+if TYPE_CHECKING:  # pandas is imported where a frame is made: `logbus view` reads the store without it
+    import pandas as pd
 
 Runs = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 PACKS_KEPT = 8  # packs held in memory per reader (an eval's table has one or two)
@@ -168,6 +170,8 @@ def list_tables(runs: Runs) -> pd.DataFrame:
     :returns: a DataFrame with one row per table and step in a file: ``key``, ``step`` (None for
         none), ``rank``, ``rows`` and ``file`` (its path), ordered by key, step and rank.
     """
+    import pandas as pd
+
     entries = []
     for folder in run_folders(runs):
         for path in _rows_files(folder):
@@ -193,6 +197,8 @@ def read_table(runs: Runs, key: str, step: int | None = None) -> pd.DataFrame:
     :param key: the table key (``samples/val``).
     :param step: only the rows of this step; None for every step.
     """
+    import pandas as pd
+
     if not isinstance(key, str) or not key:
         raise TypeError(f"key: expected a table key (str), got {key!r}")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
@@ -258,6 +264,8 @@ def read_metrics(runs: Runs) -> pd.DataFrame:
 
     :param runs: a run folder or a list of them.
     """
+    import pandas as pd
+
     lines = []
     for folder in run_folders(runs):
         with open(os.path.join(folder, RUN_JSON), encoding="utf-8") as file:

@@ -152,7 +152,7 @@ class ViewerApp:
         if vs is not None:
             query.sample_keys = store.changed_since(table, step, vs)
         elif only == "wrong_always":
-            query.sample_keys = store.wrong_at_every_eval(table)
+            query.sample_keys = store.wrong_at_every_eval(table, step)
         page, total = store.query_rows(table, query)
         rows = _rows_json(page, store.json_columns(table.of(step)))
         if vs is not None and rows:

@@ -14,7 +14,6 @@ the pages. A run, table, sample or pixel is named by index, key and hash in the 
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import re
@@ -41,9 +40,10 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}")
 TRUTH, PREDICTION, CORRECT, FLAG = "truth", "prediction", "correct", "flag"
 # Decoded pixels kept in memory (bytes), least recently used first out.
 PIXEL_CACHE_BYTES = 64 << 20
-# Rows files whose sample-key column is kept in memory (about 36 bytes a row: 1,000 files of 10,000 rows
-# would be 360 MB, so the oldest go first).
-KEY_FILES_KEPT = 256
+# Rows files whose sample-key index is kept in memory (12 bytes a row: 4,096 files of 10,000 rows would
+# be 490 MB, so the oldest go first).
+KEY_FILES_KEPT = 4096
+OPEN_FILES_KEPT = 256  # rows files kept open for the history (each a file descriptor and its footer)
 NONFINITE_FIELD = "_nonfinite"  # the strict-JSON field listing a document's NaNs and infinities
 
 
@@ -241,42 +241,99 @@ def at_step(step: int | None) -> pc.Expression:
     return pc.field("_step").is_null() if step is None else pc.field("_step") == step
 
 
+@dataclass(frozen=True)
+class _KeyIndex:
+    """Where each sample is in one rows file: the 64-bit fingerprints of its ``_sample_key`` cells, sorted,
+    with the row of each (12 bytes a row: 12 MB for 1,000,000 rows), and the first row of each row group,
+    so a lookup is a binary search and a read of the matching row groups alone. A fingerprint may
+    collide: the rows taken are matched by their full key."""
+
+    fingerprints: np.ndarray  # uint64, sorted
+    rows: np.ndarray  # uint32: the row in the file of each fingerprint
+    starts: np.ndarray  # the first row of each row group
+    width: int  # the byte width the keys were padded to before hashing
+
+
+_FINGERPRINT_PRIME = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime, here applied 8 bytes at a time
+_FINGERPRINT_SEED = np.uint64(0xCBF29CE484222325)
+
+
+def _fingerprints(keys: np.ndarray) -> np.ndarray:
+    """Vectorised 64-bit fingerprints of fixed-width byte strings (``S<width>``, width a multiple of 8)."""
+    words = keys.view(np.uint64).reshape(len(keys), -1)
+    hashed: np.ndarray = np.full(len(keys), _FINGERPRINT_SEED, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in range(words.shape[1]):
+            hashed = (hashed ^ words[:, column]) * _FINGERPRINT_PRIME
+            hashed ^= hashed >> np.uint64(29)
+    return hashed
+
+
+def _padded(keys: np.ndarray, width: int) -> np.ndarray:
+    return keys.astype(f"S{width}")
+
+
 @functools.lru_cache(maxsize=KEY_FILES_KEPT)
-def _sample_keys_of(path: str) -> tuple[pa.Array, tuple[int, ...]]:
-    """A rows file's ``_sample_key`` column, and the first row of each row group: read once per file (a
-    finished file never changes), so a sample is found among 1,000,000 rows by comparing strings in
-    memory (milliseconds), not by decoding every file's key column again (about a second)."""
-    file = pq.ParquetFile(path)
-    keys = file.read(columns=["_sample_key"]).column(0).combine_chunks()
-    starts = tuple(itertools.accumulate((file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)),
-                                        initial=0))
-    return keys, starts
+def _key_index(path: str) -> _KeyIndex:
+    """Built once per rows file (a finished file never changes) from its ``_sample_key`` column."""
+    file, lock = _open_rows_file(path)
+    with lock:
+        keys = file.read(columns=["_sample_key"], use_threads=False).column(0).combine_chunks()
+        sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+    rows = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False)).astype(np.uint32)
+    texts = keys.filter(keys.is_valid()).to_numpy(zero_copy_only=False).astype(bytes)
+    width = max(8, -(-int(texts.dtype.itemsize) // 8) * 8)  # whole 8-byte words
+    fingerprints = _fingerprints(_padded(texts, width))
+    order = np.argsort(fingerprints, kind="stable")
+    starts = np.cumsum([0] + sizes[:-1], dtype=np.int64)
+    return _KeyIndex(fingerprints[order], rows[order], starts, width)
+
+
+@functools.lru_cache(maxsize=OPEN_FILES_KEPT)
+def _open_rows_file(path: str) -> tuple[pq.ParquetFile, threading.Lock]:
+    """A rows file opened once, its footer parsed once (a quarter of a history's time if done per ask);
+    one reader at a time (a Parquet reader is not for concurrent reads). Closed when it falls out."""
+    return pq.ParquetFile(path), threading.Lock()
 
 
 def sample_history(table: TableFiles, sample_key: str) -> pa.Table:
     """Every row of one sample (by its stable ``_sample_key``) at every step, in step order.
 
-    Each file's key column is kept in memory once read (:func:`_sample_keys_of`); the rows found are
-    read from their row group alone. One scan of every column of every file costs a hundred times
-    more at 1,000,000 rows (measured: benchmarks/bench_viewer.py).
+    Each rows file's key index (:func:`_key_index`, built once per file) names the row groups that may
+    hold the sample; only those are read, from a footer already parsed. Scanning every file's keys
+    again costs about a second at 1,000,000 rows (measured: benchmarks/bench_viewer.py).
 
     :param table: the table's files.
     :param sample_key: the sample's ``_sample_key``."""
     schema = dataset(table.of()).schema
+    wanted = sample_key.encode("utf-8")
+    fingerprint_by_width: dict[int, np.uint64] = {}
     parts = []
     for path in dict.fromkeys(table.of()):  # a file of several steps is listed under each
-        keys, starts = _sample_keys_of(path)
-        found = np.flatnonzero(pc.fill_null(pc.equal(keys, sample_key), False).to_numpy(zero_copy_only=False))
-        if not len(found):
+        index = _key_index(path)
+        if len(wanted) > index.width:
             continue
-        file = pq.ParquetFile(path)
-        groups = np.searchsorted(starts, found, side="right") - 1
+        if index.width not in fingerprint_by_width:
+            fingerprint_by_width[index.width] = _fingerprints(_padded(np.array([wanted]), index.width))[0]
+        fingerprint = fingerprint_by_width[index.width]
+        low = np.searchsorted(index.fingerprints, fingerprint, side="left")
+        high = np.searchsorted(index.fingerprints, fingerprint, side="right")
+        if low == high:
+            continue
+        rows_in_file = np.sort(index.rows[low:high]).astype(np.int64)
+        groups = np.searchsorted(index.starts, rows_in_file, side="right") - 1
+        file, lock = _open_rows_file(path)
         for group in np.unique(groups):
-            rows = file.read_row_group(int(group)).take(pa.array(found[groups == group] - starts[group]))
-            parts.append(rows.cast(pa.schema([schema.field(n) for n in rows.schema.names])))
+            with lock:  # one thread: a row group of ~1,000 rows is read faster than its columns are handed out
+                rows = file.read_row_group(int(group), use_threads=False)
+            for row in rows_in_file[groups == group] - index.starts[group]:
+                found = rows.slice(int(row), 1)  # a view, no copy; then the full key, past a fingerprint collision
+                if found.column("_sample_key")[0].as_py() == sample_key:
+                    parts.append(found)
     if not parts:
         return schema.empty_table()
-    history = pa.concat_tables(parts, promote_options="permissive")
+    history = pa.concat_tables(parts, promote_options="permissive")  # one eval's nulls, the next's numbers
+    history = history.cast(pa.schema([schema.field(n) for n in history.schema.names]))
     return history.sort_by([("_step", "ascending"), ("_rank", "ascending")])
 
 
@@ -301,22 +358,63 @@ def previous_step(table: TableFiles, step: int | None) -> int | None:
     return max(earlier)
 
 
-def wrong_at_every_eval(table: TableFiles) -> pa.Array:
-    """The sample keys that are wrong at every eval they were logged at.
+def wrong_at_every_eval(table: TableFiles, step: int | None) -> pa.Array:
+    """The sample keys at ``step`` that are wrong at every eval they were logged at.
 
-    :param table: the table's files (a classification table: it has ``correct``)."""
-    return _wrong_at_every_eval(tuple(table.of()), table.key)
+    :param table: the table's files (a classification table: it has ``correct``).
+    :param step: the eval whose samples are asked about."""
+    always = _wrong_at_every_eval(tuple(dict.fromkeys(table.of())), table.key)
+    keys = []
+    for path in dict.fromkeys(table.of(step)):
+        index = _key_index(path)
+        fingerprints = _fingerprints_by_row(index, _num_rows(path))
+        file, lock = _open_rows_file(path)
+        with lock:
+            rows = file.read(columns=["_step", "_sample_key"], use_threads=False)
+        here = pc.and_(pc.fill_null(at_step_mask(rows["_step"], step), False),
+                       pa.array(np.isin(fingerprints, always)))
+        keys.append(rows["_sample_key"].filter(here).combine_chunks())
+    return pa.concat_arrays(keys) if keys else pa.array([], pa.string())
+
+
+def at_step_mask(steps: pa.ChunkedArray, step: int | None) -> pa.ChunkedArray:
+    return pc.is_null(steps) if step is None else pc.equal(steps, step)
 
 
 @functools.lru_cache(maxsize=16)
-def _wrong_at_every_eval(paths: tuple[str, ...], key: str) -> pa.Array:
-    """Cached by the files: a new eval is a new file, so a new answer (the files themselves never change)."""
-    data = dataset(paths)
-    if CORRECT not in data.schema.names:
-        raise StoreError(f"correct: table {key!r} has no column 'correct'")
-    rows = data.to_table(columns=["_sample_key", CORRECT], filter=pc.field("_sample_key").is_valid())
-    grouped = rows.group_by("_sample_key").aggregate([(CORRECT, "any")])
-    return grouped.filter(pc.invert(pc.fill_null(grouped[f"{CORRECT}_any"], False)))["_sample_key"].combine_chunks()
+def _wrong_at_every_eval(paths: tuple[str, ...], key: str) -> np.ndarray:
+    """The fingerprints (:class:`_KeyIndex`) of the samples never right in these files: file by file, from
+    their ``correct`` column and key index, so 1,000,000 rows cost a few MB, not their keys as strings
+    (90 MB measured). Cached by the files: a new eval is a new file (the files themselves never change).
+    Two keys of one fingerprint would be taken for one sample: 64 bits make that a chance of about
+    n^2 / 2^65 (3e-12 for 10,000 samples)."""
+    seen, right = np.empty(0, np.uint64), np.empty(0, np.uint64)
+    for path in paths:
+        if CORRECT not in _schema_of(path).names:
+            raise StoreError(f"correct: table {key!r} has no column 'correct'")
+        fingerprints = _fingerprints_by_row(_key_index(path), _num_rows(path))
+        file, lock = _open_rows_file(path)
+        with lock:
+            correct = file.read(columns=[CORRECT], use_threads=False).column(0)
+        correct = pc.fill_null(correct, False).to_numpy(zero_copy_only=False)
+        valid = fingerprints != _NO_KEY
+        seen = np.union1d(seen, fingerprints[valid])
+        right = np.union1d(right, fingerprints[valid & correct])
+    return np.setdiff1d(seen, right, assume_unique=True)
+
+
+_NO_KEY = np.uint64(0)  # a row without a sample key in :func:`_fingerprints_by_row` (a real key's 0 is ignored)
+
+
+def _fingerprints_by_row(index: _KeyIndex, rows: int) -> np.ndarray:
+    by_row = np.full(rows, _NO_KEY, dtype=np.uint64)
+    by_row[index.rows] = index.fingerprints
+    return by_row
+
+
+def _num_rows(path: str) -> int:
+    file, _ = _open_rows_file(path)
+    return int(file.metadata.num_rows)
 
 
 def confusion(table: TableFiles, step: int | None, run: ViewRun) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -35,6 +36,8 @@ CLASS_NAMES = ["zero", "one", SCRIPT, "three", ONERROR]
 STEPS = (100, 200, 300)
 SAMPLES = 40
 SEG_LABELS = {0: "background", 1: "ink", 2: "<b>edge</b>"}
+# Screenshots of failed browser tests: an ignored folder (.gitignore), named in the failure.
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".pytest-artifacts" / "viewer"
 
 
 # -- a store, written by logbus itself --------------------------------------------------------------------
@@ -170,6 +173,15 @@ def test_one_sample_across_evals_and_the_flip_filters(client, run_dir):
         key_of(run_dir, i) for i in range(SAMPLES) if i % 4 == 3)
 
 
+def test_history_matches_the_whole_key_only(client, run_dir):
+    """The key index finds rows by fingerprint; what it reads is matched by the full key, so a key's
+    prefix, or the key with more after it, finds nothing."""
+    key = key_of(run_dir, 25)
+    for other in (key[:-1], key + "0", key[:8], "x" * 200):
+        assert get_json(client, "/api/history", run=0, key="samples/val", sample=other)["rows"] == []
+    assert len(get_json(client, "/api/history", run=0, key="samples/val", sample=key)["rows"]) == len(STEPS)
+
+
 def test_confusion_matrix_of_an_eval_counts_pairs_per_sample_and_per_pixel(client, run_dir):
     body = get_json(client, "/api/confusion", run=0, key="samples/val", step=100)
     counts = {(t, p): n for t, p, n in zip(body["truth"], body["prediction"], body["count"])}
@@ -254,6 +266,24 @@ def test_the_command_refuses_what_is_not_a_run_folder(tmp_path, capsys):
     assert "format 1" in capsys.readouterr().err
 
 
+def test_the_viewer_process_loads_neither_pandas_nor_torch_and_the_backend_no_server(run_dir):
+    """`logbus view` answers a page with pyarrow alone (pandas is 32 MB of its RSS, torch far more); the
+    training process that imports the local backend loads no werkzeug."""
+    import sys
+
+    script = ("import sys; from logbus.cli import lean_view_process; lean_view_process(); "
+              "from werkzeug.test import Client; from logbus.plugins.local import ViewerApp; "
+              f"c = Client(ViewerApp({rank_folders(run_dir)!r})); "
+              "assert c.get('/api/rows', query_string={'key': 'samples/val', 'only': 'wrong_always'}).status_code == 200; "
+              "assert c.get('/api/runs').status_code == 200; "
+              "print(sorted(m for m in ('pandas', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", (result.stdout, result.stderr[-2000:])
+    script = "import sys, logbus.plugins.local; print('werkzeug' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
+
+
 def test_the_command_serves_until_ctrl_c(run_dir):
     """`logbus view` as a user runs it: it prints the URL, answers there, and Ctrl-C stops it cleanly."""
     import signal
@@ -336,12 +366,24 @@ class Dom(HTMLParser):
 def open_page(chromium: str, url: str, profile: Path) -> Dom:
     result = subprocess.run([*chromium_args(chromium, profile), "--dump-dom", url], capture_output=True, text=True,
                             timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    dom = Dom(result.stdout)
-    root = dom.find(tag="html")[0]
-    assert root.get("data-viewer") == "ready", result.stdout[-3000:]
-    assert "data-pwned" not in root, "a label from the run folder ran as HTML"
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        dom = Dom(result.stdout)
+        root = dom.find(tag="html")[0]
+        assert root.get("data-viewer") == "ready", result.stdout[-3000:]
+        assert "data-pwned" not in root, "a label from the run folder ran as HTML"
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nscreenshot of the page: {screenshot(chromium, url, profile)}") from None
     return dom
+
+
+def screenshot(chromium: str, url: str, profile: Path) -> str:
+    """What ``url`` shows, kept under .pytest-artifacts/viewer/ for a look after a failure."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / (re.sub(r"[^A-Za-z0-9]+", "-", url.split("/", 3)[-1])[:80].strip("-") + ".png")
+    result = subprocess.run([*chromium_args(chromium, profile), f"--screenshot={shot}", "--window-size=1200,900", url],
+                            capture_output=True, text=True, timeout=120)
+    return str(shot) if result.returncode == 0 and shot.exists() else f"none ({result.stderr[-300:]})"
 
 
 def test_metrics_page_leads_with_the_users_groups_and_folds_logbus_and_time(chromium, server, tmp_path):
@@ -479,6 +521,14 @@ def ready(page) -> None:
 def clicked(browser_page, request):
     page, server, errors = browser_page
     errors.clear()
+
+    def failed_shot() -> str:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', request.node.name)}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        return str(shot)
+
+    request.node.screenshot_on_failure = failed_shot  # tests/conftest.py takes it and names it in the failure
     yield page, server
     shot = Path(__file__).resolve().parents[2] / "build" / "viewer-screenshots" / f"{request.node.name}.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
@@ -540,3 +590,68 @@ def test_toggling_segmentation_layers_changes_the_pixels(clicked, run_dir):
     truth, prediction = segmentation_masks()
     page.uncheck("input[data-class='1']")  # errors where the truth is ink are hidden with its class
     assert red_pixels() == int(((truth[0] != prediction[0]) & (truth[0] == 2)).sum()) * scale > 0
+
+
+# -- the exported page, opened from file:// with no server ------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> Path:
+    """`logbus view --export` of the fixture run: the classification table at two evals (bounded to 70
+    rows shared by the two: the first 35 of each) and the segmentation table."""
+    folder = tmp_path_factory.mktemp("export")
+    target = folder / "report.html"
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
+    assert cli_main(["view", *rank_folders(run_dir), "--export", str(target), "--table", "samples/val",
+                     "--table", "samples/seg", "--step", "200", "--step", "300", "--max-rows", "70"]) == 0
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before  # run folders untouched
+    return target
+
+
+def test_export_is_one_file_that_names_nothing_outside_itself(exported):
+    assert [p.name for p in exported.parent.iterdir()] == ["report.html"]  # no temp file left beside it
+    html = exported.read_text(encoding="utf-8")
+    assert not re.search(r"https?://", html)
+    assert not re.search(r"""(?:src|href)=["'](?!data:|#)""", html)  # every image a data: URI, links in-page
+    policy = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', html)
+    assert policy and unescape(policy.group(1)).startswith("default-src 'none'; script-src 'sha256-")
+    assert SCRIPT not in html and ONERROR not in html  # labels only as JSON with < escaped
+    assert html.count("<script") == 2  # the data (JSON, not run) and the page's own script
+
+
+def test_export_refuses_bad_arguments(run_dir, tmp_path, capsys):
+    folders = rank_folders(run_dir)
+    assert cli_main(["view", *folders, "--export", str(tmp_path / "a.html"), "--table", "nope"]) == 2
+    assert "table: expected keys these runs have, got ['nope']" in capsys.readouterr().err
+    assert cli_main(["view", *folders, "--export", str(tmp_path / "a.html"), "--max-rows", "0"]) == 2
+    assert "max_rows: expected at least 1, got 0" in capsys.readouterr().err
+    assert cli_main(["view", *folders, "--export", str(tmp_path / "missing" / "a.html")]) == 2
+    assert "path: no such folder" in capsys.readouterr().err
+    assert cli_main(["view", *folders, "--step", "200"]) == 2
+    assert "--table, --step and --max-rows: expected with --export" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_exported_page_opens_from_file_with_rows_images_and_escaped_labels(clicked, exported, run_dir):
+    page, _ = clicked
+    page.goto(exported.as_uri() + "#samples?run=0&key=samples/val&step=200")
+    ready(page)
+    assert page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.sample)") == [
+        row["_sample_key"] for row in rows_at(run_dir, 200)[:35]]
+    widths = page.evaluate("""async () => Promise.all([...document.querySelectorAll('img.thumb')].map(async image => {
+        image.loading = 'eager'; await image.decode(); return image.naturalWidth; }))""")
+    assert len(widths) == 35 and all(width > 0 for width in widths)
+    texts = page.locator("td").all_text_contents()
+    assert any(SCRIPT in text for text in texts) and any(ONERROR in text for text in texts)  # shown as text
+    assert page.evaluate("document.documentElement.dataset.pwned") is None
+    page.select_option("#choose-step", "300")
+    ready(page)
+    assert page.locator("tr.row").count() == 35  # the bound: 70 rows of the table, shared by its two steps
+    page.select_option("#filter-outcome", "wrong")
+    ready(page)
+    expected = [row["_sample_key"] for row in rows_at(run_dir, 300)[:35] if not row["correct"]]
+    assert page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.sample)") == expected
+    page.goto(exported.as_uri() + "#confusion?run=0&key=samples/val&step=200")
+    ready(page)
+    assert {f"2 {SCRIPT}", f"4 {ONERROR}"} <= set(page.locator("th.label").all_text_contents())
+    page.goto(exported.as_uri() + f"#sample?run=0&key=samples/seg&sample={seg_key(run_dir)}")
+    ready(page)
+    assert page.locator("#error-count").text_content() == f"{expected_seg_errors()} of 256 pixels wrong"

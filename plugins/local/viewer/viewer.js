@@ -6,6 +6,11 @@
 const SYSTEM_PREFIXES = ["logbus/", "time/"];  // logbus's own counters and Composer's time/*: folded apart
 const PAGE_SIZE = 50;
 let RUNS = null;
+// An exported page (`logbus view --export`) carries its answers as one JSON element and asks no server.
+const STATIC = (() => {
+  const node = document.getElementById("logbus-data");
+  return node ? JSON.parse(node.textContent) : null;
+})();
 
 // -- small DOM helpers --------------------------------------------------------------------------------
 function el(tag, attrs, ...children) {
@@ -25,7 +30,7 @@ function el(tag, attrs, ...children) {
 function route() {
   const hash = location.hash.slice(1);
   const [page, query] = hash.split("?");
-  return {page: page || "metrics", params: new URLSearchParams(query || "")};
+  return {page: page || (STATIC ? "samples" : "metrics"), params: new URLSearchParams(query || "")};
 }
 function link(page, params) {
   const query = new URLSearchParams();
@@ -33,6 +38,7 @@ function link(page, params) {
   return "#" + page + (query.toString() ? "?" + query.toString() : "");
 }
 async function api(path, params) {
+  if (STATIC) return staticApi(path, params || {});
   const query = new URLSearchParams();
   for (const [k, v] of Object.entries(params || {})) if (v !== undefined && v !== null && v !== "") query.set(k, v);
   const response = await fetch(path + (query.toString() ? "?" + query : ""));
@@ -58,6 +64,7 @@ function rgb(id) {
   return [(r + m) * 255, (g + m) * 255, (b + m) * 255];
 }
 function imageUrl(run, cell, asMask) {
+  if (STATIC) return STATIC.images[`${run}/${cell.pack}/${cell.hash}` + (asMask ? "?as=mask" : "")] || "";
   return `/img/${run}/${encodeURIComponent(cell.pack)}/${encodeURIComponent(cell.hash)}` + (asMask ? "?as=mask" : "");
 }
 function table(runId, key) {
@@ -67,6 +74,52 @@ function table(runId, key) {
 function labelOf(labels, id) {  // "3 cat"; just "3" where the class is named by its id
   const name = labels ? labels[id] : undefined;
   return name !== undefined && name !== null && name !== "" && String(name) !== String(id) ? `${id} ${name}` : String(id);
+}
+
+// -- the exported page's answers: the server's, from the rows it holds ----------------------------------
+function staticApi(path, params) {
+  if (path === "/api/runs") return {runs: STATIC.runs};
+  const given = name => params[name] !== undefined && params[name] !== null && params[name] !== "";
+  const key = params.key, byStep = (STATIC.rows[String(params.run || 0)] || {})[key] || {};
+  const steps = Object.keys(byStep);
+  const step = given("step") ? String(params.step) : steps[steps.length - 1];
+  const stepValue = step === "none" ? null : Number(step);
+  if (path === "/api/history") {
+    const rows = steps.flatMap(s => byStep[s]).filter(r => r._sample_key === params.sample);
+    return {key, sample: params.sample, steps: steps.map(s => s === "none" ? null : Number(s)), rows};
+  }
+  if (!(step in byStep)) throw new Error(`step: the export holds no rows of ${key} at step ${step}`);
+  let rows = byStep[step].slice();
+  if (path === "/api/confusion") {
+    if (!rows.length || !("truth" in rows[0] && "prediction" in rows[0])) throw new Error(`the export holds no confusion matrix of ${key}`);
+    const counts = new Map(), labels = {};
+    for (const r of rows) {
+      const pair = `${r.truth},${r.prediction}`;
+      counts.set(pair, (counts.get(pair) || 0) + 1);
+      if (r.truth_name) labels[r.truth] = r.truth_name;
+      if (r.prediction_name) labels[r.prediction] = r.prediction_name;
+    }
+    const pairs = [...counts.keys()].map(p => p.split(",").map(Number));
+    return {key, step: stepValue, unit: "samples", truth: pairs.map(p => p[0]), prediction: pairs.map(p => p[1]), count: [...counts.values()], labels};
+  }
+  for (const column of ["truth", "prediction"]) if (given(column)) rows = rows.filter(r => r[column] === Number(params[column]));
+  if (params.outcome === "right" || params.outcome === "wrong") rows = rows.filter(r => r.correct === (params.outcome === "right"));
+  if (given("flag")) rows = rows.filter(r => r.flag === params.flag);
+  if (given("q")) {
+    const needle = String(params.q).toLowerCase();
+    rows = rows.filter(r => Object.entries(r).some(([k, v]) => !k.startsWith("_") && typeof v === "string" && v.toLowerCase().includes(needle)));
+  }
+  if (given("sort")) {  // as the server sorts: nulls last, then rank and row
+    const column = params.sort, sign = params.desc === "1" ? -1 : 1;
+    rows.sort((a, b) => {
+      const x = a[column], y = b[column];
+      if (x === null || x === undefined) return (y === null || y === undefined) ? 0 : 1;
+      if (y === null || y === undefined) return -1;
+      return x < y ? -sign : x > y ? sign : 0;
+    });
+  }
+  const size = Number(params.size || PAGE_SIZE), offset = Number(params.page || 0) * size;
+  return {key, step: stepValue, vs: null, total: rows.length, offset, size, rows: rows.slice(offset, offset + size)};
 }
 
 // -- chooser of run, table and step, shared by the table pages ---------------------------------------
@@ -195,7 +248,7 @@ async function samplesPage(params) {
     [["", "all"], ["right", "right"], ["wrong", "wrong"]].map(([v, t]) => el("option", {value: v, selected: state.outcome === v, text: t})))));
   if (names.includes("flag")) controls.append(input("flag", "flag"));
   if (current.columns.some(c => c.type === "text")) controls.append(input("q", "search", {type: "search", size: 14}));
-  if (names.includes("prediction")) controls.append(el("label", {}, "show ", el("select", {id: "filter-only", onchange: e => go({only: e.target.value})},
+  if (names.includes("prediction") && !STATIC) controls.append(el("label", {}, "show ", el("select", {id: "filter-only", onchange: e => go({only: e.target.value})},
     [["", "every row"], ["flipped", "flipped since the previous eval"], ["wrong_always", "wrong at every eval"], ["changed", "changed since step…"]]
       .filter(([v]) => v !== "wrong_always" || names.includes("correct"))
       .map(([v, t]) => el("option", {value: v, selected: state.only === v, text: t})))));
@@ -380,7 +433,7 @@ async function confusionPage(params) {
 }
 
 // -- the page ------------------------------------------------------------------------------------------
-const PAGES = {metrics: metricsPage, samples: samplesPage, sample: samplePage, confusion: confusionPage};
+const PAGES = {metrics: STATIC ? samplesPage : metricsPage, samples: samplesPage, sample: samplePage, confusion: confusionPage};
 async function render() {
   const {page, params} = route();
   const hash = location.hash;  // what this render shows: a click's hashchange comes a moment after the click
@@ -390,7 +443,7 @@ async function render() {
   try {
     RUNS = await api("/api/runs");
     document.getElementById("runs").textContent = RUNS.runs.map(r => r.name + (r.ranks > 1 ? ` (${r.ranks} ranks)` : "")).join(" · ");
-    const view = await (PAGES[page] || metricsPage)(params);
+    const view = await (PAGES[page] || (STATIC ? samplesPage : metricsPage))(params);
     main.replaceChildren(view);
     document.documentElement.dataset.page = page;
   } catch (error) {
