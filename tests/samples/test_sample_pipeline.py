@@ -839,21 +839,49 @@ def test_rows_arrive_after_the_training_process_changes_its_working_directory(ma
         np.testing.assert_array_equal(decode(cell.path), expected[i, :, :, 0])
 
 
-def test_the_worker_process_ends_when_the_last_pipeline_closes(make_pipeline):
+_WORKER_LIFETIME_SCRIPT = """
+import time, torch
+from logbus.samples._pipeline import pipeline_for
+
+def make():
+    return pipeline_for("classification", {"class_names": ["a", "b"]}, num_samples=None)
+
+def ids(pipeline):
+    pipeline.submit(torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 0]), torch.randn(3, 2))
+    table = pipeline.end_pass("eval", step=0).result(60)
+    return [row[table.columns.index("id")] for row in table.rows]
+
+first, second = make(), make()
+assert first.worker_ready(120) and second.worker_ready(120)
+pid, worker = first.worker_pid, first._host.process.popen  # our child: poll() tells whether it has ended
+first.cleanup()
+assert worker.poll() is None, "the worker ended while the second pipeline still used it"
+assert ids(second) == [0, 1, 2]
+second.cleanup()
+deadline = time.monotonic() + 60
+while worker.poll() is None:
+    assert time.monotonic() < deadline, "the worker process outlived every pipeline"
+    time.sleep(0.01)
+third = make()
+assert third.worker_ready(120) and third.worker_pid != pid, "no new worker for the next pipeline"
+assert ids(third) == [0, 1, 2]
+third.cleanup()
+print("worker lifetime ok")
+"""
+
+
+def test_the_worker_process_ends_when_the_last_pipeline_closes(tmp_path):
     """The worker (hundreds of MB) does not outlive the runs that use it: it ends once the last
-    pipeline is cleaned up, and the next pipeline starts a new one."""
-    first, second = make_pipeline(num_samples=None), make_pipeline(num_samples=None)
-    assert first.worker_ready(120) and second.worker_ready(120)
-    pid = first.worker_pid
-    worker = first._host.process.popen  # our child: poll() tells whether it has ended
-    first.cleanup()
-    assert worker.poll() is None  # the second still uses it
-    assert column(run_pass(second, make_batches(1, 3)), "id") == [0, 1, 2]
-    second.cleanup()
-    eventually(lambda: worker.poll() is not None, "the worker process outlived every pipeline")
-    third = make_pipeline(num_samples=None)
-    assert third.worker_ready(120) and third.worker_pid != pid
-    assert column(run_pass(third, make_batches(1, 3)), "id") == [0, 1, 2]
+    pipeline is cleaned up, and the next pipeline starts a new one. In an interpreter of its own: the
+    worker is shared by every pipeline of a process, so one that another test left open here would
+    rightly keep it alive."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker_lifetime.py"
+    script.write_text(_WORKER_LIFETIME_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "worker lifetime ok" in done.stdout, done.stderr[-3000:]
 
 
 def test_a_killed_training_process_leaves_no_scratch_files_after_the_next_start(tmp_path):
