@@ -396,14 +396,8 @@ class EncoderPool:
 
     def _encode(self, pixels: np.ndarray, path: str, *, mask: Any) -> "EncodedFile":
         with self._lock:
-            self._refs[path] = self._refs.get(path, 0) + 1
-            handle = self._files.get(path)
-            # A failed write (a full scratch disk, say) is tried again, not handed to every later eval.
-            if handle is not None and not handle.failed:
-                self.reused += 1
-                size = self._unreferenced.pop(path, None)
-                if size is not None:
-                    self._unreferenced_bytes -= size
+            handle = self._refer_locked(path)
+            if handle is not None:
                 return handle
             self.encoded += 1
             if self._chunk is None:
@@ -415,19 +409,27 @@ class EncoderPool:
                 self._submit_locked()
             return handle
 
+    def _refer_locked(self, path: str) -> "EncodedFile | None":
+        """One more reference to ``path`` (under ``_lock``), and its file where this pool already has it
+        whole: taken off the unreferenced cache, counted as reused. ``None``: the caller writes it. A
+        failed write (a full scratch disk, say) is tried again, not handed to every later eval."""
+        self._refs[path] = self._refs.get(path, 0) + 1
+        handle = self._files.get(path)
+        if handle is None or handle.failed:
+            return None
+        self.reused += 1
+        size = self._unreferenced.pop(path, None)
+        if size is not None:
+            self._unreferenced_bytes -= size
+        return handle
+
     def adopt(self, path: str, data: bytes) -> str:
         """A file another rank encoded, written here as ``path`` (named by its content, in this pool's
         folder) unless this pool has it already, and counted like the files this pool encodes: the
         rows that refer to it give it back with ``release``, and it goes past the cache as theirs do
         (a gathered table's files are not kept to the end of the run). Returns ``path``."""
         with self._lock:
-            self._refs[path] = self._refs.get(path, 0) + 1
-            handle = self._files.get(path)
-            if handle is not None and not handle.failed:
-                self.reused += 1
-                size = self._unreferenced.pop(path, None)
-                if size is not None:
-                    self._unreferenced_bytes -= size
+            if self._refer_locked(path) is not None:
                 return path
             # Unknown to this pool, so nothing here deletes it meanwhile: written outside the lock.
             chunk = _Chunk()
