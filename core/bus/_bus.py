@@ -18,10 +18,11 @@ from typing import Any, Collection, Iterable, Mapping
 from logbus.bus._backend_worker import BackendStats, BackendWorker
 from logbus.bus._deferred import Deferred
 from logbus.bus._exit_hook import before_interpreter_exit
+from logbus.bus._file_copies import FileCopies
 from logbus.bus._plugin_manager import create_backend
 from logbus.hookspecs import Backend
 from logbus.options import Option, Options, names_misspelt_options
-from logbus.records import Record, RunFinished
+from logbus.records import Images, Record, RunFinished, Table
 
 log = logging.getLogger("logbus")
 _now_ns = time.perf_counter_ns
@@ -39,6 +40,8 @@ BUS_OPTIONS: Options = Options(
 _DEFAULTS = BUS_OPTIONS.defaults
 # ``timeout`` of flush() and close(): close_timeout for one call; None means close_timeout itself.
 _TIMEOUT = BUS_OPTIONS["close_timeout"].but(name="timeout", allows_none=True)
+# Records a caller emits whose image cells may name the caller's files (a sample pipeline's come deferred).
+_NAMING_FILES = frozenset({Table, Images})
 
 
 def build_backends(specs: Iterable[Any]) -> dict[str, Backend]:
@@ -99,16 +102,23 @@ class Bus:
         self.exit_code_if_interrupted = 0
         self._on_close: list = []
         self._close_deadline: float | None = None
+        self._file_copies = FileCopies()
         _close_before_interpreter_exit(self)
 
     # -- caller side -----------------------------------------------------------------------------
     def emit(self, record: Record, *, to: Collection[str] | None = None) -> None:
         """Enqueues ``record`` for every backend that supports its type and returns at once.
 
-        :param record: what to deliver.
+        :param record: what to deliver. An ``Image(path=...)`` in a ``Table`` or ``Images`` record is read
+            here: every backend stores what the file holds during this call (``ValueError`` naming
+            ``image.path`` if it cannot be read).
         :param to: names (``bus.backends``) of the only backends to offer it to; ``None``: every one.
         """
         started = _now_ns()
+        if type(record) in _NAMING_FILES and not self.closed:
+            # A file an image cell names is read now: what the caller logged is what it held during this
+            # call, whatever becomes of it once the call returns (see logbus.bus._file_copies).
+            record = self._file_copies.snapshot(record)  # type: ignore[arg-type]  # a Table or Images
         deferred = record if type(record) is Deferred else None
         if deferred is not None:
             deferred.hold()  # until every backend has been offered it: one that is done early cannot release it
@@ -188,6 +198,7 @@ class Bus:
                     worker.name, seconds, worker.undelivered,
                 )
         self._report_losses()
+        self._file_copies.close()
         for callback in self._on_close:
             try:
                 callback()
