@@ -309,17 +309,23 @@ def test_metrics_named_step_or_time_cannot_overwrite_the_lines_own_fields(logbus
 
 CAPPED_COPY = textwrap.dedent("""
     import json, resource, signal, sys
+    import numpy as np
+    from PIL import Image as PILImage
     import logbus
     from logbus.records import Image
 
     source, limit = sys.argv[1], int(sys.argv[2])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    with PILImage.open(source) as opened:
+        pixels = np.asarray(opened)
     run = logbus.start_run("capped", backends=["local"])
     run.log({"loss": 1.0}, step=0)
     run.log_table("small", ["id"], [[1]], step=0)
     assert run.flush()
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # from here on, as if the disk were full
-    run.log_table("samples", ["image"], [[Image(path=source)]], step=0)
+    # Pixels, not Image(path=source): the bus copies that file (read during the call, written by the first
+    # backend writer), and the copy, not the table, would be cut short (tests/guarantees/test_logged_files.py).
+    run.log_table("samples", ["image"], [[Image(pixels=pixels)]], step=0)
     run.log_artifact(source, "model.png", type="model")
     run.log({"loss": 0.5}, step=1)
     run.finish()
