@@ -12,7 +12,6 @@ uses the ``Run`` object rather than ``run.get_url()``, deprecated in 0.19.10 and
 from __future__ import annotations
 
 import copy
-import hashlib
 import numbers
 import os
 import re
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 import logbus
-from logbus.files import wandb_artifact_name
+from logbus.files import content_hash, wandb_artifact_name
 from logbus.options import Option, Options
 from logbus.plugins._backend_common import fallback_run_started, logs_on_this_rank, rank_run_name
 from logbus.plugins._wandb_masks import MaskFiles
@@ -601,19 +600,21 @@ def _type_signature(cell: Any, part: Any = None) -> Any:
 
 
 def _reference_identity(cell: Any) -> Any:
-    """What a reference table keeps of an image cell, as something comparable: the image's bytes
-    (hashed), caption and masks other than the per-eval one."""
+    """What a reference table keeps of an image cell, as something comparable: the image's content
+    hash (``logbus.files.content_hash``: its ``digest`` where the producer set one, as the bus does for a
+    caller's file and the sample pipeline for its own, never its path), caption and masks other than
+    the per-eval one."""
     if not isinstance(cell, Image):
         return cell
-    if cell.path is not None:
+    if cell.digest is not None:
+        content = cell.digest
+    elif cell.path is not None:
         with open(cell.path, "rb") as file:
-            content = hashlib.blake2b(file.read(), digest_size=16).digest()
+            content = content_hash(file.read())
     else:
         assert cell.pixels is not None  # an Image holds pixels or a path (records.Image checks it)
-        content = hashlib.blake2b(cell.pixels.tobytes(), digest_size=16, person=str(cell.pixels.shape).encode()[:16]).digest()
-    masks = tuple((name, mask.data.shape, str(mask.data.dtype),
-                   hashlib.blake2b(np.ascontiguousarray(mask.data).tobytes(), digest_size=16).digest(),
-                   tuple(sorted((mask.class_labels or {}).items())))
+        content = content_hash(cell.pixels)
+    masks = tuple((name, content_hash(mask.data), tuple(sorted((mask.class_labels or {}).items())))
                   for name, mask in sorted(cell.masks.items()) if name != PER_EVAL_MASK)
     return content, cell.caption, masks
 
