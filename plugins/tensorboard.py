@@ -25,6 +25,7 @@ module and must stay light.
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -210,13 +211,14 @@ class TensorBoardBackend:
         from PIL import Image as PILImage
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        with PILImage.open(path) as opened:  # reads the header only
-            image_format, (width, height), bands = opened.format, opened.size, len(opened.getbands())
-        if image_format not in _BROWSER_FORMATS:
-            self._live_writer.add_image(tag, _decode_rgb(path), global_step=step, dataformats="HWC")
-            return
-        with open(path, "rb") as file:
+        with open(path, "rb") as file:  # read once: the header and the bytes stored are the same file's
             encoded = file.read()
+        with PILImage.open(io.BytesIO(encoded)) as opened:  # parses the header only
+            image_format, (width, height), bands = opened.format, opened.size, len(opened.getbands())
+            if image_format not in _BROWSER_FORMATS:
+                rgb = np.asarray(opened.convert("RGB"))
+                self._live_writer.add_image(tag, rgb, global_step=step, dataformats="HWC")
+                return
         # The summary add_image writes, with the file's own bytes: no second encode.
         image = Summary.Image(height=height, width=width, colorspace=min(bands, 4), encoded_image_string=encoded)
         file_writer = self._live_writer.file_writer
