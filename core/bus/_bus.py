@@ -92,6 +92,8 @@ class Bus:
             for name, backend in build_backends(backends).items()
         ]
         self.backends = {worker.name: worker.backend for worker in self.workers}
+        # Record types a caller's files are read for: those some backend takes (none: nothing is read).
+        self._copies_files_of = _NAMING_FILES & frozenset().union(*(worker.supports for worker in self.workers))
         self.closed = False
         self._close_lock = threading.Lock()
         self._emitted = 0
@@ -115,7 +117,7 @@ class Bus:
         :param to: names (``bus.backends``) of the only backends to offer it to; ``None``: every one.
         """
         started = _now_ns()
-        if type(record) in _NAMING_FILES and not self.closed:
+        if type(record) in self._copies_files_of and not self.closed:
             # A file an image cell names is read now: what the caller logged is what it held during this
             # call, whatever becomes of it once the call returns (see logbus.bus._file_copies).
             record = self._file_copies.snapshot(record)  # type: ignore[arg-type]  # a Table or Images

@@ -12,10 +12,10 @@ record with its image cells pointing there, ``digest`` set. What a backend store
 
 Why read on the caller's thread: any later read leaves a window in which a file rewritten right after the
 call (a loop that saves each picture to one name and logs it) is stored with the wrong content. The read
-costs about as much as making the ``Image`` record (measured on this 2-core machine, ext4 and tmpfs: 4 µs
-for a 3 KB PNG against 4-7 µs for ``Image(path=...)``; 0.1 ms for 200 KB; 2 ms for 3 MB, the copy of its
-bytes), far less than writing the file did. A sample pipeline's files never come through here: its
-records are ``Deferred`` and its files are its own, content-named and immutable.
+costs a few µs for a small file (a 3 KB PNG: about 5 µs, as much as making its ``Image(path=...)``), then
+in proportion to its size; the copy, the costlier part (a file created), is written on a backend's
+thread (``benchmarks/logged_files.py`` measures both). A sample pipeline's files never come through
+here: its records are ``Deferred`` and its files are its own, content-named and immutable.
 
 The copies live in one temporary folder per bus (``logbus-files-*`` under ``tempfile.gettempdir()``), each
 deleted once every backend is done with the records that name it (``Deferred.on_released``), the folder
@@ -33,7 +33,7 @@ import threading
 from typing import Any, Iterator
 
 from logbus.bus._deferred import Deferred, LazyFuture
-from logbus.files import content_hash, write_bytes_atomic
+from logbus.files import content_hash
 from logbus.records import Image, Images, Record, Table
 
 __all__ = ["FileCopies"]
@@ -43,6 +43,8 @@ __all__ = ["FileCopies"]
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _LARGE_READ = 1 << 20
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_FILE_MODE = 0o644  # before the umask, as every file logbus writes
 
 
 class FileCopies:
@@ -110,7 +112,7 @@ class FileCopies:
                 self._folder = tempfile.mkdtemp(prefix="logbus-files-")
             path = os.path.join(self._folder, name)
             if name not in self._users:
-                write_bytes_atomic(path, data)  # whole or not at all; under the lock: a second user waits for it
+                _write(path, data)  # under the lock: a second record of the same bytes waits for it
                 self._users[name] = 0
             self._users[name] += 1
             named.append(name)
@@ -148,15 +150,32 @@ def _read(path: str) -> bytes:
         descriptor = os.open(path, _READ_FLAGS)
         try:
             size = os.fstat(descriptor).st_size
-            parts = [os.read(descriptor, size + 1)]  # one read for a file that does not grow meanwhile
-            while parts[-1]:
-                parts.append(os.read(descriptor, _LARGE_READ))
+            parts = [os.read(descriptor, size + 1)]  # the whole file, unless it grows meanwhile
+            while more := os.read(descriptor, _LARGE_READ):
+                parts.append(more)
         finally:
             os.close(descriptor)
     except OSError as error:
         raise ValueError(f"image.path: expected a readable encoded image file, got {path!r} "
                          f"({type(error).__name__}: {error.strerror or error})") from error
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # no second copy of the bytes
+
+
+def _write(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path``, in plain system calls (a temporary name and a rename would cost more
+    than the write: no reader knows the name before this returns). A write cut short (a full disk)
+    leaves no file."""
+    descriptor = os.open(path, _WRITE_FLAGS, _FILE_MODE)
+    try:
+        written = 0
+        with memoryview(data) as view:
+            while written < len(data):
+                written += os.write(descriptor, view[written:])
+    except BaseException:
+        os.close(descriptor)
+        _remove(path)
+        raise
+    os.close(descriptor)
 
 
 def _remove(path: str) -> None:
