@@ -93,7 +93,7 @@ class Backend(Protocol):
         metric values may be tensors (``logbus.records.as_float`` reads them). An image cell's
         ``Image.path`` names a file that logbus owns and never changes (a caller's own file is copied
         during its log call, named by its content hash, ``Image.digest``; a sample pipeline's are its
-        own): read or copy it here, never keep the path, as it is deleted once every backend is done
+        own): read or copy it here, never keep the path, as it may be deleted once every backend is done
         with the record.
 
         An exception is caught by the bus, reported once and counted; after ``failure_limit``
