@@ -195,3 +195,19 @@ def test_a_copy_that_cannot_be_written_loses_its_table_counted_and_the_run_goes_
     run_dir = logbus_dir / "capped"
     assert logbus.read_metrics(run_dir)["loss"].tolist() == [1.0, 0.5]
     assert logbus.read_table(run_dir, "samples").empty
+
+
+def test_no_file_is_read_where_no_backend_takes_tables_or_images(tmp_path):
+    from logbus.bus import Bus
+
+    source = tmp_path / "gone.png"
+    source.write_bytes(png("red"))
+    image = Image(path=str(source))
+    source.unlink()  # reading it would raise: nothing does
+    class MetricsOnly(RecordingBackend):
+        supports = frozenset()  # metrics and the run's boundaries only
+
+    recorder = MetricsOnly()
+    bus = Bus([recorder])
+    bus.emit(Images("skipped", [image], step=0))
+    assert bus.close() and recorder.types() == []
