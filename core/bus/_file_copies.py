@@ -1,14 +1,15 @@
 """A caller's encoded image files (``Image(path=...)``), read at the log call and handed to the backends as
 logbus's own copies.
 
-A ``Table`` or ``Images`` record that a caller emits names files the caller owns. Backends read them on
-their writer threads, after the call has returned: by then the caller may have rewritten a file in place
-(``PIL.Image.save`` to the same name at every eval) or replaced it (a new file renamed onto it), and every
-backend stored the new picture under the old step. So the bus reads each such file during ``emit``, on the
-caller's thread, and the first backend writer to reach the record writes those bytes to a file of logbus's
-own, named by its content hash (``logbus.files.content_hash``) and never changed; every backend gets the
-record with its image cells pointing there, ``digest`` set. What a backend stores, and what it hands on
-(wandb takes a file path), is then what the file held during the call, the same bytes for every backend.
+A ``Table`` or ``Images`` record that a caller emits names files the caller owns. A backend handles the
+record on its writer thread, after the call has returned: by then the caller may have rewritten a file in
+place (``PIL.Image.save`` to the same name at every eval) or replaced it (a new file renamed onto it), and
+a backend reading the caller's file stores the new picture under the old step (every built-in backend did).
+So the bus reads each such file during ``emit``, on the caller's thread, and the first backend writer to
+reach the record writes those bytes to a file of logbus's own, named by its content hash
+(``logbus.files.content_hash``) and never changed; every backend gets the record with its image cells
+pointing there, ``digest`` set. What a backend stores, and what it hands on (wandb takes a file path), is
+then what the file held during the call, the same bytes for every backend.
 
 Why read on the caller's thread: any later read leaves a window in which a file rewritten right after the
 call (a loop that saves each picture to one name and logs it) is stored with the wrong content. The read
@@ -41,9 +42,9 @@ __all__ = ["FileCopies"]
 # A copy keeps the extension of the caller's file (wandb.Image takes the format from it), when it is a
 # plain one; otherwise it has none (readers sniff the bytes).
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _LARGE_READ = 1 << 20
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _FILE_MODE = 0o644  # before the umask, as every file logbus writes
 
 
