@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from logbus.files import content_hashes
+from logbus.records import ColumnRows, ImageColumn, MaskColumn
 from logbus.samples._pending_image import PendingImage
 
 Encode = Callable[[np.ndarray], Any]
@@ -24,6 +26,31 @@ class ClassificationHostStage:
     def __init__(self, class_names: Mapping[int, str] | None, top_k: int):
         self.class_names = class_names
         self.top_k = top_k
+
+    def host_columns(self, fields: dict[str, np.ndarray]) -> ColumnRows | None:
+        """The rows of ``host_stage`` as columns, where no image becomes a file: whole-batch numpy and one
+        hash call per image (``hashlib`` releases the GIL), no Python object per cell. None where the
+        images are not what ``records.Image`` takes (``host_stage`` then says why, cell by cell)."""
+        images = _image_column(fields, "image")
+        if images is None:
+            return None
+        truth, prediction = (np.asarray(fields[k], np.int64) for k in ("truth", "prediction"))
+        finite = np.asarray(fields["finite"], bool)
+        data: dict[str, Any] = {
+            "id": np.asarray(fields["sample_id"], np.int64), "image": images, "truth": truth,
+            "prediction": prediction, "confidence": np.asarray(fields["confidence"], np.float64),
+            "correct": finite & (truth == prediction), "loss": np.asarray(fields["loss"], np.float64),
+            "flag": np.where(finite, "", "nonfinite").tolist()}
+        columns = ["id", "image", "truth", "prediction", "confidence", "correct", "loss", "flag"]
+        if self.top_k > 1:
+            columns.append("top_k")
+            data["top_k"] = [", ".join(f"{self._name(int(c))}:{p:.3f}" for c, p in zip(classes, probs) if c >= 0)
+                             for classes, probs in zip(fields["topk_indices"].tolist(), fields["topk_probs"].tolist())]
+        if self.class_names:
+            columns += ["truth_name", "prediction_name"]
+            data["truth_name"] = [self._name(c) for c in truth.tolist()]
+            data["prediction_name"] = [self._name(c) if c >= 0 else "" for c in prediction.tolist()]
+        return ColumnRows(columns, data, len(truth))
 
     def host_stage(self, fields: dict[str, np.ndarray], encode: Encode) -> list[list]:
         # Whole columns to Python objects at once: per-element numpy indexing costs more than the rest.
@@ -53,6 +80,23 @@ class SegmentationHostStage:
     def __init__(self, class_names: Mapping[int, str] | None):
         self.class_names = class_names
 
+    def host_columns(self, fields: dict[str, np.ndarray]) -> ColumnRows | None:
+        """The rows of ``host_stage`` as columns (see ``ClassificationHostStage.host_columns``); None where
+        the images or masks are not what ``records.Image`` and ``records.Mask`` take."""
+        images = _image_column(fields, "image")
+        masks = {name: _mask_column(fields, field, fields["image"].shape[1:3] if images is not None else None,
+                                    self.class_names)
+                 for name, field in (("ground_truth", "truth"), ("prediction", "prediction"))}
+        if images is None or any(mask is None for mask in masks.values()):
+            return None
+        images = ImageColumn(images.pixels, images.digests, masks)  # type: ignore[arg-type]
+        data = {"id": np.asarray(fields["sample_id"], np.int64), "image": images,
+                "pixel_accuracy": np.asarray(fields["pixel_accuracy"], np.float64),
+                "loss": np.asarray(fields["loss"], np.float64),
+                "confidence": np.asarray(fields["confidence"], np.float64),
+                "flag": np.where(np.asarray(fields["finite"], bool), "", "nonfinite").tolist()}
+        return ColumnRows(list(data), data, len(data["id"]))
+
     def host_stage(self, fields: dict[str, np.ndarray], encode: Encode) -> list[list]:
         rows = []
         for i in range(len(fields["sample_id"])):
@@ -63,3 +107,29 @@ class SegmentationHostStage:
                          float(fields["pixel_accuracy"][i]), None if math.isnan(loss) else loss,
                          float(fields["confidence"][i]), "" if finite else "nonfinite"])
         return rows
+
+
+def _image_column(fields: dict[str, np.ndarray], name: str) -> ImageColumn | None:
+    """The batch's images (field ``name``: ``[N, H, W, C]``, or ``[N, H, W]``) hashed where they lie; the
+    column names the field, and the training process fills in its copy (``ColumnRows.fill``). None where
+    they are not uint8 with 1, 3 or 4 channels."""
+    images = fields[name]
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3, 4) or 0 in images.shape[1:]:
+        return None
+    return ImageColumn(name, content_hashes(images))
+
+
+def _mask_column(fields: dict[str, np.ndarray], name: str, shape: tuple[int, ...] | None,
+                 labels: Mapping[int, str] | None) -> MaskColumn | None:
+    """The batch's class-id masks (field ``name``, ``[N, H, W]``) hashed where they lie (see
+    ``_image_column``); None where they are not non-negative integer ids of the images' height and width."""
+    ids = fields[name]
+    if shape is None or ids.ndim != 3 or ids.shape[1:] != shape or ids.dtype.kind not in "iu":
+        return None
+    if ids.dtype.kind == "i" and ids.size and ids.min() < 0:
+        return None
+    if labels is not None and not all(isinstance(k, int) and isinstance(v, str) for k, v in labels.items()):
+        return None
+    return MaskColumn(name, content_hashes(ids), labels)

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from logbus.records import ColumnRows
 from logbus.samples._shared_pool import SharedPool
 from logbus.samples._worker_protocol import (
     Batch,
@@ -61,7 +62,7 @@ SHARED_WAIT_SECONDS = 60.0  # how long a batch waits for a free shared buffer be
 STOP_SECONDS = 10.0  # a stopped worker that has not ended by then (hung, SIGSTOPped) is killed
 
 # on_done(rows, error text): rows on success; error text on failure; both None: lost with the process.
-Done = Callable[[list | None, str | None], None]
+Done = Callable[[list | ColumnRows | None, str | None], None]
 
 
 class _Process:
@@ -245,8 +246,10 @@ class _Process:
                     entry = self._in_flight.pop(message.number, None)
                 if entry is not None:
                     pool, buffer, on_done = entry
-                    pool.release(buffer)
-                    on_done(message.rows, message.error)
+                    try:  # before the buffer is reused: rows made as columns copy their pixels out of it
+                        on_done(message.rows, message.error)
+                    finally:
+                        pool.release(buffer)
         try:
             connection.close()
         except OSError:
@@ -392,9 +395,19 @@ class HostStage:
         buffer = self.shared.acquire(offset, timeout=wait)
         if buffer is None:
             return Sent.FULL
-        for field, array in zip(layout, fields.values()):
-            np.copyto(np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset), array)
-        sent = self.process.submit(self.key, self._generation, self.shared, buffer, tuple(layout), on_done)
+        views: dict[str, np.ndarray] = {field.name: np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset)
+                 for field in layout}
+        for view, array in zip(views.values(), fields.values()):
+            np.copyto(view, array)
+
+        def done(rows: list | ColumnRows | None, error: str | None) -> None:
+            # Rows made as columns name the fields that hold their pixels (ColumnRows.fill): copied out here.
+            try:
+                on_done(rows.fill(views) if isinstance(rows, ColumnRows) else rows, error)
+            finally:
+                views.clear()  # no view of the buffer outlives its use: a buffer with views cannot be closed
+
+        sent = self.process.submit(self.key, self._generation, self.shared, buffer, tuple(layout), done)
         if sent is not Sent.SENT:
             self.shared.release(buffer)
         return sent
@@ -539,7 +552,12 @@ class _Worker:
             fields: dict[str, np.ndarray] = {
                 field.name: np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset)
                 for field in message.fields}
-            rows = host_part.host_stage(fields, encoder.encode)
+            # Where no image becomes a file, a host part that offers it makes the batch's rows as columns:
+            # an array a column, pickled as such, with no Python object per cell on either side.
+            host_columns = getattr(host_part, "host_columns", None)
+            rows = host_columns(fields) if callable(host_columns) and not encoder.image_files else None
+            if rows is None:
+                rows = host_part.host_stage(fields, encoder.encode)
             if encoder.mask_files:
                 _encode_masks(rows, encoder)
             # Host stages copy what they keep (encode copies the pixels): the training process
@@ -558,7 +576,7 @@ class _Worker:
             if item is None:
                 return
             message, rows, error = item
-            if error is None:
+            if error is None and not isinstance(rows, ColumnRows):
                 try:
                     # Cells whose pixels come back as they are (no file made) travel unresolved: their
                     # handles share the batch's one array, pickled once, not an array per row.

@@ -44,7 +44,7 @@ import torch
 from logbus.bus import Deferred
 from logbus.files import check_key, check_name
 from logbus.hookspecs import Extractor
-from logbus.records import Image, Table
+from logbus.records import ColumnRows, Image, Table
 from logbus.samples._encoder_pool import EncoderPool
 from logbus.samples._host_process import HostStage
 from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
@@ -80,6 +80,9 @@ class _Pass:
 
     policy: SamplingPolicy
     rows: dict[int, list] = field(default_factory=dict)
+    # Batches whose rows came back as columns (the worker process, where no image becomes a file): sample
+    # ids and rows, kept whole until the table is made.
+    columns: list[tuple[np.ndarray, ColumnRows]] = field(default_factory=list)
     outstanding: int = 0  # batches handed to the worker process whose rows have not come back
     given_up: bool = False  # the worker process stopped answering: rows still coming are not this table's
 
@@ -388,6 +391,8 @@ class SamplePipeline:
 
     def release_rows(self, rows) -> None:
         """Gives back the scratch files of ``rows`` (image cells of this pipeline's tables)."""
+        if isinstance(rows, ColumnRows):  # made where no image becomes a file: nothing to give back
+            return
         # An image cell without a file (pixels, from a pipeline that makes none) has nothing to give back.
         paths = [path for row in rows for cell in row if isinstance(cell, (Image, PendingImage))
                  and (path := _file_of(cell)) is not None]
@@ -696,6 +701,22 @@ class SamplePipeline:
             rows[sample_id] = row
         self._count(samples_processed=len(new_rows))
 
+    def _column_table(self, state: _Pass, kept: Any, in_pass_order: bool) -> ColumnRows | None:
+        """The pass's rows as one ``ColumnRows``, where every batch came back as columns (None: not so):
+        the policy's kept rows, in pass order where it keeps that order, by whole-array operations."""
+        if state.rows or not state.columns or list(state.columns[0][1].columns) != list(self.extractor.columns):
+            return None
+        ids = np.concatenate([ids for ids, _ in state.columns])
+        if len(np.unique(ids)) != len(ids):  # a sample twice (the latest wins, as rows do): the row path
+            return None
+        order: np.ndarray = np.arange(len(ids))
+        if kept is not None:
+            order = order[np.isin(ids, np.fromiter(kept, np.int64, len(kept)))]
+        if in_pass_order:
+            order = order[np.argsort(ids[order], kind="stable")]
+        rows = ColumnRows.concat([part for _, part in state.columns])
+        return rows if len(order) == len(ids) and (order == np.arange(len(ids))).all() else rows.take(order)
+
     def _rows_arrived(self, state: _Pass, ids: list[int], rows: list | None, error: str | None) -> None:
         """From the worker process's receiver thread: one batch's rows, its error, or its loss."""
         with self._arrived:
@@ -703,7 +724,10 @@ class SamplePipeline:
                 if rows is not None:
                     self.release_rows(rows)
                 return
-            if rows is not None:
+            if isinstance(rows, ColumnRows):
+                state.columns.append((np.asarray(ids, np.int64), rows))
+                self._count(samples_processed=len(rows))
+            elif rows is not None:
                 state.rows.update(zip(ids, rows))
                 self._count(samples_processed=len(rows))
             elif error is not None:
@@ -750,13 +774,17 @@ class SamplePipeline:
                 self._to_host_stage(fields, None, state, keeps=policy.keeps)
         self._wait_for_worker(state)
         kept = policy.kept()
-        ids = [i for i in rows if kept is None or i in kept]
-        if kept is not None:  # converted, then evicted by a later winner: their files are not needed
-            self.release_rows([rows[i] for i in rows if i not in kept])
-        if policy.rows_in_pass_order:
-            ids.sort()
-        table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]
         columns = self.extractor.columns
+        table_rows: Sequence[Sequence[Any]] | None = self._column_table(state, kept, policy.rows_in_pass_order)
+        if table_rows is None:
+            for ids_part, part in state.columns:  # rows made as columns and as rows in one pass: all as rows
+                rows.update(zip(ids_part.tolist(), part.rows()))
+            ids = [i for i in rows if kept is None or i in kept]
+            if kept is not None:  # converted, then evicted by a later winner: their files are not needed
+                self.release_rows([rows[i] for i in rows if i not in kept])
+            if policy.rows_in_pass_order:
+                ids.sort()
+            table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]
         # "id" is the sample's place in the eval pass: the same sample at every eval of a fixed eval
         # set (a backend checks the content before it refers to an earlier eval's images).
         table = Table(f"{self.key_prefix}/{label}", columns, table_rows, step,
