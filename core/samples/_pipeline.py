@@ -97,6 +97,7 @@ class _CpuBatch:
     targets: Any
     outputs: Any
     sample_ids: np.ndarray
+    buffer: Any = None  # the pool buffer the tensors are views of (given back after the device stage), or None
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,41 @@ class SamplePipeline:
         # GIL; the caller may refill its tensors at once), and their device stage runs on the pipeline's
         # thread (torch ops, likewise), which hands the host fields to the worker process: the worker
         # imports no torch.
-        self._queue.put(_QueuedBatch(nbytes, state, _copy_rows(inputs, targets, outputs, chosen, first_id)))
+        self._queue.put(_QueuedBatch(nbytes, state, self._copy_rows(inputs, targets, outputs, chosen, first_id)))
+
+    def _copy_rows(self, inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, chosen: list[int] | None,
+                   first_id: int) -> _CpuBatch:
+        """The ``chosen`` rows of a CPU batch (all of them for ``None``) copied into a buffer of the pool,
+        reused from batch to batch: a fresh tensor a batch (freed later on another thread) costs the
+        training thread a page fault every 4 KB, several times the copy itself."""
+        batch_size = outputs.shape[0]
+        sample_ids: np.ndarray
+        if chosen is None or chosen == list(range(batch_size)):
+            rows = [t.detach() for t in (inputs, targets, outputs)]
+            sample_ids = np.arange(first_id, first_id + batch_size, dtype=np.int64)
+        else:
+            if chosen == list(range(len(chosen))):  # "first": a prefix, no index tensor
+                rows = [t.detach()[:len(chosen)] for t in (inputs, targets, outputs)]
+            else:
+                index = torch.tensor(chosen, dtype=torch.long)
+                rows = [t.detach().index_select(0, index) for t in (inputs, targets, outputs)]  # copies already
+            sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
+        layout, offset = [], 0
+        for tensor in rows:
+            nbytes = tensor.numel() * tensor.element_size()
+            layout.append((tensor, offset, nbytes))
+            offset += (nbytes + 15) // 16 * 16  # every view aligned for its dtype
+        buffer = self.pinned.acquire(offset, timeout=0) if all(t.device.type == "cpu" for t in rows) else None
+        if buffer is None:  # larger than the whole budget (processed in parts later), or not plain CPU tensors
+            copies = [t if t.data_ptr() != source.data_ptr() else t.clone() for t, source in
+                      zip(rows, (inputs, targets, outputs))]
+            return _CpuBatch(copies[0], copies[1], copies[2], sample_ids)
+        views = []
+        for tensor, start, nbytes in layout:
+            view = buffer[start:start + nbytes].view(tensor.dtype).view(tensor.shape)
+            view.copy_(tensor)
+            views.append(view)
+        return _CpuBatch(views[0], views[1], views[2], sample_ids, buffer)
 
     def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> _Issued:
         """On the training thread, for a CUDA batch: launches (never waits for) the side stream's work
@@ -511,8 +546,9 @@ class SamplePipeline:
         if isinstance(item, _QueuedBatch):
             self._batches_done += 1
             self._give_back_room(item.nbytes)
-            if type(item.work) is _CopiedToHost:
-                self.pinned.release(item.work.buffer)
+            work = item.work
+            if isinstance(work, (_CopiedToHost, _CpuBatch)) and work.buffer is not None:
+                self.pinned.release(work.buffer)
         else:
             self._passes_done += 1
             self._count(tables_dropped=1)
@@ -529,7 +565,11 @@ class SamplePipeline:
 
     def _process_batch(self, state: _Pass, work: _CpuBatch | _Issued) -> None:
         if type(work) is _CpuBatch:  # its device stage runs here (torch ops, without the GIL)
-            self._device_stage(state, work)
+            try:
+                self._device_stage(state, work)
+            finally:
+                if work.buffer is not None:
+                    self.pinned.release(work.buffer)
         elif type(work) is _DeviceStageFailed:
             raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work.traceback}")
         elif type(work) is _CopiedToHost:
@@ -791,24 +831,6 @@ class SamplePipeline:
                       join_key="id" if "id" in columns else None)
         self._count(rows_logged=len(table_rows), tables_logged=1)
         future.set_result(table)
-
-
-def _copy_rows(inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, chosen: list[int] | None,
-               first_id: int) -> _CpuBatch:
-    """The ``chosen`` rows of a CPU batch (all of them for ``None``) as tensors of their own."""
-    batch_size = outputs.shape[0]
-    sample_ids: np.ndarray
-    if chosen is None or chosen == list(range(batch_size)):
-        rows = [t.detach().clone() for t in (inputs, targets, outputs)]
-        sample_ids = np.arange(first_id, first_id + batch_size, dtype=np.int64)
-    else:
-        if chosen == list(range(len(chosen))):  # "first": a prefix, no index tensor
-            rows = [t.detach()[:len(chosen)].clone() for t in (inputs, targets, outputs)]
-        else:
-            index = torch.tensor(chosen, dtype=torch.long)
-            rows = [t.detach().index_select(0, index) for t in (inputs, targets, outputs)]
-        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
-    return _CpuBatch(inputs=rows[0], targets=rows[1], outputs=rows[2], sample_ids=sample_ids)
 
 
 def default_encode_workers() -> int:

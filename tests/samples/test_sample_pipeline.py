@@ -1130,3 +1130,17 @@ def test_a_batch_refilled_in_place_after_submit_logs_what_was_offered(make_pipel
     assert column(table, "truth") == truths
     for i, cell in enumerate(column(table, "image")):
         np.testing.assert_array_equal(decode(cell.path), offered[i, :, :, 0])
+
+
+def test_the_pinned_pool_reuses_free_buffers_of_other_sizes():
+    """Buffers of several sizes come back to the pool (CPU batches of every size are staged in it): taking
+    the smallest one that fits must not compare tensors element by element (``list.remove`` does)."""
+    from logbus.samples._pinned_pool import PinnedPool
+
+    pool = PinnedPool(1 << 20)
+    small, large = pool.acquire(1000), pool.acquire(4000)
+    pool.release(large)
+    pool.release(small)
+    assert pool.acquire(2000) is large
+    assert pool.acquire(10) is small
+    assert pool.held_bytes == 5000
