@@ -18,6 +18,7 @@ from logbus.records import ColumnRows, ImageColumn, MaskColumn
 from logbus.samples._pending_image import PendingImage
 
 Encode = Callable[[np.ndarray], Any]
+Hashes = Callable[[np.ndarray], list]  # a batch's content hashes, a row each (logbus.files.content_hashes)
 
 
 class ClassificationHostStage:
@@ -27,11 +28,12 @@ class ClassificationHostStage:
         self.class_names = class_names
         self.top_k = top_k
 
-    def host_columns(self, fields: dict[str, np.ndarray]) -> ColumnRows | None:
-        """The rows of ``host_stage`` as columns, where no image becomes a file: whole-batch numpy and one
-        hash call per image (``hashlib`` releases the GIL), no Python object per cell. None where the
-        images are not what ``records.Image`` takes (``host_stage`` then says why, cell by cell)."""
-        images = _image_column(fields, "image")
+    def host_columns(self, fields: dict[str, np.ndarray], hashes: Hashes = content_hashes) -> ColumnRows | None:
+        """The rows of ``host_stage`` as columns, where no image becomes a file: whole-batch numpy and
+        ``hashes`` of the images (``content_hashes``, or the encoder pool's, on its threads), no Python
+        object per cell. None where the images are not what ``records.Image`` takes (``host_stage`` then
+        says why, cell by cell)."""
+        images = _image_column(fields, "image", hashes)
         if images is None:
             return None
         truth, prediction = (np.asarray(fields[k], np.int64) for k in ("truth", "prediction"))
@@ -80,12 +82,12 @@ class SegmentationHostStage:
     def __init__(self, class_names: Mapping[int, str] | None):
         self.class_names = class_names
 
-    def host_columns(self, fields: dict[str, np.ndarray]) -> ColumnRows | None:
+    def host_columns(self, fields: dict[str, np.ndarray], hashes: Hashes = content_hashes) -> ColumnRows | None:
         """The rows of ``host_stage`` as columns (see ``ClassificationHostStage.host_columns``); None where
         the images or masks are not what ``records.Image`` and ``records.Mask`` take."""
-        images = _image_column(fields, "image")
+        images = _image_column(fields, "image", hashes)
         masks = {name: _mask_column(fields, field, fields["image"].shape[1:3] if images is not None else None,
-                                    self.class_names)
+                                    self.class_names, hashes)
                  for name, field in (("ground_truth", "truth"), ("prediction", "prediction"))}
         if images is None or any(mask is None for mask in masks.values()):
             return None
@@ -109,7 +111,7 @@ class SegmentationHostStage:
         return rows
 
 
-def _image_column(fields: dict[str, np.ndarray], name: str) -> ImageColumn | None:
+def _image_column(fields: dict[str, np.ndarray], name: str, hashes: Hashes) -> ImageColumn | None:
     """The batch's images (field ``name``: ``[N, H, W, C]``, or ``[N, H, W]``) hashed where they lie; the
     column names the field, and the training process fills in its copy (``ColumnRows.fill``). None where
     they are not uint8 with 1, 3 or 4 channels."""
@@ -118,11 +120,11 @@ def _image_column(fields: dict[str, np.ndarray], name: str) -> ImageColumn | Non
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3, 4) or 0 in images.shape[1:]:
         return None
-    return ImageColumn(name, content_hashes(images))
+    return ImageColumn(name, hashes(images))
 
 
 def _mask_column(fields: dict[str, np.ndarray], name: str, shape: tuple[int, ...] | None,
-                 labels: Mapping[int, str] | None) -> MaskColumn | None:
+                 labels: Mapping[int, str] | None, hashes: Hashes) -> MaskColumn | None:
     """The batch's class-id masks (field ``name``, ``[N, H, W]``) hashed where they lie (see
     ``_image_column``); None where they are not non-negative integer ids of the images' height and width."""
     ids = fields[name]
@@ -132,4 +134,4 @@ def _mask_column(fields: dict[str, np.ndarray], name: str, shape: tuple[int, ...
         return None
     if labels is not None and not all(isinstance(k, int) and isinstance(v, str) for k, v in labels.items()):
         return None
-    return MaskColumn(name, content_hashes(ids), labels)
+    return MaskColumn(name, hashes(ids), labels)

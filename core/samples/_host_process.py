@@ -555,7 +555,7 @@ class _Worker:
             # Where no image becomes a file, a host part that offers it makes the batch's rows as columns:
             # an array a column, pickled as such, with no Python object per cell on either side.
             host_columns = getattr(host_part, "host_columns", None)
-            rows = host_columns(fields) if callable(host_columns) and not encoder.image_files else None
+            rows = host_columns(fields, encoder.hashes) if callable(host_columns) and not encoder.image_files else None
             if rows is None:
                 rows = host_part.host_stage(fields, encoder.encode)
             if encoder.mask_files:
