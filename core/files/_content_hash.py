@@ -39,6 +39,8 @@ def content_hashes(arrays: np.ndarray) -> list[str]:
     :param arrays: a batch, first dimension the rows.
     """
     arrays = np.ascontiguousarray(arrays)
+    if len(arrays) == 0:
+        return []
     start = hashlib.sha256(f"{arrays.shape[1:]}{arrays.dtype.str}".encode())
     flat = arrays.reshape(len(arrays), -1).view(np.uint8)
     hashes = []
