@@ -13,7 +13,7 @@ import torch
 
 from logbus.kernels import images_to_uint8, segmentation_mask
 from logbus.options import Option, Options
-from logbus.plugins._host_stages import SegmentationHostStage
+from logbus.plugins._host_parts import SegmentationHostPart
 from logbus.samples import IMAGE_OPTIONS, check_batch, check_images, class_names_map, image_options, logits_of
 
 
@@ -37,7 +37,7 @@ class SegmentationExtractor:
                  value_range: str = options.defaults["value_range"],
                  channels_last: bool | None = options.defaults["channels_last"]):
         self.class_names = class_names_map(class_names)
-        self._host_part = SegmentationHostStage(self.class_names)
+        self._host_part = SegmentationHostPart(self.class_names)
         self.num_classes = None
         self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
         self.columns = ["id", "image", "pixel_accuracy", "loss", "confidence", "flag"]
@@ -100,6 +100,6 @@ class SegmentationExtractor:
 
     def host_part(self) -> Any:
         """What the sample pipeline's worker process runs ``host_stage`` on: an object of a module without
-        torch (``logbus.plugins._host_stages``), or this extractor where a subclass has its own host stage."""
+        torch (``logbus.plugins._host_parts``), or this extractor where a subclass has its own host stage."""
         return self._host_part if type(self).host_stage is SegmentationExtractor.host_stage else self
 

@@ -52,6 +52,7 @@ from logbus.samples._worker_protocol import (
     PipelineOpened,
     Release,
     Sent,
+    packed_offsets,
 )
 
 log = logging.getLogger("logbus")
@@ -288,7 +289,7 @@ _keys = itertools.count()
 _exiting = False
 
 
-_users = 0  # open HostStages: the process is stopped when the last one closes
+_users = 0  # open WorkerPipelines: the process is stopped when the last one closes
 
 
 def _attach_process() -> _Process:
@@ -323,7 +324,7 @@ def _stop_at_exit() -> None:
     _exiting = True
 
 
-class HostStage:
+class WorkerPipeline:
     """One pipeline's handle on the worker process.
 
     :param extractor: the pipeline's extractor (sent pickled).
@@ -388,11 +389,10 @@ class HostStage:
         shared memory cannot be created."""
         if not self.ready():
             return Sent.BROKEN
-        layout, offset = [], 0
-        for name, array in fields.items():
-            layout.append(Field(name, array.dtype.str, tuple(array.shape), offset))
-            offset += (array.nbytes + 15) // 16 * 16  # every field aligned for its dtype view
-        buffer = self.shared.acquire(offset, timeout=wait)
+        offsets, size = packed_offsets([array.nbytes for array in fields.values()])
+        layout = [Field(name, array.dtype.str, tuple(array.shape), offset)
+                  for (name, array), offset in zip(fields.items(), offsets)]
+        buffer = self.shared.acquire(size, timeout=wait)
         if buffer is None:
             return Sent.FULL
         views: dict[str, np.ndarray] = {field.name: np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset)

@@ -15,7 +15,7 @@ import pytest
 
 import logbus
 from logbus.files import content_hashes
-from logbus.plugins._host_stages import ClassificationHostStage, SegmentationHostStage
+from logbus.plugins._host_parts import ClassificationHostPart, SegmentationHostPart
 from logbus.plugins.local._store_format import FORMAT_VERSION
 from logbus.plugins.local._store_writer import StoreWriter
 from logbus.records import ColumnRows, ImageColumn, MaskColumn
@@ -68,17 +68,17 @@ def as_columns(stage, fields: dict[str, np.ndarray]) -> ColumnRows:
 
 
 STAGES = [
-    pytest.param(lambda: ClassificationHostStage(None, 1), classification_fields, id="classification"),
-    pytest.param(lambda: ClassificationHostStage({0: "cat", 1: "dog", 2: "emu", 3: "gnu"}, 3),
+    pytest.param(lambda: ClassificationHostPart(None, 1), classification_fields, id="classification"),
+    pytest.param(lambda: ClassificationHostPart({0: "cat", 1: "dog", 2: "emu", 3: "gnu"}, 3),
                  lambda rng: classification_fields(rng, top_k=3), id="classification-names-top-k"),
-    pytest.param(lambda: ClassificationHostStage(None, 1), lambda rng: classification_fields(rng, channels=1),
+    pytest.param(lambda: ClassificationHostPart(None, 1), lambda rng: classification_fields(rng, channels=1),
                  id="classification-one-channel"),
-    pytest.param(lambda: SegmentationHostStage({0: "sky", 1: "road"}), segmentation_fields, id="segmentation"),
+    pytest.param(lambda: SegmentationHostPart({0: "sky", 1: "road"}), segmentation_fields, id="segmentation"),
 ]
 
 
 @pytest.mark.parametrize(("make_stage", "make_fields"), STAGES)
-def test_column_rows_are_the_host_stages_own_rows(make_stage, make_fields):
+def test_column_rows_are_the_host_parts_own_rows(make_stage, make_fields):
     stage, fields = make_stage(), make_fields(np.random.default_rng(0))
     expected, columns = as_rows(stage, fields), as_columns(stage, fields)
     assert len(columns) == len(expected) == ROWS

@@ -21,7 +21,7 @@ Encode = Callable[[np.ndarray], Any]
 Hashes = Callable[[np.ndarray], list]  # a batch's content hashes, a row each (logbus.files.content_hashes)
 
 
-class ClassificationHostStage:
+class ClassificationHostPart:
     """Rows of ``logbus.plugins.classification.ClassificationExtractor`` from its host fields."""
 
     def __init__(self, class_names: Mapping[int, str] | None, top_k: int):
@@ -76,14 +76,14 @@ class ClassificationHostStage:
         return self.class_names.get(class_id, str(class_id)) if self.class_names else str(class_id)
 
 
-class SegmentationHostStage:
+class SegmentationHostPart:
     """Rows of ``logbus.plugins.segmentation.SegmentationExtractor`` from its host fields."""
 
     def __init__(self, class_names: Mapping[int, str] | None):
         self.class_names = class_names
 
     def host_columns(self, fields: dict[str, np.ndarray], hashes: Hashes = content_hashes) -> ColumnRows | None:
-        """The rows of ``host_stage`` as columns (see ``ClassificationHostStage.host_columns``); None where
+        """The rows of ``host_stage`` as columns (see ``ClassificationHostPart.host_columns``); None where
         the images or masks are not what ``records.Image`` and ``records.Mask`` take."""
         images = _image_column(fields, "image", hashes)
         masks = {name: _mask_column(fields, field, fields["image"].shape[1:3] if images is not None else None,
