@@ -144,6 +144,12 @@ class BackendCapabilities(Protocol):
         (uint8 ``[H, W, C]`` and its ``logbus.files.content_hash``), masks as class-id arrays.
         Read when the pipeline is joined to its buses (``place_scratch``), before the first batch."""
 
+    def scratch_folder(self) -> str:
+        """Where a sample pipeline on this backend's bus keeps the image files it encodes for it (where
+        ``needs_image_files``): a folder on the filesystem the backend stores runs on, so that it can
+        hard-link a file into its run instead of copying it. Absent: the pipeline's own folder in
+        ``/dev/shm`` (or the temporary folder). Called once, before the first batch (``place_scratch``)."""
+
     @property
     def run_dir(self) -> str | None:
         """The folder the run is written to, if any; ``logbus demo`` prints it after the run."""

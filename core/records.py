@@ -30,6 +30,9 @@ __all__ = [
     "Image",
     "Images",
     "Table",
+    "ColumnRows",
+    "ImageColumn",
+    "MaskColumn",
     "PER_EVAL_MASK",
     "Artifact",
     "RunStarted",
@@ -497,6 +500,14 @@ class Table(Record):
         if len(set(self.columns)) != len(self.columns):
             raise ValueError(f"columns: names must be unique, got {list(self.columns)}")
         width = len(self.columns)
+        object.__setattr__(self, "columns", list(self.columns))
+        _check_step(self.step)
+        if self.join_key is not None and self.join_key not in self.columns:
+            raise ValueError(f"join_key: expected one of the columns {list(self.columns)} or None, got {self.join_key!r}")
+        if isinstance(self.rows, ColumnRows):  # made by the sample pipeline from checked arrays: no check per cell
+            if list(self.rows.columns) != self.columns:
+                raise ValueError(f"rows: expected columns {self.columns}, got {list(self.rows.columns)}")
+            return
         rows = []
         for index, row in enumerate(self.rows):
             if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
@@ -514,17 +525,154 @@ class Table(Record):
                     )
                 cells.append(cell)
             rows.append(cells)
-        object.__setattr__(self, "columns", list(self.columns))
         object.__setattr__(self, "rows", rows)
-        _check_step(self.step)
-        if self.join_key is not None and self.join_key not in self.columns:
-            raise ValueError(f"join_key: expected one of the columns {list(self.columns)} or None, got {self.join_key!r}")
 
     droppable = True
 
     @property
     def nbytes(self) -> int:
+        if isinstance(self.rows, ColumnRows):
+            return self.rows.nbytes
         return sum(cell.nbytes for row in self.rows for cell in row if isinstance(cell, Image)) + 64 * len(self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskColumn:
+    """One named mask of every row of an :class:`ImageColumn`: class ids ``[N, H, W]`` (non-negative
+    integers), each row's content hash (``logbus.files.content_hash`` of ``ids[i]``) and the labels.
+    ``ids`` may be the name of the batch field that holds them, until :meth:`ColumnRows.fill`."""
+
+    ids: Any
+    digests: Sequence[str]
+    class_labels: Mapping[int, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageColumn:
+    """An image column held whole: uint8 pixels ``[N, H, W, C]`` (C in 1/3/4), each row's content hash
+    (``logbus.files.content_hash`` of ``pixels[i]``), and masks by name. ``pixels`` may be the name of
+    the batch field that holds them (``[N, H, W, C]`` or ``[N, H, W]``), until :meth:`ColumnRows.fill`:
+    the sample pipeline's worker process hashes the pixels where they lie, in the memory the training
+    process shares with it, and sends back their hashes, not the pixels."""
+
+    pixels: Any
+    digests: Sequence[str]
+    masks: Mapping[str, MaskColumn] = field(default_factory=dict)
+
+
+class ColumnRows(Sequence):
+    """A table's rows held as columns: what the sample pipeline makes, one array per column for a whole
+    batch, so that no Python runs per row on its way to a backend that takes columns (the local store).
+    As a ``Sequence`` it is the rows any backend expects, made on first use (row lists with
+    ``Image`` cells) and kept.
+
+    ``data`` maps each column to a numpy array (ints, bools, or floats where NaN is a missing value,
+    ``None`` in a row), a list (strings or None), or an :class:`ImageColumn`. Made by producers that
+    checked their arrays themselves (the pipeline's host stages): nothing here checks a cell.
+    """
+
+    __slots__ = ("columns", "data", "length", "_rows")
+
+    def __init__(self, columns: Sequence[str], data: Mapping[str, Any], length: int):
+        self.columns = list(columns)
+        self.data = dict(data)
+        self.length = length
+        self._rows: list[list] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        return self.rows()[index]
+
+    def __iter__(self):
+        return iter(self.rows())
+
+    def __getstate__(self):
+        return {"columns": self.columns, "data": self.data, "length": self.length}
+
+    def __setstate__(self, state):
+        self.columns, self.data, self.length, self._rows = state["columns"], state["data"], state["length"], None
+
+    @property
+    def nbytes(self) -> int:
+        images = [value for value in self.data.values() if isinstance(value, ImageColumn)]
+        return sum(int(image.pixels.nbytes) for image in images) + 64 * self.length
+
+    def fill(self, fields: Mapping[str, np.ndarray]) -> "ColumnRows":
+        """These rows with the image and mask columns that name a batch field (see :class:`ImageColumn`)
+        given their arrays, copied from ``fields`` (the batch's buffer, about to be reused)."""
+        data = dict(self.data)
+        for name, value in self.data.items():
+            if isinstance(value, ImageColumn):
+                pixels = np.array(fields[value.pixels]) if isinstance(value.pixels, str) else value.pixels
+                if pixels.ndim == 3:
+                    pixels = pixels[..., None]
+                masks = {mask_name: MaskColumn(np.array(fields[mask.ids]) if isinstance(mask.ids, str) else mask.ids,
+                                               mask.digests, mask.class_labels)
+                         for mask_name, mask in value.masks.items()}
+                data[name] = ImageColumn(pixels, value.digests, masks)
+        return ColumnRows(self.columns, data, self.length)
+
+    def cells(self, name: str) -> list:
+        """The cells of column ``name``, as its rows hold them."""
+        return _column_cells(self.data[name], self.length)
+
+    def rows(self) -> list[list]:
+        """The rows as lists of cells (``Image`` cells for image columns), made once."""
+        if self._rows is None:
+            cells = [_column_cells(self.data[name], self.length) for name in self.columns]
+            self._rows = [list(row) for row in zip(*cells)] if cells else [[] for _ in range(self.length)]
+        return self._rows
+
+    def take(self, order: np.ndarray) -> "ColumnRows":
+        """The rows at ``order`` (an index array), in that order."""
+        return ColumnRows(self.columns, {name: _take(value, order) for name, value in self.data.items()}, len(order))
+
+    @staticmethod
+    def concat(parts: Sequence["ColumnRows"]) -> "ColumnRows":
+        """The rows of ``parts`` one after the other (the same columns, images of one shape)."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        return ColumnRows(first.columns, {name: _concat([part.data[name] for part in parts]) for name in first.columns},
+                          sum(part.length for part in parts))
+
+
+def _column_cells(value: Any, length: int) -> list:
+    if isinstance(value, ImageColumn):
+        masks = value.masks
+        return [Image.unchecked(value.pixels[i], value.digests[i], None,
+                                {name: Mask.unchecked(mask.ids[i], mask.class_labels) for name, mask in masks.items()})
+                for i in range(length)]
+    if isinstance(value, np.ndarray):
+        cells = value.tolist()
+        if value.dtype.kind == "f":
+            return [None if cell != cell else cell for cell in cells]  # NaN: missing
+        return cells
+    return list(value)
+
+
+def _take(value: Any, order: np.ndarray) -> Any:
+    if isinstance(value, ImageColumn):
+        return ImageColumn(value.pixels[order], [value.digests[i] for i in order.tolist()],
+                           {name: MaskColumn(mask.ids[order], [mask.digests[i] for i in order.tolist()], mask.class_labels)
+                            for name, mask in value.masks.items()})
+    if isinstance(value, np.ndarray):
+        return value[order]
+    return [value[i] for i in order.tolist()]
+
+
+def _concat(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, ImageColumn):
+        return ImageColumn(np.concatenate([v.pixels for v in values]), [d for v in values for d in v.digests],
+                           {name: MaskColumn(np.concatenate([v.masks[name].ids for v in values]),
+                                             [d for v in values for d in v.masks[name].digests], mask.class_labels)
+                            for name, mask in first.masks.items()})
+    if isinstance(first, np.ndarray):
+        return np.concatenate(values)
+    return [cell for value in values for cell in value]
 
 
 @dataclass(frozen=True, slots=True)

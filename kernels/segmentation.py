@@ -54,16 +54,30 @@ def _prepare(logits) -> torch.Tensor:
     return x
 
 
+# Up to this many classes the CPU path finds the first maximum class by class (see ``_mask_torch``).
+CLASS_LOOP_MAX = 16
+
+
 def _mask_torch(x: torch.Tensor) -> torch.Tensor:
     # The kernel compares in fp32; so does the reference (matters only for float64, where rounding to
     # fp32 can create ties).
     xf = x.float()
+    classes = x.shape[1]
+    if classes <= CLASS_LOOP_MAX:
+        # The maximum (amax: fast over the class dimension of NCHW on CPU), then, class by class from
+        # the last, the pixels where it is reached: the last write is the first class at the maximum. A
+        # pixel with a NaN has a NaN maximum, reached by no class: 0. About 2x faster than max's
+        # indices (the next path) for 256x5x32x32 on one thread.
+        top = xf.amax(dim=1)
+        ids = torch.zeros(top.shape, dtype=mask_dtype(classes), device=x.device)
+        for class_id in range(classes - 1, -1, -1):
+            ids.masked_fill_(xf[:, class_id] == top, class_id)
+        return ids
     # max's indices, not argmax: the same first-maximum ids, but about 4x faster over the class
-    # dimension of an NCHW tensor on CPU (1.8 ms against 7.8 ms for 64x5x32x32, one thread); this is
-    # the CPU path, run in the sample pipeline's worker process.
+    # dimension of an NCHW tensor on CPU (1.8 ms against 7.8 ms for 64x5x32x32, one thread).
     idx = xf.max(dim=1).indices
     idx = torch.where(torch.isnan(xf).any(dim=1), 0, idx)
-    return idx.to(mask_dtype(x.shape[1]))
+    return idx.to(mask_dtype(classes))
 
 
 def _mask_triton(x: torch.Tensor) -> torch.Tensor:

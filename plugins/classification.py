@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from logbus.kernels import images_to_uint8, logits_summary
 from logbus.options import Option, Options
-from logbus.plugins._host_stages import ClassificationHostStage
+from logbus.plugins._host_parts import ClassificationHostPart
 from logbus.samples import IMAGE_OPTIONS, check_batch, check_images, class_names_map, image_options, logits_of
 
 
@@ -45,7 +45,7 @@ class ClassificationExtractor:
         self.num_classes = len(self.class_names) if self.class_names else None
         self.image_options = image_options(mean=mean, std=std, value_range=value_range, channels_last=channels_last)
         self.top_k = top_k
-        self._host_part = ClassificationHostStage(self.class_names, top_k)
+        self._host_part = ClassificationHostPart(self.class_names, top_k)
         self.columns = ["id", "image", "truth", "prediction", "confidence", "correct", "loss", "flag"]
         if top_k > 1:
             self.columns.append("top_k")
@@ -96,6 +96,6 @@ class ClassificationExtractor:
 
     def host_part(self) -> Any:
         """What the sample pipeline's worker process runs ``host_stage`` on: an object of a module without
-        torch (``logbus.plugins._host_stages``), or this extractor where a subclass has its own host stage."""
+        torch (``logbus.plugins._host_parts``), or this extractor where a subclass has its own host stage."""
         return self._host_part if type(self).host_stage is ClassificationExtractor.host_stage else self
 

@@ -31,12 +31,13 @@ try:
 except ImportError:  # Windows: no owner locks, no sweeping of stale scratch folders
     fcntl = None  # type: ignore[assignment]
 
-from logbus.files import content_hash, encode_image, encode_mask
+from logbus.files import content_hash, content_hashes, encode_image, encode_mask
 from logbus.files._atomic import FILE_MODE
 from logbus.files._overlay import encode_mask_and_overlay
 from logbus.samples._options import PIPELINE_OPTIONS
 
 CHUNK = 32
+HASH_CHUNK_ROWS = 32  # rows a thread hashes at least, in ``EncoderPool.hashes``: fewer cost more to hand over
 # Never O_TRUNC: a scratch file may be hard-linked into a run folder, and truncating that inode
 # would rewrite the run's file in place under its readers. A name still there (its delete failed)
 # is unlinked and the file created anew.
@@ -479,6 +480,16 @@ class EncoderPool:
                 # Not written (a failed encode) or the folder gone: nothing to free.
                 self._remove(oldest)
                 self.deleted += 1
+
+    def hashes(self, arrays: np.ndarray) -> list[str]:
+        """``content_hashes(arrays)``, the rows split among the pool's threads where it has more than one
+        (``hashlib`` releases the GIL above 2 KB, so they hash at once); in order."""
+        workers = self._executor._max_workers
+        if workers < 2 or len(arrays) < 2 * HASH_CHUNK_ROWS:
+            return content_hashes(arrays)
+        step = max(HASH_CHUNK_ROWS, -(-len(arrays) // workers))
+        parts = [self._executor.submit(content_hashes, arrays[start:start + step]) for start in range(0, len(arrays), step)]
+        return [digest for part in parts for digest in part.result()]
 
     def flush(self) -> None:
         """Starts encoding whatever is waiting for a full chunk (copies and hashes the pixels handed

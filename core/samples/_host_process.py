@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from logbus.records import ColumnRows
 from logbus.samples._shared_pool import SharedPool
 from logbus.samples._worker_protocol import (
     Batch,
@@ -51,6 +52,7 @@ from logbus.samples._worker_protocol import (
     PipelineOpened,
     Release,
     Sent,
+    packed_offsets,
 )
 
 log = logging.getLogger("logbus")
@@ -61,7 +63,7 @@ SHARED_WAIT_SECONDS = 60.0  # how long a batch waits for a free shared buffer be
 STOP_SECONDS = 10.0  # a stopped worker that has not ended by then (hung, SIGSTOPped) is killed
 
 # on_done(rows, error text): rows on success; error text on failure; both None: lost with the process.
-Done = Callable[[list | None, str | None], None]
+Done = Callable[[list | ColumnRows | None, str | None], None]
 
 
 class _Process:
@@ -245,8 +247,10 @@ class _Process:
                     entry = self._in_flight.pop(message.number, None)
                 if entry is not None:
                     pool, buffer, on_done = entry
-                    pool.release(buffer)
-                    on_done(message.rows, message.error)
+                    try:  # before the buffer is reused: rows made as columns copy their pixels out of it
+                        on_done(message.rows, message.error)
+                    finally:
+                        pool.release(buffer)
         try:
             connection.close()
         except OSError:
@@ -285,7 +289,7 @@ _keys = itertools.count()
 _exiting = False
 
 
-_users = 0  # open HostStages: the process is stopped when the last one closes
+_users = 0  # open WorkerPipelines: the process is stopped when the last one closes
 
 
 def _attach_process() -> _Process:
@@ -320,7 +324,7 @@ def _stop_at_exit() -> None:
     _exiting = True
 
 
-class HostStage:
+class WorkerPipeline:
     """One pipeline's handle on the worker process.
 
     :param extractor: the pipeline's extractor (sent pickled).
@@ -385,16 +389,25 @@ class HostStage:
         shared memory cannot be created."""
         if not self.ready():
             return Sent.BROKEN
-        layout, offset = [], 0
-        for name, array in fields.items():
-            layout.append(Field(name, array.dtype.str, tuple(array.shape), offset))
-            offset += (array.nbytes + 15) // 16 * 16  # every field aligned for its dtype view
-        buffer = self.shared.acquire(offset, timeout=wait)
+        offsets, size = packed_offsets([array.nbytes for array in fields.values()])
+        layout = [Field(name, array.dtype.str, tuple(array.shape), offset)
+                  for (name, array), offset in zip(fields.items(), offsets)]
+        buffer = self.shared.acquire(size, timeout=wait)
         if buffer is None:
             return Sent.FULL
-        for field, array in zip(layout, fields.values()):
-            np.copyto(np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset), array)
-        sent = self.process.submit(self.key, self._generation, self.shared, buffer, tuple(layout), on_done)
+        views: dict[str, np.ndarray] = {field.name: np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset)
+                 for field in layout}
+        for view, array in zip(views.values(), fields.values()):
+            np.copyto(view, array)
+
+        def done(rows: list | ColumnRows | None, error: str | None) -> None:
+            # Rows made as columns name the fields that hold their pixels (ColumnRows.fill): copied out here.
+            try:
+                on_done(rows.fill(views) if isinstance(rows, ColumnRows) else rows, error)
+            finally:
+                views.clear()  # no view of the buffer outlives its use: a buffer with views cannot be closed
+
+        sent = self.process.submit(self.key, self._generation, self.shared, buffer, tuple(layout), done)
         if sent is not Sent.SENT:
             self.shared.release(buffer)
         return sent
@@ -539,7 +552,12 @@ class _Worker:
             fields: dict[str, np.ndarray] = {
                 field.name: np.ndarray(field.shape, field.dtype, buffer=buffer.buf, offset=field.offset)
                 for field in message.fields}
-            rows = host_part.host_stage(fields, encoder.encode)
+            # Where no image becomes a file, a host part that offers it makes the batch's rows as columns:
+            # an array a column, pickled as such, with no Python object per cell on either side.
+            host_columns = getattr(host_part, "host_columns", None)
+            rows = host_columns(fields, encoder.hashes) if callable(host_columns) and not encoder.image_files else None
+            if rows is None:
+                rows = host_part.host_stage(fields, encoder.encode)
             if encoder.mask_files:
                 _encode_masks(rows, encoder)
             # Host stages copy what they keep (encode copies the pixels): the training process
@@ -558,7 +576,7 @@ class _Worker:
             if item is None:
                 return
             message, rows, error = item
-            if error is None:
+            if error is None and not isinstance(rows, ColumnRows):
                 try:
                     # Cells whose pixels come back as they are (no file made) travel unresolved: their
                     # handles share the batch's one array, pickled once, not an array per row.

@@ -37,7 +37,8 @@ class PinnedPool:
                 fitting = [b for b in self._free if b.numel() >= nbytes]
                 if fitting:
                     buffer = min(fitting, key=torch.Tensor.numel)
-                    self._free.remove(buffer)
+                    # By identity: list.remove compares with ==, which on tensors compares elements.
+                    del self._free[next(i for i, free in enumerate(self._free) if free is buffer)]
                     return buffer
                 # Make room by unpinning free buffers that are too small.
                 while self._free and self._held_bytes + nbytes > self.max_bytes:

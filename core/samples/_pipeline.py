@@ -44,14 +44,14 @@ import torch
 from logbus.bus import Deferred
 from logbus.files import check_key, check_name
 from logbus.hookspecs import Extractor
-from logbus.records import Image, Table
+from logbus.records import ColumnRows, Image, Table
 from logbus.samples._encoder_pool import EncoderPool
-from logbus.samples._host_process import HostStage
+from logbus.samples._host_process import WorkerPipeline
 from logbus.samples._options import PIPELINE_OPTIONS, SAMPLING_OPTIONS
 from logbus.samples._pending_image import PendingImage
 from logbus.samples._pinned_pool import PinnedPool
 from logbus.samples._policies import SamplingPolicy, make_policy
-from logbus.samples._worker_protocol import Sent
+from logbus.samples._worker_protocol import Sent, packed_offsets
 
 log = logging.getLogger("logbus")
 
@@ -80,6 +80,9 @@ class _Pass:
 
     policy: SamplingPolicy
     rows: dict[int, list] = field(default_factory=dict)
+    # Batches whose rows came back as columns (the worker process, where no image becomes a file): sample
+    # ids and rows, kept whole until the table is made.
+    columns: list[tuple[np.ndarray, ColumnRows]] = field(default_factory=list)
     outstanding: int = 0  # batches handed to the worker process whose rows have not come back
     given_up: bool = False  # the worker process stopped answering: rows still coming are not this table's
 
@@ -94,6 +97,7 @@ class _CpuBatch:
     targets: Any
     outputs: Any
     sample_ids: np.ndarray
+    buffer: Any = None  # the pool buffer the tensors are views of (given back after the device stage), or None
 
 
 @dataclass(frozen=True)
@@ -230,10 +234,10 @@ class SamplePipeline:
                                    cache_bytes=scratch_cache_bytes)
         self._process_options = dict(folder=self.encoder.folder, workers=encode_workers, image_format=image_format,
                                      compress_level=compress_level, cache_bytes=scratch_cache_bytes)
-        self._host: HostStage | None = None
+        self._worker_pipeline: WorkerPipeline | None = None
         if worker_process:
             try:  # starts the shared worker process now (not waiting for it), so it is up by the first eval
-                self._host = HostStage(extractor, self._process_options, shared_bytes=pinned_pool_bytes)
+                self._worker_pipeline = WorkerPipeline(extractor, self._process_options, shared_bytes=pinned_pool_bytes)
             except Exception as error:  # noqa: BLE001 - e.g. an extractor holding a lock does not pickle
                 log.warning("logbus: sample pipeline: the extractor cannot go to the worker process (%s: %s); "
                             "samples are processed on threads of the training process", type(error).__name__, error)
@@ -302,7 +306,38 @@ class SamplePipeline:
         # GIL; the caller may refill its tensors at once), and their device stage runs on the pipeline's
         # thread (torch ops, likewise), which hands the host fields to the worker process: the worker
         # imports no torch.
-        self._queue.put(_QueuedBatch(nbytes, state, _copy_rows(inputs, targets, outputs, chosen, first_id)))
+        self._queue.put(_QueuedBatch(nbytes, state, self._copy_rows(inputs, targets, outputs, chosen, first_id)))
+
+    def _copy_rows(self, inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, chosen: list[int] | None,
+                   first_id: int) -> _CpuBatch:
+        """The ``chosen`` rows of a CPU batch (all of them for ``None``) copied into a buffer of the pool,
+        reused from batch to batch: a fresh tensor a batch (freed later on another thread) costs the
+        training thread a page fault every 4 KB, several times the copy itself."""
+        batch_size = outputs.shape[0]
+        sample_ids: np.ndarray
+        if chosen is None or chosen == list(range(batch_size)):
+            rows = [t.detach() for t in (inputs, targets, outputs)]
+            sample_ids = np.arange(first_id, first_id + batch_size, dtype=np.int64)
+        else:
+            if chosen == list(range(len(chosen))):  # "first": a prefix, no index tensor
+                rows = [t.detach()[:len(chosen)] for t in (inputs, targets, outputs)]
+            else:
+                index = torch.tensor(chosen, dtype=torch.long)
+                rows = [t.detach().index_select(0, index) for t in (inputs, targets, outputs)]  # copies already
+            sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
+        sizes = [tensor.numel() * tensor.element_size() for tensor in rows]
+        offsets, size = packed_offsets(sizes)
+        buffer = self.pinned.acquire(size, timeout=0) if all(t.device.type == "cpu" for t in rows) else None
+        if buffer is None:  # larger than the whole budget (processed in parts later), or not plain CPU tensors
+            copies = [t if t.data_ptr() != source.data_ptr() else t.clone() for t, source in
+                      zip(rows, (inputs, targets, outputs))]
+            return _CpuBatch(copies[0], copies[1], copies[2], sample_ids)
+        views = []
+        for tensor, start, nbytes in zip(rows, offsets, sizes):
+            view = buffer[start:start + nbytes].view(tensor.dtype).view(tensor.shape)
+            view.copy_(tensor)
+            views.append(view)
+        return _CpuBatch(views[0], views[1], views[2], sample_ids, buffer)
 
     def _issue_device_stage(self, state: _Pass, inputs, targets, outputs, chosen, first_id) -> _Issued:
         """On the training thread, for a CUDA batch: launches (never waits for) the side stream's work
@@ -371,7 +406,7 @@ class SamplePipeline:
     @property
     def worker_pid(self) -> int | None:
         """The pid of the worker process doing this pipeline's per-sample work (None: in-process)."""
-        return self._host.process.pid if self._host is not None and self._host.ready() else None
+        return self._worker_pipeline.process.pid if self._worker_pipeline is not None and self._worker_pipeline.ready() else None
 
     def table_record(self, label: str = "eval", step: int | None = None) -> Deferred:
         """``end_pass`` as a record to emit on the bus: once every backend has taken the table, its
@@ -388,14 +423,16 @@ class SamplePipeline:
 
     def release_rows(self, rows) -> None:
         """Gives back the scratch files of ``rows`` (image cells of this pipeline's tables)."""
+        if isinstance(rows, ColumnRows):  # made where no image becomes a file: nothing to give back
+            return
         # An image cell without a file (pixels, from a pipeline that makes none) has nothing to give back.
         paths = [path for row in rows for cell in row if isinstance(cell, (Image, PendingImage))
                  and (path := _file_of(cell)) is not None]
         # and the mask files the worker process wrote for them (``Mask.path``), counted the same way
         paths += [path for row in rows for cell in row if isinstance(cell, Image)
                   for mask in cell.masks.values() if (path := mask.path) is not None]
-        if self._host is not None:
-            self._host.release(paths)  # the worker process's encoder counts the files it wrote
+        if self._worker_pipeline is not None:
+            self._worker_pipeline.release(paths)  # the worker process's encoder counts the files it wrote
         for path in paths:  # and the in-process one its own (a path it does not know is left alone)
             self.encoder.release(path)
 
@@ -442,9 +479,9 @@ class SamplePipeline:
             self._abandon.set()
         with self._stats_lock:
             self.stats.encoded, self.stats.reused = self.encoder.encoded, self.encoder.reused
-            if self._host is not None:
-                self.stats.encoded += self._host.counters[0]
-                self.stats.reused += self._host.counters[1]
+            if self._worker_pipeline is not None:
+                self.stats.encoded += self._worker_pipeline.counters[0]
+                self.stats.reused += self._worker_pipeline.counters[1]
             self.stats.pinned_peak_bytes = self.pinned.peak_bytes
         stats = self.stats
         if stats.batches_lost:
@@ -465,8 +502,8 @@ class SamplePipeline:
         tables (after the bus closed)."""
         started = time.monotonic()
         finished = self.close(timeout)
-        if self._host is not None:
-            self._host.close(timeout - (time.monotonic() - started))
+        if self._worker_pipeline is not None:
+            self._worker_pipeline.close(timeout - (time.monotonic() - started))
         self.encoder.close(wait=finished and time.monotonic() - started < timeout)
 
     # -- worker ----------------------------------------------------------------------------------
@@ -506,8 +543,9 @@ class SamplePipeline:
         if isinstance(item, _QueuedBatch):
             self._batches_done += 1
             self._give_back_room(item.nbytes)
-            if type(item.work) is _CopiedToHost:
-                self.pinned.release(item.work.buffer)
+            work = item.work
+            if isinstance(work, (_CopiedToHost, _CpuBatch)) and work.buffer is not None:
+                self.pinned.release(work.buffer)
         else:
             self._passes_done += 1
             self._count(tables_dropped=1)
@@ -524,19 +562,23 @@ class SamplePipeline:
 
     def _process_batch(self, state: _Pass, work: _CpuBatch | _Issued) -> None:
         if type(work) is _CpuBatch:  # its device stage runs here (torch ops, without the GIL)
-            self._device_stage(state, work)
+            try:
+                self._device_stage(state, work)
+            finally:
+                if work.buffer is not None:
+                    self.pinned.release(work.buffer)
         elif type(work) is _DeviceStageFailed:
             raise RuntimeError(f"the device stage failed when the batch was submitted:\n{work.traceback}")
         elif type(work) is _CopiedToHost:
             try:
                 work.done.synchronize()  # an event, not stream.synchronize() (a stall in sync-debug mode)
-                self._host_stage(work.host, state)
+                self._rows_of(work.host, state)
             finally:
                 self.pinned.release(work.buffer)
         elif type(work) is _OnDevice:
             stream = self._side_stream(next(iter(work.fields.values())).device)
             with torch.cuda.stream(stream):
-                self._to_host_stage(work.fields, stream, state)
+                self._rows_from_device(work.fields, stream, state)
 
     def _device_stage(self, state: _Pass, batch: _CpuBatch) -> None:
         """A CPU batch's rows on the pipeline's thread: the extractor's device stage, then either the
@@ -544,7 +586,7 @@ class SamplePipeline:
         fields = self.extractor.device_stage(batch.inputs, batch.targets, batch.outputs)
         fields["sample_id"] = torch.from_numpy(batch.sample_ids)
         if not state.policy.on_device:
-            self._to_host_stage(fields, None, state)
+            self._rows_from_device(fields, None, state)
             return
         state.policy.top.update(fields, state.policy.scores(fields))
 
@@ -566,7 +608,7 @@ class SamplePipeline:
         fields["sample_id"] = _to_device(torch.from_numpy(sample_ids), device)
         return fields
 
-    def _to_host_stage(self, fields: dict[str, torch.Tensor], stream, state: _Pass, keeps=None) -> None:
+    def _rows_from_device(self, fields: dict[str, torch.Tensor], stream, state: _Pass, keeps=None) -> None:
         """Copies ``fields`` to the host (pinned buffers, on the side stream) and runs the host stage,
         in row chunks that each fit the pinned budget: a batch or a pass's top-k larger than the budget
         is split, never lost. ``keeps(scores)``: the device policy's mask of real rows."""
@@ -582,7 +624,7 @@ class SamplePipeline:
                 if keeps is not None:
                     keep = keeps(host.pop("_score"))
                     host = {k: v[keep] for k, v in host.items()}
-                self._host_stage(host, state)
+                self._rows_of(host, state)
             finally:
                 if buffer is not None:
                     self.pinned.release(buffer)
@@ -591,12 +633,10 @@ class SamplePipeline:
         """Queues the copy of ``fields`` into one pinned buffer on ``stream``: (arrays, buffer, event),
         valid once the event is done. ``wait=False`` (the training thread): None at once when no
         buffer is free, instead of waiting for one."""
-        layout, offset = [], 0
-        for name, tensor in fields.items():
-            tensor = tensor.contiguous()
-            nbytes = tensor.numel() * tensor.element_size()
-            layout.append((name, tensor, offset, nbytes))
-            offset += (nbytes + 15) // 16 * 16  # keep every field aligned for its dtype view
+        tensors = {name: tensor.contiguous() for name, tensor in fields.items()}
+        sizes = [tensor.numel() * tensor.element_size() for tensor in tensors.values()]
+        offsets, offset = packed_offsets(sizes)
+        layout = [(name, tensor, start, nbytes) for (name, tensor), start, nbytes in zip(tensors.items(), offsets, sizes)]
         if not wait:
             if offset > self.pinned.max_bytes:
                 return None
@@ -614,9 +654,9 @@ class SamplePipeline:
             host[name] = view
         return {k: v.numpy() for k, v in host.items()}, buffer, _record(stream)
 
-    def _host_process(self) -> HostStage | None:
+    def _ready_worker_pipeline(self) -> WorkerPipeline | None:
         """The worker process with this pipeline's extractor loaded; None where there is none (yet)."""
-        host = self._host
+        host = self._worker_pipeline
         if host is None:
             return None
         ready = host.ready()
@@ -631,11 +671,11 @@ class SamplePipeline:
         the first batch: called when the pipeline is joined to a bus whose backend names a folder on
         its own filesystem (``scratch_folder``). Returns False, changing nothing, once the worker
         process has this pipeline's folder or files have been encoded."""
-        if self._host is not None and self._host.opened:
+        if self._worker_pipeline is not None and self._worker_pipeline.opened:
             return False
         if not self.encoder.move(parent):
             return False
-        # The same dict the HostStage sends when it opens the pipeline in the worker process.
+        # The same dict the WorkerPipeline sends when it opens the pipeline in the worker process.
         self._process_options["folder"] = self.encoder.folder
         self._process_options["mask_files"] = True  # that backend links mask files too (with their overlays)
         return True
@@ -645,7 +685,7 @@ class SamplePipeline:
         ``BackendCapabilities.needs_image_files``) or go to the table as pixels with their content
         hash, with no file made. Set before the first batch; returns False, changing nothing, once
         the worker process has this pipeline or images were handed to the encoder."""
-        if self._host is not None and self._host.opened:
+        if self._worker_pipeline is not None and self._worker_pipeline.opened:
             return False
         if not self.encoder.set_image_files(needed):
             return False
@@ -658,15 +698,15 @@ class SamplePipeline:
         """Waits up to ``timeout`` seconds for the worker process to be up with this pipeline's
         extractor (a benchmark's warm-up; batches never wait for it: until then they are processed on
         threads of the training process). False where there is no worker process."""
-        return self._host is not None and bool(self._host.ready(timeout))
+        return self._worker_pipeline is not None and bool(self._worker_pipeline.ready(timeout))
 
-    def _host_stage(self, host: dict[str, np.ndarray], state: _Pass) -> None:
-        process = self._host_process()
+    def _rows_of(self, host: dict[str, np.ndarray], state: _Pass) -> None:
+        process = self._ready_worker_pipeline()
         if process is not None and sum(a.nbytes for a in host.values()) > process.shared.max_bytes:
             parts = _row_chunks(host, process.shared.max_bytes)
             if len(parts) > 1:  # larger than the budget: in parts
                 for part in parts:
-                    self._host_stage(part, state)
+                    self._rows_of(part, state)
                 return
             process = None  # one sample alone larger than the whole budget: done here, not lost
         if process is not None:
@@ -696,6 +736,22 @@ class SamplePipeline:
             rows[sample_id] = row
         self._count(samples_processed=len(new_rows))
 
+    def _column_table(self, state: _Pass, kept: Any, in_pass_order: bool) -> ColumnRows | None:
+        """The pass's rows as one ``ColumnRows``, where every batch came back as columns (None: not so):
+        the policy's kept rows, in pass order where it keeps that order, by whole-array operations."""
+        if state.rows or not state.columns or list(state.columns[0][1].columns) != list(self.extractor.columns):
+            return None
+        ids = np.concatenate([ids for ids, _ in state.columns])
+        if len(np.unique(ids)) != len(ids):  # a sample twice (the latest wins, as rows do): the row path
+            return None
+        order: np.ndarray = np.arange(len(ids))
+        if kept is not None:
+            order = order[np.isin(ids, np.fromiter(kept, np.int64, len(kept)))]
+        if in_pass_order:
+            order = order[np.argsort(ids[order], kind="stable")]
+        rows = ColumnRows.concat([part for _, part in state.columns])
+        return rows if len(order) == len(ids) and (order == np.arange(len(ids))).all() else rows.take(order)
+
     def _rows_arrived(self, state: _Pass, ids: list[int], rows: list | None, error: str | None) -> None:
         """From the worker process's receiver thread: one batch's rows, its error, or its loss."""
         with self._arrived:
@@ -703,7 +759,10 @@ class SamplePipeline:
                 if rows is not None:
                     self.release_rows(rows)
                 return
-            if rows is not None:
+            if isinstance(rows, ColumnRows):
+                state.columns.append((np.asarray(ids, np.int64), rows))
+                self._count(samples_processed=len(rows))
+            elif rows is not None:
                 state.rows.update(zip(ids, rows))
                 self._count(samples_processed=len(rows))
             elif error is not None:
@@ -724,7 +783,7 @@ class SamplePipeline:
         with self._arrived:
             while state.outstanding and not self._abandon.is_set():
                 self._arrived.wait(0.1)
-                host = self._host
+                host = self._worker_pipeline
                 if host is None or not state.outstanding:
                     continue
                 silent = time.monotonic() - max(started, host.process.last_answer)
@@ -745,42 +804,28 @@ class SamplePipeline:
             if next(iter(fields.values())).is_cuda:
                 stream = self._side_stream(next(iter(fields.values())).device)
                 with torch.cuda.stream(stream):
-                    self._to_host_stage(fields, stream, state, keeps=policy.keeps)
+                    self._rows_from_device(fields, stream, state, keeps=policy.keeps)
             else:
-                self._to_host_stage(fields, None, state, keeps=policy.keeps)
+                self._rows_from_device(fields, None, state, keeps=policy.keeps)
         self._wait_for_worker(state)
         kept = policy.kept()
-        ids = [i for i in rows if kept is None or i in kept]
-        if kept is not None:  # converted, then evicted by a later winner: their files are not needed
-            self.release_rows([rows[i] for i in rows if i not in kept])
-        if policy.rows_in_pass_order:
-            ids.sort()
-        table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]
         columns = self.extractor.columns
+        table_rows: Sequence[Sequence[Any]] | None = self._column_table(state, kept, policy.rows_in_pass_order)
+        if table_rows is None:
+            for ids_part, part in state.columns:  # rows made as columns and as rows in one pass: all as rows
+                rows.update(zip(ids_part.tolist(), part.rows()))
+            ids = [i for i in rows if kept is None or i in kept]
+            if kept is not None:  # converted, then evicted by a later winner: their files are not needed
+                self.release_rows([rows[i] for i in rows if i not in kept])
+            if policy.rows_in_pass_order:
+                ids.sort()
+            table_rows = [[cell.resolve() if isinstance(cell, PendingImage) else cell for cell in rows[i]] for i in ids]
         # "id" is the sample's place in the eval pass: the same sample at every eval of a fixed eval
         # set (a backend checks the content before it refers to an earlier eval's images).
         table = Table(f"{self.key_prefix}/{label}", columns, table_rows, step,
                       join_key="id" if "id" in columns else None)
         self._count(rows_logged=len(table_rows), tables_logged=1)
         future.set_result(table)
-
-
-def _copy_rows(inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor, chosen: list[int] | None,
-               first_id: int) -> _CpuBatch:
-    """The ``chosen`` rows of a CPU batch (all of them for ``None``) as tensors of their own."""
-    batch_size = outputs.shape[0]
-    sample_ids: np.ndarray
-    if chosen is None or chosen == list(range(batch_size)):
-        rows = [t.detach().clone() for t in (inputs, targets, outputs)]
-        sample_ids = np.arange(first_id, first_id + batch_size, dtype=np.int64)
-    else:
-        if chosen == list(range(len(chosen))):  # "first": a prefix, no index tensor
-            rows = [t.detach()[:len(chosen)].clone() for t in (inputs, targets, outputs)]
-        else:
-            index = torch.tensor(chosen, dtype=torch.long)
-            rows = [t.detach().index_select(0, index) for t in (inputs, targets, outputs)]
-        sample_ids = np.asarray(chosen, dtype=np.int64) + first_id
-    return _CpuBatch(inputs=rows[0], targets=rows[1], outputs=rows[2], sample_ids=sample_ids)
 
 
 def default_encode_workers() -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 
 class Sent(enum.Enum):
-    """What became of a batch handed to the worker process (``HostStage.submit``)."""
+    """What became of a batch handed to the worker process (``WorkerPipeline.submit``)."""
 
     SENT = "sent"  # on its way; its rows (or error, or loss) come back through the callback
     FULL = "full"  # no shared buffer was free in time: the caller drops the batch and counts it
@@ -28,6 +28,20 @@ class Field:
     dtype: str  # numpy's ``dtype.str``
     shape: tuple[int, ...]
     offset: int
+
+
+FIELD_ALIGNMENT = 16  # bytes: every field of a packed buffer starts here, aligned for any dtype's view
+
+
+def packed_offsets(sizes: list[int]) -> tuple[list[int], int]:
+    """Where fields of ``sizes`` bytes start, one after the other in one buffer, each aligned for its
+    dtype's view, and the buffer's size: the one layout of the pipeline's pinned, pooled and shared
+    buffers alike."""
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(end)
+        end += -(-size // FIELD_ALIGNMENT) * FIELD_ALIGNMENT
+    return offsets, end
 
 
 # -- training process -> worker ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,7 @@ from logbus.plugins.local._store_format import (
     JSON_COLUMNS,
     KEY,
     MASK_KIND,
+    MASK_TYPE,
     META_FORMAT,
     META_KEY,
     META_STEPS,
@@ -55,7 +56,7 @@ from logbus.plugins.local._store_format import (
     TMP,
     USER_COLUMN_PREFIX,
 )
-from logbus.records import Box, Image, Mask
+from logbus.records import Box, ColumnRows, Image, ImageColumn, Mask
 
 ROW_GROUP_ROWS = 1024  # rows per row group, rows files and packs alike (HF datasets uses 100 for images)
 # log_images calls are buffered per key and written as one rows file once a buffer holds this many rows,
@@ -100,7 +101,10 @@ class StoreWriter:
     def write_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None) -> str:
         """Writes one table (``records.Table``'s columns and rows) as a rows file; returns its path
         relative to the run folder. Raises :class:`TableLost` if it could not be written."""
-        return self._write(key, list(columns), [(step, index, row) for index, row in enumerate(rows)], step)
+        if isinstance(rows, ColumnRows):  # the sample pipeline's rows, held as columns: no Python per row
+            return self._write(key, len(rows), step, lambda pack: self._column_arrow_table(key, rows, pack, step))
+        entries = [(step, index, row) for index, row in enumerate(rows)]
+        return self._write(key, len(entries), step, lambda pack: self._arrow_table(key, list(columns), entries, pack, step))
 
     def add_images(self, key: str, images: Sequence[Image], step: int | None) -> None:
         """Buffers one ``log_images`` call; the buffer of ``key`` becomes a rows file past its bounds.
@@ -133,17 +137,17 @@ class StoreWriter:
     def _write_batch(self, key: str) -> None:
         batch = self._batches.pop(key)
         if batch.rows:
-            self._write(key, ["image"], batch.rows, batch.rows[0][0])
+            step = batch.rows[0][0]
+            self._write(key, len(batch.rows), step, lambda pack: self._arrow_table(key, ["image"], batch.rows, pack, step))
 
-    def _write(self, key: str, columns: list[str], rows: Sequence[tuple[int | None, int, Sequence[Any]]],
-               step: int | None) -> str:
-        """Writes ``rows`` (``(step, row index, cells)`` each) as one rows file named by ``step`` (the first
-        row's, for a batch of log_images calls), with a pack of the pixels not stored before."""
+    def _write(self, key: str, count: int, step: int | None, build: Callable[[_PackFile], pa.Table]) -> str:
+        """Writes the ``count`` rows that ``build(pack)`` makes into an Arrow table as one rows file named by
+        ``step`` (the first row's, for a batch of log_images calls), with a pack of the pixels not stored before."""
         token = uuid.uuid4().hex
         rows_tmp = os.path.join(self.run_dir, TMP, f"{token}.rows.parquet")
         pack = _PackFile(self, os.path.join(self.run_dir, TMP, f"{token}.pack.parquet"))
         try:
-            table = self._arrow_table(key, columns, rows, pack, step)
+            table = build(pack)
             pq.write_table(table, rows_tmp, row_group_size=ROW_GROUP_ROWS, compression=COMPRESSION)
             pack.finish()  # the pixels first: a row never names a pack that is not there
             return self._publish(rows_tmp, key, step)
@@ -151,7 +155,7 @@ class StoreWriter:
             pack.abandon()
             _remove(rows_tmp)
             if isinstance(error, OSError):
-                raise TableLost(f"local backend: the table {key!r} at step {step} ({len(rows)} rows) could not be "
+                raise TableLost(f"local backend: the table {key!r} at step {step} ({count} rows) could not be "
                                 f"written and is lost ({error}); the files written before it are whole") from error
             raise
 
@@ -187,10 +191,89 @@ class StoreWriter:
         steps: dict[Any, int] = {} if rows else {step: 0}  # an empty table is listed at its step
         for row in rows:
             steps[row[0]] = steps.get(row[0], 0) + 1
-        metadata = {META_KEY: key.encode(), META_FORMAT: str(FORMAT_VERSION).encode(),
-                    META_STEPS: json.dumps(list(steps.items())).encode(),
-                    JSON_COLUMNS: json.dumps(json_columns).encode(), IMAGE_COLUMNS: json.dumps(image_columns).encode()}
-        return pa.table(arrays).replace_schema_metadata(metadata)
+        return _with_metadata(arrays, key, list(steps.items()), json_columns, image_columns)
+
+    def _column_arrow_table(self, key: str, rows: ColumnRows, pack: _PackFile, step: int | None) -> pa.Table:
+        """``_arrow_table`` for rows held as columns: the same schema and cells, made by whole-column
+        operations (the only Python per row is a dictionary lookup of each image's hash)."""
+        count = len(rows)
+        arrays: dict[str, pa.Array] = {
+            KEY: pa.array([key] * count, pa.string()),
+            STEP: pa.array(np.full(count, step, np.int64)) if step is not None else pa.nulls(count, pa.int64()),
+            RANK: pa.array(np.full(count, self.rank, np.int64)),
+            ROW: pa.array(np.arange(count, dtype=np.int64)),
+        }
+        json_columns, image_columns, user_arrays = [], [], {}
+        sample_hashes: list[str] | None = None
+        for name in rows.columns:
+            stored = USER_COLUMN_PREFIX + name if name.startswith(RESERVED_PREFIX) else name
+            value = rows.data[name]
+            if isinstance(value, ImageColumn):
+                image_columns.append(stored)
+                user_arrays[stored] = self._image_column(value, pack)
+                if sample_hashes is None:
+                    sample_hashes = list(value.digests)
+                continue
+            if isinstance(value, np.ndarray):
+                array = _numpy_array(value)
+            else:
+                array = _scalar_array(value, set(map(type, value)) - {type(None)})
+            if array is None:
+                json_columns.append(stored)
+                array = pa.array([None if cell is None else self._json_text(cell, pack) for cell in value], pa.string())
+            user_arrays[stored] = array
+        keys: list[str | None] = [None] * count if sample_hashes is None else list(sample_hashes)
+        if sample_hashes is not None and DATASET_INDEX_COLUMN in rows.columns:
+            indices = rows.cells(DATASET_INDEX_COLUMN)
+            keys = [f"{digest}:{index}" for digest, index in zip(sample_hashes, indices)]
+        arrays[SAMPLE_KEY] = pa.array(keys, pa.string())
+        arrays.update(user_arrays)
+        return _with_metadata(arrays, key, [(step, count)], json_columns, image_columns)
+
+    def _image_column(self, images: ImageColumn, pack: _PackFile) -> pa.Array:
+        """The struct column of ``images`` (as ``_image_cell`` makes each cell), pixels new to the store
+        added to ``pack``."""
+        count = len(images.digests)
+        fmt = self.image_format
+        pixels = images.pixels
+
+        def image_entry(i: int) -> tuple:
+            data = pixels[i].tobytes() if fmt == RAW else encode_image(pixels[i], fmt)
+            return IMAGE_KIND, fmt, "uint8", pixels.shape[1:], lambda: data
+
+        packs = self._packs_of(images.digests, pack, image_entry)
+        mask_fields = []
+        for name, mask in images.masks.items():
+            def mask_entry(i: int, ids: np.ndarray = mask.ids) -> tuple:
+                data = ids[i].tobytes()
+                return MASK_KIND, RAW, ids.dtype.str, ids.shape[1:], lambda: data
+
+            mask_packs = self._packs_of(mask.digests, pack, mask_entry)
+            mask_fields.append(pa.StructArray.from_arrays(
+                [pa.array([name] * count, pa.string()), pa.array(mask.digests, pa.string()),
+                 pa.array(mask_packs, pa.string()), pa.array([self._labels_json(mask.class_labels)] * count, pa.string())],
+                fields=list(MASK_TYPE)))
+        per_row = len(mask_fields)
+        if per_row:  # row by row: row 0's masks, then row 1's, ...
+            order = np.arange(count * per_row).reshape(per_row, count).T.reshape(-1)
+            values = pa.concat_arrays(mask_fields).take(pa.array(order))
+        else:
+            values = pa.array([], MASK_TYPE)
+        masks = pa.ListArray.from_arrays(pa.array(np.arange(count + 1, dtype=np.int32) * per_row), values,
+                                         type=pa.list_(MASK_TYPE))
+        return pa.StructArray.from_arrays(
+            [pa.array(images.digests, pa.string()), pa.array(packs, pa.string()), pa.nulls(count, pa.string()),
+             masks, pa.nulls(count, pa.string())], fields=list(IMAGE_TYPE))
+
+    def _packs_of(self, digests: Sequence[str], pack: _PackFile, entry: Callable[[int], tuple]) -> list[str]:
+        """The pack of each hash: a finished pack's where the store has it, else ``pack``, which takes the
+        data of ``entry(i)`` (kind, encoding, dtype, shape, data()) for a hash new to it."""
+        packed = self._packed
+        where = [packed.get(digest) for digest in digests]
+        for i, known in enumerate(where):
+            if known is None:
+                where[i] = pack.add(digests[i], *entry(i))
+        return where  # type: ignore[return-value]
 
     def _publish(self, rows_tmp: str, key: str, step: int | None) -> str:
         """Links the finished rows file into ``rows/<key>/`` under the first free ``<n>``, never over a
@@ -363,6 +446,25 @@ class _Read:
 
     def __init__(self, image: Image, data: bytes):
         self.image, self.data = image, data
+
+
+def _with_metadata(arrays: dict[str, pa.Array], key: str, steps: list, json_columns: list[str],
+                   image_columns: list[str]) -> pa.Table:
+    metadata = {META_KEY: key.encode(), META_FORMAT: str(FORMAT_VERSION).encode(), META_STEPS: json.dumps(steps).encode(),
+                JSON_COLUMNS: json.dumps(json_columns).encode(), IMAGE_COLUMNS: json.dumps(image_columns).encode()}
+    return pa.table(arrays).replace_schema_metadata(metadata)
+
+
+def _numpy_array(values: np.ndarray) -> pa.Array:
+    """A column held as a numpy array, as ``_scalar_array`` stores the same cells given one by one: ints
+    as int64, bools, floats as float64 with NaN as null; a column of nulls only as nulls."""
+    if values.dtype.kind == "f":
+        if len(values) and np.isnan(values).all():
+            return pa.nulls(len(values))
+        return pa.array(values.astype(np.float64, copy=False), pa.float64(), from_pandas=True)
+    if values.dtype.kind == "b":
+        return pa.array(values, pa.bool_())
+    return pa.array(values.astype(np.int64, copy=False), pa.int64())
 
 
 def _scalar_array(cells: list, kinds: set) -> pa.Array | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import logbus
-from logbus.files import content_hash
+from logbus.files import content_hash, content_hashes
 from logbus.records import Image
 
 
@@ -33,3 +33,23 @@ def test_a_digest_given_with_an_image_is_the_hash_the_store_keeps(logbus_dir):
     np.testing.assert_array_equal(first.to_numpy(), pixels)
     with pytest.raises(TypeError, match=r"^image\.digest: expected a content hash \(str\) or None, got bytes"):
         Image(pixels=pixels, digest=b"raw")
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("rows", [0, 1, 63, 64, 65, 257])
+def test_a_batchs_hashes_are_each_rows_content_hash_in_order(workers, rows):
+    """``content_hashes`` and the encoder pool's threaded ``hashes`` give ``content_hash`` of every row, in
+    the rows' order, whatever the split among threads."""
+    from logbus.samples._encoder_pool import EncoderPool
+
+    rng = np.random.default_rng(rows)
+    images = rng.integers(0, 256, (rows, 5, 7, 3), dtype=np.uint8)
+    masks = rng.integers(0, 70_000, (rows, 5, 7))
+    pool = EncoderPool(workers=workers, image_files=False)
+    try:
+        for batch in (images, masks):
+            want = [content_hash(row) for row in batch]
+            assert content_hashes(batch) == want
+            assert pool.hashes(batch) == want
+    finally:
+        pool.close()

@@ -17,7 +17,7 @@ from wandb_reader import read_only_run
 import logbus
 from logbus.files import content_hash
 from logbus.kernels import images_to_uint8_reference
-from logbus.records import Image
+from logbus.records import ColumnRows, Image
 from logbus.testing import RecordingBackend
 
 CLASS_NAMES = {0: "background", 1: "ink", 2: "edge"}
@@ -200,3 +200,35 @@ def test_rows_a_policy_leaves_out_are_released_without_files(logbus_dir):
     expected = {content_hash(p): p for p in expected_pixels(offered)}
     for cell, key in zip(rows.image.tolist(), rows._sample_key.tolist()):
         np.testing.assert_array_equal(cell.to_numpy(), expected[key])
+
+
+@pytest.mark.parametrize("policy", ["first", "reservoir", "per_class", "hardest"])
+def test_rows_the_worker_process_makes_as_columns_reach_backends_as_the_policys_rows(logbus_dir, policy):
+    """Where no image becomes a file, the worker process sends a batch's rows back as columns (hashes and
+    scalars; the pixels stay in the training process) and the table reaches backends as one
+    ``ColumnRows``: the policy's rows in its order, each row what the local store reads back."""
+    offered = batches(6, count=4, size=8)
+    backend = PixelsOnly()
+    run = logbus.start_run("columns", backends=["local", backend])
+    options = {"class_names": {0: "a", 1: "b", 2: "c"}} if policy == "per_class" else {}  # 4 a class
+    stream = run.samples(num_samples=12, policy=policy, **options)
+    assert stream.pipeline.worker_ready(120)  # every batch goes to the worker process
+    offer(run, stream, offered, label="eval", steps=2)
+    assert run.finish()
+    tables = backend.of_type("Table")
+    assert len(tables) == 2 and all(type(table.rows) is ColumnRows for table in tables)
+    stored = read_table(logbus_dir / "columns", "samples/eval")
+    pixels = {content_hash(p): p for p in expected_pixels(offered)}
+    for step, table in enumerate(tables):
+        ids = [row[0] for row in table.rows]
+        assert len(set(ids)) == len(ids) and (len(ids) == 12 or policy == "per_class" and 3 <= len(ids) <= 12)
+        if policy != "hardest":  # pass order; hardest keeps its own (hardest first)
+            assert ids == sorted(ids)
+        if policy == "first":
+            assert ids == list(range(12))
+        rows = stored[stored._step == step]
+        assert rows.id.tolist() == ids
+        for row, cell, key in zip(table.rows, rows.image.tolist(), rows._sample_key.tolist()):
+            assert row[1].digest == key == cell.hash
+            np.testing.assert_array_equal(row[1].pixels, pixels[key])
+            np.testing.assert_array_equal(cell.to_numpy(), pixels[key])

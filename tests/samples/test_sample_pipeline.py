@@ -154,7 +154,7 @@ def test_the_worker_process_deletes_the_files_it_wrote_when_its_pipeline_closes(
     paths = [cell.path for cell in column(table, "image")]
     assert len(paths) == 24 and all(os.path.exists(path) for path in paths)
     assert pipeline.close()
-    pipeline._host.close(timeout=60)
+    pipeline._worker_pipeline.close(timeout=60)
     assert not any(os.path.exists(path) for path in paths)
     assert os.path.isdir(pipeline.encoder.folder)  # not the training process's rmtree: still there
 
@@ -651,7 +651,7 @@ def test_a_killed_worker_process_loses_only_its_batches_and_is_replaced(make_pip
         for images, labels, logits in batches:
             pipeline.submit(images, labels, logits)
         future = pipeline.end_pass("eval", step=1)
-        eventually(lambda: pipeline._host.shared.lent == 4, "the batches were not all sent")
+        eventually(lambda: pipeline._worker_pipeline.shared.lent == 4, "the batches were not all sent")
         os.kill(pid, signal.SIGKILL)
         table = future.result(timeout=60)
     assert table.rows == [] and pipeline.stats.batches_lost == 4
@@ -683,7 +683,7 @@ def test_a_batch_larger_than_the_memory_budget_goes_through_in_parts(make_pipeli
     assert column(table, "truth") == labels[column(table, "id")].tolist()
     assert pipeline.stats.batches_dropped == 0 and pipeline.stats.errors == 0
     assert pipeline.stats.batches_in_process == 0
-    assert pipeline._host.shared.peak_bytes <= 2048
+    assert pipeline._worker_pipeline.shared.peak_bytes <= 2048
 
 
 def test_no_shared_memory_falls_back_to_threads_with_one_warning(make_pipeline, monkeypatch, caplog):
@@ -853,7 +853,7 @@ def ids(pipeline):
 
 first, second = make(), make()
 assert first.worker_ready(120) and second.worker_ready(120)
-pid, worker = first.worker_pid, first._host.process.popen  # our child: poll() tells whether it has ended
+pid, worker = first.worker_pid, first._worker_pipeline.process.popen  # our child: poll() tells whether it has ended
 first.cleanup()
 assert worker.poll() is None, "the worker ended while the second pipeline still used it"
 assert ids(second) == [0, 1, 2]
@@ -942,7 +942,7 @@ def test_the_worker_process_never_imports_from_the_training_scripts_working_dire
     script.write_text(
         "from logbus.samples._pipeline import pipeline_for\n"
         "p = pipeline_for('classification', {'class_names': ['a', 'b']}, num_samples=None)\n"
-        "assert p.worker_ready(120), p._host.error\n"
+        "assert p.worker_ready(120), p._worker_pipeline.error\n"
         "print(p.worker_pid)\n"
         "p.cleanup()\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=work)
@@ -963,7 +963,7 @@ def test_a_backend_releasing_files_to_a_worker_that_does_not_read_never_blocks_s
     os.kill(pid, signal.SIGSTOP)
     try:
         paths = [f"{pipeline.encoder.folder}/{i:032x}.png" for i in range(200_000)]  # megabytes: fills the socket
-        releasing = threading.Thread(target=pipeline._host.release, args=(paths,), daemon=True)
+        releasing = threading.Thread(target=pipeline._worker_pipeline.release, args=(paths,), daemon=True)
         releasing.start()
         releasing.join(2)  # it may block (the socket is full) or return at once: either way, go on
         submitted = threading.Event()
@@ -1094,7 +1094,7 @@ def test_the_worker_unmaps_the_shared_memory_of_a_pipeline_that_closed(make_pipe
     first, second = make_pipeline(num_samples=None), make_pipeline(num_samples=None)
     assert first.worker_ready(120) and second.worker_ready(120)
     run_pass(first, make_batches(2, 4, seed=70))
-    names = [buffer.name.lstrip("/") for buffer in first._host.shared._all]
+    names = [buffer.name.lstrip("/") for buffer in first._worker_pipeline.shared._all]
     pid = first.worker_pid
     assert names
 
@@ -1130,3 +1130,17 @@ def test_a_batch_refilled_in_place_after_submit_logs_what_was_offered(make_pipel
     assert column(table, "truth") == truths
     for i, cell in enumerate(column(table, "image")):
         np.testing.assert_array_equal(decode(cell.path), offered[i, :, :, 0])
+
+
+def test_the_pinned_pool_reuses_free_buffers_of_other_sizes():
+    """Buffers of several sizes come back to the pool (CPU batches of every size are staged in it): taking
+    the smallest one that fits must not compare tensors element by element (``list.remove`` does)."""
+    from logbus.samples._pinned_pool import PinnedPool
+
+    pool = PinnedPool(1 << 20)
+    small, large = pool.acquire(1000), pool.acquire(4000)
+    pool.release(large)
+    pool.release(small)
+    assert pool.acquire(2000) is large
+    assert pool.acquire(10) is small
+    assert pool.held_bytes == 5000
