@@ -365,8 +365,9 @@ class Box(Record):
 class Image(Record):
     """One image: either uint8 ``pixels`` ``[H, W, C]`` (C in 1/3/4) or the ``path`` of an already
     encoded PNG/JPEG file, which backends reference as it is (never re-encoded). A ``Table`` or
-    ``Images`` record that holds it is logged with the file's bytes as they are when the record is
-    emitted (``Bus.emit`` reads them and hands backends a copy of its own: ``logbus.bus._file_copies``).
+    ``Images`` record that holds it is logged with the file's bytes as the bus's first backend writer
+    reads them, off the caller's thread, once for every backend (normally milliseconds after the call,
+    always before a later ``flush()`` returns; ``logbus.bus._file_copies``).
 
     ``digest``: the content hash of the image (``logbus.files.content_hash`` of its pixels or of its
     file's bytes), set by a producer that already hashed it (the sample pipeline), so that a backend

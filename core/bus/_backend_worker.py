@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from logbus.bus._deferred import Deferred
+from logbus.bus._deferred import Deferred, ReportedLoss
 from logbus.hookspecs import Backend
 from logbus.records import Artifact, Hyperparameters, Metrics, Record, RunFinished, RunStarted
 
@@ -232,6 +232,9 @@ class BackendWorker:
     def _resolve(self, deferred: Deferred) -> Record | None:
         try:
             return deferred.future.result(timeout=deferred.timeout)
+        except ReportedLoss:  # its producer has said why, once for every backend
+            self.stats.dropped += 1
+            return None
         except Exception as error:  # noqa: BLE001 - includes TimeoutError: the record is lost, say so
             self.stats.dropped += 1
             log.warning("logbus: a deferred %s for backend %r was not delivered: %s: %s",

@@ -111,16 +111,16 @@ class Bus:
     def emit(self, record: Record, *, to: Collection[str] | None = None) -> None:
         """Enqueues ``record`` for every backend that supports its type and returns at once.
 
-        :param record: what to deliver. An ``Image(path=...)`` in a ``Table`` or ``Images`` record is read
-            here: every backend stores what the file holds during this call (``ValueError`` naming
-            ``image.path`` if it cannot be read).
+        :param record: what to deliver. A ``Table`` or ``Images`` record with an ``Image(path=...)`` is
+            wrapped in a ``Deferred`` here and nothing is read: the first backend writer to reach it reads
+            each file once and every backend stores those bytes (``logbus.bus._file_copies``).
         :param to: names (``bus.backends``) of the only backends to offer it to; ``None``: every one.
         """
         started = _now_ns()
         if type(record) in self._copies_files_of and not self.closed:
-            # A file an image cell names is read now: what the caller logged is what it held during this
-            # call, whatever becomes of it once the call returns (see logbus.bus._file_copies).
-            record = self._file_copies.snapshot(record)  # type: ignore[arg-type]  # a Table or Images
+            # A file an image cell names is read once, by the first backend writer, never on this thread;
+            # every backend gets that read's bytes, never the caller's path (see logbus.bus._file_copies).
+            record = self._file_copies.defer(record)  # type: ignore[arg-type]  # a Table or Images
         deferred = record if type(record) is Deferred else None
         if deferred is not None:
             deferred.hold()  # until every backend has been offered it: one that is done early cannot release it

@@ -21,6 +21,11 @@ from logbus.records import Record
 WAIT_SECONDS = 600.0
 
 
+class ReportedLoss(Exception):
+    """Raised by a deferred record's producer that has already warned why the record is lost (once, for
+    every backend): each writer counts it dropped without a warning of its own."""
+
+
 class Deferred(Record):
     """Placeholder for a record of type ``record_type`` that ``future`` will produce (or ``None`` if
     it was dropped). ``timeout`` bounds how long a writer waits for it.

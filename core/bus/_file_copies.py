@@ -1,22 +1,26 @@
-"""A caller's encoded image files (``Image(path=...)``), read at the log call and handed to the backends as
-logbus's own copies.
+"""A caller's encoded image files (``Image(path=...)``), read once by the first backend writer and handed to
+every backend as logbus's own copies.
 
-A ``Table`` or ``Images`` record that a caller emits names files the caller owns. A backend handles the
-record on its writer thread, after the call has returned: by then the caller may have rewritten a file in
-place (``PIL.Image.save`` to the same name at every eval) or replaced it (a new file renamed onto it), and
-a backend reading the caller's file stores the new picture under the old step (every built-in backend did).
-So the bus reads each such file during ``emit``, on the caller's thread, and the first backend writer to
-reach the record writes those bytes to a file of logbus's own, named by its content hash
-(``logbus.files.content_hash``) and never changed; every backend gets the record with its image cells
-pointing there, ``digest`` set. What a backend stores, and what it hands on (wandb takes a file path), is
-then what the file held during the call, the same bytes for every backend.
+A ``Table`` or ``Images`` record that a caller emits names files the caller owns. Every backend handles the
+record on its own writer thread, after the call has returned, each when it gets there: a backend reading
+the caller's file itself (every built-in backend did) stores whatever the file holds by then, so a file
+rewritten in place (``PIL.Image.save`` to the same name at every eval) or replaced (a new file renamed
+onto it) gave the new picture under the old step, and two backends could store two different pictures.
 
-Why read on the caller's thread: any later read leaves a window in which a file rewritten right after the
-call (a loop that saves each picture to one name and logs it) is stored with the wrong content. The read
-costs a few µs for a small file (a 3 KB PNG: about 5 µs, as much as making its ``Image(path=...)``), then
-in proportion to its size; the copy, the costlier part (a file created), is written on a backend's
-thread (``benchmarks/logged_files.py`` measures both). A sample pipeline's files never come through
-here: its records are ``Deferred`` and its files are its own, content-named and immutable.
+So the bus wraps such a record in a ``Deferred`` at the call and reads nothing there: per-sample work never
+runs on the training thread (reading a 3 KB PNG there cost 5-19 µs, a 200 KB one 0.1-0.2 ms). The first
+backend writer to reach the record (``LazyFuture``: exactly one computes, the others wait for its result)
+reads each file once, hashes it (``logbus.files.content_hash``) and writes the bytes to a file of logbus's
+own named by that hash and never changed; every backend gets the record with its image cells pointing
+there, ``digest`` set. What each backend stores, and what it hands on (wandb takes a file path), is then
+the same bytes: what the file held when that writer read it, normally milliseconds after the call and
+always before a ``flush()`` issued after the call returns. A file changed between the call and that read
+is stored changed. A sample pipeline's files never come through here: its records are ``Deferred`` and
+its files are its own, content-named and immutable.
+
+A file that cannot be read then (deleted since the call) or a copy that cannot be written (a full disk)
+loses that record in every backend, each counting it dropped, with one warning from the writer that
+tried (``ReportedLoss``); the training thread never sees an exception for it.
 
 The copies live in one temporary folder per bus (``logbus-files-*`` under ``tempfile.gettempdir()``), each
 deleted once every backend is done with the records that name it (``Deferred.on_released``), the folder
@@ -26,6 +30,7 @@ when the bus closes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -33,11 +38,13 @@ import tempfile
 import threading
 from typing import Any, Iterator
 
-from logbus.bus._deferred import Deferred, LazyFuture
+from logbus.bus._deferred import Deferred, LazyFuture, ReportedLoss
 from logbus.files import content_hash
 from logbus.records import Image, Images, Record, Table
 
 __all__ = ["FileCopies"]
+
+log = logging.getLogger("logbus")
 
 # A copy keeps the extension of the caller's file (wandb.Image takes the format from it), when it is a
 # plain one; otherwise it has none (readers sniff the bytes).
@@ -49,7 +56,8 @@ _FILE_MODE = 0o644  # before the umask, as every file logbus writes
 
 
 class FileCopies:
-    """The copies of one bus. :meth:`snapshot` runs on the caller's thread, the rest on backend writers."""
+    """The copies of one bus. :meth:`defer` runs on the caller's thread and reads nothing; the rest runs on
+    backend writers."""
 
     def __init__(self):
         self._folder: str | None = None
@@ -57,22 +65,17 @@ class FileCopies:
         self._lock = threading.Lock()
         self._closed = False
 
-    def snapshot(self, record: Table | Images) -> Record:
+    def defer(self, record: Table | Images) -> Record:
         """``record`` itself when none of its images names a file; else a ``Deferred`` of it whose image
-        cells name copies of those files as they are now (read here; written by the first writer that
-        needs the record). ``ValueError`` naming ``image.path`` for a file that cannot be read.
+        cells name copies of those files, read and written by the first backend writer that reaches it.
+        No file is opened here.
 
         :param record: a ``Table`` or ``Images`` record a caller is emitting.
         """
-        contents: dict[str, bytes] = {}  # the caller's path -> its bytes now (a file named twice is read once)
-        for image in _images(record):
-            if image.path is not None and image.path not in contents:
-                contents[image.path] = _read(image.path)
-        if not contents:
+        if not any(image.path is not None for image in _images(record)):
             return record
         named: list[str] = []  # the copies this record's cells name, once written
-        deferred = Deferred(type(record), LazyFuture(lambda: self._with_copies(record, contents, named)),
-                            nbytes=record.nbytes + sum(len(data) for data in contents.values()))
+        deferred = Deferred(type(record), LazyFuture(lambda: self._with_copies(record, named)), nbytes=record.nbytes)
         deferred.on_released(lambda: self._release(named))
         return deferred
 
@@ -85,13 +88,25 @@ class FileCopies:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
-    # -- backend writer side -----------------------------------------------------------------------
-    def _with_copies(self, record: Table | Images, contents: dict[str, bytes], named: list[str]) -> Table | Images:
+    # -- backend writer side (the first writer to reach the record) ------------------------------------
+    def _with_copies(self, record: Table | Images, named: list[str]) -> Table | Images:
         copies: dict[str, tuple[str, str]] = {}  # the caller's path -> (the copy's path, content hash)
-        for path, data in contents.items():
+        for image in _images(record):
+            path = image.path
+            if path is None or path in copies:  # a file named twice is read once
+                continue
+            try:
+                data = _read(path)
+            except OSError as error:
+                raise _lost(record, "could not read image.path", path, error) from error
             digest = content_hash(data)
             extension = _EXTENSION.search(path)
-            copies[path] = (self._keep(digest + (extension.group().lower() if extension else ""), data, named), digest)
+            try:
+                copy = self._keep(digest + (extension.group().lower() if extension else ""), data, named)
+            except OSError as error:
+                raise _lost(record, "could not write the copy of image.path", path, error) from error
+            copies[path] = (copy, digest)
+            del data  # one file's bytes in memory at a time
 
         def copied(cell: Any) -> Any:
             if not isinstance(cell, Image) or cell.path is None:
@@ -108,7 +123,7 @@ class FileCopies:
         already made it (the same content under the same name: it is never changed)."""
         with self._lock:
             if self._closed:
-                raise RuntimeError("the bus has closed: no backend takes this record any more")
+                raise ReportedLoss("the bus has closed: no backend takes this record any more")
             if self._folder is None:
                 self._folder = tempfile.mkdtemp(prefix="logbus-files-")
             path = os.path.join(self._folder, name)
@@ -135,6 +150,14 @@ class FileCopies:
             named.clear()
 
 
+def _lost(record: Table | Images, what: str, path: str, error: OSError) -> ReportedLoss:
+    """Warns once that ``record`` is lost, and the exception that has every backend count it dropped."""
+    lost = f"{type(record).__name__} {record.key!r} at step {record.step}"
+    log.warning("logbus: %s is lost in every backend (each counts it dropped): %s %r (%s: %s)",
+                lost, what, path, type(error).__name__, error.strerror or error)
+    return ReportedLoss(f"{lost}: {what} {path!r} ({type(error).__name__}: {error.strerror or error})")
+
+
 def _images(record: Table | Images) -> Iterator[Image]:
     if isinstance(record, Images):
         yield from record.images
@@ -147,18 +170,14 @@ def _images(record: Table | Images) -> Iterator[Image]:
 
 def _read(path: str) -> bytes:
     """The whole file now, in as few system calls as a small file allows (open, fstat, read, close)."""
+    descriptor = os.open(path, _READ_FLAGS)
     try:
-        descriptor = os.open(path, _READ_FLAGS)
-        try:
-            size = os.fstat(descriptor).st_size
-            parts = [os.read(descriptor, size + 1)]  # the whole file, unless it grows meanwhile
-            while more := os.read(descriptor, _LARGE_READ):
-                parts.append(more)
-        finally:
-            os.close(descriptor)
-    except OSError as error:
-        raise ValueError(f"image.path: expected a readable encoded image file, got {path!r} "
-                         f"({type(error).__name__}: {error.strerror or error})") from error
+        size = os.fstat(descriptor).st_size
+        parts = [os.read(descriptor, size + 1)]  # the whole file, unless it grows meanwhile
+        while more := os.read(descriptor, _LARGE_READ):
+            parts.append(more)
+    finally:
+        os.close(descriptor)
     return parts[0] if len(parts) == 1 else b"".join(parts)  # no second copy of the bytes
 
 

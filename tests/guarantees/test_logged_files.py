@@ -1,10 +1,12 @@
-"""An ``Image(path=...)`` is logged as the file was during the call, in every backend.
+"""An ``Image(path=...)`` is read once, off the training thread, and every backend stores those bytes.
 
-Every built-in backend reads image files on its writer thread, after the call has returned. Before the
-bus read them at the call, a file rewritten in place (``PIL.Image.save`` to the same name), replaced (a new
-file renamed onto it) or logged again with new contents right after the call was stored with its new
-picture under the old step, by the local store, W&B and TensorBoard alike. Real backends, read back as a
-user would: ``logbus.read_table``, the offline W&B run (``wandb leet inspect``), TensorBoard's event files.
+Every built-in backend reads image files on its own writer thread, each when it gets to the record: on
+main a file rewritten in place (``PIL.Image.save`` to the same name), replaced (a new file renamed onto
+it) or logged again with new contents after a flush was stored with its new picture under the old step,
+and two backends could store two different pictures. The bus now has the first backend writer that
+reaches the record read each file once and hand every backend a copy of those bytes. Real backends,
+read back as a user would: ``logbus.read_table``, the offline W&B run (``wandb leet inspect``),
+TensorBoard's event files.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 from tensorboard.backend.event_processing import event_accumulator
+from gated_recorder import GatedRecorder
 from wandb_reader import read_only_run
 
 import logbus
 from logbus.files import content_hash
-from logbus.records import Image, Images
+from logbus.records import Image, Images, Table
 from logbus.testing import RecordingBackend
 
 COLORS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0)}
@@ -64,20 +68,22 @@ def tensorboard_images(folder: Path, tag: str) -> list[tuple[int, str]]:
             for event in events.Images(tag)]
 
 
-def test_a_file_changed_right_after_the_call_is_stored_as_it_was_in_every_backend(wandb_offline, logbus_dir, tmp_path):
+def test_a_file_changed_after_a_flush_is_stored_as_it_was_in_every_backend(wandb_offline, logbus_dir, tmp_path):
     rewritten, replaced, reused = (tmp_path / name for name in ("rewritten.png", "replaced.png", "reused.png"))
     for path in (rewritten, replaced, reused):
         path.write_bytes(png("red"))
     backends = ["local", ("wandb", {"project": "logbus-tests"}), ("tensorboard", {"log_dir": str(tmp_path / "tb")})]
     with logbus.start_run("files", backends=backends) as run:
         run.log_table("rewritten", ["image"], [[Image(path=str(rewritten))]], step=0)
-        rewrite_in_place(rewritten, "blue")
         run.bus.emit(Images("replaced", [Image(path=str(replaced))], step=0))
-        replace(replaced, "blue")
         # One name, logged at two steps with other contents (a loop that saves each picture to one file).
         run.log_table("reused", ["image"], [[Image(path=str(reused))]], step=1)
+        assert run.flush()  # every file has been read: what it holds from here on changes nothing logged
+        rewrite_in_place(rewritten, "blue")
+        replace(replaced, "blue")
         rewrite_in_place(reused, "blue")
         run.log_table("reused", ["image"], [[Image(path=str(reused))]], step=2)
+        assert run.flush()
         replace(reused, "green")  # never logged
 
     expected = {"rewritten": [(0, "red")], "replaced": [(0, "red")], "reused": [(1, "red"), (2, "blue")]}
@@ -96,9 +102,56 @@ def test_a_file_changed_right_after_the_call_is_stored_as_it_was_in_every_backen
         "local": expected, "wandb": expected, "tensorboard": expected}
 
 
+class ReadsAtOnce:
+    """Reads each image file of a table as soon as its writer gets the record, then says so."""
+
+    supports = frozenset({Table})
+
+    def __init__(self):
+        self.took = threading.Event()
+        self.contents: list[bytes] = []
+
+    def log(self, record):
+        self.contents += [Path(cell.path).read_bytes() for row in record.rows for cell in row]
+        self.took.set()
+
+    def close(self, finish):
+        pass
+
+
+class ReadsWhenReleased(GatedRecorder):
+    """Reads each image file of a table only once the test opens its gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.contents: list[bytes] = []
+
+    def log(self, record):
+        self.gate.wait(30)
+        self.contents += [Path(cell.path).read_bytes() for row in record.rows for cell in row]
+
+
+@pytest.mark.parametrize("change", [rewrite_in_place, replace])
+def test_every_backend_stores_the_same_bytes_when_the_file_changes_between_their_writers(change, tmp_path):
+    # One backend's writer takes the record and reads the image; the file changes; only then does the other
+    # backend's writer get to it. On main each read the caller's file: the second stored the new picture.
+    from logbus.bus import Bus
+
+    source = tmp_path / "prediction.png"
+    source.write_bytes(png("red"))
+    early, late = ReadsAtOnce(), ReadsWhenReleased()
+    bus = Bus([early, late])
+    bus.emit(Table("predictions", ["image"], [[Image(path=str(source))]], step=0))
+    assert early.took.wait(30)
+    change(source, "blue")
+    late.gate.set()
+    assert bus.close()
+    assert {"early": early.contents, "late": late.contents} == {"early": [png("red")], "late": [png("red")]}
+
+
 def test_backends_get_a_content_named_copy_deleted_once_every_backend_took_it(logbus_dir, tmp_path):
     """What a backend receives: the cell's ``path`` is logbus's own file, named by the content hash of
-    the bytes read at the call (``digest``), with the caller's extension; the same bytes under two names
+    the bytes its first writer read (``digest``), with the caller's extension; the same bytes under two names
     are one copy; it is gone once every backend is done with the record, and the folder at close."""
     first, second = tmp_path / "first.png", tmp_path / "second.PNG"
     first.write_bytes(png("red"))
@@ -107,8 +160,8 @@ def test_backends_get_a_content_named_copy_deleted_once_every_backend_took_it(lo
     with logbus.start_run("copies", backends=[recorder, "local"]) as run:
         run.log_table("two", ["a", "b"], [[Image(path=str(first)), Image(path=str(second), caption="same bytes")]],
                       step=0)
-        first.write_bytes(png("blue"))
         assert run.flush()
+        first.write_bytes(png("blue"))
         [table] = recorder.tables("two")
         cells = table.rows[0]
         folder = Path(cells[0].path).parent
@@ -123,35 +176,48 @@ def test_backends_get_a_content_named_copy_deleted_once_every_backend_took_it(lo
         == ["red", "red"]
 
 
-def test_composers_log_table_stores_the_file_as_it_was_at_the_call(logbus_dir, tmp_path):
+def test_composers_log_table_stores_the_file_as_it_was_when_flushed(logbus_dir, tmp_path):
     from logbus.composer import LogBusLogger
 
     source = tmp_path / "prediction.png"
     source.write_bytes(png("red"))
     logger = LogBusLogger(backends=["local"])
     logger.log_table(["image"], [[Image(path=str(source))]], name="predictions", step=3)
+    assert logger.bus.flush()  # as Composer's fit_end does
     rewrite_in_place(source, "blue")
+    logger.log_table(["image"], [[Image(path=str(source))]], name="predictions", step=4)
+    assert logger.bus.flush()
+    rewrite_in_place(source, "green")  # never logged
     logger.post_close()
     [run_dir] = logbus_dir.iterdir()
     table = logbus.read_table(run_dir, "predictions")
-    assert [(int(step), color_of(cell.to_numpy())) for step, cell in zip(table["_step"], table["image"])] == [(3, "red")]
+    assert [(int(step), color_of(cell.to_numpy())) for step, cell in zip(table["_step"], table["image"])] == [
+        (3, "red"), (4, "blue")]
 
 
-def test_a_file_that_cannot_be_read_at_the_call_raises_naming_it_and_the_run_goes_on(logbus_dir, tmp_path):
+def test_a_file_deleted_before_it_is_read_loses_its_table_counted_with_one_warning(logbus_dir, tmp_path, caplog):
+    # The read is a backend writer's: the call returns as usual, that table is counted dropped by every
+    # backend with one warning naming the file, and what was logged before and after it arrives.
     source = tmp_path / "gone.png"
     source.write_bytes(png("red"))
     image = Image(path=str(source))  # checked while the file is there
     source.unlink()
-    with logbus.start_run("unreadable", backends=["local"]) as run:
+    recorder = RecordingBackend()
+    with logbus.start_run("unreadable", backends=["local", recorder]) as run:
         run.log_table("before", ["id"], [[1]], step=0)
-        with pytest.raises(ValueError, match=r"image\.path: expected a readable encoded image file, got .*gone\.png"):
-            run.log_table("lost", ["image"], [[image]], step=1)
+        run.log_table("lost", ["image"], [[image]], step=1)
         run.log({"loss": 0.5}, step=1)
         run.log_table("after", ["id"], [[2]], step=2)
+    warnings = [record.getMessage() for record in caplog.records if "is lost" in record.getMessage()]
+    assert len(warnings) == 1 and "Table 'lost' at step 1" in warnings[0] and "gone.png" in warnings[0], warnings
+    assert "FileNotFoundError" in warnings[0]
+    stats = run.bus.stats()["backends"]
+    assert [(stats[name]["dropped"], stats[name]["failures"]) for name in ("local", "recording")] == [(1, 0)] * 2
     run_dir = logbus_dir / "unreadable"
     assert [logbus.read_table(run_dir, key).id.tolist() for key in ("before", "after")] == [[1], [2]]
     assert logbus.read_metrics(run_dir)["loss"].tolist() == [0.5]
     assert logbus.read_table(run_dir, "lost").empty
+    assert [table.key for table in recorder.of_type(Table)] == ["before", "after"]
 
 
 CAPPED_COPY = textwrap.dedent("""
@@ -175,7 +241,7 @@ CAPPED_COPY = textwrap.dedent("""
 
 def test_a_copy_that_cannot_be_written_loses_its_table_counted_and_the_run_goes_on(logbus_dir, tmp_path):
     # A real write error from the kernel (EFBIG under a file-size limit, as a full disk gives ENOSPC) while
-    # the first writer writes the copy: that table is counted lost with one warning per backend, the
+    # the first writer writes the copy: that table is counted lost with one warning, the
     # metrics before and after it arrive, the backend stays on, and the copies' folder is gone at close.
     source = tmp_path / "noise.png"
     PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
@@ -189,7 +255,9 @@ def test_a_copy_that_cannot_be_written_loses_its_table_counted_and_the_run_goes_
     assert result.returncode == 0, result.stderr[-3000:]
     stats, folders = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
     assert (stats["dropped"], stats["failures"], stats["enabled"]) == (1, 0, True)
-    assert result.stderr.count("a deferred Table for backend 'local' was not delivered: OSError") == 1
+    assert result.stderr.count("is lost in every backend") == 1
+    assert "Table 'samples' at step 0 is lost in every backend (each counts it dropped): could not write the copy" \
+        in result.stderr
     assert "File too large" in result.stderr
     assert folders == [] and list(temp.iterdir()) == []
     run_dir = logbus_dir / "capped"
