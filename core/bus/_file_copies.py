@@ -29,7 +29,7 @@ when the bus closes.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 import os
 import re
@@ -112,11 +112,11 @@ class FileCopies:
             if not isinstance(cell, Image) or cell.path is None:
                 return cell
             path, digest = copies[cell.path]
-            return dataclasses.replace(cell, path=path, digest=digest)
+            return _changed(cell, path=path, digest=digest)
 
         if isinstance(record, Images):
-            return dataclasses.replace(record, images=[copied(image) for image in record.images])
-        return dataclasses.replace(record, rows=[[copied(cell) for cell in row] for row in record.rows])
+            return _changed(record, images=[copied(image) for image in record.images])
+        return _changed(record, rows=[[copied(cell) for cell in row] for row in record.rows])
 
     def _keep(self, name: str, data: bytes, named: list[str]) -> str:
         """The path of the copy ``name`` holding ``data``, written now unless a record not yet released
@@ -156,6 +156,15 @@ def _lost(record: Table | Images, what: str, path: str, error: OSError) -> Repor
     log.warning("logbus: %s is lost in every backend (each counts it dropped): %s %r (%s: %s)",
                 lost, what, path, type(error).__name__, error.strerror or error)
     return ReportedLoss(f"{lost}: {what} {path!r} ({type(error).__name__}: {error.strerror or error})")
+
+
+def _changed(record: Any, **fields: Any) -> Any:
+    """A copy of the frozen ``record`` with ``fields`` changed, without its checks again (``dataclasses.replace``
+    would run them: a ``stat`` of every copy and every cell checked once more, on a writer holding the GIL)."""
+    changed = copy.copy(record)
+    for name, value in fields.items():
+        object.__setattr__(changed, name, value)
+    return changed
 
 
 def _images(record: Table | Images) -> Iterator[Image]:
