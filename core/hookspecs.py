@@ -93,8 +93,8 @@ class Backend(Protocol):
         metric values may be tensors (``logbus.records.as_float`` reads them). An image cell's
         ``Image.path`` names a file that logbus owns and never changes (a caller's own file is read once
         by the first backend writer to reach the record and copied, named by its content hash,
-        ``Image.digest``; a sample pipeline's are its own): read or copy it here, never keep the path, as it may be deleted once every backend is done
-        with the record.
+        ``Image.digest``; a sample pipeline's are its own): read or copy it here, never keep the path,
+        as it may be deleted once every backend is done with the record.
 
         An exception is caught by the bus, reported once and counted; after ``failure_limit``
         consecutive failures (or one on ``RunStarted``) the backend is switched off. It never reaches

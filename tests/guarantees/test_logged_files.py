@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gated_recorder import GatedRecorder
 from PIL import Image as PILImage
 from tensorboard.backend.event_processing import event_accumulator
-from gated_recorder import GatedRecorder
 from wandb_reader import read_only_run
 
 import logbus

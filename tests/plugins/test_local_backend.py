@@ -323,8 +323,8 @@ CAPPED_COPY = textwrap.dedent("""
     run.log_table("small", ["id"], [[1]], step=0)
     assert run.flush()
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # from here on, as if the disk were full
-    # Pixels, not Image(path=source): the bus copies that file (read during the call, written by the first
-    # backend writer), and the copy, not the table, would be cut short (tests/guarantees/test_logged_files.py).
+    # Pixels, not Image(path=source): the bus's first backend writer copies that file, and the copy, not the
+    # table, would be cut short (tests/guarantees/test_logged_files.py).
     run.log_table("samples", ["image"], [[Image(pixels=pixels)]], step=0)
     run.log_artifact(source, "model.png", type="model")
     run.log({"loss": 0.5}, step=1)
