@@ -4,6 +4,7 @@ every process, and the training process's memory across many evals. A plain loop
     .venv/bin/python benchmarks/bench_volume.py throughput [--task classification|segmentation|both]
         [--seconds 30] [--rate ROWS_PER_S|max] [--rounds 3] [--eval-samples 8192] [--batch 256]
     .venv/bin/python benchmarks/bench_volume.py cpu [--loop composer|plain] [--sizes 2048 8192] [--rounds 3]
+    .venv/bin/python benchmarks/bench_volume.py stages [--task ...] [--rate ROWS_PER_S] [--seconds 10] [--encoders 1 2]
     .venv/bin/python benchmarks/bench_volume.py rss [--evals 100] [--eval-samples 512] [--rate 20000] [--rounds 3]
     .venv/bin/pytest -q -p no:cacheprovider benchmarks/bench_volume.py --benchmark-disable   # smoke test, seconds
 
@@ -22,12 +23,19 @@ batches: the figure is the rows read back per second, with the count dropped bes
 cpu: each configuration (with and without sample logging, at two run sizes of two evals) runs in a fresh
 interpreter under a reaper process that is a Linux child subreaper, so that every process of the tree,
 the worker included even where it outlives its parent, is reaped by it and counted in its
-``RUSAGE_CHILDREN``; the rows are read back by the parent afterwards, outside the tree. The marginal CPU per logged sample is ``((logging big - logging small) - (none big -
-none small)) / (logged samples big - small)``, a figure per round (the four configurations of a round run
+``RUSAGE_CHILDREN``; the rows are read back by the parent afterwards, outside the tree. The marginal CPU
+per logged sample is ``((logging big - logging small) - (none big - none small)) / (logged samples big -
+small)``, a figure per round (the four configurations of a round run
 one after the other). Also the worker's CPU when it is ready (every process below the training process,
 right after ``worker_ready``) and, with ``--loop plain``, the training thread's CPU per sample. At the
 target the signal is small (12,288 samples x 25 µs = 0.3 s), smaller than the spread of a Composer eval's
 own CPU between runs on a loaded machine (about 1 s at 2 x 8,192): read the spread before the median.
+
+stages: the throughput loop at a steady rate the pipeline keeps up with, once per ``--encoders`` value
+(``encode_workers``): the CPU of each thread of the training process (by name: the training thread, which
+also makes the benchmark's predictions, ``logbus-samples`` the pipeline's thread and its device stage,
+``logbus-host-receiver``, ``logbus-local`` the store's writer, ...) and of the worker process, between the
+first and the last offer, per row offered. A stage on one thread cannot pass 1e6 / its µs rows/s on any host.
 
 rss: the throughput loop for ``--evals`` evals of ``--eval-samples`` rows at ``--rate``; the training
 process's RSS after each eval's ``log``; reported: the largest departure from the RSS after the first eval.
@@ -49,6 +57,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +156,9 @@ class LoopResult:
     rss_after_eval: list[int] = field(default_factory=list)
     rss_parts_after_eval: list[dict[str, int]] = field(default_factory=list)  # RssAnon, RssShmem (Linux)
     clean_close: bool = False
+    # CPU seconds between the first and the last offer: each thread of this process by name, and "worker
+    # process" (every process below this one); with the rows offered meanwhile (see ``stages``)
+    stage_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -172,6 +184,19 @@ class LoopResult:
     @property
     def dropped(self) -> int:
         return sum(self.drops.values())
+
+
+def cpu_by_stage() -> dict[str, float]:
+    """CPU seconds so far of each thread of this process, by name (several of one name added up; the
+    main thread is "training thread"), and of every process below this one ("worker process")."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    main = threading.main_thread().native_id
+    spent: dict[str, float] = {}
+    for thread in psutil.Process().threads():
+        name = "training thread" if thread.id == main else names.get(thread.id, "other threads (torch, pyarrow)")
+        spent[name] = spent.get(name, 0.0) + thread.user_time + thread.system_time
+    spent["worker process"] = descendants_cpu()
+    return spent
 
 
 def loss_counters(stream: Any, run: Any) -> dict[str, int]:
@@ -217,7 +242,7 @@ def count_files(folder: str) -> tuple[int, int]:
 
 def offer_loop(data: EvalSet, *, root: str, name: str, rate: float | None, seconds: float | None = None,
                evals: int | None = None, batch: int = BATCH, log_samples: bool = True, read_back: bool = True,
-               sample_rss: bool = False) -> LoopResult:
+               sample_rss: bool = False, stream_options: dict[str, Any] | None = None) -> LoopResult:
     """Offers evals of ``data`` in batches on a fixed schedule (``rate`` rows/s; None: no waiting) until
     ``seconds`` have passed at the end of an eval, or ``evals`` evals; then finishes the run. ``log_samples``
     False: the same loop and predictions, no sample stream (the baseline of ``cpu``); ``sample_rss``: this
@@ -226,13 +251,15 @@ def offer_loop(data: EvalSet, *, root: str, name: str, rate: float | None, secon
         raise ValueError("seconds, evals: expected at least one of them, got neither")
     result = LoopResult(data.task, rate)
     run = logbus.start_run(name, backends=[("local", {"root": root})])
-    stream = run.samples(data.task, num_samples=None, policy="first") if log_samples else None
+    stream = (run.samples(data.task, num_samples=None, policy="first", **(stream_options or {}))
+              if log_samples else None)
     if stream is not None and hasattr(stream.pipeline, "worker_ready"):
         started = time.perf_counter()
         stream.pipeline.worker_ready(WORKER_READY_TIMEOUT_S)
         result.worker_ready_wait = time.perf_counter() - started
         result.worker_ready_cpu = descendants_cpu()
     thread_cpu = 0.0
+    cpu_at_first_offer = cpu_by_stage()
     first_offer = time.perf_counter()
     while True:
         for start in range(0, data.size, batch):
@@ -266,6 +293,7 @@ def offer_loop(data: EvalSet, *, root: str, name: str, rate: float | None, secon
         if (evals is not None and result.evals >= evals) or (seconds is not None and elapsed >= seconds):
             break
     last_offer = time.perf_counter()
+    result.stage_cpu = {name: spent - cpu_at_first_offer.get(name, 0.0) for name, spent in cpu_by_stage().items()}
     result.clean_close = run.finish(timeout=CLOSE_TIMEOUT_S)
     closed = time.perf_counter()
     result.thread_cpu = thread_cpu
@@ -357,6 +385,50 @@ def throughput(args: argparse.Namespace) -> list[LoopResult]:
                   f"{spread([r.thread_us_per_sample for r in per_task], ' µs', 2)}; per sample taken (target <= "
                   f"{TARGET_THREAD_US_PER_SAMPLE:g} µs): {spread([r.thread_us_per_taken_sample for r in per_task], ' µs', 2)}")
         print(f"load average at the end: {load_average()}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+STAGE_RATES = {"classification": 20_000, "segmentation": 4_000}  # rows/s every round keeps up with, here
+
+
+def stages(args: argparse.Namespace) -> list[LoopResult]:
+    """Where the CPU goes, per row: each thread of the training process and the worker process, offered a
+    steady rate the pipeline keeps up with, once per encoder count. A thread's µs per row bounds the rows/s
+    of a stage that runs on that one thread (1e6 / µs), whatever the cores: the figures a projection to a
+    larger host starts from."""
+    rounds = check_rounds(args.rounds)
+    root = scratch_root()
+    results = []
+    try:
+        for task in (["classification", "segmentation"] if args.task == "both" else [args.task]):
+            data = eval_set(task, args.eval_samples, args.batch)
+            rate = float(args.rate) if args.rate else STAGE_RATES[task]
+            for workers in args.encoders:
+                per_round = []
+                for round_ in range(rounds):
+                    name = f"stages-{task}-{workers}-{round_}"
+                    result = offer_loop(data, root=root, name=name, rate=rate, seconds=args.seconds, batch=args.batch,
+                                        stream_options={"encode_workers": workers}, read_back=False)
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                    if result.dropped:
+                        print(f"  {task}, {workers} encoder(s), round {round_}: {result.dropped} dropped at "
+                              f"{rate:,.0f} rows/s: not a steady state, ask a lower --rate")
+                    per_round.append(result)
+                results.extend(per_round)
+                print(f"{task}, {rate:,.0f} rows/s offered for {args.seconds:g} s, encode_workers={workers}: CPU per "
+                      f"row offered, median [min-max] of {rounds} rounds (load {load_average()})")
+                names = sorted({name for r in per_round for name in r.stage_cpu},
+                               key=lambda n: -statistics.median(r.stage_cpu.get(n, 0.0) for r in per_round))
+                for stage in names:
+                    costs = [r.stage_cpu.get(stage, 0.0) / max(1, r.rows_offered) * 1e6 for r in per_round]
+                    if statistics.median(costs) >= 0.05:
+                        print(f"  {stage:34s} {spread(costs, ' µs', 2)}")
+                added = [r.thread_us_per_sample for r in per_round]
+                print(f"  {'(of which add()/log())':34s} {spread(added, ' µs', 2)}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
@@ -614,6 +686,12 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--rate", default=None, help="offered rows/s, or 'max' (as fast as the loop can); "
                        "default: the task's target")
     speed.add_argument("--eval-samples", type=int, default=DEFAULT_EVAL_SAMPLES, help="rows per eval (one table)")
+    where = commands.add_parser("stages", parents=[loop], help="CPU per row of each thread and process, by encoder count")
+    where.add_argument("--task", choices=["classification", "segmentation", "both"], default="both")
+    where.add_argument("--seconds", type=float, default=10.0, help="offering time a round (whole evals)")
+    where.add_argument("--rate", default=None, help="offered rows/s (default: one every round keeps up with here)")
+    where.add_argument("--eval-samples", type=int, default=DEFAULT_EVAL_SAMPLES, help="rows per eval (one table)")
+    where.add_argument("--encoders", type=int, nargs="+", default=[1, 2], help="encode_workers values to compare")
     memory = commands.add_parser("rss", parents=[loop], help="training-process RSS across many evals")
     memory.add_argument("--evals", type=int, default=100)
     memory.add_argument("--eval-samples", type=int, default=512)
@@ -633,7 +711,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(child(json.loads(argv[1]))))
         return
     args = parser().parse_args(argv)
-    {"throughput": throughput, "rss": rss, "cpu": cpu}[args.command](args)
+    {"throughput": throughput, "stages": stages, "rss": rss, "cpu": cpu}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ IMAGE_BATCH_SECONDS = 60.0
 # each). Past it the memory is cleared: an image seen again after that is stored once more, never lost.
 KNOWN_HASHES_KEPT = 1_000_000
 _LABELS_KEPT = 64  # distinct class-label mappings whose JSON is remembered; a table has one or two
+IMAGE_DTYPE = "uint8"  # an image's dtype as its pack row names it (a mask's is numpy's dtype.str)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 
@@ -238,17 +239,13 @@ class StoreWriter:
         pixels = images.pixels
 
         def image_entry(i: int) -> tuple:
-            data = pixels[i].tobytes() if fmt == RAW else encode_image(pixels[i], fmt)
-            return IMAGE_KIND, fmt, "uint8", pixels.shape[1:], lambda: data
+            data = encode_image(pixels[i], fmt)
+            return IMAGE_KIND, fmt, IMAGE_DTYPE, pixels.shape[1:], lambda: data
 
-        packs = self._packs_of(images.digests, pack, image_entry)
+        packs = self._packs_of(images.digests, pack, IMAGE_KIND, pixels if fmt == RAW else image_entry)
         mask_fields = []
         for name, mask in images.masks.items():
-            def mask_entry(i: int, ids: np.ndarray = mask.ids) -> tuple:
-                data = ids[i].tobytes()
-                return MASK_KIND, RAW, ids.dtype.str, ids.shape[1:], lambda: data
-
-            mask_packs = self._packs_of(mask.digests, pack, mask_entry)
+            mask_packs = self._packs_of(mask.digests, pack, MASK_KIND, mask.ids)
             mask_fields.append(pa.StructArray.from_arrays(
                 [pa.array([name] * count, pa.string()), pa.array(mask.digests, pa.string()),
                  pa.array(mask_packs, pa.string()), pa.array([self._labels_json(mask.class_labels)] * count, pa.string())],
@@ -265,14 +262,21 @@ class StoreWriter:
             [pa.array(images.digests, pa.string()), pa.array(packs, pa.string()), pa.nulls(count, pa.string()),
              masks, pa.nulls(count, pa.string())], fields=list(IMAGE_TYPE))
 
-    def _packs_of(self, digests: Sequence[str], pack: _PackFile, entry: Callable[[int], tuple]) -> list[str]:
+    def _packs_of(self, digests: Sequence[str], pack: _PackFile, kind: str,
+                  data: np.ndarray | Callable[[int], tuple]) -> list[str]:
         """The pack of each hash: a finished pack's where the store has it, else ``pack``, which takes the
-        data of ``entry(i)`` (kind, encoding, dtype, shape, data()) for a hash new to it."""
+        new ones: the rows of ``data`` stored raw (an array, ``data[i]`` that of ``digests[i]``), or
+        ``data(i)`` (kind, encoding, dtype, shape, data()) one by one."""
         packed = self._packed
         where = [packed.get(digest) for digest in digests]
-        for i, known in enumerate(where):
-            if known is None:
-                where[i] = pack.add(digests[i], *entry(i))
+        new = [i for i, known in enumerate(where) if known is None]
+        if new and isinstance(data, np.ndarray):
+            pack_id = pack.add_array([digests[i] for i in new], kind, data[new] if len(new) != len(data) else data)
+            for i in new:
+                where[i] = pack_id
+        else:
+            for i in new:
+                where[i] = pack.add(digests[i], *data(i))  # type: ignore[operator]
         return where  # type: ignore[return-value]
 
     def _publish(self, rows_tmp: str, key: str, step: int | None) -> str:
@@ -311,7 +315,7 @@ class StoreWriter:
         if image.path is not None:
             data = cell.data if isinstance(cell, _Read) else _read_file(image.path)
             digest = image.digest or content_hash(data)
-            where = self._packed.get(digest) or pack.add(digest, IMAGE_KIND, _sniff(data), "uint8", (), lambda: data)
+            where = self._packed.get(digest) or pack.add(digest, IMAGE_KIND, _sniff(data), IMAGE_DTYPE, (), lambda: data)
         else:
             pixels = image.pixels
             assert pixels is not None  # records.Image holds pixels or a path
@@ -321,10 +325,10 @@ class StoreWriter:
                 where = known
             else:
                 if self.image_format == RAW:
-                    where = pack.add(digest, IMAGE_KIND, RAW, "uint8", pixels.shape, lambda: pixels.tobytes())
+                    where = pack.add(digest, IMAGE_KIND, RAW, IMAGE_DTYPE, pixels.shape, lambda: pixels.tobytes())
                 else:
                     fmt = self.image_format
-                    where = pack.add(digest, IMAGE_KIND, fmt, "uint8", pixels.shape, lambda: encode_image(pixels, fmt))
+                    where = pack.add(digest, IMAGE_KIND, fmt, IMAGE_DTYPE, pixels.shape, lambda: encode_image(pixels, fmt))
         hashes.append(digest)
         masks = [self._mask_cell(name, mask, pack) for name, mask in image.masks.items()] if image.masks else []
         boxes = None
@@ -402,6 +406,39 @@ class _PackFile:
             if len(self._rows) >= ROW_GROUP_ROWS:
                 self._write_group()
         return self.id
+
+    def add_array(self, digests: Sequence[str], kind: str, array: np.ndarray) -> str:
+        """``add`` for a batch of raw arrays at once (``array[i]`` is the data of ``digests[i]``): the new ones
+        go into the pack as one Arrow batch, their bytes read in place, with no Python object per row."""
+        if self.id is None:
+            self.id = self.store._new_pack_id()
+        pending, keep = self._pending, []
+        for index, digest in enumerate(digests):
+            if digest not in pending:
+                pending[digest] = None
+                keep.append(index)
+        if keep:
+            if self._rows:  # rows added one by one go first, as they came
+                self._write_group()
+            data = np.ascontiguousarray(array[keep] if len(keep) != len(array) else array)
+            count, row_bytes, shape = len(keep), data[0].nbytes, list(array.shape[1:])
+            offsets = pa.py_buffer(np.arange(count + 1, dtype=np.int32) * row_bytes)
+            table = pa.table([
+                pa.array([digests[index] for index in keep], pa.string()),
+                pa.array([kind] * count, pa.string()), pa.array([RAW] * count, pa.string()),
+                pa.array([IMAGE_DTYPE if kind == IMAGE_KIND else array.dtype.str] * count, pa.string()),
+                pa.ListArray.from_arrays(pa.array(np.arange(count + 1, dtype=np.int32) * len(shape)),
+                                         pa.array(np.tile(np.asarray(shape, np.int32), count)),
+                                         type=pa.list_(pa.int32())),
+                pa.Array.from_buffers(pa.binary(), count, [None, offsets, pa.py_buffer(data.reshape(-1).view(np.uint8))]),
+            ], schema=PACK_SCHEMA)
+            self._writer_open().write_table(table, row_group_size=ROW_GROUP_ROWS)
+        return self.id
+
+    def _writer_open(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.tmp, PACK_SCHEMA, compression=COMPRESSION)
+        return self._writer
 
     def _write_group(self) -> None:
         if self._writer is None:
