@@ -90,6 +90,9 @@ class FileCopies:
 
     # -- backend writer side (the first writer to reach the record) ------------------------------------
     def _with_copies(self, record: Table | Images, named: list[str]) -> Table | Images:
+        """``record`` with each image cell that names a file naming logbus's copy of it instead, read now
+        (``LazyFuture``: once, by the first writer; the others wait for this result). ``ReportedLoss``,
+        warned once, for a file that cannot be read or a copy that cannot be written."""
         copies: dict[str, tuple[str, str]] = {}  # the caller's path -> (the copy's path, content hash)
         for image in _images(record):
             path = image.path
@@ -102,10 +105,10 @@ class FileCopies:
             digest = content_hash(data)
             extension = _EXTENSION.search(path)
             try:
-                copy = self._keep(digest + (extension.group().lower() if extension else ""), data, named)
+                kept = self._keep(digest + (extension.group().lower() if extension else ""), data, named)
             except OSError as error:
                 raise _lost(record, "could not write the copy of image.path", path, error) from error
-            copies[path] = (copy, digest)
+            copies[path] = (kept, digest)
             del data  # one file's bytes in memory at a time
 
         def copied(cell: Any) -> Any:
