@@ -12,7 +12,6 @@ thread holds the GIL in a tight loop like this one).
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 
@@ -21,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+from logbus.bench.settings import quick, rounds
 
 CALLS = 1000
-ROUNDS = 5 if os.environ.get("LOGBUS_BENCH_QUICK") else 20
+ROUNDS = rounds(5 if quick() else 20)
 
 
 def _trainer(loggers):

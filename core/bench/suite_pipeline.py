@@ -27,15 +27,16 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+from logbus.bench.settings import quick, rounds, sizes
 from logbus.bench.suite_eval import BATCH, LogPredictions, SmallCNN, _composer_wandb_logger
 
-QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
+QUICK = quick()
 # ``logbus bench`` (about a minute in all): the promise's two figures, (a) and (b) with the local
 # backend, at 32 px with and without sample logging; the full matrix is for ``benchmarks/``.
 COMMAND = bool(os.environ.get("LOGBUS_BENCH_COMMAND"))
-SIZES = {32: 512} if COMMAND else {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
+SIZES = {32: 512} if COMMAND else sizes({32: 512, 224: 64} if QUICK else {32: 2048, 224: 256})  # $LOGBUS_BENCH_SIZES
 TEST_SIZES = {32: 2 * BATCH, 224: 16}  # under --benchmark-disable: run once, as a test
-ROUNDS = int(os.environ.get("LOGBUS_BENCH_ROUNDS") or (3 if QUICK or COMMAND else 5))  # never fewer than 3 for a figure
+ROUNDS = rounds(3 if QUICK or COMMAND else 5)  # $LOGBUS_BENCH_ROUNDS, never fewer than 3 (logbus.bench.settings)
 # SampleLogger keywords per variant (None: no SampleLogger)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+from logbus.bench.settings import quick, rounds
 
-ROWS = 128 if os.environ.get("LOGBUS_BENCH_QUICK") else 512
-ROUNDS = 3 if os.environ.get("LOGBUS_BENCH_QUICK") else 5
+ROWS = 128 if quick() else 512
+ROUNDS = rounds(3 if quick() else 5)
 SIZE = 32
 CLASSES = 10
 
