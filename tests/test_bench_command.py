@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from logbus.bench import report
+from logbus.bench import report, settings
 from logbus.bench import results as results_module
 from logbus.bench import tables as bench_tables
 
@@ -177,6 +177,25 @@ def test_the_tables_show_figures_per_call_the_extra_figures_and_a_marked_baselin
                         "30.0 µs [20.0 µs–40.0 µs] |")
     assert bench_tables.per_unit(document["benchmarks"][0]) == pytest.approx(
         {"median": 2e-6, "min": 1e-6, "max": 3e-6, "per": "call"})
+
+
+def test_the_rounds_and_sizes_of_a_run_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv(settings.ROUNDS_ENV, raising=False)
+    monkeypatch.delenv(settings.SIZES_ENV, raising=False)
+    assert settings.rounds(5) == 5 and settings.sizes({32: 2048, 224: 256}) == {32: 2048, 224: 256}
+    monkeypatch.setenv(settings.ROUNDS_ENV, "3")
+    monkeypatch.setenv(settings.SIZES_ENV, "224:64")
+    assert settings.rounds(5) == 3 and settings.sizes({32: 2048, 224: 256}) == {32: 2048, 224: 64}
+    monkeypatch.setenv(settings.SIZES_ENV, " 32:1024, 224:16 ")
+    assert settings.sizes({32: 2048, 224: 256}) == {32: 1024, 224: 16}
+    for value in ("2", "three"):  # a figure needs at least 3 rounds for its spread
+        monkeypatch.setenv(settings.ROUNDS_ENV, value)
+        with pytest.raises(ValueError, match="^LOGBUS_BENCH_ROUNDS: expected a whole number of rounds >= 3, got"):
+            settings.rounds(5)
+    for value in ("64:16", "224", "224:0", "224:x"):  # a side the suite does not measure, no count, a bad count
+        monkeypatch.setenv(settings.SIZES_ENV, value)
+        with pytest.raises(ValueError, match=f"^LOGBUS_BENCH_SIZES: expected side:images pairs .* got '{value}'"):
+            settings.sizes({32: 2048, 224: 256})
 
 
 def test_a_run_under_benchmark_disable_writes_no_results(tmp_path):
