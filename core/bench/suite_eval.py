@@ -109,8 +109,8 @@ def two_evals_and_drain(trainer) -> None:
     trainer.close()
 
 
-@pytest.mark.parametrize("size", sorted(SIZES))
 @pytest.mark.parametrize("variant", ["no_sample_logging", "guide", "sample_logger", "sample_logger_jpeg"])
+@pytest.mark.parametrize("size", sorted(SIZES))
 def test_eval_with_sample_logging(benchmark, wandb_offline, variant, size):
     benchmark.group = f"eval {SIZES[size]} images {size}x{size}, 2 evals + drain"
     benchmark.extra_info.update(variant=variant, size=size, images=SIZES[size])

@@ -114,9 +114,9 @@ def check_nothing_lost(trainer, rows: int) -> None:
                 assert backend["dropped"] == backend["failures"] == 0, (name, backend)
 
 
+@pytest.mark.parametrize("variant", RUN_VARIANTS)
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("variant", RUN_VARIANTS)
 def test_eval_loop_stall(benchmark, wandb_offline, variant, size, task):
     """(a) One eval pass, the loop only: tables finish after it, off the clock."""
     trainers = []
@@ -136,10 +136,10 @@ def test_eval_loop_stall(benchmark, wandb_offline, variant, size, task):
         check_nothing_lost(trainer, 2 * count if VARIANTS[variant] is not None else 0)
 
 
+@pytest.mark.parametrize("variant", [*RUN_VARIANTS, *([] if COMMAND else ["guide"])])
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("size", sorted(SIZES))
 @pytest.mark.parametrize("backend", RUN_BACKENDS)
-@pytest.mark.parametrize("variant", [*RUN_VARIANTS, *([] if COMMAND else ["guide"])])
 def test_two_evals_and_close(benchmark, wandb_offline, variant, backend, size, task):
     """(b) Two eval passes and ``close``: every table built and taken by the backend."""
     if variant == "guide" and backend != "wandb":

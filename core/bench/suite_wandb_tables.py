@@ -67,8 +67,8 @@ def _table(cells: list, kind: str, key: str, eval_number: int, join_key: str | N
     return Table(key, columns, rows, step=eval_number, join_key=join_key)
 
 
-@pytest.mark.parametrize("kind", ["classification", "segmentation"])
 @pytest.mark.parametrize("variant", ["first", "repeat", "whole"])
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
 def test_wandb_table_rows(benchmark, wandb_offline, kind, variant):  # noqa: F811
     from logbus.plugins.wandb import WandBBackend
     from logbus.records import RunFinished, RunStarted
