@@ -71,7 +71,7 @@ docs: editable
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Writes each suite's figures to benchmarks/results/<suite>-<machine kind>.json (benchmarks/conftest.py),
-# then renders the docs' tables from them into docs/benchmarks.md (logbus.bench.tables). 3 rounds a figure
+# then renders the docs' tables from them into docs/benchmarks.md (logbus.bench.tables). 3 rounds an eval figure
 # and 64 images per eval at 224x224 (2048 at 32x32, the suites' own) keep it to about a quarter of an hour
 # on 2 cores; set either variable to measure more (docs/benchmarks.md, "Recording the figures").
 LOGBUS_BENCH_ROUNDS ?= 3

@@ -1,10 +1,11 @@
 """How much a benchmark run measures, from the environment: the suites' rounds and sizes.
 
-``LOGBUS_BENCH_ROUNDS`` sets the rounds of every suite that times a fixed number of rounds (eval,
-logging, sample pipeline, W&B tables); ``LOGBUS_BENCH_SIZES`` (``224:64``, or ``32:1024,224:64``) the
-images per eval of the eval and sample pipeline suites, by image side; ``LOGBUS_BENCH_QUICK`` (any
-non-empty value) runs the suites at the quick sizes ``logbus bench`` uses. The kernel and PNG suites
-are timed by pytest-benchmark's own calibration (``--benchmark-min-rounds``, ``--benchmark-max-time``).
+``LOGBUS_BENCH_ROUNDS`` sets the rounds of the two suites whose rounds are whole evals (eval, sample
+pipeline; the logging and W&B tables suites are cheap and keep their own); ``LOGBUS_BENCH_SIZES``
+(``224:64``, or ``32:1024,224:64``) the images per eval of the eval and sample pipeline suites, by image
+side; ``LOGBUS_BENCH_QUICK`` (any non-empty value) runs the suites at the quick sizes ``logbus bench``
+uses. The kernel and PNG suites are timed by pytest-benchmark's own calibration
+(``--benchmark-min-rounds``, ``--benchmark-max-time``).
 ``docs/benchmarks.md`` documents the variables and what ``make bench`` sets.
 """
 
