@@ -70,10 +70,16 @@ test: editable browser
 docs: editable
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-# Writes each suite's figures to benchmarks/results/<suite>-<machine kind>.json (benchmarks/conftest.py);
-# `$(BIN)/python -m logbus.bench.tables --update docs/benchmarks.md` then renders the docs' tables from them.
+# Writes each suite's figures to benchmarks/results/<suite>-<machine kind>.json (benchmarks/conftest.py),
+# then renders the docs' tables from them into docs/benchmarks.md (logbus.bench.tables). 3 rounds an eval figure
+# and 64 images per eval at 224x224 (2048 at 32x32, the suites' own) keep it to about a quarter of an hour
+# on 2 cores; set either variable to measure more (docs/benchmarks.md, "Recording the figures").
+LOGBUS_BENCH_ROUNDS ?= 3
+LOGBUS_BENCH_SIZES ?= 224:64
 bench: editable
-	$(BIN)/pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds -m "not soak"
+	LOGBUS_BENCH_ROUNDS=$(LOGBUS_BENCH_ROUNDS) LOGBUS_BENCH_SIZES=$(LOGBUS_BENCH_SIZES) \
+		$(BIN)/pytest benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds -m "not soak"
+	$(BIN)/python -m logbus.bench.tables --update docs/benchmarks.md
 
 # 100 evals x 10,000 samples into W&B offline and the local backend: memory, drops, delivery.
 soak: editable

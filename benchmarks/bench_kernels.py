@@ -37,8 +37,8 @@ def _run(benchmark, device, fn):
     return benchmark(fn)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["logbus", "eager"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_images_to_uint8(benchmark, device, impl):
     benchmark.group = f"images_to_uint8 {device} {IMAGE_SHAPE[device]}"
     x = torch.randn(IMAGE_SHAPE[device], device=device)
@@ -55,8 +55,8 @@ def test_images_to_uint8(benchmark, device, impl):
     assert out.shape == (x.shape[0], x.shape[2], x.shape[3], 3) and out.dtype == torch.uint8
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["logbus", "eager"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_logits_top1(benchmark, device, impl):
     benchmark.group = f"logits top-1 {device} {LOGITS_SHAPE[device]}"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -68,8 +68,8 @@ def test_logits_top1(benchmark, device, impl):
     assert out.shape == x.shape[:-1]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["logbus", "eager"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_logits_top5(benchmark, device, impl):
     benchmark.group = f"logits top-5 {device} {LOGITS_SHAPE[device]}"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -81,8 +81,8 @@ def test_logits_top5(benchmark, device, impl):
     assert out.shape == (*x.shape[:-1], 5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["logbus", "eager"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_segmentation_mask(benchmark, device, impl):
     benchmark.group = f"segmentation_mask {device} {SEG_SHAPE[device]}"
     x = torch.randn(SEG_SHAPE[device], device=device)

@@ -39,8 +39,8 @@ def pillow_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("size", [32, 224])
 @pytest.mark.parametrize("impl", ["logbus", "pillow"])
+@pytest.mark.parametrize("size", [32, 224])
 def test_mask_and_overlay(benchmark, impl, size):
     benchmark.group = f"mask + overlay, {COUNT} masks {size}x{size}"
     batch = masks(size)
@@ -54,8 +54,8 @@ def test_mask_and_overlay(benchmark, impl, size):
     assert len(encoded) == COUNT and all(overlay.startswith(b"\x89PNG") for _, overlay in encoded)
 
 
-@pytest.mark.parametrize("size", [32, 224])
 @pytest.mark.parametrize("impl", ["logbus", "pillow"])
+@pytest.mark.parametrize("size", [32, 224])
 def test_image(benchmark, impl, size):
     benchmark.group = f"RGB image, {COUNT} images {size}x{size}"
     batch = RNG.integers(0, 256, (COUNT, size, size, 3), dtype=np.uint8)

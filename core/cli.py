@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--plot", default=None,
                        help="where to write the PNG chart (default: logbus-bench.png in $LOGBUS_DIR, else ./logbus_runs)")
     bench.add_argument("--no-plot", action="store_true")
-    bench.add_argument("--full", action="store_true", help="the full sizes of `make bench` (several minutes)")
+    bench.add_argument("--full", action="store_true", help="the suites' own sizes, not the quick ones (several minutes)")
     bench.add_argument("--verbose", action="store_true", help="also show pytest-benchmark's own tables")
     bench.set_defaults(func=_bench)
     relink = commands.add_parser("wandb-relink", help="after moving an offline W&B run folder: point its run file at "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from logbus.bench import report
+from logbus.bench import report, settings
 from logbus.bench import results as results_module
 from logbus.bench import tables as bench_tables
 
@@ -143,14 +143,59 @@ def test_a_benchmark_run_writes_its_results_and_the_tables_render_from_them(tmp_
         assert row["group"] == "RGB image, 64 images 32x32" and row["unit"] == "s"
 
     rendered = bench_tables.render(bench_tables.load_results(tmp_path / "results"))
-    lines = {line.split(" | ")[1]: line for line in rendered.splitlines() if line.startswith("| RGB image")}
-    assert lines["pillow, 32"].endswith("| baseline |")
+    table = rendered.splitlines()
+    first = table.index(next(line for line in table if line.startswith("| RGB image, 64 images 32x32 | ")))
+    # the group named on its first row; each row by the parameter that differs within the group
+    lines = {line.split(" | ")[1]: line for line in table[first:first + 2]}
+    assert table[first + 1].startswith("|  | ") and set(lines) == {"logbus", "pillow"}
+    assert lines["pillow"].endswith("| baseline |")
     ratio = bench_tables.ratio_with_spread(rows["logbus"], rows["pillow"])
-    assert f"{ratio['median']:.2f}× [{ratio['min']:.2f}–{ratio['max']:.2f}]" in lines["logbus, 32"]
-    assert lines["logbus, 32"].endswith(", within noise |") == ratio["within_noise"]
-    assert f"| {rows['logbus']['rounds']} |" in lines["logbus, 32"]
+    assert f"{ratio['median']:.2f}× [{ratio['min']:.2f}–{ratio['max']:.2f}]" in lines["logbus"]
+    assert lines["logbus"].endswith(", within noise |") == ratio["within_noise"]
+    assert f"| {rows['logbus']['rounds']} |" in lines["logbus"]
     readme = f"x\n{bench_tables.BEGIN}\nstale\n{bench_tables.END}\ny\n"
     assert bench_tables.update_page(readme, [document]) == f"x\n{bench_tables.BEGIN}\n{rendered}\n{bench_tables.END}\ny\n"
+
+
+def test_the_tables_show_figures_per_call_the_extra_figures_and_a_marked_baseline():
+    """A suite whose round makes many calls is shown per call, its ratios between per-call figures; a row
+    marked ``baseline`` is the group's baseline; the figures measured besides the time have a column."""
+    def row(name, median, low, high, **info):
+        return {"name": name, "group": "caller cost", "params": {}, "rounds": 5, "median": median, "min": low,
+                "max": high, "extra_info": {"per": "call", "per_round": 1000, **info}}
+
+    document = {"suite": "logging", "machine_kind": "cpu-2cores", "date": "2026-12-06T00:00:00+00:00", "commit": None,
+                "machine": {"cpu": "x", "cores": 2}, "benchmarks": [
+                    row("test_fast_path[a]", 2e-3, 1e-3, 3e-3, thread_cpu_us_per_call=1.5),
+                    row("test_floor", 1e-3, 0.5e-3, 1.5e-3, baseline=True, cpu_us_per_sample_median=30.0,
+                        cpu_us_per_sample_min=20.0, cpu_us_per_sample_max=40.0)]}
+    lines = bench_tables.render_document(document).splitlines()
+    assert lines[2].endswith("| ratio to baseline [range] | also measured |")
+    assert lines[4] == ("| caller cost | fast path | 2.00 µs/call [1.00 µs–3.00 µs] | 5 | 2.00× [0.67–6.00], within "
+                        "noise | thread CPU per call (mean of every round): 1.50 µs |")
+    assert lines[5] == ("|  | floor | 1.00 µs/call [0.50 µs–1.50 µs] | 5 | baseline | training-process CPU per sample: "
+                        "30.0 µs [20.0 µs–40.0 µs] |")
+    assert bench_tables.per_unit(document["benchmarks"][0]) == pytest.approx(
+        {"median": 2e-6, "min": 1e-6, "max": 3e-6, "per": "call"})
+
+
+def test_the_rounds_and_sizes_of_a_run_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv(settings.ROUNDS_ENV, raising=False)
+    monkeypatch.delenv(settings.SIZES_ENV, raising=False)
+    assert settings.rounds(5) == 5 and settings.sizes({32: 2048, 224: 256}) == {32: 2048, 224: 256}
+    monkeypatch.setenv(settings.ROUNDS_ENV, "3")
+    monkeypatch.setenv(settings.SIZES_ENV, "224:64")
+    assert settings.rounds(5) == 3 and settings.sizes({32: 2048, 224: 256}) == {32: 2048, 224: 64}
+    monkeypatch.setenv(settings.SIZES_ENV, " 32:1024, 224:16 ")
+    assert settings.sizes({32: 2048, 224: 256}) == {32: 1024, 224: 16}
+    for value in ("2", "three"):  # a figure needs at least 3 rounds for its spread
+        monkeypatch.setenv(settings.ROUNDS_ENV, value)
+        with pytest.raises(ValueError, match="^LOGBUS_BENCH_ROUNDS: expected a whole number of rounds >= 3, got"):
+            settings.rounds(5)
+    for value in ("64:16", "224", "224:0", "224:x"):  # a side the suite does not measure, no count, a bad count
+        monkeypatch.setenv(settings.SIZES_ENV, value)
+        with pytest.raises(ValueError, match=f"^LOGBUS_BENCH_SIZES: expected side:images pairs .* got '{value}'"):
+            settings.sizes({32: 2048, 224: 256})
 
 
 def test_a_run_under_benchmark_disable_writes_no_results(tmp_path):

@@ -128,7 +128,8 @@ def pipeline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         if measure == "cpu_us_per_sample":
             rows[(measure, info["variant"])] = {
                 "measure": measure, "variant": info["variant"],
-                "us_per_sample": {"median": info["median_us"], "min": info["min_us"], "max": info["max_us"]}}
+                "us_per_sample": {"median": info["cpu_us_per_sample_median"], "min": info["cpu_us_per_sample_min"],
+                                  "max": info["cpu_us_per_sample_max"]}}
             continue
         key = (measure, info.get("task", "classification"), info["size"])
         row = rows.setdefault(key, {"measure": measure, "task": key[1], "size": info["size"], "images": info["images"],

@@ -13,7 +13,6 @@ own ``WandBLogger`` made to run on current wandb (``Run.get_url`` was removed in
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,15 +21,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+from logbus.bench.settings import quick, rounds, sizes
 
 if TYPE_CHECKING:
     from composer.core import Callback
 
-QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
+QUICK = quick()
 # image side -> eval images (224 px kept smaller so CPU runs stay short; quick mode for `logbus bench`)
-SIZES = {32: 256, 224: 32} if QUICK else {32: 2048, 224: 256}
-# Never fewer than 3: a ratio is shown with its range (min to max over the rounds), and one round has none.
-ROUNDS = 3
+SIZES = sizes({32: 256, 224: 32} if QUICK else {32: 2048, 224: 256})  # $LOGBUS_BENCH_SIZES
+# Never fewer than 3 (settings.MIN_ROUNDS): a ratio is shown with its range (min to max over the rounds).
+ROUNDS = rounds(3)
 BATCH = 128
 
 
@@ -109,8 +109,8 @@ def two_evals_and_drain(trainer) -> None:
     trainer.close()
 
 
-@pytest.mark.parametrize("size", sorted(SIZES))
 @pytest.mark.parametrize("variant", ["no_sample_logging", "guide", "sample_logger", "sample_logger_jpeg"])
+@pytest.mark.parametrize("size", sorted(SIZES))
 def test_eval_with_sample_logging(benchmark, wandb_offline, variant, size):
     benchmark.group = f"eval {SIZES[size]} images {size}x{size}, 2 evals + drain"
     benchmark.extra_info.update(variant=variant, size=size, images=SIZES[size])

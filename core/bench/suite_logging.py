@@ -12,7 +12,6 @@ thread holds the GIL in a tight loop like this one).
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 
@@ -21,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+from logbus.bench.settings import quick
 
 CALLS = 1000
-ROUNDS = 5 if os.environ.get("LOGBUS_BENCH_QUICK") else 20
+ROUNDS = 5 if quick() else 20  # cheap: many rounds whatever $LOGBUS_BENCH_ROUNDS says
 
 
 def _trainer(loggers):
@@ -49,6 +49,7 @@ def _per_call(benchmark, log_one):
     calls = next(step)
     if benchmark.stats is not None:  # None under --benchmark-disable (the suite run as plain tests)
         benchmark.extra_info["calls"] = CALLS  # per round: the round's figures over this are per call
+        benchmark.extra_info.update(per="call", per_round=CALLS)  # the docs' tables show per call (logbus.bench.tables)
         benchmark.extra_info["wall_us_per_call"] = benchmark.stats.stats.median / CALLS * 1e6
         benchmark.extra_info["thread_cpu_us_per_call"] = (time.thread_time() - cpu_started) / calls * 1e6
     return calls
@@ -83,6 +84,7 @@ def test_wandb_log_on_the_training_thread(benchmark, wandb_offline):
 def test_bare_queue_put(benchmark):
     q: queue.Queue = queue.Queue()
     _per_call(benchmark, lambda metrics, step: q.put((metrics, step)))
+    benchmark.extra_info["baseline"] = True  # the floor: the docs' tables give the others' ratios to it
 
 
 @pytest.mark.benchmark(group="log_metrics caller cost")

@@ -27,15 +27,16 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+from logbus.bench.settings import quick, rounds, sizes
 from logbus.bench.suite_eval import BATCH, LogPredictions, SmallCNN, _composer_wandb_logger
 
-QUICK = bool(os.environ.get("LOGBUS_BENCH_QUICK"))
+QUICK = quick()
 # ``logbus bench`` (about a minute in all): the promise's two figures, (a) and (b) with the local
 # backend, at 32 px with and without sample logging; the full matrix is for ``benchmarks/``.
 COMMAND = bool(os.environ.get("LOGBUS_BENCH_COMMAND"))
-SIZES = {32: 512} if COMMAND else {32: 512, 224: 64} if QUICK else {32: 2048, 224: 256}
+SIZES = {32: 512} if COMMAND else sizes({32: 512, 224: 64} if QUICK else {32: 2048, 224: 256})  # $LOGBUS_BENCH_SIZES
 TEST_SIZES = {32: 2 * BATCH, 224: 16}  # under --benchmark-disable: run once, as a test
-ROUNDS = int(os.environ.get("LOGBUS_BENCH_ROUNDS") or (3 if QUICK or COMMAND else 5))  # never fewer than 3 for a figure
+ROUNDS = rounds(3 if QUICK or COMMAND else 5)  # $LOGBUS_BENCH_ROUNDS, never fewer than 3 (logbus.bench.settings)
 # SampleLogger keywords per variant (None: no SampleLogger)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "no_sample_logging": None, "sample_logger": {}, "sample_logger_threads": {"worker_process": False}}
@@ -113,9 +114,9 @@ def check_nothing_lost(trainer, rows: int) -> None:
                 assert backend["dropped"] == backend["failures"] == 0, (name, backend)
 
 
+@pytest.mark.parametrize("variant", RUN_VARIANTS)
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("variant", RUN_VARIANTS)
 def test_eval_loop_stall(benchmark, wandb_offline, variant, size, task):
     """(a) One eval pass, the loop only: tables finish after it, off the clock."""
     trainers = []
@@ -135,10 +136,10 @@ def test_eval_loop_stall(benchmark, wandb_offline, variant, size, task):
         check_nothing_lost(trainer, 2 * count if VARIANTS[variant] is not None else 0)
 
 
+@pytest.mark.parametrize("variant", [*RUN_VARIANTS, *([] if COMMAND else ["guide"])])
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("size", sorted(SIZES))
 @pytest.mark.parametrize("backend", RUN_BACKENDS)
-@pytest.mark.parametrize("variant", [*RUN_VARIANTS, *([] if COMMAND else ["guide"])])
 def test_two_evals_and_close(benchmark, wandb_offline, variant, backend, size, task):
     """(b) Two eval passes and ``close``: every table built and taken by the backend."""
     if variant == "guide" and backend != "wandb":
@@ -258,7 +259,8 @@ def test_training_process_cpu_per_sample(benchmark, wandb_offline, variant):
     benchmark.group = f"training-process CPU per logged sample, {count} images 32x32"
     benchmark.pedantic(feed, setup=setup, rounds=ROUNDS)
     costs.sort()
-    benchmark.extra_info.update(variant=variant, measure="cpu_us_per_sample", median_us=costs[len(costs) // 2],
-                                min_us=costs[0], max_us=costs[-1])
+    benchmark.extra_info.update(variant=variant, measure="cpu_us_per_sample",
+                                cpu_us_per_sample_median=costs[len(costs) // 2], cpu_us_per_sample_min=costs[0],
+                                cpu_us_per_sample_max=costs[-1])
     print(f"\n{variant}: training-process CPU per sample median {costs[len(costs) // 2]:.1f} µs "
           f"(min {costs[0]:.1f}, max {costs[-1]:.1f}, {len(costs)} rounds)")

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 
 from logbus.bench.fixtures import wandb_offline  # noqa: F401  (a fixture)
+from logbus.bench.settings import quick
 
-ROWS = 128 if os.environ.get("LOGBUS_BENCH_QUICK") else 512
-ROUNDS = 3 if os.environ.get("LOGBUS_BENCH_QUICK") else 5
+ROWS = 128 if quick() else 512
+ROUNDS = 3 if quick() else 5  # cheap: its own rounds whatever $LOGBUS_BENCH_ROUNDS says
 SIZE = 32
 CLASSES = 10
 
@@ -66,13 +67,13 @@ def _table(cells: list, kind: str, key: str, eval_number: int, join_key: str | N
     return Table(key, columns, rows, step=eval_number, join_key=join_key)
 
 
-@pytest.mark.parametrize("kind", ["classification", "segmentation"])
 @pytest.mark.parametrize("variant", ["first", "repeat", "whole"])
-@pytest.mark.benchmark(group="wandb sample table per row")
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
 def test_wandb_table_rows(benchmark, wandb_offline, kind, variant):  # noqa: F811
     from logbus.plugins.wandb import WandBBackend
     from logbus.records import RunFinished, RunStarted
 
+    benchmark.group = f"wandb sample table, {kind}, {ROWS} rows {SIZE}x{SIZE}"
     folder = os.path.join(wandb_offline, "images")  # the project's disk, as the fixture explains
     os.makedirs(folder)
     cells = _images(folder, kind)
@@ -104,6 +105,8 @@ def test_wandb_table_rows(benchmark, wandb_offline, kind, variant):  # noqa: F81
     if benchmark.stats is not None:  # None under --benchmark-disable (the suite run as plain tests)
         stats = benchmark.stats.stats
         cpu = sorted(seconds / ROWS * 1e6 for seconds in cpu_seconds)
+        # per row in the docs' tables (logbus.bench.tables), a repeat eval's ratio to the first eval's
+        benchmark.extra_info.update(per="row", per_round=ROWS, baseline=variant == "first")
         benchmark.extra_info.update(rows=ROWS, us_per_row_median=stats.median / ROWS * 1e6,
                                     us_per_row_min=stats.min / ROWS * 1e6, us_per_row_max=stats.max / ROWS * 1e6,
                                     cpu_us_per_row_median=cpu[len(cpu) // 2], cpu_us_per_row_min=cpu[0],

@@ -275,6 +275,22 @@ def test_the_benchmark_tables_are_what_the_results_files_render():
         "benchmarks: run python -m logbus.bench.tables --update docs/benchmarks.md"
 
 
+def test_the_benchmark_variables_are_the_ones_the_suites_read_with_make_bench_s_values():
+    """The variables of "Recording the figures" are those the benchmark code reads (``logbus bench``'s own
+    switch to its command-sized pipeline suite left out), and its ``make bench`` column is the Makefile's."""
+    rows = table_rows(sections(CHAPTERS["Benchmarks"], 2)["Recording the figures"])
+    documented = {re.fullmatch(r"`(\w+)`", row[0]).group(1): row[2] for row in rows}
+    sources = [*ROOT.joinpath("core", "bench").glob("*.py"), ROOT / "benchmarks" / "conftest.py"]
+    read = {name for path in sources for name in re.findall(r"[\"'](LOGBUS_BENCH_[A-Z_]+)[\"']", path.read_text())}
+    assert set(documented) == read - {"LOGBUS_BENCH_COMMAND"}
+    makefile = (ROOT / "Makefile").read_text()
+    for name, value in documented.items():
+        default = re.search(rf"^{name} \?= (.+)$", makefile, flags=re.M)
+        assert value.strip("`") == (default.group(1) if default else "not set"), name
+        if default:  # and handed to the suites
+            assert f"{name}=$({name})" in makefile, name
+
+
 def test_pipeline_options_are_the_pipelines_keywords():
     # Otherwise a documented pipeline option would be handed to the extractor (or the other way round).
     assert set(PIPELINE_OPTIONS) == set(_parameters(DOCUMENTED["Sample pipeline options"]))
