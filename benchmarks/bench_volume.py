@@ -186,6 +186,34 @@ class LoopResult:
         return sum(self.drops.values())
 
 
+# Figures the commands measured, by suite: written to benchmarks/results/<suite>-<machine kind>.json when
+# this file runs as a script (``main``), never by the smoke tests.
+RECORDED: dict[str, list[dict[str, Any]]] = {}
+
+
+def record(suite: str, group: str, name: str, values: list[float], unit: str, **extra: Any) -> None:
+    """One figure of ``suite`` (its median, min and max over ``values``, one a round) for its results file."""
+    RECORDED.setdefault(suite, []).append({
+        "name": name, "group": group, "params": {}, "extra_info": extra, "unit": unit, "rounds": len(values),
+        "median": statistics.median(values), "min": min(values), "max": max(values),
+        "mean": statistics.fmean(values), "stddev": statistics.pstdev(values)})
+
+
+def write_recorded() -> None:
+    """Each suite's figures to its results file (``$LOGBUS_BENCH_RESULTS`` or benchmarks/results/): one
+    run of a suite replaces the file of the last one on this kind of machine."""
+    from pathlib import Path
+
+    from logbus.bench.results import RESULTS_ENV, checkout_commit, machine_info, results_document, write_results
+
+    here = Path(__file__).resolve().parent
+    folder = os.environ.get(RESULTS_ENV) or here / "results"
+    machine, commit = machine_info(), checkout_commit(here.parent)
+    for suite, figures in RECORDED.items():
+        path = write_results(folder, results_document(suite, figures, machine=machine, commit=commit))
+        print(f"results: {path}")
+
+
 def cpu_by_stage() -> dict[str, float]:
     """CPU seconds so far of each thread of this process, by name (several of one name added up; the
     main thread is "training thread"), and of every process below this one ("worker process")."""
@@ -384,6 +412,18 @@ def throughput(args: argparse.Namespace) -> list[LoopResult]:
             print(f"  training thread CPU in add()/log(), per offered sample: "
                   f"{spread([r.thread_us_per_sample for r in per_task], ' µs', 2)}; per sample taken (target <= "
                   f"{TARGET_THREAD_US_PER_SAMPLE:g} µs): {spread([r.thread_us_per_taken_sample for r in per_task], ' µs', 2)}")
+            group = f"{task}, 32x32, {asked}, {args.seconds:g} s a round, evals of {args.eval_samples}"
+            suite = "volume_throughput"
+            record(suite, group, f"rows/s read back (target >= {TARGET_ROWS_PER_S[task]:,})",
+                   [r.rows_per_s for r in per_task], "rows/s")
+            record(suite, group, "rows read back / offered", [r.rows_read / r.rows_offered for r in per_task], "")
+            record(suite, group, "batches dropped or lost (target 0)", [r.dropped for r in per_task], "batches")
+            record(suite, group, f"last offer -> close returns (target <= {TARGET_CLOSE_AFTER_LAST_OFFER_S:g} s)",
+                   [r.close_after_last_offer for r in per_task], "s")
+            record(suite, group, f"files per logged table (target <= {TARGET_FILES_PER_TABLE})",
+                   [r.files_per_table for r in per_task], "files")
+            record(suite, group, f"training thread CPU per sample taken (target <= {TARGET_THREAD_US_PER_SAMPLE:g} µs)",
+                   [r.thread_us_per_taken_sample for r in per_task], "µs")
         print(f"load average at the end: {load_average()}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -423,12 +463,15 @@ def stages(args: argparse.Namespace) -> list[LoopResult]:
                       f"row offered, median [min-max] of {rounds} rounds (load {load_average()})")
                 names = sorted({name for r in per_round for name in r.stage_cpu},
                                key=lambda n: -statistics.median(r.stage_cpu.get(n, 0.0) for r in per_round))
+                group = f"{task}, 32x32, {rate:,.0f} rows/s offered, encode_workers={workers}: CPU per row"
                 for stage in names:
                     costs = [r.stage_cpu.get(stage, 0.0) / max(1, r.rows_offered) * 1e6 for r in per_round]
                     if statistics.median(costs) >= 0.05:
                         print(f"  {stage:34s} {spread(costs, ' µs', 2)}")
+                        record("volume_stages", group, stage, costs, "µs")
                 added = [r.thread_us_per_sample for r in per_round]
                 print(f"  {'(of which add()/log())':34s} {spread(added, ' µs', 2)}")
+                record("volume_stages", group, "(training thread: of which add()/log())", added, "µs")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
@@ -460,6 +503,12 @@ def rss(args: argparse.Namespace) -> list[LoopResult]:
               f"{spread([rss_drift(r.rss_after_eval) / MB for r in results], ' MB')}")
         print(f"RSS growth, last eval - first eval: "
               f"{spread([(r.rss_after_eval[-1] - r.rss_after_eval[0]) / MB for r in results], ' MB')}")
+        group = (f"{args.evals} evals of {args.eval_samples} 32x32 classification rows at "
+                 f"{'max' if rate is None else f'{rate:,.0f}'} rows/s")
+        record("volume_rss", group, f"training-process RSS, largest departure from after eval 1 (target within "
+               f"±{TARGET_RSS_DRIFT_MB:g} MB)", [rss_drift(r.rss_after_eval) / MB for r in results], "MB")
+        record("volume_rss", group, "RSS growth, last eval - first eval",
+               [(r.rss_after_eval[-1] - r.rss_after_eval[0]) / MB for r in results], "MB")
         for part in ("RssAnon", "RssShmem"):
             series = [[parts[part] for parts in r.rss_parts_after_eval if part in parts] for r in results]
             if all(series):
@@ -621,6 +670,16 @@ def cpu(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"training thread CPU in add()/log() (target <= {TARGET_THREAD_US_PER_SAMPLE:g} µs): "
                   f"{spread(thread, ' µs/sample', 2)}")
         print(f"load average at the end: {load_average()}")
+        group = f"{args.loop} loop, 2 evals of {small} and of {big} 32x32 classification samples"
+        suite = f"volume_cpu_{args.loop}"
+        record(suite, group, f"marginal CPU per logged sample, all processes (target <= {TARGET_CPU_US_PER_SAMPLE:g} µs)",
+               marginal, "µs")
+        if ready_cpu:
+            record(suite, group, f"worker processes' CPU when ready (target <= {TARGET_WORKER_READY_CPU_S} s)",
+                   ready_cpu, "s")
+        if thread:
+            record(suite, group, f"training thread CPU in add()/log() per sample (target <= "
+                   f"{TARGET_THREAD_US_PER_SAMPLE:g} µs)", thread, "µs")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return reports
@@ -712,6 +771,10 @@ def main(argv: list[str]) -> None:
         return
     args = parser().parse_args(argv)
     {"throughput": throughput, "stages": stages, "rss": rss, "cpu": cpu}[args.command](args)
+    if RECORDED and all(entry["rounds"] >= MIN_ROUNDS for figures in RECORDED.values() for entry in figures):
+        write_recorded()
+    else:
+        print("results: not written (fewer than 3 rounds: a check, not a figure)")
 
 
 if __name__ == "__main__":

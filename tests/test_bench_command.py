@@ -175,8 +175,26 @@ def test_the_tables_show_figures_per_call_the_extra_figures_and_a_marked_baselin
                         "noise | thread CPU per call (mean of every round): 1.50 µs |")
     assert lines[5] == ("|  | floor | 1.00 µs/call [0.50 µs–1.50 µs] | 5 | baseline | training-process CPU per sample: "
                         "30.0 µs [20.0 µs–40.0 µs] |")
-    assert bench_tables.per_unit(document["benchmarks"][0]) == pytest.approx(
-        {"median": 2e-6, "min": 1e-6, "max": 3e-6, "per": "call"})
+    figures = bench_tables.per_unit(document["benchmarks"][0])
+    assert figures.pop("unit") == "s" and figures == pytest.approx({"median": 2e-6, "min": 1e-6, "max": 3e-6, "per": "call"})
+
+
+def test_figures_in_other_units_than_seconds_are_shown_in_their_unit():
+    """``benchmarks/bench_volume.py`` records rows/s, µs and counts (``unit``): shown as they are, with
+    their spread, never scaled as seconds."""
+    def row(name, unit, median, low, high):
+        return {"name": name, "group": "throughput", "params": {}, "rounds": 3, "unit": unit, "median": median,
+                "min": low, "max": high, "extra_info": {}}
+
+    document = {"suite": "volume_throughput", "machine_kind": "cpu-2cores", "date": "2026-12-06T00:00:00+00:00",
+                "commit": None, "machine": {"cpu": "x", "cores": 2}, "benchmarks": [
+                    row("rows/s read back", "rows/s", 41234.5, 40100.0, 42001.0),
+                    row("training thread CPU per sample", "µs", 3.456, 3.1, 4.0),
+                    row("batches dropped", "batches", 0, 0, 0)]}
+    lines = bench_tables.render_document(document).splitlines()
+    assert lines[4] == "| throughput | rows/s read back | 41,234 rows/s [40,100 rows/s–42,001 rows/s] | 3 |  |"
+    assert lines[5] == "|  | training thread CPU per sample | 3.46 µs [3.10 µs–4 µs] | 3 |  |"
+    assert lines[6] == "|  | batches dropped | 0 batches [0 batches–0 batches] | 3 |  |"
 
 
 def test_the_rounds_and_sizes_of_a_run_come_from_the_environment(monkeypatch):

@@ -24,8 +24,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS_ENV", "ResultsCollector", "machine_info", "machine_kind", "results_document", "suite_name",
-           "write_results"]
+__all__ = ["RESULTS_ENV", "ResultsCollector", "checkout_commit", "machine_info", "machine_kind", "results_document",
+           "suite_name", "write_results"]
 
 # Where a benchmark run writes its results instead of benchmarks/results/ (tests point it at a scratch folder).
 RESULTS_ENV = "LOGBUS_BENCH_RESULTS"
@@ -90,7 +90,7 @@ def machine_kind(machine: dict[str, Any]) -> str:
     return f"cpu-{machine.get('cores')}cores"
 
 
-def _commit(folder: Path) -> str | None:
+def checkout_commit(folder: Path) -> str | None:
     """The checkout's commit, with ``-dirty`` when tracked files differ from it; None outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=30)
@@ -168,7 +168,7 @@ class ResultsCollector:
     def pytest_sessionfinish(self, session: Any) -> None:
         if self.folder is None or not self.by_suite:
             return
-        machine, commit = machine_info(), _commit(self.root)
+        machine, commit = machine_info(), checkout_commit(self.root)
         for suite, benchmarks in self.by_suite.items():
             self.written.append(write_results(self.folder, results_document(suite, benchmarks, machine=machine,
                                                                              commit=commit)))

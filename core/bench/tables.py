@@ -89,7 +89,7 @@ def per_unit(row: dict[str, Any]) -> dict[str, Any]:
     count = info.get("per_round") if info.get("per") else None
     scale = 1 / count if count else 1.0
     return {"median": row["median"] * scale, "min": row["min"] * scale, "max": row["max"] * scale,
-            "per": info.get("per") if count else None}
+            "per": info.get("per") if count else None, "unit": row.get("unit", "s")}
 
 
 def _seconds(value: float) -> str:
@@ -100,9 +100,18 @@ def _seconds(value: float) -> str:
     return f"{value * 1e6:.2f} µs" if value < 1e-5 else f"{value * 1e6:.1f} µs"
 
 
+def _figure(value: float, unit: str) -> str:
+    """A figure in its unit: seconds scaled (:func:`_seconds`), any other unit as it is (``rows/s``, ``µs``)."""
+    if unit == "s":
+        return _seconds(value)
+    digits = 0 if abs(value) >= 100 or float(value).is_integer() else 1 if abs(value) >= 10 else 2
+    return f"{value:,.{digits}f} {unit}"
+
+
 def _spread(figures: dict[str, Any]) -> str:
     per = f"/{figures['per']}" if figures.get("per") else ""
-    return f"{_seconds(figures['median'])}{per} [{_seconds(figures['min'])}–{_seconds(figures['max'])}]"
+    unit = figures.get("unit", "s")
+    return f"{_figure(figures['median'], unit)}{per} [{_figure(figures['min'], unit)}–{_figure(figures['max'], unit)}]"
 
 
 def _extra(row: dict[str, Any]) -> str:
