@@ -38,6 +38,9 @@ from logbus.samples._options import PIPELINE_OPTIONS
 
 CHUNK = 32
 HASH_CHUNK_ROWS = 32  # rows a thread hashes at least, in ``EncoderPool.hashes``: fewer cost more to hand over
+# Rows smaller than this are hashed on one thread: at 3 KB (32x32 RGB) two threads contend for the GIL
+# between rows and cost more CPU than one (worker process 10.5 against 6.8 µs a row, bench_volume.py stages).
+HASH_PARALLEL_ROW_BYTES = 32 << 10
 # Never O_TRUNC: a scratch file may be hard-linked into a run folder, and truncating that inode
 # would rewrite the run's file in place under its readers. A name still there (its delete failed)
 # is unlinked and the file created anew.
@@ -485,7 +488,8 @@ class EncoderPool:
         """``content_hashes(arrays)``, the rows split among the pool's threads where it has more than one
         (``hashlib`` releases the GIL above 2 KB, so they hash at once); in order."""
         workers = self._executor._max_workers
-        if workers < 2 or len(arrays) < 2 * HASH_CHUNK_ROWS:
+        row_bytes = arrays[0].nbytes if len(arrays) else 0
+        if workers < 2 or len(arrays) < 2 * HASH_CHUNK_ROWS or row_bytes < HASH_PARALLEL_ROW_BYTES:
             return content_hashes(arrays)
         step = max(HASH_CHUNK_ROWS, -(-len(arrays) // workers))
         parts = [self._executor.submit(content_hashes, arrays[start:start + step]) for start in range(0, len(arrays), step)]

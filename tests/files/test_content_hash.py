@@ -44,10 +44,11 @@ def test_a_batchs_hashes_are_each_rows_content_hash_in_order(workers, rows):
 
     rng = np.random.default_rng(rows)
     images = rng.integers(0, 256, (rows, 5, 7, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, (rows, 128, 96, 3), dtype=np.uint8)  # above the size hashed on threads
     masks = rng.integers(0, 70_000, (rows, 5, 7))
     pool = EncoderPool(workers=workers, image_files=False)
     try:
-        for batch in (images, masks):
+        for batch in (images, masks, large):
             want = [content_hash(row) for row in batch]
             assert content_hashes(batch) == want
             assert pool.hashes(batch) == want
