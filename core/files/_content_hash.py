@@ -26,7 +26,7 @@ def content_hash(data: bytes | memoryview | np.ndarray) -> str:
     """
     if isinstance(data, np.ndarray):
         array = data if data.flags.c_contiguous else np.ascontiguousarray(data)
-        hasher = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
+        hasher = _array_hasher(array.shape, array.dtype)
         hasher.update(array.reshape(-1).view(np.uint8).data)  # one flat byte view: any dtype, no copy
         return hasher.digest()[:DIGEST_BYTES].hex()
     return hashlib.sha256(data).digest()[:DIGEST_BYTES].hex()
@@ -41,7 +41,7 @@ def content_hashes(arrays: np.ndarray) -> list[str]:
     arrays = np.ascontiguousarray(arrays)
     if len(arrays) == 0:
         return []
-    start = hashlib.sha256(f"{arrays.shape[1:]}{arrays.dtype.str}".encode())
+    start = _array_hasher(arrays.shape[1:], arrays.dtype)
     flat = arrays.reshape(len(arrays), -1).view(np.uint8)
     hashes = []
     for row in flat:
@@ -49,3 +49,9 @@ def content_hashes(arrays: np.ndarray) -> list[str]:
         hasher.update(row.data)
         hashes.append(hasher.digest()[:DIGEST_BYTES].hex())
     return hashes
+
+
+def _array_hasher(shape: tuple[int, ...], dtype: np.dtype) -> "hashlib._Hash":
+    """A hasher that has taken an array's shape and dtype, its bytes still to come: the one rule behind
+    ``content_hash`` and ``content_hashes``, which must agree on every array."""
+    return hashlib.sha256(f"{shape}{dtype.str}".encode())
