@@ -238,9 +238,8 @@ class StoreWriter:
         fmt = self.image_format
         pixels = images.pixels
 
-        def image_entry(i: int) -> tuple:
-            data = encode_image(pixels[i], fmt)
-            return IMAGE_KIND, fmt, IMAGE_DTYPE, pixels.shape[1:], lambda: data
+        def image_entry(i: int) -> tuple:  # encoded only where the pack takes it (not a repeat in this table)
+            return IMAGE_KIND, fmt, IMAGE_DTYPE, pixels.shape[1:], lambda: encode_image(pixels[i], fmt)
 
         packs = self._packs_of(images.digests, pack, IMAGE_KIND, pixels if fmt == RAW else image_entry)
         mask_fields = []
