@@ -187,7 +187,9 @@ class StoreWriter:
                 json_columns.append(stored)
                 array = pa.array([None if cell is None else self._json_text(cell, pack) for cell in cells], pa.string())
             user_arrays[stored] = array
-        arrays[SAMPLE_KEY] = pa.array(_sample_keys(sample_hashes, columns, rows, len(rows)), pa.string())
+        indices = ([row[2][columns.index(DATASET_INDEX_COLUMN)] for row in rows]
+                   if DATASET_INDEX_COLUMN in columns else None)
+        arrays[SAMPLE_KEY] = pa.array(_sample_keys(sample_hashes, indices, len(rows)), pa.string())
         arrays.update(user_arrays)
         steps: dict[Any, int] = {} if rows else {step: 0}  # an empty table is listed at its step
         for row in rows:
@@ -223,11 +225,8 @@ class StoreWriter:
                 json_columns.append(stored)
                 array = pa.array([None if cell is None else self._json_text(cell, pack) for cell in value], pa.string())
             user_arrays[stored] = array
-        keys: list[str | None] = [None] * count if sample_hashes is None else list(sample_hashes)
-        if sample_hashes is not None and DATASET_INDEX_COLUMN in rows.columns:
-            indices = rows.cells(DATASET_INDEX_COLUMN)
-            keys = [f"{digest}:{index}" for digest, index in zip(sample_hashes, indices)]
-        arrays[SAMPLE_KEY] = pa.array(keys, pa.string())
+        indices = rows.cells(DATASET_INDEX_COLUMN) if DATASET_INDEX_COLUMN in rows.columns else None
+        arrays[SAMPLE_KEY] = pa.array(_sample_keys(sample_hashes, indices, count), pa.string())
         arrays.update(user_arrays)
         return _with_metadata(arrays, key, [(step, count)], json_columns, image_columns)
 
@@ -533,15 +532,14 @@ def _box(box: Box, labels: Mapping[int, str]) -> dict[str, Any]:
     return fields
 
 
-def _sample_keys(hashes: list[str | None] | None, columns: list[str], rows: Sequence, count: int) -> list[str | None]:
-    """Each row's stable key: the content hash of its (first) image, with the dataset index where the
-    table has a ``dataset_index`` column; null where the table has no image."""
+def _sample_keys(hashes: Sequence[str | None] | None, indices: list | None, count: int) -> list[str | None]:
+    """Each row's stable key: the content hash of its (first) image, with its dataset index where the
+    table has a ``dataset_index`` column (``indices``, else None); null where the table has no image."""
     if hashes is None:
         return [None] * count
-    if DATASET_INDEX_COLUMN not in columns:
-        return hashes
-    place = columns.index(DATASET_INDEX_COLUMN)
-    return [None if digest is None else f"{digest}:{row[2][place]}" for digest, row in zip(hashes, rows)]
+    if indices is None:
+        return list(hashes)
+    return [None if digest is None else f"{digest}:{index}" for digest, index in zip(hashes, indices)]
 
 
 def _sniff(data: bytes) -> str:
