@@ -147,3 +147,19 @@ def test_column_rows_take_and_concat_keep_rows_and_their_images_together():
         np.testing.assert_array_equal(row[1].masks["m"].data, ids[index])
         assert row[1].digest == images.digests[index]
         assert row[2] == pytest.approx(index / 5)
+
+
+def test_a_dataset_index_column_joins_the_image_hash_in_the_sample_key_given_as_columns_or_cells(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (4, 4, 4, 3), dtype=np.uint8)
+    digests = content_hashes(pixels)
+    indices = [7, 3, 11, 0]
+    columns = ["image", "dataset_index"]
+    given = {"columns": ColumnRows(columns, {"image": ImageColumn(pixels, digests),
+                                             "dataset_index": np.array(indices)}, 4)}
+    given["cells"] = given["columns"].rows()
+    for how, rows in given.items():
+        run = tmp_path / how
+        StoreWriter(str(run), rank=0).write_table("t", columns, rows, step=1)
+        (run / "run.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))
+        assert logbus.read_table(str(run), "t")._sample_key.tolist() == [f"{d}:{i}" for d, i in zip(digests, indices)]
